@@ -236,16 +236,18 @@ def atomic_write_dir(
         raise FileExistsError(f"{path} already exists")
     tmp = _tmp_name(path)
     tmp.mkdir()
+    old: Path | None = None
     try:
         fill_fn(tmp)
         _fsync_tree(tmp)
-        old: Path | None = None
         if path.exists() or path.is_symlink():
             old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
             os.replace(path, old)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not path.exists():
+            os.replace(old, path)  # put the previous folder back
         raise
     _fsync_dir(path.parent)
     if old is not None:
@@ -627,6 +629,7 @@ class Run:
             self._last_heartbeat = now
         if previous and previous != f"checkpoints/{name}":
             shutil.rmtree(self.path / previous, ignore_errors=True)
+        self._cleanup_temp()
         return target
 
     def finish(
@@ -728,6 +731,16 @@ class Run:
                 os.close(fd)
 
     def _cleanup_temp(self) -> None:
+        # checkpoints not named in run.json are leftovers of a crash between
+        # renaming a new checkpoint in and recording it
+        current = Path(self._record.get("checkpoint") or "").name
+        if self.checkpoint_dir.is_dir():
+            for entry in self.checkpoint_dir.iterdir():
+                if entry.name != current and not entry.name.startswith("."):
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
         for parent in (self.path, self.checkpoint_dir):
             if not parent.is_dir():
                 continue
@@ -897,7 +910,7 @@ class RunStore:
             record = {
                 "schema": SCHEMA_VERSION,
                 "id": run_id,
-                "created": created.isoformat(timespec="seconds"),
+                "created": created.isoformat(timespec="microseconds"),
                 "status": "running",
                 "owner": owner,
                 "settings": settings,
