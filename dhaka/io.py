@@ -1,0 +1,1738 @@
+"""Reading, validating and writing Dhaka Explorer data.
+
+Every problem with *input* data raises :class:`DataError` (a ``ValueError``)
+whose message names the file, the problem and, where known, the line and
+column.  Problems with the *arguments* (an unknown ``orientation``, say) raise a
+plain ``ValueError``.
+
+Readers return an :class:`anndata.AnnData` with cells as rows and genes (or
+CNV bins, or any other features) as columns.  Sparse input stays sparse
+(:class:`scipy.sparse.csr_matrix`, float32) and is never densified; dense input
+becomes a float32 :class:`numpy.ndarray`.
+
+Supported formats
+-----------------
+* delimited text: ``.csv``, ``.tsv``, ``.txt``, ``.tab`` (optionally ``.gz``),
+  delimiter sniffed (comma, tab, semicolon, pipe or runs of spaces), either
+  orientation (auto-detected, or forced with ``orientation=``);
+* ``.h5ad`` (the HDF5 signature is checked first; nothing is ever unpickled);
+* a 10x Genomics folder or ``.zip`` (``matrix.mtx[.gz]`` + ``barcodes.tsv[.gz]``
+  + ``features.tsv[.gz]`` or ``genes.tsv[.gz]``, optionally with a common
+  prefix such as ``GSM123_``);
+* a bare MatrixMarket ``.mtx[.gz]`` (10x convention: features x cells);
+* ``.npz`` written by :func:`scipy.sparse.save_npz` (or :func:`numpy.savez` of
+  one 2-D array, optionally with ``obs_names`` / ``var_names`` arrays) and
+  ``.npy`` (one 2-D array); both loaded with ``allow_pickle=False``.
+
+The limits below guard against hostile or broken files; change them on the
+module (``dhaka.io.MAX_UNCOMPRESSED_BYTES = ...``) if you need to.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import math
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from collections import Counter
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any, Literal, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+if TYPE_CHECKING:  # pragma: no cover
+    import anndata
+
+__all__ = [
+    "DataError",
+    "read",
+    "read_metadata",
+    "write_latent_csv",
+    "to_h5ad_bytes",
+    "zip_dir",
+    "unzip_safe",
+    "fingerprint",
+    "MIN_CELLS",
+    "MIN_FEATURES",
+]
+
+Orientation = Literal["auto", "cells_x_genes", "genes_x_cells"]
+Expect = Literal["any", "counts", "nonnegative"]
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes]]
+
+#: Smallest accepted matrix: 2 cells x 2 features.
+MIN_CELLS = 2
+MIN_FEATURES = 2
+#: Largest total size of decompressed data (gzip stream or all zip members).
+MAX_UNCOMPRESSED_BYTES = 4 * 2**30
+#: A member or stream that decompresses to more than ``BOMB_MIN_BYTES`` at a
+#: ratio above ``MAX_COMPRESSION_RATIO`` is treated as a decompression bomb.
+MAX_COMPRESSION_RATIO = 250
+BOMB_MIN_BYTES = 64 * 2**20
+#: Most members a zip archive may hold.
+MAX_ZIP_ENTRIES = 10_000
+#: Largest number of rows or columns a sparse matrix header may declare.
+MAX_DIM = 20_000_000
+#: Largest number of stored entries a sparse matrix may declare.
+MAX_NNZ = 2**31 - 1
+#: Largest number of values a dense matrix may declare (rows * cols).
+MAX_DENSE_ENTRIES = 500_000_000
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+_MM_MAGIC = b"%%matrixmarket"
+
+_TABLE_EXTS = {".csv", ".tsv", ".txt", ".tab", ".dat"}
+_NUM_RE = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+_NAN_TOKENS = {"nan", "-nan", "+nan", "na", "n/a", "#n/a", "null", "none", "nat", "."}
+_INF_TOKENS = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+class DataError(ValueError):
+    """Input data that cannot be read or fails validation.
+
+    The message names the problem and the file (and line/column where known),
+    and is meant to be shown to the user as is.
+    """
+
+
+# --------------------------------------------------------------------------- #
+# small helpers
+# --------------------------------------------------------------------------- #
+def _q(name: Any, limit: int = 40) -> str:
+    """Quote a value for an error message, shortened to ``limit`` characters."""
+    s = str(name)
+    if len(s) > limit:
+        s = s[: limit - 3] + "..."
+    return repr(s)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _is_number(token: str) -> bool:
+    return bool(_NUM_RE.match(token))
+
+
+def _looks_numeric(token: str) -> bool:
+    """Number, NaN or infinity spelled out (used to tell a header from data)."""
+    t = token.strip().lower()
+    return _is_number(t) or t in _INF_TOKENS or (t in _NAN_TOKENS and t != "")
+
+
+class _Input:
+    """Raw input: a name, a size, and bytes read at most once."""
+
+    def __init__(self, *, name: str, data: bytes | None = None, path: Path | None = None):
+        self.name = name
+        self.path = path
+        self._data = data
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            assert self.path is not None
+            try:
+                self._data = self.path.read_bytes()
+            except OSError as e:
+                raise DataError(f"{self.name}: cannot read file ({e.strerror or e})") from None
+        return self._data
+
+    def head(self, n: int = 4096) -> bytes:
+        if self._data is not None:
+            return self._data[:n]
+        assert self.path is not None
+        try:
+            with open(self.path, "rb") as fh:
+                return fh.read(n)
+        except OSError as e:
+            raise DataError(f"{self.name}: cannot read file ({e.strerror or e})") from None
+
+
+def _open_source(source: Source, filename: str | None, max_bytes: int | None) -> _Input:
+    if max_bytes is not None and max_bytes < 0:
+        raise ValueError("max_bytes must be None or >= 0")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = filename or path.name or str(path)
+        if not path.exists():
+            raise DataError(f"{name}: file or folder not found ({path})")
+        if path.is_dir():
+            return _Input(name=name, path=path)
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise DataError(
+                f"{name}: file is {size:,} bytes, above the size limit of {max_bytes:,} bytes (max_bytes)"
+            )
+        return _Input(name=name, path=path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = filename or "<bytes>"
+    elif hasattr(source, "read"):
+        name = filename or os.path.basename(str(getattr(source, "name", "") or "")) or "<upload>"
+        try:
+            if hasattr(source, "seek"):
+                try:
+                    source.seek(0)
+                except (OSError, ValueError):
+                    pass
+            data = source.read() if max_bytes is None else source.read(max_bytes + 1)
+        except Exception as e:  # noqa: BLE001 - any read failure is an input problem
+            raise DataError(f"{name}: cannot read upload ({e})") from None
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        data = bytes(data)
+    else:
+        raise TypeError(
+            f"source must be a path, bytes or a binary file-like object, not {type(source).__name__}"
+        )
+    if max_bytes is not None and len(data) > max_bytes:
+        raise DataError(
+            f"{name}: input is more than {max_bytes:,} bytes, above the size limit (max_bytes)"
+        )
+    return _Input(name=name, data=data)
+
+
+def _split_ext(name: str) -> tuple[str, bool]:
+    """Return (extension of the inner file, gzip-compressed?) from a file name."""
+    lower = name.lower()
+    gz = lower.endswith(".gz")
+    if gz:
+        lower = lower[:-3]
+    return os.path.splitext(lower)[1], gz
+
+
+def _is_pickle(head: bytes) -> bool:
+    # protocol 2+ starts with PROTO (0x80) then the protocol number
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _describe_magic(head: bytes) -> str | None:
+    if _is_pickle(head):
+        return "a Python pickle"
+    if head.startswith(_HDF5_MAGIC):
+        return "an HDF5 file"
+    if head.startswith(_ZIP_MAGICS):
+        return "a zip archive"
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip-compressed data"
+    if head.startswith(_NPY_MAGIC):
+        return "a NumPy .npy array"
+    if head.lower().startswith(_MM_MAGIC):
+        return "a MatrixMarket file"
+    return None
+
+
+def _check_ratio(name: str, compressed: int, uncompressed: int) -> None:
+    if uncompressed > BOMB_MIN_BYTES and uncompressed > MAX_COMPRESSION_RATIO * max(compressed, 1):
+        raise DataError(
+            f"{name}: compression ratio {uncompressed / max(compressed, 1):,.0f}:1 is implausible "
+            f"for a data matrix; refusing a possible decompression (zip/gzip) bomb"
+        )
+
+
+def _gunzip(data: bytes, name: str, *, limit: int | None = None) -> bytes:
+    """Decompress gzip ``data``, refusing truncated streams and bombs."""
+    limit = MAX_UNCOMPRESSED_BYTES if limit is None else limit
+    out = bytearray()
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as g:
+            while True:
+                chunk = g.read(1 << 20)
+                if not chunk:
+                    break
+                out += chunk
+                if len(out) > limit:
+                    raise DataError(
+                        f"{name}: decompresses to more than {limit:,} bytes (limit); "
+                        "refusing a possible gzip bomb"
+                    )
+                _check_ratio(name, len(data), len(out))
+    except EOFError:
+        raise DataError(
+            f"{name}: gzip stream is truncated (ended before the end-of-stream marker); "
+            "the file was probably cut short during download or upload"
+        ) from None
+    except (OSError, zlib.error) as e:
+        raise DataError(f"{name}: corrupt gzip data ({e})") from None
+    return bytes(out)
+
+
+def _decode_text(data: bytes, name: str) -> str:
+    """Decode a text table, refusing binary data."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise DataError(f"{name}: invalid UTF-16 text") from None
+    sample = data[:65536]
+    what = _describe_magic(sample)
+    if what is not None and what != "a MatrixMarket file":
+        raise DataError(f"{name}: this is {what}, not a text table (binary data)")
+    if b"\x00" in sample:
+        raise DataError(f"{name}: binary data (contains NUL bytes), not a text table")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        ctrl = sum(1 for b in sample if b < 9 or 13 < b < 32 or b == 127)
+        if ctrl > 0.01 * max(len(sample), 1) or ctrl > 20:
+            raise DataError(
+                f"{name}: binary data, not a text table (invalid UTF-8 at byte {e.start})"
+            ) from None
+        return data.decode("latin-1")
+
+
+# --------------------------------------------------------------------------- #
+# read()
+# --------------------------------------------------------------------------- #
+def read(
+    source: Source,
+    *,
+    filename: str | None = None,
+    orientation: Orientation = "auto",
+    expect: Expect = "any",
+    max_bytes: int | None = None,
+) -> "anndata.AnnData":
+    """Read a matrix file into a validated cells x features AnnData.
+
+    Parameters
+    ----------
+    source
+        A path (file or 10x folder), ``bytes``, or a binary file-like object
+        such as Streamlit's ``UploadedFile``.
+    filename
+        Name used to pick the format and in messages; defaults to the path's
+        name or ``source.name``.  Without a usable extension the format is
+        sniffed from the content.
+    orientation
+        Orientation of the matrix *in the file*.  ``"auto"`` decides from the
+        header corner (``gene``, ``cell``, ...), from which axis' names look
+        like genes or barcodes, and finally assumes there are more genes than
+        cells.  ``.h5ad`` and ``.npz``/``.npy`` default to cells x genes, a bare
+        ``.mtx`` to genes x cells (10x convention); 10x folders/zips are matched
+        by their barcode and feature counts.
+    expect
+        ``"counts"`` requires non-negative integers, ``"nonnegative"``
+        non-negative values, ``"any"`` only finite values.
+    max_bytes
+        Refuse inputs larger than this many bytes (as stored, before
+        decompression).
+
+    Returns
+    -------
+    anndata.AnnData
+        ``X`` is float32 (``csr_matrix`` for sparse input, ``ndarray`` for
+        dense), ``obs_names`` are cell ids and ``var_names`` feature names.
+        ``uns["dhaka_io"]`` records ``filename``, ``format``, ``orientation``
+        (of the file), ``transposed`` and ``orientation_reason``.
+
+    Raises
+    ------
+    DataError
+        For every problem with the input.
+    """
+    if orientation not in ("auto", "cells_x_genes", "genes_x_cells"):
+        raise ValueError(f"orientation must be 'auto', 'cells_x_genes' or 'genes_x_cells', not {orientation!r}")
+    if expect not in ("any", "counts", "nonnegative"):
+        raise ValueError(f"expect must be 'any', 'counts' or 'nonnegative', not {expect!r}")
+    inp = _open_source(source, filename, max_bytes)
+    try:
+        return _read(inp, orientation=orientation, expect=expect)
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{inp.name}: not enough memory to load this file") from None
+    except Exception as e:  # noqa: BLE001 - the promise is: input problems raise DataError
+        raise DataError(f"{inp.name}: could not read file ({type(e).__name__}: {e})") from e
+
+
+def _read(inp: _Input, *, orientation: Orientation, expect: Expect):
+    if inp.path is not None and inp.path.is_dir():
+        return _read_10x_dir(inp, orientation=orientation, expect=expect)
+    ext, gz = _split_ext(inp.name)
+    head = inp.head(64)
+    if not head and (inp.path is None or inp.path.stat().st_size == 0):
+        raise DataError(f"{inp.name}: file is empty")
+    if _is_pickle(head):
+        raise DataError(
+            f"{inp.name}: this is a Python pickle; pickles can run arbitrary code, so they are "
+            "refused (never unpickled). Save the matrix as .h5ad, .npz (scipy.sparse.save_npz) or CSV"
+        )
+    if ext == ".h5ad":
+        return _read_h5ad(inp, orientation=orientation, expect=expect)
+    if ext == ".zip":
+        return _read_zip(inp, orientation=orientation, expect=expect)
+    if ext == ".npz":
+        return _read_npz(inp, orientation=orientation, expect=expect)
+    data = inp.data
+    if gz or data.startswith(_GZIP_MAGIC):
+        if data.startswith(_GZIP_MAGIC):
+            data = _gunzip(data, inp.name)
+            if not data:
+                raise DataError(f"{inp.name}: file is empty (after decompression)")
+            if _is_pickle(data[:2]):
+                raise DataError(f"{inp.name}: this is a compressed Python pickle; refused (never unpickled)")
+    if ext == ".npy":
+        return _read_npy(data, inp.name, orientation=orientation, expect=expect)
+    if ext == ".mtx":
+        return _read_mtx_file(data, inp.name, orientation=orientation, expect=expect)
+    if ext in (".h5", ".hdf5", ".loom"):
+        raise DataError(
+            f"{inp.name}: {ext} files are not supported; use .h5ad, a 10x matrix.mtx folder/zip, .npz or CSV"
+        )
+    if ext in _TABLE_EXTS:
+        return _read_table(data, inp.name, ext=ext, orientation=orientation, expect=expect)
+    # unknown extension: sniff
+    h = data[:64]
+    if h.startswith(_HDF5_MAGIC):
+        return _read_h5ad(_Input(name=inp.name, data=data), orientation=orientation, expect=expect)
+    if h.startswith(_ZIP_MAGICS):
+        return _read_zip(_Input(name=inp.name, data=data), orientation=orientation, expect=expect)
+    if h.startswith(_NPY_MAGIC):
+        return _read_npy(data, inp.name, orientation=orientation, expect=expect)
+    if h.lower().startswith(_MM_MAGIC):
+        return _read_mtx_file(data, inp.name, orientation=orientation, expect=expect)
+    if ext and ext not in ("",):
+        # an unknown extension that looks like text: give it a go as a table
+        pass
+    return _read_table(data, inp.name, ext=ext, orientation=orientation, expect=expect)
+
+
+# --------------------------------------------------------------------------- #
+# validation and AnnData assembly
+# --------------------------------------------------------------------------- #
+def _check_names(names: Sequence[str], what: str, name: str) -> None:
+    for i, n in enumerate(names):
+        if n == "":
+            raise DataError(f"{name}: empty {what} name (position {i + 1})")
+    counts = Counter(names)
+    dups = [(k, c) for k, c in counts.items() if c > 1]
+    if dups:
+        shown = ", ".join(f"{_q(k)} ({c}x)" for k, c in dups[:5])
+        more = f" and {len(dups) - 5} more" if len(dups) > 5 else ""
+        raise DataError(f"{name}: duplicate {what} ids: {shown}{more}; {what} ids must be unique")
+
+
+def _first_where(X, mask_fn) -> tuple[int, int, float] | None:
+    """Row, column and value of the first entry where ``mask_fn(values)``."""
+    if sp.issparse(X):
+        Xc = X.tocsr()
+        bad = np.flatnonzero(mask_fn(Xc.data))
+        if bad.size == 0:
+            return None
+        k = int(bad[0])
+        r = int(np.searchsorted(Xc.indptr, k, side="right") - 1)
+        return r, int(Xc.indices[k]), float(Xc.data[k])
+    bad = np.argwhere(mask_fn(X))
+    if bad.size == 0:
+        return None
+    r, c = (int(v) for v in bad[0])
+    return r, c, float(X[r, c])
+
+
+def _validate_values(X, obs_names, var_names, *, expect: Expect, name: str) -> None:
+    def where(hit):
+        r, c, v = hit
+        return f"cell {_q(obs_names[r])}, feature {_q(var_names[c])} (row {r + 1}, column {c + 1})"
+
+    vals = X.data if sp.issparse(X) else X
+    if not np.isfinite(vals).all():
+        hit = _first_where(X, lambda a: ~np.isfinite(a))
+        kind = "NaN (missing value)" if math.isnan(hit[2]) else "infinite value"
+        n_bad = int((~np.isfinite(vals)).sum())
+        raise DataError(
+            f"{name}: {kind} at {where(hit)}; {_plural(n_bad, 'non-finite value')} in total "
+            "(NaN/inf are not allowed)"
+        )
+    if expect in ("counts", "nonnegative") and vals.size and vals.min() < 0:
+        hit = _first_where(X, lambda a: a < 0)
+        n_bad = int((vals < 0).sum())
+        raise DataError(
+            f"{name}: negative value {hit[2]:g} at {where(hit)}; {_plural(n_bad, 'negative value')} "
+            f"in total, but expect={expect!r} requires non-negative values"
+        )
+    if expect == "counts" and vals.size and not np.array_equal(vals, np.round(vals)):
+        hit = _first_where(X, lambda a: a != np.round(a))
+        raise DataError(
+            f"{name}: non-integer value {hit[2]:g} at {where(hit)}, but expect='counts' requires "
+            "integer counts (use expect='any' for normalised or log data)"
+        )
+
+
+def _to_float32(X, name: str):
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        if X.dtype != np.float32:
+            with np.errstate(over="ignore", invalid="ignore"):
+                X = X.astype(np.float32)
+        X.sum_duplicates()
+        return X
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{name}: matrix has non-numeric dtype {X.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _finish(
+    X,
+    obs_names: Sequence[str] | None,
+    var_names: Sequence[str] | None,
+    *,
+    name: str,
+    fmt: str,
+    file_orientation: str,
+    transposed: bool,
+    expect: Expect,
+    reason: str,
+    obs: pd.DataFrame | None = None,
+    var: pd.DataFrame | None = None,
+    uns: dict | None = None,
+    extra: dict | None = None,
+):
+    """Check shape, names and values; build the AnnData (X already cells x features)."""
+    import anndata
+
+    n_obs, n_var = X.shape
+    if n_obs < MIN_CELLS or n_var < MIN_FEATURES:
+        raise DataError(
+            f"{name}: matrix has {_plural(n_obs, 'cell')} x {_plural(n_var, 'feature')} "
+            f"(read as {file_orientation.replace('_x_', ' x ')}); at least {MIN_CELLS} cells and "
+            f"{MIN_FEATURES} genes/features are needed (the minimum is {MIN_CELLS}x{MIN_FEATURES})"
+        )
+    obs_names = [f"cell_{i}" for i in range(n_obs)] if obs_names is None else [str(s) for s in obs_names]
+    var_names = [f"gene_{j}" for j in range(n_var)] if var_names is None else [str(s) for s in var_names]
+    if len(obs_names) != n_obs or len(var_names) != n_var:
+        raise DataError(
+            f"{name}: {len(obs_names)} cell ids and {len(var_names)} feature names for a "
+            f"{n_obs} x {n_var} matrix"
+        )
+    _check_names(obs_names, "cell", name)
+    _check_names(var_names, "gene", name)
+    X = _to_float32(X, name)
+    _validate_values(X, obs_names, var_names, expect=expect, name=name)
+    obs = pd.DataFrame(index=pd.Index(obs_names, dtype=object)) if obs is None else obs
+    var = pd.DataFrame(index=pd.Index(var_names, dtype=object)) if var is None else var
+    obs.index = pd.Index(obs_names, dtype=object)
+    var.index = pd.Index(var_names, dtype=object)
+    adata = anndata.AnnData(X=X, obs=obs, var=var, uns=dict(uns or {}))
+    info = {
+        "filename": str(name),
+        "format": fmt,
+        "orientation": file_orientation,
+        "transposed": bool(transposed),
+        "orientation_reason": reason,
+    }
+    info.update(extra or {})
+    adata.uns["dhaka_io"] = info
+    return adata
+
+
+def _transpose(X):
+    if sp.issparse(X):
+        return sp.csr_matrix(X.T)
+    return np.ascontiguousarray(np.asarray(X).T)
+
+
+# --------------------------------------------------------------------------- #
+# orientation heuristics
+# --------------------------------------------------------------------------- #
+_CELL_WORDS = {
+    "cell", "cells", "cell_id", "cellid", "cell_ids", "cell_name", "cellname", "cell_barcode",
+    "barcode", "barcodes", "obs", "obs_names", "sample", "samples", "sample_id", "cell id",
+}
+_GENE_WORDS = {
+    "gene", "genes", "gene_id", "gene_ids", "geneid", "gene_name", "gene_names", "genename",
+    "gene_symbol", "symbol", "symbols", "feature", "features", "feature_id", "var", "var_names",
+    "bin", "bins", "region", "regions", "ensembl", "ensembl_id", "probe", "probe_id", "gene id",
+    "gene name", "chrom_bin",
+}
+_CELL_RES = [
+    re.compile(r"^[ACGTN]{6,}(?:[-_.][0-9A-Za-z]+)?$"),  # 10x barcodes
+    re.compile(r"[ACGT]{10,}"),
+    re.compile(r"(?i)cell"),
+    re.compile(r"(?i)^(?:bc|barcode)"),
+    re.compile(r"(?i)^(?:SRR|ERR|DRR|GSM|SAMN)\d+"),
+]
+_GENE_STRONG_RES = [
+    re.compile(r"^ENS[A-Z]*[GT]\d{5,}"),
+    re.compile(r"(?i)^gene"),
+    re.compile(r"(?i)^(?:chr)?(?:\d{1,2}|X|Y|M|MT)[:_-]\d+"),
+    re.compile(r"(?i)^(?:bin|feature|probe)"),
+]
+_GENE_WEAK_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{1,11}(?:[-.][A-Za-z0-9]{1,8}){0,2}$")
+
+
+def _gene_score(names: Sequence[str]) -> float:
+    """Mean evidence that names are genes (+) rather than cells (-)."""
+    sample = list(names[:300])
+    if not sample:
+        return 0.0
+    total = 0.0
+    for n in sample:
+        if any(r.search(n) for r in _CELL_RES):
+            total -= 1.0
+        elif any(r.search(n) for r in _GENE_STRONG_RES):
+            total += 1.0
+        elif _GENE_WEAK_RE.match(n):
+            total += 0.5
+    return total / len(sample)
+
+
+def _corner_hint(corner: str | None) -> str | None:
+    if not corner:
+        return None
+    c = corner.strip().strip('"').lower()
+    if c in _CELL_WORDS:
+        return "cells_x_genes"
+    if c in _GENE_WORDS:
+        return "genes_x_cells"
+    return None
+
+
+def _decide_orientation(
+    orientation: Orientation,
+    *,
+    row_names: Sequence[str] | None,
+    col_names: Sequence[str] | None,
+    shape: tuple[int, int],
+    corner: str | None = None,
+    default: str | None = None,
+) -> tuple[str, str]:
+    """Orientation of the file and a short reason."""
+    if orientation != "auto":
+        return orientation, "given"
+    hint = _corner_hint(corner)
+    if hint:
+        return hint, f"header corner {_q(corner)}"
+    if row_names is not None and col_names is not None:
+        diff = _gene_score(row_names) - _gene_score(col_names)
+        if diff >= 0.3:
+            return "genes_x_cells", "row names look like genes"
+        if diff <= -0.3:
+            return "cells_x_genes", "column names look like genes"
+    elif default is None:
+        names, is_rows = (row_names, True) if row_names is not None else (col_names, False)
+        if names is not None:
+            s = _gene_score(names)
+            if abs(s) >= 0.3:
+                genes_on_rows = (s > 0) == is_rows
+                return (
+                    ("genes_x_cells", "row names look like genes")
+                    if genes_on_rows
+                    else ("cells_x_genes", "column names look like genes")
+                )
+    if default is not None:
+        return default, "format convention"
+    n_rows, n_cols = shape
+    if n_rows > n_cols:
+        return "genes_x_cells", "more rows than columns (assumed more genes than cells)"
+    return "cells_x_genes", "more columns than rows (assumed more genes than cells)"
+
+
+# --------------------------------------------------------------------------- #
+# delimited text
+# --------------------------------------------------------------------------- #
+def _first_lines(text: str, n: int = 30) -> list[str]:
+    out = []
+    for line in text[: 1 << 20].split("\n"):
+        if line.strip():
+            out.append(line.rstrip("\r"))
+            if len(out) >= n:
+                break
+    return out
+
+
+def _sniff_delimiter(lines: list[str], ext: str) -> str | None:
+    """Return the delimiter (``None`` for runs of whitespace)."""
+    preferred = {".csv": ",", ".tsv": "\t", ".tab": "\t"}.get(ext)
+    best, best_score = None, (0.0, 0)
+    for d in (",", "\t", ";", "|"):
+        counts = [len(next(csv.reader([ln], delimiter=d))) for ln in lines]
+        if counts[0] < 2 and (len(counts) < 2 or counts[1] < 2):
+            continue
+        mode, freq = Counter(counts).most_common(1)[0]
+        if mode < 2:
+            continue
+        score = (freq / len(counts), mode)
+        if d == preferred and freq / len(counts) >= 0.8:
+            return d
+        if score > best_score:
+            best, best_score = d, score
+    if best is not None:
+        return best
+    if any(len(ln.split()) >= 2 for ln in lines[:2]):
+        return None
+    raise DataError(
+        "has only one column (no delimiter found: expected comma, tab, semicolon or spaces); "
+        "a matrix file needs an id column and at least 2 value columns"
+    )
+
+
+def _iter_rows(text: str, delim: str | None):
+    """Yield (line number, stripped fields) for non-blank lines."""
+    if delim is None:
+        for i, line in enumerate(text.split("\n"), 1):
+            fields = [f.strip('"') for f in line.split()]
+            if fields:
+                yield i, fields
+        return
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
+    try:
+        for fields in reader:
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue
+            yield reader.line_num, [f.strip() for f in fields]
+    except csv.Error as e:
+        raise DataError(f"malformed text at line {reader.line_num + 1} ({e})") from None
+
+
+def _diagnose_table(
+    text: str, delim: str | None, *, start_line: int, n_fields: int, has_index: bool,
+    col_names: Sequence[str] | None, name: str,
+) -> None:
+    """Walk the data rows and raise a DataError at the first problem found."""
+    for line_no, fields in _iter_rows(text, delim):
+        if line_no <= start_line:
+            continue
+        if len(fields) != n_fields:
+            raise DataError(
+                f"{name}: ragged rows: line {line_no} has {len(fields)} fields but "
+                f"{n_fields} were expected (from the header/first row)"
+            )
+        offset = 1 if has_index else 0
+        row_id = fields[0] if has_index else None
+        for j in range(offset, n_fields):
+            tok = fields[j]
+            low = tok.lower()
+            col = f"column {j + 1}"
+            if col_names is not None:
+                col += f" ({_q(col_names[j - offset])})"
+            at = f"line {line_no}, {col}" + (f", row {_q(row_id)}" if row_id is not None else "")
+            if tok == "":
+                raise DataError(f"{name}: missing (empty) value at {at}; NaN/missing values are not allowed")
+            if low in _NAN_TOKENS:
+                raise DataError(f"{name}: NaN (missing value {_q(tok)}) at {at}; NaN/missing values are not allowed")
+            if low in _INF_TOKENS:
+                raise DataError(f"{name}: infinite value {_q(tok)} at {at}; inf is not allowed")
+            if not _is_number(tok):
+                raise DataError(f"{name}: non-numeric value {_q(tok)} at {at}")
+            if abs(float(tok)) > _F32_MAX:
+                raise DataError(f"{name}: value {tok} at {at} is too large (beyond float32 range, infinite)")
+
+
+def _read_table(data: bytes, name: str, *, ext: str, orientation: Orientation, expect: Expect):
+    text = _decode_text(data, name)
+    if not text.strip():
+        raise DataError(f"{name}: file is empty (no text)")
+    lines = _first_lines(text)
+    try:
+        delim = _sniff_delimiter(lines, ext)
+    except DataError as e:
+        raise DataError(f"{name}: {e}") from None
+    rows = _iter_rows(text, delim)
+    head_row = next(rows, None)
+    if head_row is None:
+        raise DataError(f"{name}: file is empty (only blank lines)")
+    first_line, first = head_row
+    second = next(rows, None)
+    third = next(rows, None)
+    corner = first[0]
+    has_header = (
+        corner == ""
+        or any(not _looks_numeric(f) for f in first[1:])
+        or _corner_hint(corner) is not None
+    )
+    if not has_header:
+        data_rows = [first] + [t[1] for t in (second, third) if t is not None]
+        header = None
+        header_end_line = first_line - 1
+        n_fields = len(first)
+        has_index = any(not _looks_numeric(r[0]) for r in data_rows)
+        col_names = None
+    else:
+        header = first
+        header_end_line = first_line
+        if second is None:
+            raise DataError(
+                f"{name}: header only: line {first_line} looks like a header "
+                f"({_plural(len(first), 'field')}) but there are no data rows"
+            )
+        data_first = second[1]
+        if len(header) == len(data_first) - 1:  # R write.table style: no corner cell
+            n_fields = len(data_first)
+            has_index = True
+            col_names = header
+            corner = None
+        else:
+            n_fields = len(header)
+            has_index = (
+                header[0] == ""
+                or _corner_hint(header[0]) is not None
+                or not _looks_numeric(data_first[0])
+            )
+            col_names = header[1:] if has_index else header
+    n_values = n_fields - (1 if has_index else 0)
+    if n_values < 1:
+        raise DataError(
+            f"{name}: has only one column (an id column and no values); a matrix file needs an "
+            "id column and at least 2 value columns"
+        )
+    # fast path: pandas' C parser, refused on any oddity (then we diagnose)
+    offset = 0
+    for _ in range(header_end_line):
+        nxt = text.find("\n", offset)
+        offset = len(text) if nxt < 0 else nxt + 1
+    body = text[offset:]
+    dtypes = {i: np.float32 for i in range(1 if has_index else 0, n_fields)}
+    if has_index:
+        dtypes[0] = str
+    kwargs: dict[str, Any] = dict(
+        header=None, names=list(range(n_fields)), index_col=0 if has_index else None,
+        dtype=dtypes, na_filter=False, engine="c", skipinitialspace=True,
+    )
+    if delim is None:
+        kwargs["sep"] = r"\s+"
+    else:
+        kwargs["sep"] = delim
+    diag = dict(start_line=header_end_line, n_fields=n_fields, has_index=has_index,
+                col_names=col_names, name=name)
+    try:
+        df = pd.read_csv(io.StringIO(body), **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{name}: header only: no data rows after line {header_end_line}") from None
+    except Exception as e:  # noqa: BLE001
+        _diagnose_table(text, delim, **diag)
+        raise DataError(f"{name}: could not parse as a numeric table ({e})") from None
+    if df.shape[1] != n_values:
+        _diagnose_table(text, delim, **diag)
+        raise DataError(f"{name}: expected {n_values} value columns, parsed {df.shape[1]}")
+    X = df.to_numpy(dtype=np.float32, copy=False)
+    if not np.isfinite(X).all():
+        _diagnose_table(text, delim, **diag)
+    row_names = [str(s).strip().strip('"') for s in df.index] if has_index else None
+    col_names = [str(s).strip().strip('"') for s in col_names] if col_names is not None else None
+    file_orient, reason = _decide_orientation(
+        orientation, row_names=row_names, col_names=col_names, shape=X.shape,
+        corner=corner if (has_header and has_index) else None,
+    )
+    transposed = file_orient == "genes_x_cells"
+    obs_names, var_names = (col_names, row_names) if transposed else (row_names, col_names)
+    if transposed:
+        X = _transpose(X)
+    fmt = {".tsv": "tsv", ".tab": "tsv", ".txt": "txt", ".csv": "csv"}.get(ext, "text")
+    return _finish(
+        X, obs_names, var_names, name=name, fmt=fmt, file_orientation=file_orient,
+        transposed=transposed, expect=expect, reason=reason,
+        extra={"delimiter": "whitespace" if delim is None else delim},
+    )
+
+
+# --------------------------------------------------------------------------- #
+# MatrixMarket
+# --------------------------------------------------------------------------- #
+def _parse_mtx(data: bytes, name: str):
+    """Parse MatrixMarket bytes into a csr_matrix (sparse) or ndarray (array format).
+
+    The declared shape and entry count are checked against limits and the file's
+    size before anything is allocated.
+    """
+    nl = data.find(b"\n")
+    banner = (data if nl < 0 else data[:nl]).decode("latin-1").strip().split()
+    if not banner or banner[0].lower() != "%%matrixmarket":
+        raise DataError(f"{name}: not a MatrixMarket file (first line must start with %%MatrixMarket)")
+    if len(banner) != 5 or banner[1].lower() != "matrix":
+        raise DataError(f"{name}: malformed MatrixMarket header line {' '.join(banner)!r}")
+    layout, field, symmetry = (b.lower() for b in banner[2:])
+    if layout not in ("coordinate", "array"):
+        raise DataError(f"{name}: unknown MatrixMarket layout {layout!r} (expected coordinate or array)")
+    if field not in ("integer", "real", "double", "pattern"):
+        raise DataError(f"{name}: MatrixMarket field {field!r} is not supported (integer, real or pattern)")
+    if symmetry not in ("general", "symmetric"):
+        raise DataError(f"{name}: MatrixMarket symmetry {symmetry!r} is not supported (general or symmetric)")
+    if layout == "array" and (field == "pattern" or symmetry != "general"):
+        raise DataError(f"{name}: MatrixMarket array layout must be 'real/integer general'")
+    # skip comments to the size line
+    pos, line_no = (len(data) if nl < 0 else nl + 1), 1
+    size_line = None
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end
+        line = data[pos:end].strip()
+        line_no += 1
+        pos = end + 1
+        if line and not line.startswith(b"%"):
+            size_line = line.decode("latin-1")
+            break
+    if size_line is None:
+        raise DataError(f"{name}: MatrixMarket file has a header but no size line (truncated?)")
+    parts = size_line.split()
+    want = 3 if layout == "coordinate" else 2
+    if len(parts) != want or not all(p.isdigit() for p in parts):
+        raise DataError(
+            f"{name}: malformed MatrixMarket size line {line_no}: {size_line!r} "
+            f"(expected {want} non-negative integers)"
+        )
+    n_rows, n_cols = int(parts[0]), int(parts[1])
+    body = data[pos:]
+    if n_rows > MAX_DIM or n_cols > MAX_DIM:
+        raise DataError(
+            f"{name}: header declares a {n_rows:,} x {n_cols:,} matrix; the limit is {MAX_DIM:,} "
+            "rows or columns (refusing before allocating anything)"
+        )
+    if layout == "array":
+        total = n_rows * n_cols
+        if total > MAX_DENSE_ENTRIES:
+            raise DataError(
+                f"{name}: header declares a dense {n_rows:,} x {n_cols:,} matrix ({total:,} values), "
+                f"above the limit of {MAX_DENSE_ENTRIES:,}"
+            )
+        if total * 2 > len(body) + 1:
+            raise DataError(
+                f"{name}: header declares {total:,} values but the file holds only {len(body):,} bytes "
+                "after the header (truncated or wrong size line)"
+            )
+        vals = _mm_numbers(body, name, ncol=1, start_line=line_no)
+        if vals.shape[0] != total:
+            raise DataError(f"{name}: header declares {total:,} values, the file has {vals.shape[0]:,}")
+        return np.asarray(vals[:, 0], dtype=np.float64).reshape((n_cols, n_rows)).T
+    nnz = int(parts[2])
+    if nnz > MAX_NNZ or nnz > n_rows * n_cols:
+        raise DataError(
+            f"{name}: header declares {nnz:,} entries for a {n_rows:,} x {n_cols:,} matrix "
+            f"(more than fit, or above the limit of {MAX_NNZ:,})"
+        )
+    min_bytes = 4 if field == "pattern" else 6  # "1 1\n" / "1 1 1\n"
+    if nnz * min_bytes > len(body) + 1:
+        raise DataError(
+            f"{name}: header declares {nnz:,} entries but the file holds only {len(body):,} bytes of "
+            "entries (truncated file or wrong size line)"
+        )
+    ncol = 2 if field == "pattern" else 3
+    arr = _mm_numbers(body, name, ncol=ncol, start_line=line_no)
+    if arr.shape[0] != nnz:
+        raise DataError(
+            f"{name}: header declares {nnz:,} entries but the file has {arr.shape[0]:,} "
+            "(truncated file or wrong size line)"
+        )
+    rows_f, cols_f = arr[:, 0], arr[:, 1]
+    if nnz and (
+        not np.array_equal(rows_f, np.round(rows_f)) or not np.array_equal(cols_f, np.round(cols_f))
+    ):
+        raise DataError(f"{name}: MatrixMarket row/column indices must be integers")
+    rows = rows_f.astype(np.int64) - 1
+    cols = cols_f.astype(np.int64) - 1
+    bad = np.flatnonzero((rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols))
+    if bad.size:
+        k = int(bad[0])
+        raise DataError(
+            f"{name}: entry {k + 1} ({rows[k] + 1}, {cols[k] + 1}) is outside the declared "
+            f"{n_rows} x {n_cols} shape (indices are 1-based)"
+        )
+    vals = np.ones(nnz, dtype=np.float64) if field == "pattern" else arr[:, 2]
+    if symmetry == "symmetric":
+        off = rows != cols
+        rows, cols, vals = (
+            np.concatenate([rows, cols[off]]),
+            np.concatenate([cols, rows[off]]),
+            np.concatenate([vals, vals[off]]),
+        )
+    X = sp.coo_matrix((vals, (rows, cols)), shape=(n_rows, n_cols)).tocsr()
+    return X
+
+
+def _mm_numbers(body: bytes, name: str, *, ncol: int, start_line: int) -> np.ndarray:
+    """Whitespace-separated numbers, ``ncol`` per line, as float64 (n, ncol)."""
+    if not body.strip():
+        return np.zeros((0, ncol))
+    try:
+        df = pd.read_csv(
+            io.BytesIO(body), sep=r"\s+", header=None, comment="%", names=list(range(ncol)),
+            dtype=np.float64, engine="c", na_filter=False,
+        )
+        arr = df.to_numpy(dtype=np.float64)
+        if np.isfinite(arr).all():
+            return arr
+    except Exception:  # noqa: BLE001 - locate the problem below
+        pass
+    for i, line in enumerate(body.decode("latin-1").split("\n"), start_line + 1):
+        s = line.strip()
+        if not s or s.startswith("%"):
+            continue
+        fields = s.split()
+        if len(fields) != ncol:
+            raise DataError(f"{name}: line {i} has {len(fields)} fields, expected {ncol} ({s[:60]!r})")
+        for f in fields:
+            if f.lower() in _NAN_TOKENS:
+                raise DataError(f"{name}: NaN at line {i}")
+            if f.lower() in _INF_TOKENS:
+                raise DataError(f"{name}: infinite value at line {i}")
+            if not _is_number(f):
+                raise DataError(f"{name}: non-numeric value {_q(f)} at line {i}")
+    raise DataError(f"{name}: could not parse MatrixMarket entries")
+
+
+def _read_mtx_file(data: bytes, name: str, *, orientation: Orientation, expect: Expect):
+    X = _parse_mtx(data, name)
+    file_orient, reason = _decide_orientation(
+        orientation, row_names=None, col_names=None, shape=X.shape, default="genes_x_cells"
+    )
+    if orientation == "auto":
+        reason = "MatrixMarket 10x convention (features x cells)"
+    transposed = file_orient == "genes_x_cells"
+    if transposed:
+        X = _transpose(X)
+    return _finish(X, None, None, name=name, fmt="mtx", file_orientation=file_orient,
+                   transposed=transposed, expect=expect, reason=reason)
+
+
+# --------------------------------------------------------------------------- #
+# 10x folder / zip
+# --------------------------------------------------------------------------- #
+_MTX_RE = re.compile(r"^(.*?)matrix\.mtx(\.gz)?$", re.IGNORECASE)
+
+
+def _tsv_lines(data: bytes, name: str) -> list[list[str]]:
+    if data.startswith(_GZIP_MAGIC):
+        data = _gunzip(data, name)
+    text = _decode_text(data, name)
+    return [ln.rstrip("\r").split("\t") for ln in text.split("\n") if ln.strip()]
+
+
+def _assemble_10x(
+    mtx: bytes, barcodes: bytes, features: bytes, *, names: tuple[str, str, str], label: str,
+    fmt: str, orientation: Orientation, expect: Expect,
+):
+    mtx_name, bc_name, ft_name = names
+    if mtx.startswith(_GZIP_MAGIC):
+        mtx = _gunzip(mtx, mtx_name)
+    X = _parse_mtx(mtx, f"{label}: {mtx_name}")
+    bc = [r[0].strip() for r in _tsv_lines(barcodes, f"{label}: {bc_name}")]
+    ft = _tsv_lines(features, f"{label}: {ft_name}")
+    n_rows, n_cols = X.shape
+    if orientation == "auto":
+        if len(ft) == n_rows and len(bc) == n_cols:
+            file_orient = "genes_x_cells"
+        elif len(bc) == n_rows and len(ft) == n_cols:
+            file_orient = "cells_x_genes"
+        else:
+            raise DataError(
+                f"{label}: {mtx_name} is {n_rows:,} x {n_cols:,} but {bc_name} lists "
+                f"{len(bc):,} barcodes and {ft_name} {len(ft):,} features; they must match "
+                "(features x barcodes)"
+            )
+        reason = "matched barcode/feature counts"
+    else:
+        file_orient, reason = orientation, "given"
+        n_cells, n_feat = (n_cols, n_rows) if file_orient == "genes_x_cells" else (n_rows, n_cols)
+        if len(bc) != n_cells or len(ft) != n_feat:
+            raise DataError(
+                f"{label}: {mtx_name} read as {file_orient} has {n_cells:,} cells x {n_feat:,} features "
+                f"but {bc_name} lists {len(bc):,} and {ft_name} {len(ft):,}"
+            )
+    ids = [r[0].strip() for r in ft]
+    symbols = [(r[1] if len(r) > 1 else r[0]).strip() for r in ft]
+    var_names = symbols if len(set(symbols)) == len(symbols) else ids
+    var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(var_names, dtype=object))
+    if any(len(r) > 2 for r in ft):
+        var["feature_types"] = [r[2].strip() if len(r) > 2 else "" for r in ft]
+    transposed = file_orient == "genes_x_cells"
+    if transposed:
+        X = _transpose(X)
+    return _finish(
+        X, bc, var_names, name=label, fmt=fmt, file_orientation=file_orient, transposed=transposed,
+        expect=expect, reason=reason, var=var,
+        extra={"var_names_from": "symbols" if var_names is symbols else "gene_ids"},
+    )
+
+
+def _find_10x(names: Sequence[str], label: str) -> tuple[str, str, str]:
+    """Pick matrix, barcodes and features members from a list of relative names."""
+    def usable(n: str) -> bool:
+        parts = PurePosixPath(n).parts
+        return bool(parts) and not parts[-1].startswith("._") and "__MACOSX" not in parts
+
+    mtxs = [n for n in names if usable(n) and _MTX_RE.match(PurePosixPath(n).name)]
+    if not mtxs:
+        raise DataError(
+            f"{label}: no matrix.mtx or matrix.mtx.gz found; a 10x folder/zip needs matrix.mtx(.gz), "
+            "barcodes.tsv(.gz) and features.tsv(.gz) (or genes.tsv(.gz))"
+        )
+    if len(mtxs) > 1:
+        raise DataError(f"{label}: several matrices found ({', '.join(sorted(mtxs)[:4])}); provide one sample")
+    m = mtxs[0]
+    p = PurePosixPath(m)
+    prefix = _MTX_RE.match(p.name).group(1)
+    parent = "" if str(p.parent) == "." else str(p.parent) + "/"
+    lookup = {n.lower(): n for n in names}
+
+    def find(stems: Sequence[str]) -> str | None:
+        for stem in stems:
+            for ext in (".tsv.gz", ".tsv", ".txt.gz", ".txt"):
+                hit = lookup.get(f"{parent}{prefix}{stem}{ext}".lower())
+                if hit:
+                    return hit
+        return None
+
+    bc = find(["barcodes"])
+    ft = find(["features", "genes"])
+    if bc is None:
+        raise DataError(f"{label}: found {m} but no {parent}{prefix}barcodes.tsv(.gz) next to it")
+    if ft is None:
+        raise DataError(f"{label}: found {m} but no {parent}{prefix}features.tsv(.gz) or genes.tsv(.gz) next to it")
+    return m, bc, ft
+
+
+def _read_10x_dir(inp: _Input, *, orientation: Orientation, expect: Expect):
+    root = inp.path
+    assert root is not None
+    names = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        depth = 0 if rel == "." else rel.count(os.sep) + 1
+        if depth >= 2:
+            dirnames[:] = []
+        for f in filenames:
+            names.append(f if rel == "." else PurePosixPath(*Path(rel).parts, f).as_posix())
+    m, bc, ft = _find_10x(names, inp.name)
+    total = sum((root / n).stat().st_size for n in (m, bc, ft))
+    if total > MAX_UNCOMPRESSED_BYTES:
+        raise DataError(f"{inp.name}: 10x files total {total:,} bytes, above the limit")
+    blobs = [(root / n).read_bytes() for n in (m, bc, ft)]
+    return _assemble_10x(*blobs, names=(m, bc, ft), label=inp.name, fmt="10x",
+                         orientation=orientation, expect=expect)
+
+
+def _check_member_name(info: zipfile.ZipInfo, label: str) -> None:
+    n = info.filename
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise DataError(f"{label}: zip member {_q(n)} is a symbolic link; archives with symlinks are refused")
+    if "\x00" in n:
+        raise DataError(f"{label}: zip member name contains a NUL byte; refused")
+    norm = n.replace("\\", "/")
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
+        raise DataError(f"{label}: zip member {_q(n)} has an absolute path; refused (path traversal)")
+    if ".." in norm.split("/"):
+        raise DataError(f"{label}: zip member {_q(n)} contains '..'; refused (path traversal)")
+    if info.flag_bits & 0x1:
+        raise DataError(f"{label}: zip member {_q(n)} is encrypted; not supported")
+
+
+def _open_zip(data: bytes, label: str, *, max_total_bytes: int | None = None) -> zipfile.ZipFile:
+    """Open and vet a zip archive: names, symlinks, entry count, sizes."""
+    limit = MAX_UNCOMPRESSED_BYTES if max_total_bytes is None else max_total_bytes
+    if not data:
+        raise DataError(f"{label}: zip file is empty")
+    if not data.startswith(_ZIP_MAGICS):
+        what = _describe_magic(data[:16])
+        raise DataError(
+            f"{label}: not a zip archive (bad signature" + (f"; this is {what})" if what else ")")
+        )
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise DataError(f"{label}: corrupt or invalid zip archive ({e})") from None
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise DataError(f"{label}: zip has {len(infos):,} members, above the limit of {MAX_ZIP_ENTRIES:,}")
+    total = 0
+    for info in infos:
+        _check_member_name(info, label)
+        total += info.file_size
+        if not info.is_dir():
+            _check_ratio(f"{label}: {info.filename}", info.compress_size, info.file_size)
+    if total > limit:
+        raise DataError(
+            f"{label}: zip members total {total:,} bytes uncompressed, above the limit of {limit:,} "
+            "bytes; refusing a possible zip bomb"
+        )
+    return zf
+
+
+def _zip_member(zf: zipfile.ZipFile, name: str, label: str) -> bytes:
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, OSError, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+        raise DataError(f"{label}: corrupt zip member {_q(name)} ({e})") from None
+
+
+def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect):
+    zf = _open_zip(inp.data, inp.name)
+    with zf:
+        names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        m, bc, ft = _find_10x(names, inp.name)
+        blobs = [_zip_member(zf, n, inp.name) for n in (m, bc, ft)]
+    return _assemble_10x(*blobs, names=(m, bc, ft), label=inp.name, fmt="10x-zip",
+                         orientation=orientation, expect=expect)
+
+
+# --------------------------------------------------------------------------- #
+# NumPy / scipy
+# --------------------------------------------------------------------------- #
+def _npy_from_bytes(data: bytes, name: str) -> np.ndarray:
+    """Load .npy bytes, checking the declared shape before allocating."""
+    from numpy.lib import format as npf
+
+    if not data.startswith(_NPY_MAGIC):
+        raise DataError(f"{name}: not a NumPy .npy array (bad signature)")
+    fh = io.BytesIO(data)
+    try:
+        version = npf.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = npf.read_array_header_2_0(fh)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: malformed .npy header ({e})") from None
+    if dtype.hasobject:
+        raise DataError(f"{name}: .npy holds Python objects (pickled data); refused")
+    n = int(np.prod(shape, dtype=object)) if shape else 1
+    if n * dtype.itemsize > len(data) - fh.tell():
+        raise DataError(
+            f"{name}: .npy header declares shape {tuple(shape)} ({n:,} values) but the file holds only "
+            f"{len(data) - fh.tell():,} bytes of data (truncated or forged header)"
+        )
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: cannot load .npy ({e})") from None
+
+
+def _check_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> None:
+    """Check an .npz member's .npy header (dtype, declared size) before numpy allocates."""
+    from numpy.lib import format as npf
+
+    try:
+        with zf.open(info) as fh:
+            version = npf.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = npf.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = npf.read_array_header_2_0(fh)
+            header_len = fh.tell()
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: member {_q(info.filename)} is not a valid .npy array ({e})") from None
+    if dtype.hasobject:
+        raise DataError(
+            f"{name}: member {_q(info.filename)} holds Python objects (pickled data); refused (never unpickled)"
+        )
+    n = int(np.prod(shape, dtype=object)) if shape else 1
+    if n * dtype.itemsize > info.file_size - header_len:
+        raise DataError(
+            f"{name}: member {_q(info.filename)} declares shape {tuple(shape)} but holds only "
+            f"{info.file_size - header_len:,} bytes (truncated or forged header)"
+        )
+
+
+def _read_npy(data: bytes, name: str, *, orientation: Orientation, expect: Expect):
+    arr = _npy_from_bytes(data, name)
+    return _dense_result(arr, None, None, name=name, fmt="npy", orientation=orientation, expect=expect)
+
+
+def _dense_result(arr, row_names, col_names, *, name, fmt, orientation, expect):
+    if arr.ndim != 2:
+        raise DataError(f"{name}: expected a 2-D matrix, got an array of shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{name}: matrix has non-numeric dtype {arr.dtype}")
+    file_orient, reason = _decide_orientation(
+        orientation, row_names=None, col_names=None, shape=arr.shape, default="cells_x_genes"
+    )
+    transposed = file_orient == "genes_x_cells"
+    X = _transpose(arr) if transposed else arr
+    obs_names, var_names = (col_names, row_names) if transposed else (row_names, col_names)
+    return _finish(X, obs_names, var_names, name=name, fmt=fmt, file_orientation=file_orient,
+                   transposed=transposed, expect=expect, reason=reason)
+
+
+def _read_npz(inp: _Input, *, orientation: Orientation, expect: Expect):
+    name = inp.name
+    data = inp.data
+    if not data.startswith(_ZIP_MAGICS):
+        what = _describe_magic(data[:16])
+        raise DataError(
+            f"{name}: not a valid .npz archive (an .npz is a zip file"
+            + (f"; this is {what})" if what else ")")
+        )
+    zf = _open_zip(data, name)
+    with zf:
+        members = {i.filename for i in zf.infolist()}
+        for info in zf.infolist():
+            if not info.is_dir():
+                _check_npy_member(zf, info, name)
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: cannot open .npz ({e})") from None
+
+    def get(key: str) -> np.ndarray:
+        if key not in loaded.files:
+            raise DataError(f"{name}: .npz is missing array {key!r}")
+        try:
+            arr = loaded[key]
+        except ValueError as e:
+            if "pickle" in str(e).lower():
+                raise DataError(f"{name}: array {key!r} holds pickled Python objects; refused (never unpickled)") from None
+            raise DataError(f"{name}: cannot load array {key!r} ({e})") from None
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{name}: cannot load array {key!r} ({e})") from None
+        return arr
+
+    with loaded:
+        if not loaded.files:
+            raise DataError(f"{name}: .npz archive holds no arrays ({len(members)} members)")
+        names = {}
+        for k in ("obs_names", "var_names"):
+            if k in loaded.files:
+                a = get(k)
+                if a.ndim != 1 or a.dtype.kind not in "USiu":
+                    raise DataError(f"{name}: {k!r} must be a 1-D array of strings")
+                names[k] = [str(s) for s in a.tolist()]
+        if "format" not in loaded.files:
+            arrays = [k for k in loaded.files if k not in names]
+            if len(arrays) != 1:
+                raise DataError(
+                    f"{name}: .npz is neither a scipy sparse matrix (scipy.sparse.save_npz: keys "
+                    f"data/indices/indptr/format/shape) nor a single 2-D array; it holds {sorted(loaded.files)[:8]}"
+                )
+            arr = get(arrays[0])
+            return _dense_result(arr, names.get("obs_names"), names.get("var_names"), name=name,
+                                 fmt="npz", orientation=orientation, expect=expect)
+        fmt = get("format")
+        fmt = fmt.item() if fmt.size == 1 else None
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode("ascii", "replace")
+        shape = get("shape")
+        if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+            raise DataError(f"{name}: .npz 'shape' must hold two non-negative integers, got {shape!r}")
+        n_rows, n_cols = (int(s) for s in shape)
+        if n_rows > MAX_DIM or n_cols > MAX_DIM:
+            raise DataError(
+                f"{name}: declares a {n_rows:,} x {n_cols:,} matrix; the limit is {MAX_DIM:,} rows or columns"
+            )
+        try:
+            if fmt in ("csr", "csc"):
+                cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+                X = cls((get("data"), get("indices"), get("indptr")), shape=(n_rows, n_cols))
+                X.check_format(full_check=True)
+            elif fmt == "coo":
+                dat = get("data")
+                if "coords" in loaded.files:
+                    coords = get("coords")
+                    row, col = coords[0], coords[1]
+                else:
+                    row, col = get("row"), get("col")
+                if row.size and (row.min() < 0 or col.min() < 0 or row.max() >= n_rows or col.max() >= n_cols):
+                    raise DataError(f"{name}: coordinates outside the declared {n_rows} x {n_cols} shape")
+                X = sp.coo_matrix((dat, (row, col)), shape=(n_rows, n_cols))
+            else:
+                raise DataError(
+                    f"{name}: sparse format {fmt!r} is not supported (csr, csc or coo)"
+                )
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{name}: inconsistent sparse matrix arrays ({e})") from None
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{name}: sparse matrix has non-numeric dtype {X.dtype}")
+    X = sp.csr_matrix(X)
+    file_orient, reason = _decide_orientation(
+        orientation, row_names=None, col_names=None, shape=X.shape, default="cells_x_genes"
+    )
+    transposed = file_orient == "genes_x_cells"
+    rn, cn = names.get("obs_names"), names.get("var_names")
+    if transposed:
+        X = _transpose(X)
+        rn, cn = cn, rn
+    return _finish(X, rn, cn, name=name, fmt="npz", file_orientation=file_orient,
+                   transposed=transposed, expect=expect, reason=reason)
+
+
+# --------------------------------------------------------------------------- #
+# h5ad
+# --------------------------------------------------------------------------- #
+def _hdf5_signature_ok(head: bytes, size: int) -> bool:
+    # the superblock sits at 0, 512, 1024, 2048, ... (after an optional user block)
+    if head.startswith(_HDF5_MAGIC):
+        return True
+    off = 512
+    while off + 8 <= min(len(head), size):
+        if head[off: off + 8] == _HDF5_MAGIC:
+            return True
+        off *= 2
+    return False
+
+
+def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect):
+    import anndata
+
+    name = inp.name
+    head = inp.head(1 << 16)
+    size = inp.path.stat().st_size if inp.path is not None and inp._data is None else len(inp.data)
+    if not _hdf5_signature_ok(head, size):
+        what = _describe_magic(head[:16])
+        raise DataError(
+            f"{name}: not an HDF5 file (bad signature), so not a valid .h5ad"
+            + (f"; this is {what}" if what else "")
+        )
+    tmp = None
+    try:
+        if inp.path is not None and inp._data is None:
+            path = inp.path
+        else:
+            fd, tmp = tempfile.mkstemp(suffix=".h5ad")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(inp.data)
+            path = Path(tmp)
+        try:
+            adata = anndata.read_h5ad(path)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{name}: cannot read .h5ad ({type(e).__name__}: {e})") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    X = adata.X
+    if X is None:
+        raise DataError(f"{name}: .h5ad has no X matrix")
+    if not sp.issparse(X) and not isinstance(X, np.ndarray):
+        try:
+            X = np.asarray(X)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{name}: unsupported X of type {type(X).__name__} ({e})") from None
+    if not sp.issparse(X) and X.ndim != 2:
+        raise DataError(f"{name}: X must be 2-D, got shape {X.shape}")
+    file_orient = "cells_x_genes" if orientation == "auto" else orientation
+    reason = "AnnData convention (cells x genes)" if orientation == "auto" else "given"
+    transposed = file_orient == "genes_x_cells"
+    obs, var = adata.obs.copy(), adata.var.copy()
+    if transposed:
+        X = _transpose(X)
+        obs, var = var, obs
+    uns = {k: v for k, v in adata.uns.items() if k != "dhaka_io"}
+    out = _finish(
+        X, list(obs.index), list(var.index), name=name, fmt="h5ad", file_orientation=file_orient,
+        transposed=transposed, expect=expect, reason=reason, obs=obs, var=var, uns=uns,
+    )
+    if not transposed:
+        for k in adata.obsm.keys():
+            out.obsm[k] = adata.obsm[k]
+        for k in adata.varm.keys():
+            out.varm[k] = adata.varm[k]
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# metadata
+# --------------------------------------------------------------------------- #
+def read_metadata(source: Source, adata, *, filename: str | None = None):
+    """Join a CSV/TSV of per-cell annotations into a copy of ``adata.obs``.
+
+    The id column is the first column, unless another column matches more of
+    the dataset's cell ids.  Cells without a metadata row get missing values.
+
+    Parameters
+    ----------
+    source
+        Path, bytes or binary file-like object (CSV/TSV/TXT, optionally .gz).
+    adata
+        The dataset (not modified).
+    filename
+        Name for messages and delimiter sniffing.
+
+    Returns
+    -------
+    anndata.AnnData
+        A copy with the new columns in ``obs`` and
+        ``uns["dhaka_io"]["metadata"] = {"filename", "id_column", "columns",
+        "matched", "unmatched_cells", "unmatched_ids"}``.
+
+    Raises
+    ------
+    DataError
+        Unreadable file, duplicate ids, or no id matching a cell.
+    """
+    inp = _open_source(source, filename, None)
+    name = inp.name
+    try:
+        data = inp.data
+        if not data:
+            raise DataError(f"{name}: file is empty")
+        if data.startswith(_GZIP_MAGIC):
+            data = _gunzip(data, name)
+        text = _decode_text(data, name)
+        if not text.strip():
+            raise DataError(f"{name}: file is empty (no text)")
+        ext, _ = _split_ext(name)
+        try:
+            delim = _sniff_delimiter(_first_lines(text), ext)
+        except DataError:
+            delim = ","  # a one-column metadata file is just a list of ids; caught below
+        try:
+            df = pd.read_csv(io.StringIO(text), sep=r"\s+" if delim is None else delim, dtype=str,
+                             keep_default_na=False, skipinitialspace=True)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{name}: cannot parse metadata table ({e})") from None
+        if df.shape[1] < 2:
+            raise DataError(f"{name}: metadata needs an id column and at least one annotation column")
+        if df.shape[0] == 0:
+            raise DataError(f"{name}: header only: metadata has no rows")
+        df.columns = [str(c).strip() for c in df.columns]
+        cells = pd.Index([str(s) for s in adata.obs_names])
+        best_col, best_hits = df.columns[0], -1
+        for c in df.columns:
+            hits = int(cells.isin(df[c].str.strip()).sum())
+            if hits > best_hits:
+                best_col, best_hits = c, hits
+        if best_hits <= 0:
+            ex_meta = ", ".join(_q(s) for s in df.iloc[:3, 0])
+            ex_cells = ", ".join(_q(s) for s in cells[:3])
+            raise DataError(
+                f"{name}: no metadata id matches a cell id (no column matches; first column has e.g. "
+                f"{ex_meta}; dataset cells are e.g. {ex_cells})"
+            )
+        ids = df[best_col].str.strip()
+        dup = ids[ids.duplicated()].unique()
+        if len(dup):
+            raise DataError(
+                f"{name}: duplicate cell ids in column {_q(best_col)}: " + ", ".join(_q(s) for s in dup[:5])
+            )
+        meta = df.drop(columns=[best_col])
+        meta.index = pd.Index(ids.to_numpy(), dtype=object)
+        out = adata.copy()
+        for c in meta.columns:
+            col = _coerce_column(meta[c]).reindex(cells)
+            out.obs[c] = col.to_numpy() if not isinstance(col.dtype, pd.CategoricalDtype) else col.values
+        matched = int(cells.isin(meta.index).sum())
+        info = dict(out.uns.get("dhaka_io", {}))
+        info["metadata"] = {
+            "filename": str(name),
+            "id_column": str(best_col),
+            "columns": [str(c) for c in meta.columns],
+            "matched": matched,
+            "unmatched_cells": int(len(cells) - matched),
+            "unmatched_ids": int((~meta.index.isin(cells)).sum()),
+        }
+        out.uns["dhaka_io"] = info
+        return out
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: could not read metadata ({type(e).__name__}: {e})") from e
+
+
+def _coerce_column(col: pd.Series) -> pd.Series:
+    """Numbers become float; other text becomes a categorical ('' -> missing)."""
+    s = col.str.strip().replace("", np.nan)
+    num = pd.to_numeric(s, errors="coerce")
+    if num.notna().sum() == s.notna().sum():
+        return num.astype(float)
+    return s.astype("category")
+
+
+# --------------------------------------------------------------------------- #
+# writers and utilities
+# --------------------------------------------------------------------------- #
+def write_latent_csv(
+    path_or_buf,
+    Z,
+    *,
+    obs_names: Sequence[str],
+    labels: Sequence | None = None,
+    extra: dict[str, Sequence] | pd.DataFrame | None = None,
+) -> str | None:
+    """Write a latent embedding as CSV: ``cell, dhaka_1..dhaka_d[, cluster][, extra...]``.
+
+    Parameters
+    ----------
+    path_or_buf
+        Path, text or binary buffer; ``None`` returns the CSV as a string.
+    Z
+        ``(n_cells, d)`` array.
+    obs_names
+        Cell ids (written as the first column, ``cell``).
+    labels
+        Optional cluster labels (column ``cluster``).
+    extra
+        Optional further columns (mapping name -> values, or a DataFrame).
+
+    Returns
+    -------
+    str or None
+        The CSV text when ``path_or_buf`` is ``None``.
+    """
+    Z = np.asarray(Z)
+    if Z.ndim != 2:
+        raise ValueError(f"Z must be 2-D (n_cells, d), got shape {Z.shape}")
+    n = Z.shape[0]
+    if len(obs_names) != n:
+        raise ValueError(f"obs_names has {len(obs_names)} entries for {n} rows of Z")
+    df = pd.DataFrame(Z, columns=[f"dhaka_{i + 1}" for i in range(Z.shape[1])],
+                      index=pd.Index([str(s) for s in obs_names], name="cell"))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if len(labels) != n:
+            raise ValueError(f"labels has {len(labels)} entries for {n} cells")
+        df["cluster"] = labels
+    if extra is not None:
+        items = extra.items() if isinstance(extra, dict) else ((c, extra[c]) for c in extra.columns)
+        for k, v in items:
+            v = np.asarray(v)
+            if len(v) != n:
+                raise ValueError(f"extra column {k!r} has {len(v)} entries for {n} cells")
+            if k in df.columns:
+                raise ValueError(f"extra column {k!r} clashes with an existing column")
+            df[str(k)] = v
+    if path_or_buf is None:
+        return df.to_csv()
+    if isinstance(path_or_buf, (str, os.PathLike)):
+        df.to_csv(path_or_buf)
+        return None
+    if isinstance(path_or_buf, (io.RawIOBase, io.BufferedIOBase)) or "b" in getattr(path_or_buf, "mode", ""):
+        path_or_buf.write(df.to_csv().encode("utf-8"))
+        return None
+    df.to_csv(path_or_buf)
+    return None
+
+
+def to_h5ad_bytes(adata) -> bytes:
+    """Serialise an AnnData to ``.h5ad`` bytes (through a temporary file)."""
+    fd, tmp = tempfile.mkstemp(suffix=".h5ad")
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        return Path(tmp).read_bytes()
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def zip_dir(path: str | os.PathLike) -> bytes:
+    """Zip a folder's regular files (recursively, sorted, symlinks skipped) into bytes.
+
+    Member names are relative POSIX paths, so :func:`unzip_safe` accepts them.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames.sort()
+            for f in sorted(filenames):
+                p = Path(dirpath) / f
+                if p.is_symlink() or not p.is_file():
+                    continue
+                zf.write(p, p.relative_to(root).as_posix())
+    return buf.getvalue()
+
+
+def unzip_safe(
+    data: bytes,
+    dest: str | os.PathLike,
+    *,
+    max_total_bytes: int = 2 * 2**30,
+) -> Path:
+    """Extract a zip archive into ``dest``, refusing anything unsafe.
+
+    Every member is checked before anything is written: absolute names and
+    ``..`` components (path traversal), symbolic links, encrypted members, too
+    many members, implausible compression ratios and a total uncompressed size
+    above ``max_total_bytes`` all raise :class:`DataError`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``dest`` (created if needed).
+    """
+    dest = Path(dest)
+    label = "zip archive"
+    zf = _open_zip(bytes(data), label, max_total_bytes=max_total_bytes)
+    root = dest.resolve()
+    with zf:
+        for info in zf.infolist():
+            target = (root / info.filename.replace("\\", "/")).resolve()
+            if target != root and root not in target.parents:
+                raise DataError(f"{label}: member {_q(info.filename)} escapes the destination (path traversal)")
+        dest.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for info in zf.infolist():
+            target = root / info.filename.replace("\\", "/")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while True:
+                        chunk = src.read(1 << 20)
+                        if not chunk:
+                            break
+                        written += len(chunk)
+                        if written > max_total_bytes:
+                            raise DataError(f"{label}: extracted data exceeds {max_total_bytes:,} bytes; refused")
+                        out.write(chunk)
+            except DataError:
+                raise
+            except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as e:
+                raise DataError(f"{label}: corrupt member {_q(info.filename)} ({e})") from None
+    return dest
+
+
+def fingerprint(X) -> dict:
+    """Content digest of a matrix, without densifying sparse input.
+
+    Sparse matrices are hashed in canonical CSR form (``data``, ``indices``,
+    ``indptr``), dense ones as C-contiguous bytes.  The digest also covers
+    shape, dtype and storage kind.
+
+    Parameters
+    ----------
+    X
+        ndarray, scipy sparse matrix/array, or an AnnData (its ``X``).
+
+    Returns
+    -------
+    dict
+        ``{"shape": (n, m), "nnz": int, "dtype": str, "sha256": hex str}``.
+    """
+    if hasattr(X, "obs_names") and hasattr(X, "X"):
+        X = X.X
+    h = hashlib.sha256()
+    if sp.issparse(X):
+        C = sp.csr_matrix(X)
+        if not C.has_canonical_format:
+            C = C.copy()
+            C.sum_duplicates()
+        shape = tuple(int(s) for s in C.shape)
+        h.update(f"csr|{shape}|{C.data.dtype.str}|".encode())
+        for part in (C.data, C.indices.astype(np.int64, copy=False), C.indptr.astype(np.int64, copy=False)):
+            h.update(np.ascontiguousarray(part).view(np.uint8))
+            h.update(b"|")
+        nnz, dtype = int(C.nnz), str(C.dtype)
+    else:
+        A = np.ascontiguousarray(np.asarray(X))
+        shape = tuple(int(s) for s in A.shape)
+        h.update(f"dense|{shape}|{A.dtype.str}|".encode())
+        if A.dtype.hasobject:
+            raise ValueError("cannot fingerprint an object array")
+        h.update(A.reshape(-1).view(np.uint8) if A.size else b"")
+        nnz, dtype = int(np.count_nonzero(A)), str(A.dtype)
+    return {"shape": shape, "nnz": nnz, "dtype": dtype, "sha256": h.hexdigest()}
