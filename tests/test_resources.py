@@ -1,0 +1,142 @@
+"""Memory guard: estimate, limit discovery, and a clear refusal."""
+from __future__ import annotations
+
+import pytest
+
+from dhaka import resources
+from dhaka.resources import (
+    ResourceError,
+    check_memory,
+    estimate_training_memory,
+    format_bytes,
+    memory_limit,
+    parse_size,
+    process_rss,
+)
+
+GIB = 1024**3
+DEEP = (1024, 512, 256)
+
+
+def est(**kw):
+    args = dict(n_cells=10_000, n_genes=2_000, hidden=DEEP, latent_dim=3, batch_size=256, sparse=False)
+    args.update(kw)
+    return estimate_training_memory(**args)
+
+
+def test_estimate_counts_the_dense_matrices():
+    # 10k cells x 2k genes float32: 80 MB stored + 2 x 80 MB preprocessed, before the safety factor
+    matrix = 10_000 * 2_000 * 4
+    e = est()
+    assert e >= 3 * matrix * resources.SAFETY_FACTOR
+    assert e < 3 * matrix * resources.SAFETY_FACTOR + 300 * 1024**2  # params/activations are modest here
+
+
+def test_estimate_grows_with_every_input():
+    base = est()
+    assert est(n_cells=20_000) > base
+    assert est(n_genes=4_000) > base
+    assert est(batch_size=1024) > base
+    assert est(hidden=(2048, 1024, 512)) > base
+    assert est(latent_dim=50) > base
+    assert est(n_selected=500) < base
+
+
+def test_sparse_storage_is_cheaper_and_density_matters():
+    n_cells, n_genes = 50_000, 30_000
+    dense = est(n_cells=n_cells, n_genes=n_genes, n_selected=2_000)
+    sparse = est(n_cells=n_cells, n_genes=n_genes, n_selected=2_000, sparse=True, density=0.05)
+    denser = est(n_cells=n_cells, n_genes=n_genes, n_selected=2_000, sparse=True, density=0.2)
+    assert sparse < denser < dense
+    assert est(sparse=True) == est(sparse=True, density=0.1)  # documented default
+    with pytest.raises(ValueError):
+        est(sparse=True, density=1.5)
+
+
+def test_estimate_parameters_dominate_for_wide_inputs():
+    # 100 cells but 20k genes into a 1024-wide layer: ~20M weights x 4 copies x 4 bytes x 2 (enc+dec)
+    e = est(n_cells=100, n_genes=20_000)
+    assert e > 2 * 20_000 * 1024 * 4 * 4
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("4G", 4 * GIB), ("4g", 4 * GIB), ("4GB", 4 * GIB), ("1.5GiB", int(1.5 * GIB)), ("512M", 512 * 1024**2),
+     ("1000", 1000), (" 2 gb ", 2 * GIB), (123, 123)],
+)
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "four", "4X", "-1G", "0", 0, "G"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_format_bytes():
+    assert format_bytes(6.2 * GIB) == "6.2 GB"
+    assert format_bytes(4 * GIB) == "4.0 GB"
+    assert format_bytes(300 * 1024**2) == "300.0 MB"
+    assert format_bytes(12) == "12 B"
+
+
+def test_memory_limit_env_first(monkeypatch, tmp_path):
+    cg = tmp_path / "memory.max"
+    cg.write_text(str(2 * GIB))
+    monkeypatch.setattr(resources, "CGROUP_FILES", (str(cg),))
+    monkeypatch.setenv("DHAKA_MEMORY_LIMIT", "4G")
+    assert memory_limit() == 4 * GIB
+    monkeypatch.setenv("DHAKA_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValueError, match="DHAKA_MEMORY_LIMIT"):
+        memory_limit()
+
+
+def test_memory_limit_cgroup_then_ram(monkeypatch, tmp_path):
+    monkeypatch.delenv("DHAKA_MEMORY_LIMIT", raising=False)
+    monkeypatch.setattr(resources, "_physical_ram", lambda: 16 * GIB)
+    cg = tmp_path / "memory.max"
+    cg.write_text(f"{2 * GIB}\n")
+    monkeypatch.setattr(resources, "CGROUP_FILES", (str(tmp_path / "absent"), str(cg)))
+    assert memory_limit() == 2 * GIB
+    cg.write_text(str(64 * GIB))  # a cgroup limit above physical RAM is capped at RAM
+    assert memory_limit() == 16 * GIB
+    cg.write_text("max\n")  # cgroup v2: no limit
+    assert memory_limit() == int(16 * GIB * resources.RAM_FRACTION)
+    cg.write_text(str(2**63 - 4096))  # cgroup v1: no limit
+    assert memory_limit() == int(16 * GIB * resources.RAM_FRACTION)
+    monkeypatch.setattr(resources, "CGROUP_FILES", ())
+    assert memory_limit() == int(16 * GIB * resources.RAM_FRACTION)
+
+
+def test_memory_limit_on_this_machine_is_positive(monkeypatch):
+    monkeypatch.delenv("DHAKA_MEMORY_LIMIT", raising=False)
+    limit = memory_limit()
+    assert limit is not None and limit > 0
+
+
+def test_check_memory_refuses_with_clear_message():
+    with pytest.raises(ResourceError) as err:
+        check_memory(int(6.2 * GIB), "4G")
+    msg = str(err.value)
+    assert msg.startswith("Training would need about 6.2 GB but the limit is 4.0 GB;")
+    assert "fewer genes" in msg and "DHAKA_MEMORY_LIMIT" in msg
+    assert isinstance(err.value, RuntimeError)
+
+
+def test_check_memory_accounts_for_memory_in_use():
+    assert check_memory(1 * GIB, 4 * GIB) == 3 * GIB
+    with pytest.raises(ResourceError, match="already in use"):
+        check_memory(1 * GIB, 4 * GIB, used=int(3.5 * GIB))
+
+
+def test_check_memory_uses_env_limit(monkeypatch):
+    monkeypatch.setenv("DHAKA_MEMORY_LIMIT", "1G")
+    with pytest.raises(ResourceError, match="limit is 1.0 GB"):
+        check_memory(est(n_cells=200_000, n_genes=5_000))
+    assert check_memory(est(n_cells=300, n_genes=200, hidden=(64,), batch_size=32)) > 0
+
+
+def test_process_rss_is_plausible():
+    rss = process_rss()
+    assert 1024**2 < rss < 64 * GIB
