@@ -1,0 +1,197 @@
+"""A corpus of broken (and a few borderline) input files for ``dhaka.io.read``.
+
+Reusable by the library tests and the app tests::
+
+    from tests.badfiles import make_bad_corpus, EXPECTED, LOADS_OK
+    corpus = make_bad_corpus(tmp_path)            # name -> Path
+    for name, path in corpus.items():
+        keywords, kwargs = EXPECTED[name]
+        ...   # read(path, **kwargs) raises DataError whose message contains every keyword
+              # (case-insensitive), except names in LOADS_OK, which load fine.
+
+Everything is generated from fixed bytes or a fixed seed, so the corpus is the
+same on every run; generating it takes a few milliseconds.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["make_bad_corpus", "EXPECTED", "LOADS_OK", "message_ok"]
+
+#: name -> (keywords every error message must contain (case-insensitive), read() kwargs)
+EXPECTED: dict[str, tuple[tuple[str, ...], dict]] = {
+    "empty": (("empty",), {}),
+    "blank_lines": (("empty",), {}),
+    "header_only": (("header only",), {}),
+    "one_column": (("one column",), {}),
+    "non_numeric": (("non-numeric", "line 3", "'abc'", "g2"), {}),
+    "ragged_rows": (("ragged", "line 3"), {}),
+    "nan": (("nan", "line 2"), {}),
+    "empty_value": (("missing", "line 3"), {}),
+    "inf": (("infinite", "line 3"), {}),
+    "negative_counts": (("negative", "expect='counts'"), {"expect": "counts"}),
+    "negative_nonnegative": (("negative",), {"expect": "nonnegative"}),
+    "non_integer_counts": (("non-integer", "2.5"), {"expect": "counts"}),
+    "duplicate_cells": (("duplicate", "'c1'"), {}),
+    "duplicate_genes": (("duplicate", "'g2'"), {}),
+    "one_cell": (("1 cell", "at least 2", "2x2"), {}),
+    "one_gene": (("1 feature", "at least 2", "2x2"), {}),
+    "two_by_two": ((), {}),
+    "binary_garbage_csv": (("binary",), {}),
+    "zip_named_csv": (("zip archive",), {}),
+    "truncated_gz": (("truncated",), {}),
+    "corrupt_gz": (("corrupt gzip",), {}),
+    "corrupt_zip": (("corrupt",), {}),
+    "zip_without_matrix": (("matrix.mtx",), {}),
+    "zip_traversal": (("traversal", "../"), {}),
+    "zip_absolute": (("absolute",), {}),
+    "zip_symlink": (("symbolic link",), {}),
+    "zip_bomb": (("bomb",), {}),
+    "zip_10x_mismatch": (("barcodes", "must match"), {}),
+    "h5ad_not_hdf5": (("not an hdf5",), {}),
+    "pickle_npz": (("pickle", "refused"), {}),
+    "pickle_h5ad": (("pickle", "refused"), {}),
+    "npz_object_array": (("pickle",), {}),
+    "npz_not_zip": (("not a valid .npz",), {}),
+    "mtx_huge_shape": (("declares", "limit"), {}),
+    "mtx_nnz_too_many": (("declares", "entries"), {}),
+    "mtx_missing_entries": (("declares 4 entries", "has 3"), {}),
+    "mtx_out_of_bounds": (("outside",), {}),
+    "mtx_no_banner": (("matrixmarket",), {}),
+    "npy_forged_shape": (("declares shape",), {}),
+    "too_large": (("max_bytes",), {"max_bytes": 16}),
+}
+
+#: corpus entries that must load (they sit exactly at a limit)
+LOADS_OK = frozenset({"two_by_two"})
+
+
+def message_ok(name: str, message: str) -> bool:
+    """True if ``message`` contains every keyword expected for corpus entry ``name``."""
+    low = message.lower()
+    return all(k.lower() in low for k in EXPECTED[name][0])
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    return buf.getvalue()
+
+
+_MTX = b"%%MatrixMarket matrix coordinate integer general\n3 2 3\n1 1 1\n2 2 4\n3 1 2\n"
+_BARCODES = b"AAACCTGA-1\nAAACCTGC-1\n"
+_FEATURES = b"ENSG01\tGeneA\tGene Expression\nENSG02\tGeneB\tGene Expression\nENSG03\tGeneC\tGene Expression\n"
+
+
+def _forge_declared_size(zip_data: bytes, size: int) -> bytes:
+    """Rewrite every uncompressed-size field (local and central headers) to ``size``."""
+    b = bytearray(zip_data)
+    pos = 0
+    while (pos := b.find(b"PK\x03\x04", pos)) >= 0:  # local header: size at +22
+        b[pos + 22: pos + 26] = size.to_bytes(4, "little")
+        pos += 4
+    pos = 0
+    while (pos := b.find(b"PK\x01\x02", pos)) >= 0:  # central header: size at +24
+        b[pos + 24: pos + 28] = size.to_bytes(4, "little")
+        pos += 4
+    return bytes(b)
+
+
+def make_bad_corpus(tmpdir) -> dict[str, Path]:
+    """Write the corpus into ``tmpdir`` and return ``{name: path}`` (see :data:`EXPECTED`)."""
+    d = Path(tmpdir)
+    d.mkdir(parents=True, exist_ok=True)
+    files: dict[str, tuple[str, bytes]] = {}
+
+    def put(name: str, filename: str, data: bytes | str) -> None:
+        files[name] = (filename, data.encode() if isinstance(data, str) else data)
+
+    good = "cell,g1,g2,g3\nc1,1,2,3\nc2,4,5,6\nc3,7,8,9\n"
+    put("empty", "empty.csv", b"")
+    put("blank_lines", "blank.csv", "\n\n  \n")
+    put("header_only", "header_only.csv", "cell,g1,g2,g3\n")
+    put("one_column", "one_column.csv", "1\n2\n3\n4\n")
+    put("non_numeric", "non_numeric.csv", "cell,g1,g2,g3\nc1,1,2,3\nc2,4,abc,6\n")
+    put("ragged_rows", "ragged.csv", "cell,g1,g2,g3\nc1,1,2,3\nc2,4,5\nc3,7,8,9\n")
+    put("nan", "nan.csv", "cell,g1,g2,g3\nc1,1,NaN,3\nc2,4,5,6\n")
+    put("empty_value", "empty_value.csv", "cell,g1,g2,g3\nc1,1,2,3\nc2,4,,6\n")
+    put("inf", "inf.tsv", "cell\tg1\tg2\tg3\nc1\t1\t2\t3\nc2\t4\tinf\t6\n")
+    put("negative_counts", "negative.csv", "cell,g1,g2,g3\nc1,1,2,3\nc2,4,-5,6\n")
+    put("negative_nonnegative", "negative2.csv", "cell,g1,g2,g3\nc1,1,2,3\nc2,4,-0.5,6\n")
+    put("non_integer_counts", "fractional.csv", "cell,g1,g2,g3\nc1,1,2,3\nc2,4,2.5,6\n")
+    put("duplicate_cells", "dup_cells.csv", "cell,g1,g2,g3\nc1,1,2,3\nc2,4,5,6\nc1,7,8,9\n")
+    put("duplicate_genes", "dup_genes.csv", "cell,g1,g2,g2\nc1,1,2,3\nc2,4,5,6\n")
+    put("one_cell", "one_cell.csv", "cell,g1,g2,g3\nc1,1,2,3\n")
+    put("one_gene", "one_gene.csv", "cell,g1\nc1,1\nc2,2\nc3,3\n")
+    put("two_by_two", "two_by_two.csv", "cell,g1,g2\nc1,1,2\nc2,3,4\n")
+    rng = np.random.default_rng(0)
+    put("binary_garbage_csv", "garbage.csv", rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    put("zip_named_csv", "actually_zip.csv", _zip_bytes({"a.csv": good.encode()}))
+    gz = gzip.compress(good.encode() * 50)
+    put("truncated_gz", "truncated.csv.gz", gz[: len(gz) // 2])
+    put("corrupt_gz", "corrupt.csv.gz", gz[:10] + b"\xff" * 40 + gz[50:])
+    put("corrupt_zip", "corrupt.zip", b"PK\x03\x04" + rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
+    put("zip_without_matrix", "no_matrix.zip", _zip_bytes({"README.txt": b"hello", "barcodes.tsv": _BARCODES}))
+    put("zip_traversal", "traversal.zip", _zip_bytes({
+        "../evil.txt": b"x", "matrix.mtx": _MTX, "barcodes.tsv": _BARCODES, "features.tsv": _FEATURES}))
+    put("zip_absolute", "absolute.zip", _zip_bytes({
+        "/tmp/evil.txt": b"x", "matrix.mtx": _MTX, "barcodes.tsv": _BARCODES, "features.tsv": _FEATURES}))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, data in {"matrix.mtx": _MTX, "barcodes.tsv": _BARCODES}.items():
+            zf.writestr(n, data)
+        link = zipfile.ZipInfo("features.tsv")
+        link.create_system = 3  # unix
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    put("zip_symlink", "symlink.zip", buf.getvalue())
+    put("zip_bomb", "bomb.zip", _forge_declared_size(
+        _zip_bytes({"matrix.mtx": _MTX, "barcodes.tsv": _BARCODES, "features.tsv": _FEATURES}), 0xFFFFFFF0))
+    put("zip_10x_mismatch", "mismatch.zip", _zip_bytes({
+        "sample/matrix.mtx": _MTX, "sample/barcodes.tsv": _BARCODES + b"AAACCTGG-1\nAAACCTGT-1\n",
+        "sample/features.tsv": _FEATURES}))
+    put("h5ad_not_hdf5", "not_hdf5.h5ad", good)
+    harmless = pickle.dumps({"X": [[1, 2], [3, 4]]}, protocol=4)
+    put("pickle_npz", "pickle.npz", harmless)
+    put("pickle_h5ad", "pickle.h5ad", harmless)
+    obj = io.BytesIO()
+    np.savez(obj, X=np.array([[1, 2], [3, 4]], dtype=object))
+    put("npz_object_array", "objects.npz", obj.getvalue())
+    put("npz_not_zip", "not_zip.npz", good)
+    put("mtx_huge_shape", "huge.mtx",
+        "%%MatrixMarket matrix coordinate integer general\n100000000000 100000000000 3\n1 1 1\n2 2 1\n3 3 1\n")
+    put("mtx_nnz_too_many", "many.mtx",
+        "%%MatrixMarket matrix coordinate integer general\n1000 1000 900000\n1 1 1\n2 2 1\n3 3 1\n")
+    put("mtx_missing_entries", "missing.mtx",
+        "%%MatrixMarket matrix coordinate integer general\n4 4 4\n1 1 100\n2 2 100\n3 3 100\n")
+    put("mtx_out_of_bounds", "oob.mtx",
+        "%%MatrixMarket matrix coordinate integer general\n3 3 3\n1 1 1\n2 9 1\n3 3 1\n")
+    put("mtx_no_banner", "nobanner.mtx", "3 3 3\n1 1 1\n2 2 1\n3 3 1\n")
+    npy = io.BytesIO()
+    np.save(npy, np.ones((2, 2), dtype=np.float32))
+    raw = npy.getvalue()
+    header_end = raw.index(b"\n") + 1
+    header = raw[:header_end]
+    new = header.replace(b"(2, 2)", b"(99999, 99999)")
+    new = new[: len(header) - 1] + b"\n"  # drop as many padding spaces as were added
+    forged = new + raw[header_end:]
+    put("npy_forged_shape", "forged.npy", forged)
+    put("too_large", "too_large.csv", good)
+
+    missing = set(EXPECTED) - set(files)
+    assert not missing, f"corpus entries without files: {missing}"
+    out = {}
+    for name, (filename, data) in files.items():
+        p = d / filename
+        p.write_bytes(data)
+        out[name] = p
+    return out
