@@ -1,0 +1,530 @@
+"""The public estimator: ``Dhaka(...).fit_transform(X)``, scikit-learn style.
+
+``__init__`` only stores parameters; ``get_params()`` is therefore the exact
+record of a run's settings. Learned attributes end in ``_``. One fitted object
+holds everything needed to embed new cells: preprocessing constants, selected
+genes (by name when names exist), the model weights and the input centring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from dhaka import __version__
+from dhaka.preprocess import InputKind, detect_kind, log2p, normalize_total, select_genes
+
+MODEL_FILES = ("config.json", "weights.safetensors", "genes.txt", "preprocess.json", "history.json")
+
+# Settings of the paper as we read it (Rashid et al.): sigmoid/Bernoulli output on [0, 1]-scaled
+# log expression, no normalisation layers, no KL warm-up, no early stopping, RMSprop 1e-4.
+# Kept for reproduction; on realistic count data it collapses (bench/RESULTS.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": dict(structure="deep", likelihood="bernoulli", scale="minmax", relative=False, batch_norm=False,
+                  kl_warmup=0, patience=None, val_fraction=0.0, lr=1e-4, batch_size=50, epochs=100, clip_norm=2.0),
+    "fast": dict(structure="shallow", epochs=40, patience=10, kl_warmup=5),
+}
+
+
+def _as_matrix(X: Any) -> tuple[Any, list[str] | None, list[str] | None]:
+    """(matrix, cell names, feature names) from AnnData, DataFrame, ndarray or sparse."""
+    if hasattr(X, "obs_names") and hasattr(X, "var_names") and hasattr(X, "X"):
+        return X.X, [str(s) for s in X.obs_names], [str(s) for s in X.var_names]
+    if hasattr(X, "columns") and hasattr(X, "index") and hasattr(X, "to_numpy"):
+        return X.to_numpy(dtype=np.float32), [str(s) for s in X.index], [str(s) for s in X.columns]
+    return X, None, None
+
+
+class Dhaka(TransformerMixin, BaseEstimator):
+    """Variational autoencoder embedding of single cells (Dhaka, Rashid et al.).
+
+    Parameters
+    ----------
+    mode
+        ``"expression"`` (scRNA-seq; counts or normalised or log values) or ``"cnv"``
+        (copy-number states per bin, used as given).
+    latent_dim
+        Dimension of the latent space.
+    structure
+        ``"shallow"`` (1024, the paper's second structure; default because on a few hundred
+        cells the deep one over-fits and clusters worse, bench/RESULTS.md), ``"deep"``
+        (1024-512-256, the paper's first), or a list of widths.
+    n_genes
+        Number of features kept by ``gene_selection``; ``"auto"`` = 2000 in expression mode
+        (or all if fewer), all bins in copy-number mode; ``None`` = all.
+    gene_selection
+        ``"cv"`` (coefficient of variation), ``"entropy"``, ``"mean"`` or ``"variance"``.
+    normalize, log
+        ``"auto"`` follows :func:`dhaka.preprocess.detect_kind`; ``True``/``False`` force.
+    relative
+        Centre each gene over cells (the paper's relative expression).
+    scale
+        ``"global"`` divides all genes by one overall standard deviation (keeps their relative
+        weight), ``"gene"`` gives each gene unit variance, ``"none"``, or ``"minmax"`` to [0, 1]
+        (the paper's, for the Bernoulli likelihood).
+    likelihood
+        ``"gaussian"`` with per-gene learned variance (default), ``"mse"`` or ``"bernoulli"``.
+    batch_norm
+        Batch normalisation in the hidden layers.
+    epochs, batch_size, lr, optimizer, clip_norm
+        Training settings (RMSprop as in the paper; global gradient-norm clipping).
+        ``batch_size="auto"`` takes the power of two nearest n_cells / 8, between 32 and 512:
+        small data sets get enough optimiser steps per epoch, large ones keep the matrix
+        multiplications big enough to run near the machine's peak.
+    kl_warmup
+        Epochs over which the KL weight rises from 0 to 1 (0 disables).
+    val_fraction, patience
+        Held-out fraction for early stopping, and epochs without improvement before stopping.
+    n_starts
+        Random starts; the one with the best silhouette of its GMM clusters is kept.
+    seed
+        Seed of everything random (splits, initialisation, minibatch order).
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(
+        self,
+        mode: Literal["expression", "cnv"] = "expression",
+        latent_dim: int = 3,
+        structure: str | Sequence[int] = "shallow",
+        n_genes: int | Literal["auto"] | None = "auto",
+        gene_selection: Literal["cv", "entropy", "mean", "variance"] = "cv",
+        normalize: bool | Literal["auto"] = "auto",
+        log: bool | Literal["auto"] = "auto",
+        relative: bool = True,
+        scale: Literal["global", "gene", "none", "minmax"] = "global",
+        likelihood: Literal["gaussian", "mse", "bernoulli"] = "gaussian",
+        batch_norm: bool = True,
+        epochs: int = 200,
+        batch_size: int | Literal["auto"] = "auto",
+        lr: float = 1e-3,
+        optimizer: Literal["rmsprop", "adam"] = "rmsprop",
+        clip_norm: float | None = 5.0,
+        kl_warmup: int = 20,
+        val_fraction: float = 0.1,
+        patience: int | None = 20,
+        n_starts: int = 1,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> None:
+        self.mode = mode
+        self.latent_dim = latent_dim
+        self.structure = structure
+        self.n_genes = n_genes
+        self.gene_selection = gene_selection
+        self.normalize = normalize
+        self.log = log
+        self.relative = relative
+        self.scale = scale
+        self.likelihood = likelihood
+        self.batch_norm = batch_norm
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.clip_norm = clip_norm
+        self.kl_warmup = kl_warmup
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.n_starts = n_starts
+        self.seed = seed
+        self.device = device
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def from_preset(cls, name: Literal["default", "paper", "fast"], **overrides: Any) -> "Dhaka":
+        """An estimator with a named set of settings (``"paper"`` reproduces the publication's)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.non_deterministic = False
+        return tags
+
+    # ------------------------------------------------------------ preprocessing
+    def _check_params(self) -> None:
+        if self.mode not in ("expression", "cnv"):
+            raise ValueError(f"mode must be 'expression' or 'cnv', got {self.mode!r}")
+        if int(self.latent_dim) < 1:
+            raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}")
+        if self.scale not in ("global", "gene", "none", "minmax"):
+            raise ValueError(f"scale must be 'global', 'gene', 'none' or 'minmax', got {self.scale!r}")
+        if int(self.n_starts) < 1:
+            raise ValueError(f"n_starts must be at least 1, got {self.n_starts}")
+
+    def _validate(self, M: Any, *, reset: bool) -> Any:
+        M = check_array(M, accept_sparse="csr", dtype=np.float32, ensure_min_samples=2 if reset else 1,
+                        ensure_all_finite=True, input_name="X")
+        if sp.issparse(M):
+            M = sp.csr_matrix(M, dtype=np.float32)
+        return M
+
+    def _n_select(self, n_features: int) -> int | None:
+        if self.n_genes == "auto":
+            return None if self.mode == "cnv" else min(2000, n_features)
+        if self.n_genes is None:
+            return None
+        if int(self.n_genes) < 1:
+            raise ValueError(f"n_genes must be at least 1 (or 'auto' / None), got {self.n_genes}")
+        return min(int(self.n_genes), n_features)
+
+    def _steps(self, kind: InputKind) -> tuple[bool, bool]:
+        if self.mode == "cnv":
+            return (self.normalize is True), (self.log is True)
+        norm = kind.normalize if self.normalize == "auto" else bool(self.normalize)
+        lg = kind.log if self.log == "auto" else bool(self.log)
+        return norm, lg
+
+    def _apply_steps(self, M: Any) -> Any:
+        if self.normalize_:
+            if (M.data.min() if sp.issparse(M) and M.nnz else (M.min() if not sp.issparse(M) else 0)) < 0:
+                raise ValueError("library-size normalisation needs non-negative values, but the data has "
+                                 "negatives; set normalize=False for centred or scaled input")
+            M, _ = normalize_total(M, target_sum=self.target_sum_)
+        if self.log_:
+            if (M.data.min() if sp.issparse(M) and M.nnz else (M.min() if not sp.issparse(M) else 0)) < 0:
+                raise ValueError("log2(x+1) needs non-negative values; set log=False for centred or scaled input")
+            M = log2p(M)
+        return M
+
+    def preview(self, X: Any) -> dict[str, Any]:
+        """What :meth:`fit` would do to ``X``, without training: detected kind and matrix size."""
+        M, _, names = _as_matrix(X)
+        kind = detect_kind(M, mode=self.mode)
+        norm, lg = self._steps(kind)
+        n_sel = self._n_select(M.shape[1])
+        return {"n_cells": M.shape[0], "n_features": M.shape[1],
+                "n_selected": M.shape[1] if n_sel is None else n_sel,
+                "input_kind": kind.kind, "reason": kind.reason, "normalize": norm, "log": lg,
+                "description": kind.describe()}
+
+    def _fit_input_affine(self, S: Any) -> tuple[np.ndarray, np.ndarray]:
+        from dhaka.preprocess import column_moments
+
+        mean, var = column_moments(S)
+        g = S.shape[1]
+        if self.scale == "minmax":
+            lo = float(S.min()) if not sp.issparse(S) else min(0.0, float(S.data.min()) if S.nnz else 0.0)
+            hi = float(S.max()) if not sp.issparse(S) else max(0.0, float(S.data.max()) if S.nnz else 0.0)
+            center = np.full(g, lo)
+            scale = np.full(g, hi - lo if hi > lo else 1.0)
+            return center.astype(np.float32), scale.astype(np.float32)
+        center = mean if self.relative else np.zeros(g)
+        if self.scale == "gene":
+            scale = np.sqrt(var)
+            scale[scale < 1e-8] = 1.0
+        elif self.scale == "global":
+            total = float(np.sqrt(np.mean(var))) if g else 1.0
+            scale = np.full(g, total if total > 1e-8 else 1.0)
+        else:
+            scale = np.ones(g)
+        return center.astype(np.float32), scale.astype(np.float32)
+
+    # -------------------------------------------------------------------- fit
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        callback: Callable[[Any], None] | None = None,
+        stop_event: threading.Event | None = None,
+        checkpoint: Callable[[Callable[[str | os.PathLike], None], int], None] | None = None,
+        checkpoint_every: int = 5,
+    ) -> "Dhaka":
+        """Preprocess ``X``, select genes, train the VAE (``n_starts`` times), keep the best start.
+
+        Parameters
+        ----------
+        X
+            Cells x features: AnnData, DataFrame, ndarray or scipy.sparse (kept sparse).
+        callback
+            Called after every epoch with a :class:`dhaka.train.EpochReport` (from this thread).
+        stop_event
+            When set, training ends within one epoch; the model is kept as it is.
+        checkpoint
+            ``checkpoint(save_fn, epoch)`` every ``checkpoint_every`` epochs; ``save_fn(path)``
+            writes a loadable model directory (see :meth:`save`).
+        """
+        import torch
+
+        from dhaka.model import VAE, resolve_structure
+        from dhaka.train import fit_vae, resolve_device
+
+        self._check_params()
+        hidden = resolve_structure(self.structure)
+        M, _, names = _as_matrix(X)
+        M = self._validate(M, reset=True)
+        self.n_features_in_ = M.shape[1]
+        self.feature_names_ = names
+        self.input_kind_ = detect_kind(M, mode=self.mode)
+        self.normalize_, self.log_ = self._steps(self.input_kind_)
+        self.target_sum_ = None
+        if self.normalize_:
+            _, self.target_sum_ = normalize_total(M)
+        P = self._apply_steps(M)
+        idx = select_genes(P, n_genes=self._n_select(P.shape[1]), method=self.gene_selection)
+        self.gene_indices_ = idx
+        self.genes_ = [names[i] for i in idx] if names is not None else [str(i) for i in idx]
+        S = P[:, idx]
+        center, scale = self._fit_input_affine(S)
+        dev = resolve_device(self.device)
+        self.device_ = str(dev)
+
+        t0 = time.perf_counter()
+        self.start_scores_: list[dict[str, Any]] = []
+        self.stopped_ = False
+        best = None
+        n_starts = int(self.n_starts)
+        for s in range(n_starts):
+            seed = int(self.seed) + 1000 * s
+            torch.manual_seed(seed)
+            model = VAE(S.shape[1], hidden=hidden, latent_dim=int(self.latent_dim),
+                        likelihood=self.likelihood, batch_norm=bool(self.batch_norm))
+            model.set_input_affine(torch.from_numpy(center), torch.from_numpy(scale))
+            self.model_ = model
+
+            def save_fn(path, _m=model):
+                self._save_model(path, _m, history=None)
+
+            cb = self._wrap_callback(callback, n_starts)
+            ck = (lambda epoch, _f=save_fn: checkpoint(_f, epoch)) if checkpoint is not None else None
+            try:
+                res = fit_vae(
+                    S, model=model, epochs=int(self.epochs), batch_size=self._batch_size(S.shape[0]),
+                    lr=float(self.lr),
+                    clip_norm=self.clip_norm, optimizer=self.optimizer, kl_warmup=int(self.kl_warmup),
+                    val_fraction=float(self.val_fraction), patience=self.patience, seed=seed, device=self.device,
+                    callback=cb, stop_event=stop_event, checkpoint=ck, checkpoint_every=checkpoint_every,
+                    start=s, n_starts=n_starts,
+                )
+            except Exception:
+                self.history_ = []
+                raise
+            score = self._score_start(model, S, seed) if n_starts > 1 else {"silhouette": float("nan"), "k": None}
+            hist = [r.as_dict() for r in res.history]
+            final = hist[-1]["loss"] if hist else float("nan")
+            self.start_scores_.append({"start": s, "seed": seed, **score, "final_loss": final,
+                                       "epochs": len(hist), "best_epoch": res.best_epoch, "kept": False})
+            key = score["silhouette"] if np.isfinite(score["silhouette"]) else -np.inf
+            if best is None or key > best[0]:
+                best = (key, s, model, hist)
+            if res.stopped:
+                self.stopped_ = True
+                break
+        _, kept, model, hist = best
+        self.start_scores_[kept]["kept"] = True
+        self.best_start_ = kept
+        self.model_ = model.cpu().eval()
+        self.history_ = hist
+        self.train_seconds_ = time.perf_counter() - t0
+        return self
+
+    def _batch_size(self, n_cells: int) -> int:
+        if self.batch_size == "auto":
+            n_train = max(1.0, n_cells * (1.0 - float(self.val_fraction)))
+            return int(min(512, max(32, 2 ** round(np.log2(max(n_train / 8, 1.0))))))
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1 or 'auto', got {self.batch_size}")
+        return int(self.batch_size)
+
+    @staticmethod
+    def _wrap_callback(callback, n_starts):
+        if callback is None:
+            return None
+
+        def cb(report):
+            per_start = report.elapsed / report.epoch * report.n_epochs
+            eta = report.eta + (n_starts - report.start - 1) * per_start
+            callback(dataclasses.replace(report, eta=eta))
+
+        return cb
+
+    def _score_start(self, model, S, seed: int) -> dict[str, Any]:
+        from dhaka.cluster import gmm_bic, silhouette
+        from dhaka.train import encode
+
+        Z = encode(model, S, device="cpu")
+        try:
+            res = gmm_bic(Z, k_max=10, seed=seed)
+            return {"silhouette": float(silhouette(Z, res.labels)), "k": int(res.k)}
+        except Exception as exc:  # a degenerate start must not kill the others
+            warnings.warn(f"could not score start (seed {seed}): {exc}")
+            return {"silhouette": float("nan"), "k": None}
+
+    # -------------------------------------------------------------- transform
+    def align(self, X: Any) -> tuple[Any, list[str]]:
+        """Preprocess ``X`` like the training data and return (selected matrix, missing feature names).
+
+        Features are matched by name when both the training data and ``X`` have names; features
+        absent from ``X`` are filled with the training mean (so they contribute nothing).
+        """
+        check_is_fitted(self, "model_")
+        M, _, names = _as_matrix(X)
+        M = self._validate(M, reset=False)
+        if self.feature_names_ is not None and names is not None:
+            pos = {n: i for i, n in enumerate(names)}
+            cols = np.array([pos.get(g, -1) for g in self.genes_])
+            missing = [g for g, c in zip(self.genes_, cols) if c < 0]
+            if len(missing) == len(self.genes_):
+                raise ValueError("none of the model's selected features are in the new data "
+                                 f"(e.g. {', '.join(self.genes_[:3])}); are these the same kind of data?")
+        else:
+            if M.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {M.shape[1]} features, but the model was trained on "
+                                 f"{self.n_features_in_} (and names are not available to align them)")
+            cols, missing = np.asarray(self.gene_indices_), []
+        P = self._apply_steps(M)
+        have = cols >= 0
+        S = P[:, np.where(have, cols, 0)]
+        if missing:
+            fill = self.model_.center.numpy()
+            if sp.issparse(S):
+                S = S.tolil()
+                for j in np.flatnonzero(~have):
+                    S[:, j] = fill[j]
+                S = S.tocsr()
+            else:
+                S = np.array(S, dtype=np.float32)
+                S[:, ~have] = fill[~have]
+        return S, missing
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Latent coordinates (posterior means) of the cells in ``X``."""
+        from dhaka.train import encode
+
+        S, missing = self.align(X)
+        if missing:
+            warnings.warn(f"{len(missing)} of {len(self.genes_)} selected features are missing from the "
+                          f"new data (e.g. {', '.join(missing[:5])}); they were filled with the training mean")
+        return encode(self.model_, S, device="cpu")
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        return self.fit(X, y, **fit_params).transform(X)
+
+    # ------------------------------------------------------------ save / load
+    def _config(self, model) -> dict[str, Any]:
+        import torch
+
+        params = self.get_params()
+        if not isinstance(params["structure"], str):
+            params["structure"] = list(params["structure"])
+        return {
+            "format": "dhaka-model/1", "dhaka_version": __version__, "torch_version": torch.__version__,
+            "params": params,
+            "model": {"n_input": model.n_input, "hidden": list(model.hidden), "latent_dim": model.latent_dim,
+                      "likelihood": model.likelihood, "batch_norm": model.batch_norm},
+            "n_features_in": int(self.n_features_in_), "has_feature_names": self.feature_names_ is not None,
+            "gene_indices": [int(i) for i in self.gene_indices_],
+            "start_scores": getattr(self, "start_scores_", []), "device": getattr(self, "device_", "cpu"),
+            "stopped": bool(getattr(self, "stopped_", False)),
+        }
+
+    def _save_model(self, path: str | os.PathLike, model, *, history: list | None) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(path / "weights.safetensors"))
+        (path / "config.json").write_text(json.dumps(self._config(model), indent=2, default=float))
+        (path / "genes.txt").write_text("\n".join(self.genes_) + "\n")
+        kind = dataclasses.asdict(self.input_kind_)
+        (path / "preprocess.json").write_text(json.dumps(
+            {"input_kind": kind, "normalize": self.normalize_, "log": self.log_, "target_sum": self.target_sum_},
+            indent=2))
+        if history is not None:
+            (path / "history.json").write_text(json.dumps(history, default=float))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write weights (safetensors), settings, selected genes and history to a directory, atomically."""
+        check_is_fitted(self, "model_")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self._save_model(tmp, self.model_, history=self.history_)
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Dhaka":
+        """Load a directory written by :meth:`save` (no code execution: JSON + safetensors only)."""
+        import torch
+        from safetensors.torch import load_file
+
+        from dhaka.model import VAE
+
+        path = Path(path)
+        _check_model_dir(path)
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+            pre = json.loads((path / "preprocess.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path} is not a readable Dhaka model directory: {exc}") from None
+        if cfg.get("format") != "dhaka-model/1":
+            raise ValueError(f"{path}/config.json is not a Dhaka model (format {cfg.get('format')!r})")
+        params = dict(cfg["params"])
+        if isinstance(params.get("structure"), list):
+            params["structure"] = tuple(params["structure"])
+        est = cls(**params)
+        m = cfg["model"]
+        model = VAE(m["n_input"], hidden=m["hidden"], latent_dim=m["latent_dim"], likelihood=m["likelihood"],
+                    batch_norm=m["batch_norm"])
+        state = load_file(str(path / "weights.safetensors"))
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+        est.model_ = model.eval()
+        est.genes_ = [g for g in (path / "genes.txt").read_text().split("\n") if g != ""]
+        est.gene_indices_ = np.asarray(cfg["gene_indices"], dtype=np.int64)
+        est.n_features_in_ = int(cfg["n_features_in"])
+        est.feature_names_ = est.genes_ if cfg.get("has_feature_names") else None
+        est.input_kind_ = InputKind(**pre["input_kind"])
+        est.normalize_, est.log_, est.target_sum_ = pre["normalize"], pre["log"], pre["target_sum"]
+        est.start_scores_ = cfg.get("start_scores", [])
+        est.stopped_ = bool(cfg.get("stopped", False))
+        est.device_ = "cpu"
+        hist_path = path / "history.json"
+        est.history_ = json.loads(hist_path.read_text()) if hist_path.exists() else []
+        return est
+
+
+def _check_model_dir(path: Path) -> None:
+    """Refuse anything but a plain directory holding the known model files."""
+    try:
+        from dhaka.runs import check_model_dir
+    except ImportError:  # pragma: no cover - the run store is optional for the core
+        check_model_dir = None
+    if check_model_dir is not None:
+        check_model_dir(path)
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a model directory")
+    for p in path.iterdir():
+        if p.is_symlink() or not p.is_file() or p.name not in MODEL_FILES:
+            raise ValueError(f"{path} holds an unexpected entry {p.name!r}; a model directory may only "
+                             f"contain {', '.join(MODEL_FILES)}")

@@ -1,0 +1,175 @@
+"""The Dhaka variational autoencoder (torch only).
+
+Shape follows pytorch/examples ``vae/main.py``: ``encode``, ``reparameterize``,
+``decode``, ``forward``, and a loss whose terms are the two parts of the
+evidence lower bound (Kingma & Welling 2014, eq. 10)::
+
+    loss = E_q(z|x)[-log p(x|z)]  +  beta * KL(q(z|x) || N(0, I))
+
+Differences from the paper's literal description, and why (see docs/model.md):
+
+* ``likelihood="gaussian"`` (default) models the centred log expression with a
+  per-gene learned variance. The paper's sigmoid/Bernoulli output on [0, 1]
+  scaled data (``likelihood="bernoulli"``, kept for the "paper" preset)
+  collapses on realistic count data: the decoder learns the gene means and the
+  posterior falls back onto the prior.
+* Optional batch normalisation after each hidden linear layer keeps the ReLU
+  units alive with RMSprop at learning rates where the plain network stalls.
+* The input affine (per-gene centre and scale: the paper's relative
+  expression) lives in the model as buffers, so a saved model carries it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+PRESETS: dict[str, tuple[int, ...]] = {
+    "deep": (1024, 512, 256),   # the paper's Input-1024-512-256-latent
+    "shallow": (1024,),         # the paper's Input-1024-latent
+}
+
+Likelihood = Literal["gaussian", "mse", "bernoulli"]
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def resolve_structure(structure: str | Sequence[int]) -> tuple[int, ...]:
+    """Hidden-layer widths from a preset name or an explicit list."""
+    if isinstance(structure, str):
+        key = structure.strip().lower()
+        if key in PRESETS:
+            return PRESETS[key]
+        parts = [p for p in key.replace(";", ",").replace("-", ",").split(",") if p.strip()]
+        try:
+            widths = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(
+                f"structure {structure!r} is neither a preset ({', '.join(PRESETS)}) "
+                "nor a comma-separated list of layer widths such as '512,128'"
+            ) from None
+    else:
+        widths = tuple(int(w) for w in structure)
+    if not widths or any(w < 1 for w in widths):
+        raise ValueError(f"structure needs at least one hidden layer of positive width, got {structure!r}")
+    return widths
+
+
+@dataclass
+class LossOutput:
+    """Per-cell mean of the loss terms of one minibatch (tensors)."""
+
+    total: torch.Tensor
+    reconstruction: torch.Tensor
+    kl: torch.Tensor
+
+
+def _mlp(sizes: Sequence[int], batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers.append(nn.Linear(n_in, n_out))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(n_out))
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """Fully connected VAE with a Gaussian posterior q(z|x) = N(mu, diag(exp(logvar))).
+
+    Parameters
+    ----------
+    n_input
+        Number of input features (selected genes or copy-number bins).
+    hidden
+        Widths of the encoder's hidden layers; the decoder mirrors them.
+    latent_dim
+        Dimension of the latent space (3 in the paper).
+    likelihood
+        ``"gaussian"`` (learned per-feature variance), ``"mse"`` (unit variance)
+        or ``"bernoulli"`` (sigmoid output, the paper's choice; inputs in [0, 1]).
+    batch_norm
+        Batch normalisation after each hidden linear layer.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        *,
+        hidden: Sequence[int] = PRESETS["deep"],
+        latent_dim: int = 3,
+        likelihood: Likelihood = "gaussian",
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if likelihood not in ("gaussian", "mse", "bernoulli"):
+            raise ValueError(f"likelihood must be 'gaussian', 'mse' or 'bernoulli', got {likelihood!r}")
+        self.n_input = int(n_input)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.latent_dim = int(latent_dim)
+        self.likelihood = likelihood
+        self.batch_norm = bool(batch_norm)
+        self.register_buffer("center", torch.zeros(n_input))
+        self.register_buffer("scale", torch.ones(n_input))
+        self.encoder = _mlp((n_input, *self.hidden), batch_norm)
+        self.mu = nn.Linear(self.hidden[-1], latent_dim)
+        self.logvar = nn.Linear(self.hidden[-1], latent_dim)
+        self.decoder = _mlp((latent_dim, *reversed(self.hidden)), batch_norm)
+        self.out = nn.Linear(self.hidden[0], n_input)
+        # Per-feature log variance of p(x|z) for the Gaussian likelihood.
+        self.out_logvar = nn.Parameter(torch.zeros(n_input), requires_grad=likelihood == "gaussian")
+
+    def set_input_affine(self, center: torch.Tensor, scale: torch.Tensor) -> None:
+        """Store the per-feature centre and scale applied to raw inputs."""
+        self.center.copy_(torch.as_tensor(center, dtype=self.center.dtype))
+        self.scale.copy_(torch.as_tensor(scale, dtype=self.scale.dtype))
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw (preprocessed, selected) input -> the centred/scaled values the VAE models."""
+        return (x - self.center) / self.scale
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.mu(h), self.logvar(h).clamp(-12.0, 8.0)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        std = torch.exp(0.5 * logvar)
+        return mu + torch.randn_like(std) * std
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x|z) (logits for the Bernoulli likelihood)."""
+        return self.out(self.decoder(z))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar) if self.training else mu
+        return self.decode(z), mu, logvar
+
+    def loss(self, x_raw: torch.Tensor, *, beta: float = 1.0) -> LossOutput:
+        """Negative ELBO per cell for a minibatch of raw (selected) inputs."""
+        x = self.prepare(x_raw)
+        recon, mu, logvar = self(x)
+        if self.likelihood == "bernoulli":
+            rec = F.binary_cross_entropy_with_logits(recon, x.clamp(0.0, 1.0), reduction="none").sum(1)
+        elif self.likelihood == "mse":
+            rec = 0.5 * ((x - recon) ** 2).sum(1)
+        else:
+            lv = self.out_logvar.clamp(-7.0, 5.0)
+            rec = 0.5 * (((x - recon) ** 2) * torch.exp(-lv) + lv + _LOG_2PI).sum(1)
+        # KL(N(mu, sigma^2) || N(0, 1)), Kingma & Welling 2014, Appendix B.
+        kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        rec_m, kl_m = rec.mean(), kl.mean()
+        return LossOutput(total=rec_m + beta * kl_m, reconstruction=rec_m, kl=kl_m)
+
+    def flops_per_cell(self) -> int:
+        """Multiply-add FLOPs of one training step per cell (forward + backward ~ 3x forward)."""
+        sizes = [self.n_input, *self.hidden]
+        enc = sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + 2 * self.hidden[-1] * self.latent_dim
+        dec_sizes = [self.latent_dim, *reversed(self.hidden), self.n_input]
+        dec = sum(a * b for a, b in zip(dec_sizes[:-1], dec_sizes[1:]))
+        return 2 * 3 * (enc + dec)
