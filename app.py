@@ -1,0 +1,61 @@
+"""Dhaka Explorer: the Streamlit app. Run with ``streamlit run app.py``.
+
+This file sets up the page, the session state (a fresh session starts with
+the paper-style simulation loaded, ready to train), the shared sidebar, the
+background UMAP warm-up and the navigation. Pages live in ``pages/``; the
+analysis pages are listed only when their files exist.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dhaka.ui import cached, demos, state, widgets
+
+HERE = Path(__file__).resolve().parent
+
+st.set_page_config(page_title="Dhaka Explorer", page_icon=":material/scatter_plot:", layout="wide",
+                   initial_sidebar_state="expanded")
+
+state.init_state()
+cached.umap_warmup()  # once per server process, in a background thread
+
+if state.get_dataset() is None and not st.session_state.get("dhaka.default_loaded"):
+    st.session_state["dhaka.default_loaded"] = True
+    try:
+        adata, second = cached.load_demo(demos.DEFAULT_DEMO)
+        demo = demos.get(demos.DEFAULT_DEMO)
+        state.set_dataset(adata, name=demo.title, source="demo", demo=demo.key, truth=demo.truth,
+                          mode=demo.mode, second=second)
+    except Exception as exc:  # noqa: BLE001 - the Data page still works
+        state.push_notice("warning", f"The default demo could not be loaded: {widgets.error_message(exc)}")
+
+widgets.collect_finished_job()
+
+pages = {
+    "Workflow": [
+        st.Page(str(HERE / "pages" / "data.py"), title="Data", icon=":material/table_view:", default=True),
+        st.Page(str(HERE / "pages" / "train.py"), title="Train", icon=":material/model_training:"),
+        st.Page(str(HERE / "pages" / "explore.py"), title="Explore", icon=":material/scatter_plot:"),
+        st.Page(str(HERE / "pages" / "runs.py"), title="Runs", icon=":material/history:"),
+    ],
+}
+ANALYSES = [  # owned by the analysis room; shown once their files exist
+    ("robustness.py", "Robustness to dropout", ":material/grain:"),
+    ("compare.py", "Compare structures", ":material/compare:"),
+    ("copy_number.py", "Copy number", ":material/genetics:"),
+    ("trajectory.py", "Trajectory", ":material/timeline:"),
+    ("differential.py", "Differential expression", ":material/bar_chart:"),
+]
+analyses = [st.Page(str(HERE / "pages" / f), title=t, icon=i) for f, t, i in ANALYSES if (HERE / "pages" / f).is_file()]
+if analyses:
+    pages["Analyses"] = analyses
+
+page = st.navigation(pages)
+widgets.sidebar()
+with st.sidebar:
+    st.caption("Dhaka: Rashid, Shah & Pandya, *Bioinformatics* 2019. "
+               + ("Fast demo mode (DHAKA_DEMO_FAST)." if demos.demo_fast() else ""))
+widgets.show_notices()
+page.run()

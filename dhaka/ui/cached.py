@@ -1,0 +1,142 @@
+"""Streamlit caches around dhaka calls, keyed by content digests.
+
+``st.cache_data`` / ``st.cache_resource`` are shared by every session of the
+server process, so only two kinds of things are cached here:
+
+* public data (the built-in demos) and process-wide services (the job
+  manager, the UMAP warm-up thread);
+* results that are a pure function of array *content* (embeddings, GMM
+  calls): the cache key is a digest of the array, passed as ``digest``;
+  the array itself is passed as ``_X`` / ``_Z`` so Streamlit does not hash
+  it again on every rerun.  A session can only hit such an entry by holding
+  the same numbers.
+
+User datasets, jobs and fitted models are never cached here; they live in
+:mod:`dhaka.ui.state`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import streamlit as st
+
+if TYPE_CHECKING:  # pragma: no cover
+    import anndata
+
+    from dhaka.jobs import JobManager
+
+__all__ = ["job_manager", "UmapWarmup", "umap_warmup", "load_demo", "embedding", "gmm_bic", "gmm_fixed_k",
+           "qc_stats"]
+
+
+@st.cache_resource(show_spinner=False)
+def job_manager() -> JobManager:
+    """The process-wide :class:`dhaka.jobs.JobManager` (one per server)."""
+    from dhaka.jobs import get_manager
+
+    return get_manager()
+
+
+class UmapWarmup:
+    """State of the background UMAP warm-up (numba compilation), readable from any thread."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.finished: float | None = None
+        self.error: str | None = None
+        self.thread: threading.Thread | None = None
+
+    @property
+    def done(self) -> bool:
+        """``True`` once the warm-up returned (successfully or not)."""
+        return self.finished is not None
+
+    def _run(self) -> None:
+        try:
+            from dhaka.reduce import warmup_umap
+
+            warmup_umap()
+        except Exception as exc:  # noqa: BLE001 - the first real UMAP call will then pay the cost
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.finished = time.time()
+
+
+@st.cache_resource(show_spinner=False)
+def umap_warmup() -> UmapWarmup:
+    """Start compiling UMAP's numba code in a background thread, once per process.
+
+    The first UMAP fit in a process spends 45-60 s compiling; doing it at
+    start-up while the user loads data and trains hides that cost. The thread
+    is a daemon and never touches streamlit.
+    """
+    w = UmapWarmup()
+    w.thread = threading.Thread(target=w._run, name="dhaka-umap-warmup", daemon=True)
+    w.thread.start()
+    return w
+
+
+@st.cache_data(show_spinner="Loading demo dataset…", max_entries=8)
+def load_demo(key: str) -> tuple[anndata.AnnData, anndata.AnnData | None]:
+    """A built-in demo ``(adata, second)`` (public data: safe to share; callers get copies)."""
+    from dhaka.ui import demos
+
+    return demos.load(key)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def embedding(
+    _X: Any,
+    *,
+    digest: str,
+    method: Literal["pca", "tsne", "umap"],
+    n_components: int,
+    random_state: int = 0,
+) -> np.ndarray:
+    """PCA / t-SNE / UMAP of ``_X``, cached by ``(digest, method, n_components, random_state)``."""
+    from dhaka import reduce
+
+    fn = {"pca": reduce.pca, "tsne": reduce.tsne, "umap": reduce.umap}[method]
+    return np.asarray(fn(_X, n_components=n_components, random_state=random_state))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def gmm_bic(_Z: np.ndarray, *, digest: str, k_max: int, seed: int) -> Any:
+    """GMM BIC search on ``_Z`` (``dhaka.cluster.gmm_bic``), cached by content digest."""
+    from dhaka.cluster import gmm_bic as _gmm_bic
+
+    return _gmm_bic(_Z, k_max=k_max, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def gmm_fixed_k(_Z: np.ndarray, *, digest: str, k: int, seed: int) -> Any:
+    """GMM with the user's ``k`` components (``dhaka.cluster.gmm_fixed_k``; ``.k``, ``.labels``), cached."""
+    from dhaka.cluster import gmm_fixed_k as _fixed
+
+    return _fixed(_Z, k, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def qc_stats(_X: Any, *, digest: str) -> dict[str, Any]:
+    """Summary and QC numbers of ``_X``: ``library_size`` per cell, ``dropout`` per gene, ``zero_fraction``,
+    ``min``, ``max``."""
+    import scipy.sparse as sp
+
+    from dhaka.preprocess import dropout_fraction, library_size
+
+    size = max(1, _X.shape[0] * _X.shape[1])
+    if sp.issparse(_X):
+        nnz = int(_X.count_nonzero())
+        lo = float(_X.data.min()) if _X.nnz else 0.0
+        hi = float(_X.data.max()) if _X.nnz else 0.0
+        if nnz < size:
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+    else:
+        A = np.asarray(_X)
+        nnz = int(np.count_nonzero(A))
+        lo, hi = (float(np.nanmin(A)), float(np.nanmax(A))) if A.size else (0.0, 0.0)
+    return {"library_size": np.asarray(library_size(_X)), "dropout": np.asarray(dropout_fraction(_X)),
+            "zero_fraction": 1.0 - nnz / size, "min": lo, "max": hi}

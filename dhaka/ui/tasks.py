@@ -1,0 +1,341 @@
+"""Work the app hands to background jobs, and the files it offers for download.
+
+Nothing here imports streamlit: :func:`make_train_task` returns a function
+that runs in a :class:`dhaka.jobs.JobManager` worker thread, and the
+``*_bytes`` builders are plain functions (the pages pass them to
+``st.download_button`` as callables, so files are built only when clicked).
+
+The training task:
+
+1. creates a run in the :class:`dhaka.runs.RunStore` (settings, data
+   fingerprint, owner);
+2. fits :class:`dhaka.Dhaka` with a callback that reports every epoch to the
+   job (``ctx.report(..., history_row=...)``, which the Train page polls) and
+   writes a checkpoint every few epochs;
+3. embeds the cells, calls GMM clusters (BIC), scores them against the true
+   labels when known;
+4. finishes the run (model, latent + clusters CSV, history, metrics) and
+   returns a :class:`TrainOutcome`.
+
+A stop request ends training within one epoch; the model is kept and the run
+is stored as ``"stopped"``.  A failure is stored as ``"failed"`` (with its last
+checkpoint) and re-raised so the job reports its message.
+"""
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import anndata
+    import pandas as pd
+
+    from dhaka.estimator import Dhaka
+    from dhaka.jobs import JobContext
+
+__all__ = [
+    "TrainOutcome",
+    "digest",
+    "data_fingerprint",
+    "check_training_memory",
+    "make_train_task",
+    "cluster_metrics",
+    "latent_frame",
+    "latent_csv_bytes",
+    "h5ad_bytes",
+    "model_zip_bytes",
+]
+
+
+@dataclass
+class TrainOutcome:
+    """What a training job returns (its ``Job.result``).
+
+    Attributes
+    ----------
+    estimator
+        The fitted :class:`dhaka.Dhaka` (stopped early when ``status == "stopped"``).
+    latent
+        ``(n_cells, latent_dim)`` posterior means, in the dataset's cell order.
+    gmm
+        GMM BIC search on ``latent`` (``None`` if it could not be fitted).
+    run_id
+        The run the result is stored as.
+    status
+        ``"done"`` or ``"stopped"``.
+    dataset_key
+        The session's dataset key at submission (results of an older dataset are not shown on a newer one).
+    obs_names
+        Cell ids of the latent rows.
+    model_input
+        The preprocessed, gene-selected matrix the model was trained on.
+    model_input_digest, latent_digest
+        Content digests (cache keys).
+    metrics
+        Summary numbers stored with the run (final_loss, k, silhouette, ari, nmi).
+    """
+
+    estimator: Any
+    latent: np.ndarray
+    gmm: Any
+    run_id: str | None
+    status: str
+    dataset_key: str | None
+    obs_names: list[str]
+    model_input: Any
+    model_input_digest: str
+    latent_digest: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def digest(X: Any) -> str:
+    """A content digest of an array or sparse matrix (shape, dtype and values).
+
+    Used as the cache key of embeddings and cluster calls, so that cached
+    results are found by content, never by session.
+    """
+    import scipy.sparse as sp
+
+    h = hashlib.blake2b(digest_size=16)
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        h.update(f"csr{X.shape}{X.dtype}".encode())
+        for part in (X.indptr, X.indices, X.data):
+            h.update(np.ascontiguousarray(part).data)
+    else:
+        A = np.ascontiguousarray(np.asarray(X))
+        h.update(f"nd{A.shape}{A.dtype}".encode())
+        h.update(A.data if A.dtype != object else repr(A.tolist()).encode())
+    return h.hexdigest()
+
+
+def data_fingerprint(adata: anndata.AnnData) -> dict[str, Any]:
+    """Shape + content hash of a dataset, for the run record.
+
+    See :func:`dhaka.io.fingerprint`.
+    """
+    from dhaka.io import fingerprint
+
+    return dict(fingerprint(adata))
+
+
+def check_training_memory(adata: anndata.AnnData, params: dict[str, Any]) -> int:
+    """Refuse a training that would not fit in memory (``dhaka.resources``).
+
+    Returns
+    -------
+    int
+        The estimate in bytes.
+
+    Raises
+    ------
+    dhaka.resources.ResourceError
+        With a message saying how much it needs and what to change.
+    """
+    import scipy.sparse as sp
+
+    from dhaka.estimator import Dhaka
+    from dhaka.model import resolve_structure
+    from dhaka.resources import check_memory, estimate_training_memory
+
+    est = Dhaka(**params)
+    p = est.get_params()
+    preview = est.preview(adata)
+    X = adata.X
+    sparse = sp.issparse(X)
+    density = (X.nnz / max(1, X.shape[0] * X.shape[1])) if sparse else None
+    estimate = estimate_training_memory(
+        int(adata.n_obs), int(adata.n_vars), hidden=resolve_structure(p["structure"]),
+        latent_dim=int(p["latent_dim"]), batch_size=int(p["batch_size"]), sparse=sparse, density=density,
+        n_selected=int(preview["n_selected"]))
+    check_memory(estimate)
+    return estimate
+
+
+def cluster_metrics(latent: np.ndarray, labels: np.ndarray | None, truth: Any = None) -> dict[str, float]:
+    """Silhouette of the clusters, and ARI / NMI against ``truth`` when given."""
+    from dhaka.cluster import ari, nmi, silhouette
+
+    out: dict[str, float] = {}
+    if labels is None:
+        return out
+    out["silhouette"] = float(silhouette(latent, labels))
+    if truth is not None:
+        t = np.asarray(truth).astype(str)
+        out["ari"] = float(ari(t, labels))
+        out["nmi"] = float(nmi(t, labels))
+    return out
+
+
+def latent_frame(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray | None = None) -> pd.DataFrame:
+    """Latent coordinates as a table: index = cell ids, columns ``dhaka_1..dhaka_d`` (+ ``cluster``)."""
+    import pandas as pd
+
+    Z = np.asarray(latent)
+    df = pd.DataFrame(Z, index=pd.Index([str(o) for o in obs_names], name="cell"),
+                      columns=[f"dhaka_{i + 1}" for i in range(Z.shape[1])])
+    if labels is not None:
+        df["cluster"] = np.asarray(labels).astype(int)
+    return df
+
+
+def make_train_task(
+    adata: anndata.AnnData,
+    params: dict[str, Any],
+    *,
+    data_name: str,
+    dataset_key: str | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    truth: Any = None,
+    k_max: int = 10,
+    checkpoint_every: int = 5,
+    store: Any = None,
+) -> Callable[[JobContext], TrainOutcome]:
+    """The function a training job runs (see the module docstring).
+
+    Parameters
+    ----------
+    adata
+        The cells to train on (not modified).
+    params
+        Keyword arguments of :class:`dhaka.Dhaka`.
+    data_name
+        Name of the dataset for the run record.
+    dataset_key
+        The session's dataset key, returned in the outcome.
+    fingerprint
+        Shape + hash of the data (default: :func:`data_fingerprint`).
+    truth
+        True labels per cell (ARI / NMI stored with the run), or ``None``.
+    k_max
+        Largest number of GMM clusters tried.
+    checkpoint_every
+        Epochs between checkpoints.
+    store
+        A :class:`dhaka.runs.RunStore` (default: the one under ``DHAKA_HOME``).
+
+    Returns
+    -------
+    callable
+        ``task(ctx) -> TrainOutcome``; never calls streamlit.
+    """
+    params = dict(params)
+    obs_names = [str(o) for o in adata.obs_names]
+    truth_arr = None if truth is None else np.asarray(truth).astype(str)
+
+    def task(ctx: JobContext) -> TrainOutcome:
+        from dhaka.cluster import gmm_bic
+        from dhaka.estimator import Dhaka
+        from dhaka.runs import RunStore
+
+        ctx.report(phase="preparing", message="Preparing data and run folder")
+        est = Dhaka(**params)
+        run_store = store if store is not None else RunStore()
+        fp = fingerprint if fingerprint is not None else data_fingerprint(adata)
+        run = run_store.create(settings=est.get_params(), data={"name": data_name, "fingerprint": fp},
+                               owner=ctx.owner)
+        ctx.report(run_id=run.id)
+        history: list[dict[str, Any]] = []
+
+        def on_epoch(report: Any) -> None:
+            row = report.as_dict() if hasattr(report, "as_dict") else dict(vars(report))
+            history.append(row)
+            ctx.report(phase="training", message="Training", epoch=row.get("epoch"),
+                       n_epochs=row.get("n_epochs"), eta=row.get("eta"), elapsed=row.get("elapsed"),
+                       start=row.get("start", 0), n_starts=row.get("n_starts", 1), loss=row.get("loss"),
+                       history_row=row)
+            try:
+                run.heartbeat(epoch=row.get("epoch"))
+            except Exception:  # a heartbeat must never stop training
+                pass
+
+        def on_checkpoint(save_fn: Callable[[Any], None], epoch: int) -> None:
+            run.write_checkpoint(save_fn, epoch)
+
+        try:
+            est.fit(adata, callback=on_epoch, stop_event=ctx.stop_event, checkpoint=on_checkpoint,
+                    checkpoint_every=checkpoint_every)
+            ctx.report(phase="embedding", message="Embedding cells and calling clusters")
+            Z = np.asarray(est.transform(adata))
+            try:
+                gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)), seed=int(est.get_params()["seed"]))
+                labels = np.asarray(gmm.labels)
+            except Exception:  # clusters are a bonus: a degenerate latent space still is a result
+                gmm, labels = None, None
+            metrics: dict[str, Any] = {"n_epochs_run": len(history)}
+            if history:
+                metrics["final_loss"] = history[-1].get("loss")
+            if gmm is not None:
+                metrics["k"] = int(gmm.k)
+                metrics.update(cluster_metrics(Z, labels, truth_arr))
+            stopped = bool(getattr(est, "stopped_", False) or ctx.stop_event.is_set())
+            status = "stopped" if stopped else "done"
+            run.finish(status=status, save_fn=est.save, latent=latent_frame(Z, obs_names, labels=labels),
+                       history=history, metrics=metrics)
+        except BaseException as exc:
+            try:
+                run.finish(status="failed", history=history, error=f"{type(exc).__name__}: {exc}")
+            except Exception:
+                run.close()
+            raise
+        S, _missing = est.align(adata)
+        return TrainOutcome(estimator=est, latent=Z, gmm=gmm, run_id=run.id, status=status,
+                            dataset_key=dataset_key, obs_names=obs_names, model_input=S,
+                            model_input_digest=digest(S), latent_digest=digest(Z), metrics=metrics)
+
+    return task
+
+
+# ------------------------------------------------------------------ downloads
+def latent_csv_bytes(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray | None = None) -> bytes:
+    """CSV of latent coordinates and cluster labels (``cell, dhaka_1..dhaka_d, cluster``)."""
+    from dhaka.io import write_latent_csv
+
+    buf = _io.StringIO()
+    write_latent_csv(buf, np.asarray(latent), obs_names=list(obs_names), labels=labels)
+    return buf.getvalue().encode("utf-8")
+
+
+def h5ad_bytes(
+    adata: anndata.AnnData,
+    *,
+    latent: np.ndarray,
+    labels: np.ndarray | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
+    run_id: str | None = None,
+) -> bytes:
+    """An .h5ad of the dataset with ``obsm["X_dhaka"]``, computed embeddings and ``obs["dhaka_cluster"]``.
+
+    Embeddings named ``"pca_2d"``, ``"tsne_3d"`` and so on are stored as
+    ``obsm["X_pca"]``, ``obsm["X_tsne"]`` (the last one computed of each method
+    wins), which scanpy and cellxgene understand.
+    """
+    import pandas as pd
+
+    out = adata.copy()
+    out.obsm["X_dhaka"] = np.asarray(latent, dtype=np.float32)
+    for name, coords in (embeddings or {}).items():
+        method = name.split("_")[0]
+        out.obsm[f"X_{method}"] = np.asarray(coords, dtype=np.float32)
+    if labels is not None:
+        out.obs["dhaka_cluster"] = pd.Categorical(np.asarray(labels).astype(int).astype(str))
+    out.uns["dhaka"] = {"run_id": run_id or ""}
+    from dhaka.io import to_h5ad_bytes
+
+    return to_h5ad_bytes(out)
+
+
+def model_zip_bytes(estimator: Dhaka) -> bytes:
+    """The fitted model directory (``Dhaka.save``) as a .zip."""
+    from dhaka.io import zip_dir
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "dhaka-model"
+        estimator.save(path)
+        return zip_dir(path)

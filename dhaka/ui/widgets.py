@@ -1,0 +1,448 @@
+"""Reusable Streamlit pieces: settings forms that return plain kwargs dicts,
+the colour control, figure downloads, error boxes, the sidebar and the
+hand-over of a finished training job into the session.
+
+Widget values are kept in :mod:`dhaka.ui.state` dicts (``PREPROCESS``,
+``TRAIN_PARAMS``) and copied into the widget keys only when those keys are
+missing, so settings survive switching pages (Streamlit forgets the state of
+widgets that a page does not draw).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+import numpy as np
+import streamlit as st
+
+from dhaka.ui import state
+
+if TYPE_CHECKING:  # pragma: no cover
+    import anndata
+    import plotly.graph_objects as go
+
+__all__ = ["safe_call", "error_message", "preprocess_form", "train_form", "ColorChoice", "color_control",
+           "figure_downloads", "PNG_NOTE", "sidebar", "collect_finished_job", "show_notices", "job_is_active",
+           "STRUCTURE_PRESETS", "PLOTLY_CONFIG"]
+
+T = TypeVar("T")
+
+#: How to get a PNG of a figure: plotly's own modebar (client-side, works offline).
+PNG_NOTE = ("PNG: use the camera icon in the figure's toolbar (top right of each plot) — it saves exactly "
+            "what you see, at the current rotation.")
+#: Plotly config for every chart: PNG export at twice the screen resolution, no logo.
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+#: Label -> ``structure`` value of :class:`dhaka.Dhaka`.
+STRUCTURE_PRESETS = {"Paper deep (1024-512-256)": "deep", "Paper shallow (1024)": "shallow",
+                     "Custom layer list": None}
+ACTIVE = ("queued", "running")
+
+
+# ------------------------------------------------------------------- errors
+def error_message(exc: BaseException) -> str:
+    """A one-line user-facing message for an exception (no traceback)."""
+    msg = str(exc).strip()
+    if isinstance(exc, KeyError) and msg.startswith(("'", '"')):
+        msg = msg[1:-1]
+    return msg or type(exc).__name__
+
+
+def safe_call(fn: Callable[..., T], *args: Any, what: str | None = None, **kwargs: Any) -> T | None:
+    """Call a library function; on any exception show ``st.error`` and return ``None``.
+
+    Parameters
+    ----------
+    fn
+        The function to call.
+    what
+        Prefix of the error message, e.g. ``"Could not read the file"``.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the UI never shows a traceback
+        msg = error_message(exc)
+        st.error(f"{what}: {msg}" if what else msg)
+        return None
+
+
+# ---------------------------------------------------------------- persistence
+def _seed(key: str, value: Any) -> None:
+    """Give widget ``key`` a starting value unless it already has one."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+_TRI = {"auto": "auto (from the detected kind)", True: "yes", False: "no"}
+
+
+def preprocess_form(adata: anndata.AnnData, *, detected: str | None = None) -> dict[str, Any]:
+    """Preprocessing choices -> keyword arguments of :class:`dhaka.Dhaka` (also stored in state).
+
+    Parameters
+    ----------
+    adata
+        The loaded dataset (bounds the number of genes).
+    detected
+        The detected input kind, shown next to the "auto" options.
+    """
+    cur = state.get_preprocess()
+    n_vars = int(adata.n_vars)
+    _seed("w.prep.mode", cur.get("mode", "expression"))
+    _seed("w.prep.normalize", cur.get("normalize", "auto"))
+    _seed("w.prep.log", cur.get("log", "auto"))
+    _seed("w.prep.relative", bool(cur.get("relative", True)))
+    _seed("w.prep.gene_selection", cur.get("gene_selection", "cv"))
+    n_cur = cur.get("n_genes", "auto")
+    _seed("w.prep.all_genes", n_cur is None or (n_cur == "auto" and cur.get("mode") == "cnv"))
+    _seed("w.prep.n_genes", int(min(n_vars, 2000 if n_cur in ("auto", None) else int(n_cur))))
+    if st.session_state["w.prep.n_genes"] > n_vars:
+        st.session_state["w.prep.n_genes"] = n_vars
+
+    c1, c2 = st.columns(2)
+    with c1:
+        mode = st.radio("Mode", ["expression", "cnv"], key="w.prep.mode", horizontal=True,
+                        format_func={"expression": "Expression (scRNA-seq)", "cnv": "Copy number"}.get,
+                        help="Copy-number profiles are used as given (no normalisation or log).")
+        cnv = mode == "cnv"
+        auto_label = f"auto (detected: {detected})" if detected else _TRI["auto"]
+        fmt = lambda v: auto_label if v == "auto" else _TRI[v]  # noqa: E731
+        normalize = st.selectbox("Library-size normalisation", ["auto", True, False], key="w.prep.normalize",
+                                 format_func=fmt, disabled=cnv,
+                                 help="Scale every cell to the same total (counts per 10k).")
+        log = st.selectbox("log2(x + 1)", ["auto", True, False], key="w.prep.log", format_func=fmt,
+                           disabled=cnv)
+        relative = st.checkbox("Relative expression (centre each gene over cells)", key="w.prep.relative",
+                               help="The paper's relative expression: subtract each gene's mean.")
+    with c2:
+        gene_selection = st.selectbox(
+            "Gene selection", ["cv", "entropy", "mean", "variance"], key="w.prep.gene_selection",
+            format_func={"cv": "coefficient of variation", "entropy": "entropy", "mean": "mean expression",
+                         "variance": "variance"}.get)
+        all_genes = st.checkbox("Use all genes / bins", key="w.prep.all_genes")
+        n_genes = st.number_input("Number of genes kept", min_value=1, max_value=max(1, n_vars), step=100,
+                                  key="w.prep.n_genes", disabled=all_genes)
+    params: dict[str, Any] = {"mode": mode, "normalize": normalize, "log": log, "relative": bool(relative),
+                              "gene_selection": gene_selection, "n_genes": None if all_genes else int(n_genes)}
+    state.set_preprocess(params)
+    return params
+
+
+def _structure_label(structure: Any) -> str:
+    for label, value in STRUCTURE_PRESETS.items():
+        if value is not None and structure == value:
+            return label
+    return "Custom layer list"
+
+
+def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) -> dict[str, Any]:
+    """Training choices -> keyword arguments of :class:`dhaka.Dhaka` (also stored in state).
+
+    Parameters
+    ----------
+    defaults
+        Starting values for a fresh session (e.g. fast demo settings).
+    cuda
+        Whether a CUDA device is available (offers ``"cuda"``).
+
+    Raises nothing: an invalid custom layer list is reported with ``st.error``
+    and the form returns ``{}``.
+    """
+    from dhaka.estimator import Dhaka
+
+    base = Dhaka().get_params()
+    cur = {**base, **(defaults or {}), **state.get_train_params()}
+    structure = cur.get("structure", "deep")
+    _seed("w.train.structure", _structure_label(structure))
+    _seed("w.train.custom", structure if isinstance(structure, str) and structure not in ("deep", "shallow")
+          else ",".join(str(w) for w in structure) if not isinstance(structure, str) else "512,128")
+    _seed("w.train.latent_dim", int(cur["latent_dim"]))
+    _seed("w.train.lr", float(cur["lr"]))
+    _seed("w.train.batch_size", int(cur["batch_size"]))
+    _seed("w.train.epochs", int(cur["epochs"]))
+    _seed("w.train.clip", cur["clip_norm"] is not None)
+    _seed("w.train.clip_norm", float(cur["clip_norm"] if cur["clip_norm"] is not None else 5.0))
+    _seed("w.train.n_starts", int(cur["n_starts"]))
+    _seed("w.train.seed", int(cur["seed"]))
+    _seed("w.train.device", cur["device"] if cur["device"] in ("auto", "cpu", "cuda") else "auto")
+    _seed("w.train.optimizer", cur["optimizer"])
+    _seed("w.train.likelihood", cur["likelihood"])
+    _seed("w.train.kl_warmup", int(cur["kl_warmup"]))
+    _seed("w.train.early", cur["patience"] is not None)
+    _seed("w.train.patience", int(cur["patience"] if cur["patience"] is not None else 20))
+    _seed("w.train.val_fraction", float(cur["val_fraction"]))
+    _seed("w.train.batch_norm", bool(cur["batch_norm"]))
+    _seed("w.train.scale", cur["scale"])
+
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        label = st.selectbox("Structure", list(STRUCTURE_PRESETS), key="w.train.structure",
+                             help="Hidden layers of the encoder (the decoder mirrors them).")
+        custom = st.text_input("Layer widths (comma-separated)", key="w.train.custom",
+                               disabled=STRUCTURE_PRESETS[label] is not None)
+        latent_dim = st.number_input("Latent dimensions", 1, 16, key="w.train.latent_dim",
+                                     help="3 gives the rotatable 3-D view of the paper.")
+    with c2:
+        lr = st.number_input("Learning rate", min_value=1e-6, max_value=1.0, format="%.0e", step=1e-4,
+                             key="w.train.lr")
+        batch_size = st.number_input("Batch size", 8, 4096, step=32, key="w.train.batch_size")
+        epochs = st.number_input("Epochs", 1, 5000, step=10, key="w.train.epochs")
+    with c3:
+        clip = st.checkbox("Clip gradient norm", key="w.train.clip")
+        clip_norm = st.number_input("Clip norm", 0.1, 100.0, step=0.5, key="w.train.clip_norm", disabled=not clip)
+        n_starts = st.number_input("Warm starts", 1, 20, key="w.train.n_starts",
+                                   help="Train several times from different seeds; keep the start whose "
+                                        "clusters have the best silhouette.")
+        seed = st.number_input("Seed", 0, 2**31 - 1, key="w.train.seed")
+    with st.expander("Advanced"):
+        a1, a2, a3 = st.columns(3)
+        with a1:
+            device = st.selectbox("Device", ["auto", "cpu"] + (["cuda"] if cuda else []), key="w.train.device")
+            optimizer = st.selectbox("Optimizer", ["rmsprop", "adam"], key="w.train.optimizer")
+            likelihood = st.selectbox("Likelihood", ["gaussian", "mse", "bernoulli"], key="w.train.likelihood")
+        with a2:
+            kl_warmup = st.number_input("KL warm-up epochs", 0, 1000, key="w.train.kl_warmup")
+            early = st.checkbox("Early stopping", key="w.train.early")
+            patience = st.number_input("Patience (epochs)", 1, 1000, key="w.train.patience", disabled=not early)
+        with a3:
+            val_fraction = st.number_input("Validation fraction", 0.0, 0.5, step=0.05, key="w.train.val_fraction")
+            batch_norm = st.checkbox("Batch normalisation", key="w.train.batch_norm")
+            scale = st.selectbox("Input scaling", ["global", "gene", "none", "minmax"], key="w.train.scale")
+
+    preset = STRUCTURE_PRESETS[label]
+    if preset is None:
+        try:
+            from dhaka.model import resolve_structure
+
+            structure_value: Any = list(resolve_structure(custom))
+        except Exception as exc:  # noqa: BLE001
+            st.error(f"Layer widths: {error_message(exc)}")
+            return {}
+    else:
+        structure_value = preset
+    params = {"structure": structure_value, "latent_dim": int(latent_dim), "lr": float(lr),
+              "batch_size": int(batch_size), "epochs": int(epochs),
+              "clip_norm": float(clip_norm) if clip else None, "n_starts": int(n_starts), "seed": int(seed),
+              "device": device, "optimizer": optimizer, "likelihood": likelihood, "kl_warmup": int(kl_warmup),
+              "patience": int(patience) if early else None, "val_fraction": float(val_fraction),
+              "batch_norm": bool(batch_norm), "scale": scale}
+    state.set_train_params(params)
+    return params
+
+
+# ------------------------------------------------------------------- colour
+@dataclass
+class ColorChoice:
+    """What the colour control picked: one value per cell (or ``None``), its name and kind."""
+
+    values: Any
+    name: str
+    kind: str  # "categorical" | "continuous" | "auto"
+
+
+def color_control(adata: anndata.AnnData, *, clusters: np.ndarray | None, key: str = "w.colour") -> ColorChoice:
+    """One colour control for every view: GMM cluster, an obs column, or a gene's expression."""
+    options: list[str] = []
+    if clusters is not None:
+        options.append("GMM cluster")
+    options += [f"obs: {c}" for c in adata.obs.columns]
+    options += ["Gene expression", "None"]
+    truth = state.get_truth_column()
+    default = "GMM cluster" if clusters is not None else (f"obs: {truth}" if truth else options[0])
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default
+    c1, c2 = st.columns([2, 2])
+    with c1:
+        choice = st.selectbox("Colour cells by", options, key=key)
+    if choice == "GMM cluster":
+        return ColorChoice(np.asarray(clusters).astype(int), "cluster", "categorical")
+    if choice == "None":
+        return ColorChoice(None, "", "auto")
+    if choice.startswith("obs: "):
+        col = choice[5:]
+        return ColorChoice(adata.obs[col].to_numpy(), col, "auto")
+    genes = [str(g) for g in adata.var_names]
+    with c2:
+        gene = st.selectbox("Gene", genes, key=key + ".gene", help="Type to search.")
+    j = genes.index(gene)
+    import scipy.sparse as sp
+
+    col_values = adata.X[:, j]
+    col_values = col_values.toarray().ravel() if sp.issparse(col_values) else np.asarray(col_values).ravel()
+    return ColorChoice(col_values.astype(np.float64), gene, "continuous")
+
+
+# ---------------------------------------------------------------- downloads
+def figure_downloads(fig: go.Figure, name: str, *, key: str) -> None:
+    """An "interactive HTML" download for ``fig`` (built only when clicked) and the PNG hint."""
+    from dhaka.plots import figure_html
+
+    st.download_button("Figure as HTML", data=lambda: figure_html(fig), file_name=f"{name}.html",
+                       mime="text/html", key=key, icon=":material/download:", on_click="ignore",
+                       help="A standalone interactive page (plotly.js embedded; opens offline). " + PNG_NOTE)
+
+
+# ------------------------------------------------------------------ job glue
+def job_is_active(snapshot: dict[str, Any] | None) -> bool:
+    """``True`` while a job snapshot says queued or running."""
+    return snapshot is not None and snapshot.get("status") in ACTIVE
+
+
+def collect_finished_job() -> None:
+    """Take a finished training job's result into the session (once per job).
+
+    Called on every app run (from ``app.py``): when this session's job has
+    ended since the last run, its result becomes the one in use (if it was
+    trained on the dataset still loaded) and a notice says what happened.
+    """
+    job = state.get_job()
+    if job is None or not job.done or st.session_state.get(state.COLLECTED_JOB) == job.id:
+        return
+    st.session_state[state.COLLECTED_JOB] = job.id
+    snap = job.snapshot()
+    status = snap["status"]
+    out = job.result
+    if status == "failed" or out is None:
+        msg = snap.get("error") or "training stopped before a model was made"
+        state.push_notice("error", f"Training failed: {msg}")
+        return
+    if out.dataset_key != state.get_dataset_key():
+        state.push_notice("warning", f"Training finished on the previously loaded dataset; it is stored as run "
+                                     f"{out.run_id} (open it from the Runs page after loading that dataset).")
+        return
+    state.set_result(out.estimator, out.latent, gmm=out.gmm, run_id=out.run_id, source="job",
+                     status=out.status, latent_digest=out.latent_digest, obs_names=out.obs_names)
+    state.set_model_input(out.model_input, out.model_input_digest)
+    if out.status == "stopped":
+        state.push_notice("warning", f"Training stopped early; the model as it was is kept (run {out.run_id}).")
+    else:
+        k = out.metrics.get("k")
+        extra = f", {k} GMM clusters" if k else ""
+        state.push_notice("success", f"Training finished (run {out.run_id}{extra}). Open Explore to see it.")
+
+
+def show_notices() -> None:
+    """Show and clear the session's one-shot messages."""
+    for level, text in state.pop_notices():
+        getattr(st, level if level in ("info", "success", "warning", "error") else "info")(text)
+
+
+def _job_line(snap: dict[str, Any]) -> str:
+    status = snap["status"]
+    prog = snap.get("progress") or {}
+    if status == "queued":
+        return f"Training queued (position {snap.get('queue_position') or '?'})"
+    if status == "running":
+        ep, n = prog.get("epoch"), prog.get("n_epochs")
+        if ep and n:
+            return f"Training: epoch {ep}/{n}"
+        return f"Training: {prog.get('message', 'starting')}"
+    return {"done": "Last training: finished", "cancelled": "Last training: stopped",
+            "failed": "Last training: failed"}.get(status, status)
+
+
+def sidebar() -> None:
+    """The shared sidebar: current dataset and this session's job status (live while it runs)."""
+    with st.sidebar:
+        info = state.get_dataset_info()
+        adata = state.get_dataset()
+        if adata is None:
+            st.caption("No dataset loaded")
+        else:
+            st.markdown(f"**Dataset:** {info.get('name', 'unnamed')}  \n"
+                        f"{adata.n_obs:,} cells × {adata.n_vars:,} genes")
+        res = state.get_result_info()
+        if state.results_match_dataset():
+            st.caption(f"Model: run {res.get('run_id') or '(unsaved)'}"
+                       + (f" · {state.get_cluster_k()} clusters" if state.get_cluster_k() else ""))
+        job = state.get_job()
+        active = job is not None and not job.done
+
+        @st.fragment(run_every=2.0 if active else None)
+        def _status() -> None:
+            j = state.get_job()
+            if j is None:
+                return
+            snap = j.snapshot()
+            line = _job_line(snap)
+            if job_is_active(snap):
+                st.info(line, icon=":material/model_training:")
+            elif snap["status"] == "failed":
+                st.error(line, icon=":material/error:")
+            else:
+                st.caption(line)
+            if active and not job_is_active(snap):
+                st.rerun()
+
+        _status()
+
+
+# -------------------------------------------------------------------- runs
+def open_run(run_id: str, *, store: Any = None) -> bool:
+    """Load a stored run (final model or last checkpoint) as the session's result.
+
+    The run's cells must be the loaded dataset's: matched by cell id when the
+    run has latent coordinates, else by the data fingerprint (then the latent
+    space is computed from the checkpoint). When the run was trained on a
+    built-in demo that is not loaded, the demo is loaded first. Problems are
+    shown with ``st.error``.
+
+    Returns
+    -------
+    bool
+        ``True`` when the run is now the result in use.
+    """
+    from dhaka.estimator import Dhaka
+    from dhaka.runs import RunError, RunStore
+    from dhaka.ui import cached, demos, tasks
+
+    store = store if store is not None else RunStore()
+    try:
+        run = store.open(run_id)
+        record = run.record
+        data = record.get("data") or {}
+        info = state.get_dataset_info()
+        if data.get("name") and data.get("name") != info.get("name"):
+            demo = next((d for d in demos.available() if d.title == data["name"]), None)
+            if demo is not None:
+                adata, second = cached.load_demo(demo.key)
+                state.set_dataset(adata, name=demo.title, source="demo", demo=demo.key, truth=demo.truth,
+                                  mode=demo.mode, second=second)
+        adata = state.get_dataset()
+        if adata is None:
+            st.error(f"Run {run_id} was trained on {data.get('name')!r}: load that dataset first (Data page).")
+            return False
+        est = Dhaka.load(run.model_dir())
+        files = record.get("files") or {}
+        cell_ids = [str(o) for o in adata.obs_names]
+        if files.get("latent"):
+            lat = run.load_latent()
+            lat.index = lat.index.astype(str)
+            if set(lat.index) != set(cell_ids) or len(lat) != len(cell_ids):
+                st.error(f"Run {run_id} was trained on {data.get('name')!r} "
+                         f"({len(lat):,} cells); the loaded dataset has other cells. Load that dataset first.")
+                return False
+            lat = lat.loc[cell_ids]
+            Z = lat[[c for c in lat.columns if c.startswith("dhaka_")]].to_numpy(dtype=np.float32)
+        else:
+            fp = data.get("fingerprint") or {}
+            mine = tasks.data_fingerprint(adata)
+            if fp.get("sha256") and fp.get("sha256") != mine.get("sha256"):
+                st.error(f"Run {run_id} was trained on {data.get('name')!r} with shape {fp.get('shape')}; "
+                         "the loaded dataset differs. Load that dataset first.")
+                return False
+            Z = np.asarray(est.transform(adata))
+        seed = int(est.get_params().get("seed", 0))
+        z_digest = tasks.digest(Z)
+        gmm = cached.gmm_bic(Z, digest=z_digest, k_max=10, seed=seed)
+        state.set_result(est, Z, gmm=gmm, run_id=run_id, source="run", status=run.status,
+                         latent_digest=z_digest, obs_names=cell_ids)
+        S, _ = est.align(adata)
+        state.set_model_input(S, tasks.digest(S))
+        state.push_notice("success", f"Opened run {run_id} ({run.status}"
+                          + (f", checkpoint of epoch {record.get('last_checkpoint_epoch')}" if not files.get("model")
+                             else "") + ").")
+        return True
+    except (RunError, Exception) as exc:  # noqa: BLE001
+        st.error(f"Could not open run {run_id}: {error_message(exc)}")
+        return False

@@ -1,0 +1,112 @@
+"""Data page: load a demo or upload a matrix, look at it, choose the preprocessing."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dhaka import plots
+from dhaka.estimator import Dhaka
+from dhaka.preprocess import detect_kind
+from dhaka.ui import cached, demos, state, widgets
+
+st.title("Data")
+
+FORMATS = ["csv", "tsv", "txt", "gz", "h5ad", "zip", "npz", "mtx"]
+limit_mb = int(st.get_option("server.maxUploadSize"))
+
+demo_tab, upload_tab = st.tabs(["Built-in demos", "Upload your data"])
+with demo_tab:
+    options = demos.available()
+    key = st.selectbox("Demo dataset", [d.key for d in options], key="w.data.demo",
+                       format_func=lambda k: demos.get(k).title)
+    st.caption(demos.get(key).description)
+    if st.button("Load demo", key="w.data.load_demo", type="primary"):
+        loaded = widgets.safe_call(cached.load_demo, key, what="Could not load the demo")
+        if loaded is not None:
+            d = demos.get(key)
+            adata, second = loaded
+            state.set_dataset(adata, name=d.title, source="demo", demo=d.key, truth=d.truth, mode=d.mode,
+                              second=second)
+            st.session_state.pop("w.prep.mode", None)  # let the demo's mode show in the form
+            st.rerun()
+
+with upload_tab:
+    st.caption(f"Formats: CSV / TSV / TXT (optionally .gz; cells × genes or genes × cells), .h5ad, "
+               f"10x Genomics .zip (matrix.mtx + barcodes + features), scipy sparse .npz, .mtx. "
+               f"Files up to **{limit_mb:,} MB** each.")
+    up = st.file_uploader("Expression or copy-number matrix", type=FORMATS, key="w.data.file")
+    meta = st.file_uploader("Cell metadata (optional CSV, first column = cell id)", type=["csv", "tsv", "txt", "gz"],
+                            key="w.data.meta")
+    orientation = st.radio("Orientation", ["auto", "cells_x_genes", "genes_x_cells"], horizontal=True,
+                           key="w.data.orientation",
+                           format_func={"auto": "detect", "cells_x_genes": "rows are cells",
+                                        "genes_x_cells": "rows are genes"}.get)
+    if st.button("Load file", key="w.data.load_file", type="primary", disabled=up is None):
+        from dhaka import io
+
+        adata = widgets.safe_call(io.read, up.getvalue(), filename=up.name, orientation=orientation,
+                                  what=f"Could not read {up.name}")
+        if adata is not None and meta is not None:
+            adata = widgets.safe_call(io.read_metadata, meta.getvalue(), adata, filename=meta.name,
+                                      what=f"Could not read the metadata {meta.name}")
+        if adata is not None:
+            fp = widgets.safe_call(io.fingerprint, adata)
+            state.set_dataset(adata, name=up.name, source="upload", filename=up.name, fingerprint=fp)
+            st.session_state.pop("w.prep.mode", None)
+            st.rerun()
+        else:
+            st.caption("The previously loaded dataset is still in use.")
+
+adata = state.require_dataset()
+info = state.get_dataset_info()
+st.subheader(f"{info.get('name', 'Dataset')}")
+
+X = adata.X
+qc = widgets.safe_call(cached.qc_stats, X, digest=info.get("digest", ""), what="QC statistics")
+kind = widgets.safe_call(detect_kind, X, mode=state.get_preprocess().get("mode", "expression"))
+c = st.columns(5)
+c[0].metric("Cells", f"{adata.n_obs:,}")
+c[1].metric("Genes / bins", f"{adata.n_vars:,}")
+if qc is not None:
+    c[2].metric("Zeros", f"{qc['zero_fraction']:.1%}")
+    c[3].metric("Value range", f"{qc['min']:.3g} … {qc['max']:.3g}")
+c[4].metric("Detected kind", kind.kind if kind is not None else "?")
+if kind is not None:
+    st.caption(f"Detected kind: {kind.reason}")
+meta_info = (adata.uns.get("dhaka_io") or {}).get("metadata") or {}
+if meta_info.get("unmatched_cells"):
+    st.warning(f"{meta_info['unmatched_cells']} cells have no row in {meta_info.get('filename', 'the metadata')}; "
+               "their metadata is missing.")
+if meta_info.get("unmatched_ids"):
+    st.caption(f"{meta_info['unmatched_ids']} metadata rows match no cell and were ignored.")
+
+with st.expander("Preview", expanded=False):
+    n_show_g = min(12, adata.n_vars)
+    block = X[:8, :n_show_g]
+    block = block.toarray() if hasattr(block, "toarray") else block
+    st.dataframe(pd.DataFrame(block, index=adata.obs_names[:8], columns=adata.var_names[:n_show_g]))
+    if adata.obs.shape[1]:
+        st.caption("Cell metadata")
+        st.dataframe(adata.obs.head(8))
+
+if qc is not None:
+    q1, q2 = st.columns(2)
+    q1.plotly_chart(plots.library_size_hist(qc["library_size"]), key="qc_lib", config=widgets.PLOTLY_CONFIG)
+    q2.plotly_chart(plots.dropout_hist(qc["dropout"]), key="qc_drop", config=widgets.PLOTLY_CONFIG)
+
+st.subheader("Preprocessing")
+prep = widgets.preprocess_form(adata, detected=kind.kind if kind is not None else None)
+truth_opts = [None] + [str(col) for col in adata.obs.columns]
+cur_truth = state.get_truth_column()
+truth = st.selectbox("True labels (for ARI / NMI), if known", truth_opts,
+                     index=truth_opts.index(cur_truth) if cur_truth in truth_opts else 0,
+                     format_func=lambda v: "none" if v is None else v, key="w.data.truth")
+state.set_truth_column(truth)
+
+preview = widgets.safe_call(lambda: Dhaka(**prep).preview(adata), what="Preprocessing")
+if preview is not None:
+    steps = [s for s, on in (("normalise", preview.get("normalize")), ("log2(x+1)", preview.get("log")),
+                             ("centre genes", prep.get("relative"))) if on]
+    st.success(f"Training matrix: **{preview['n_cells']:,} cells × {preview['n_selected']:,} genes** "
+               f"(of {preview['n_features']:,}; {' → '.join(steps) or 'used as given'}). "
+               "Next: the Train page.", icon=":material/check_circle:")

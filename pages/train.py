@@ -1,0 +1,105 @@
+"""Train page: choose the network and training settings, train in the background, watch it live."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dhaka import plots
+from dhaka.ui import cached, demos, state, tasks, widgets
+
+POLL_SECONDS = 0.75
+
+st.title("Train")
+adata = state.require_dataset()
+info = state.get_dataset_info()
+
+
+@st.cache_resource(show_spinner=False)
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None or s != s:
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+job = state.get_job()
+active = job is not None and not job.done
+
+st.caption(f"Dataset: **{info.get('name')}** · {adata.n_obs:,} cells × {adata.n_vars:,} genes · "
+           f"mode **{state.get_preprocess().get('mode', 'expression')}** (change on the Data page)")
+params = widgets.train_form(defaults=demos.fast_train_params() if demos.demo_fast() else None,
+                            cuda=_cuda_available())
+full = {**state.get_preprocess(), **params}
+
+c1, c2 = st.columns([1, 3])
+start = c1.button("Start training", type="primary", key="w.train.start", disabled=active or not params,
+                  icon=":material/play_arrow:")
+if active:
+    c2.caption("A training of this session is queued or running; stop it or wait for it to end.")
+if start:
+    ok = widgets.safe_call(tasks.check_training_memory, adata, full, what="Cannot train")
+    if ok is not None:
+        task = tasks.make_train_task(adata, full, data_name=str(info.get("name")), dataset_key=info.get("key"),
+                                     fingerprint=info.get("fingerprint"), truth=state.get_truth_labels())
+        new = widgets.safe_call(cached.job_manager().submit, task, owner=state.get_session_id(),
+                                name=f"train on {info.get('name')}", kind="train",
+                                what="Could not start training")
+        if new is not None:
+            state.set_job(new)
+            st.rerun()
+
+
+@st.fragment(run_every=POLL_SECONDS if active else None)
+def live_progress() -> None:
+    """Progress bar, ETA and loss curves, redrawn every POLL_SECONDS while the job runs."""
+    j = state.get_job()
+    if j is None:
+        st.info("No training yet in this session: set the options above and press **Start training**.")
+        return
+    snap = j.snapshot()
+    prog = snap.get("progress") or {}
+    status = snap["status"]
+    if status == "queued":
+        st.info(f"Queued: position {snap.get('queue_position') or '?'} — other trainings are using the "
+                "server's training slots; this one starts when a slot frees up.", icon=":material/hourglass:")
+        st.button("Cancel", key="w.train.cancel", on_click=j.cancel)
+    elif status == "running":
+        ep, n = prog.get("epoch"), prog.get("n_epochs")
+        if ep and n:
+            s, ns = int(prog.get("start", 0)) + 1, int(prog.get("n_starts", 1))
+            starts = f" · start {s}/{ns}" if ns > 1 else ""
+            st.progress(min(1.0, ep / n), text=f"Epoch {ep}/{n}{starts} · elapsed "
+                                                 f"{_fmt_seconds(prog.get('elapsed'))} · ETA "
+                                                 f"{_fmt_seconds(prog.get('eta'))} · loss {prog.get('loss', 0):.4g}")
+        else:
+            st.progress(0.0, text=prog.get("message", "Starting…"))
+        if snap.get("stop_requested"):
+            st.caption("Stopping after the current epoch…")
+        else:
+            st.button("Stop", key="w.train.stop", on_click=j.cancel, icon=":material/stop:",
+                      help="Ends training within one epoch; the model is kept as it is.")
+    elif status == "done":
+        st.success(f"Finished: {len(snap['history'])} epochs in {_fmt_seconds(snap.get('elapsed'))} "
+                   f"(run {prog.get('run_id', '?')}).", icon=":material/check_circle:")
+    elif status == "cancelled":
+        st.warning(f"Stopped after {len(snap['history'])} epochs; the model as it was is kept "
+                   f"(run {prog.get('run_id', '?')}).")
+    else:
+        st.error(f"Training failed: {snap.get('error')}")
+    if snap["history"]:
+        st.plotly_chart(plots.loss_curves(snap["history"]), key="train_loss", config=widgets.PLOTLY_CONFIG)
+    if active and status not in ("queued", "running"):
+        st.rerun()  # the whole app: collect the result, switch the fragment's polling off
+
+
+live_progress()
+if not active and state.results_match_dataset():
+    st.page_link("pages/explore.py", label="Explore the latent space", icon=":material/arrow_forward:")
