@@ -498,6 +498,7 @@ class Run:
         self._mutex = threading.RLock()
         self._record: dict[str, Any] = self._read_record()
         self._last_heartbeat = 0.0
+        self._pending_progress: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, status={self.status!r})"
@@ -536,9 +537,14 @@ class Run:
     def _update(self, **fields: Any) -> None:
         with self._mutex:
             record = dict(self._record)
+            if self._pending_progress:
+                progress = dict(record.get("progress") or {})
+                progress.update(self._pending_progress)
+                record["progress"] = progress
             record.update(fields)
             atomic_write_json(self.path / RUN_FILE, record)
             self._record = record
+            self._pending_progress = {}
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -570,29 +576,35 @@ class Run:
         if self._lock_fd is None:
             raise RunError(f"Run {self.id} was not created by this process (or is closed); it is read-only here.")
 
-    def heartbeat(self, *, min_interval: float = 5.0, **fields: Any) -> None:
-        """Record that the writer is alive (and optionally progress fields).
+    def heartbeat(self, *, min_interval: float = 5.0, **fields: Any) -> bool:
+        """Record that the writer is alive, with optional progress fields.
+
+        Called every epoch by the trainer; ``run.json`` is rewritten at most
+        once per ``min_interval`` seconds (fields given in between are kept
+        and written with the next heartbeat, checkpoint or finish).
 
         Parameters
         ----------
         min_interval
-            Skip the write if the last heartbeat is more recent than this many
-            seconds and no ``fields`` are given.
+            Seconds between two writes of ``run.json``.
         **fields
-            Extra keys stored in ``run.json`` under ``progress``.
+            Progress values (e.g. ``epoch=12``) stored under ``progress``.
+
+        Returns
+        -------
+        bool
+            ``True`` if ``run.json`` was written.
         """
         self._require_writer()
-        now = time.time()
-        if not fields and now - self._last_heartbeat < min_interval:
-            return
         with self._mutex:
-            update: dict[str, Any] = {"heartbeat": now}
             if fields:
-                progress = dict(self._record.get("progress") or {})
-                progress.update(fields)
-                update["progress"] = progress
-            self._update(**update)
+                self._pending_progress.update(fields)
+            now = time.time()
+            if now - self._last_heartbeat < min_interval:
+                return False
+            self._update(heartbeat=now)
             self._last_heartbeat = now
+            return True
 
     def write_checkpoint(self, save_fn: Callable[[Path], Any], epoch: int) -> Path:
         """Save a checkpoint and make it the run's current one, atomically.

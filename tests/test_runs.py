@@ -527,3 +527,20 @@ def test_check_model_dir_refuses_linked_or_missing_folder(tmp_path):
         check_model_dir(tmp_path / "nope")
     with pytest.raises(ModelDirError, match="unexpected"):
         check_model_dir(real, allowed=("config.json",))
+
+
+def test_heartbeat_is_throttled_but_keeps_progress(store):
+    run = store.create(settings=SETTINGS, data=DATA)
+    assert run.heartbeat(epoch=1) is True
+    first = json.loads((run.path / "run.json").read_text())
+    assert first["progress"] == {"epoch": 1}
+    assert run.heartbeat(epoch=2, min_interval=3600) is False  # too soon: not written yet
+    assert json.loads((run.path / "run.json").read_text())["progress"] == {"epoch": 1}
+    run.write_checkpoint(tiny_save(), epoch=2)  # the next write carries the pending progress
+    record = json.loads((run.path / "run.json").read_text())
+    assert record["progress"] == {"epoch": 2} and record["heartbeat"] >= first["heartbeat"]
+    assert run.heartbeat(epoch=3, min_interval=0) is True
+    assert json.loads((run.path / "run.json").read_text())["progress"] == {"epoch": 3}
+    run.finish(status="done")
+    with pytest.raises(RunError, match="read-only"):
+        run.heartbeat()
