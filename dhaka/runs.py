@@ -654,6 +654,7 @@ class Run:
         metrics: Mapping[str, Any] | None = None,
         error: str | None = None,
         keep_checkpoint: bool | None = None,
+        device: str | None = None,
     ) -> None:
         """Write the run's results and mark it finished.
 
@@ -683,6 +684,9 @@ class Run:
         keep_checkpoint
             Keep the last checkpoint after a final model was saved.  Default:
             keep it only when no final model was saved.
+        device
+            The device training actually used (e.g. ``est.device_``) when it
+            was not known at :meth:`RunStore.create` (``"auto"``).
         """
         if status not in ("done", "stopped", "failed"):
             raise ValueError(f"status must be 'done', 'stopped' or 'failed', got {status!r}")
@@ -722,6 +726,8 @@ class Run:
                 "n_epochs_run": len(rows) if rows is not None else None,
             },
         }
+        if device is not None:
+            update["device"] = str(device)
         previous = self._record.get("checkpoint")
         if keep_checkpoint is None:
             keep_checkpoint = save_fn is None

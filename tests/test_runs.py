@@ -171,7 +171,8 @@ def test_full_run_lifecycle(store):
     assert run.record["last_checkpoint_epoch"] == 2
     history = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.25}]
     run.finish(status="done", save_fn=tiny_save("final"), latent=_latent(), history=history,
-               metrics={"ari": np.float64(0.9)})
+               metrics={"ari": np.float64(0.9)}, device="cuda:0")
+    assert store.open(run.id).record["device"] == "cuda:0"
     assert _no_temp_left(run.path)
 
     opened = store.open(run.id)
@@ -544,3 +545,23 @@ def test_heartbeat_is_throttled_but_keeps_progress(store):
     run.finish(status="done")
     with pytest.raises(RunError, match="read-only"):
         run.heartbeat()
+
+
+def test_real_dhaka_model_through_the_store(store, blobs_counts):
+    """The estimator's own save/load plugs into checkpoints and finish, and passes check_model_dir."""
+    estimator = pytest.importorskip("dhaka.estimator")
+    X, _y = blobs_counts
+    est = estimator.Dhaka(epochs=2, n_genes=40, structure=(16,), batch_size=32, seed=0)
+    run = store.create(settings=est.get_params(), data=DATA)
+    est.fit(X, checkpoint=lambda save_fn, epoch: run.write_checkpoint(save_fn, epoch), checkpoint_every=1)
+    assert run.record["last_checkpoint_epoch"] == 2
+    assert check_model_dir(run.checkpoint_path())
+    Z = est.transform(X)
+    run.finish(status="done", save_fn=est.save, latent=_latent(len(Z)), history=[{"loss": 1.0}],
+               keep_checkpoint=True)
+    opened = store.open(run.id)
+    loaded = estimator.Dhaka.load(opened.model_dir())
+    np.testing.assert_allclose(loaded.transform(X), Z, rtol=1e-5, atol=1e-5)
+    from_ckpt = estimator.Dhaka.load(opened.checkpoint_path())
+    assert from_ckpt.transform(X).shape == Z.shape
+    assert _no_temp_left(run.path)
