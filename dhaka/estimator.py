@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from dhaka import __version__
 from dhaka.preprocess import InputKind, detect_kind, log2p, normalize_total, select_genes
@@ -156,6 +156,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True
         tags.non_deterministic = False
+        tags.transformer_tags.preserves_dtype = ["float32"]  # latent coordinates are float32
         return tags
 
     # ------------------------------------------------------------ preprocessing
@@ -169,9 +170,14 @@ class Dhaka(TransformerMixin, BaseEstimator):
         if int(self.n_starts) < 1:
             raise ValueError(f"n_starts must be at least 1, got {self.n_starts}")
 
-    def _validate(self, M: Any, *, reset: bool) -> Any:
-        M = check_array(M, accept_sparse="csr", dtype=np.float32, ensure_min_samples=2 if reset else 1,
-                        ensure_all_finite=True, input_name="X")
+    def _validate(self, M: Any, *, reset: bool | None) -> Any:
+        """Check values; ``reset=True`` records n_features_in_, ``False`` checks it, ``None`` neither."""
+        kw = dict(accept_sparse="csr", dtype=np.float32, ensure_min_samples=2 if reset else 1,
+                  ensure_all_finite=True)
+        if reset is None:
+            M = check_array(M, input_name="X", **kw)
+        else:
+            M = validate_data(self, M, reset=reset, **kw)
         if sp.issparse(M):
             M = sp.csr_matrix(M, dtype=np.float32)
         return M
@@ -271,7 +277,6 @@ class Dhaka(TransformerMixin, BaseEstimator):
         hidden = resolve_structure(self.structure)
         M, _, names = _as_matrix(X)
         M = self._validate(M, reset=True)
-        self.n_features_in_ = M.shape[1]
         self.feature_names_ = names
         self.input_kind_ = detect_kind(M, mode=self.mode)
         self.normalize_, self.log_ = self._steps(self.input_kind_)
@@ -377,8 +382,9 @@ class Dhaka(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         M, _, names = _as_matrix(X)
-        M = self._validate(M, reset=False)
-        if self.feature_names_ is not None and names is not None:
+        by_name = self.feature_names_ is not None and names is not None
+        M = self._validate(M, reset=None if by_name else False)
+        if by_name:
             pos = {n: i for i, n in enumerate(names)}
             cols = np.array([pos.get(g, -1) for g in self.genes_])
             missing = [g for g, c in zip(self.genes_, cols) if c < 0]

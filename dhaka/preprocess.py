@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 Matrix = np.ndarray | sp.spmatrix
 Kind = Literal["counts", "normalized", "log", "scaled", "cnv"]
-GeneSelection = Literal["cv", "entropy", "mean", "variance"]
+GeneSelection = Literal["cv", "entropy", "mean", "variance", "dispersion"]
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ def column_moments(X: Matrix) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and (population) variance without densifying."""
     n = X.shape[0]
     if sp.issparse(X):
-        mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
-        sq = X.copy().astype(np.float64)
+        sq = sp.csr_matrix(X, dtype=np.float64, copy=True)
+        mean = np.asarray(sq.mean(axis=0)).ravel()
         sq.data **= 2
         var = np.asarray(sq.mean(axis=0)).ravel() - mean**2
     else:
@@ -163,7 +163,26 @@ def gene_scores(X: Matrix, *, method: GeneSelection = "cv") -> np.ndarray:
         return var
     if method == "entropy":
         return _entropy(X)
-    raise ValueError(f"gene selection must be 'cv', 'entropy', 'mean' or 'variance', got {method!r}")
+    if method == "dispersion":
+        return _binned_dispersion(mean, var)
+    raise ValueError(f"gene selection must be 'cv', 'entropy', 'mean', 'variance' or 'dispersion', got {method!r}")
+
+
+def _binned_dispersion(mean: np.ndarray, var: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """Dispersion (var / mean) z-scored within bins of mean expression (Satija et al. 2015).
+
+    Unlike the raw coefficient of variation, it does not favour rarely detected genes whose
+    high CV is sampling noise: each gene competes only with genes of similar mean.
+    """
+    disp = np.divide(var, mean, out=np.zeros_like(var), where=mean > 1e-12)
+    edges = np.quantile(mean, np.linspace(0, 1, n_bins + 1))
+    which = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, n_bins - 1)
+    z = np.zeros_like(disp)
+    for b in np.unique(which):
+        m = which == b
+        sd = disp[m].std()
+        z[m] = (disp[m] - disp[m].mean()) / sd if sd > 0 else 0.0
+    return z
 
 
 def select_genes(

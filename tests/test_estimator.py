@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from dhaka import Dhaka
+
+FAST = dict(epochs=30, structure=(32,), seed=0, kl_warmup=5, patience=10)
+
+
+def _adata(X, y=None):
+    a = ad.AnnData(X, obs=pd.DataFrame(index=[f"c{i}" for i in range(X.shape[0])]),
+                   var=pd.DataFrame(index=[f"g{j}" for j in range(X.shape[1])]))
+    if y is not None:
+        a.obs["group"] = pd.Categorical(y)
+    return a
+
+
+@parametrize_with_checks([Dhaka(epochs=1, structure=(8,), n_genes=None, device="cpu")])
+def test_sklearn_contract(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "anndata"])
+def test_fit_transform_finds_known_groups(blobs_counts, kind):
+    X, y = blobs_counts
+    data = {"dense": X, "sparse": sp.csr_matrix(X), "anndata": _adata(sp.csr_matrix(X), y)}[kind]
+    est = Dhaka(**FAST)
+    Z = est.fit_transform(data)
+    assert Z.shape == (X.shape[0], 3) and np.isfinite(Z).all()
+    assert est.input_kind_.kind == "counts" and est.normalize_ and est.log_
+    labels = GaussianMixture(3, random_state=0, n_init=3).fit_predict(Z)
+    assert adjusted_rand_score(y, labels) > 0.8
+    assert len(est.history_) >= 1 and {"loss", "reconstruction", "kl"} <= set(est.history_[0])
+
+
+def test_transform_aligns_genes_by_name(blobs_counts):
+    X, y = blobs_counts
+    a = _adata(X, y)
+    est = Dhaka(**{**FAST, "epochs": 3, "n_genes": 40}).fit(a)
+    assert len(est.genes_) == 40 and all(g.startswith("g") for g in est.genes_)
+    Z = est.transform(a)
+    shuffled = a[:, np.random.default_rng(0).permutation(a.n_vars)].copy()
+    np.testing.assert_allclose(est.transform(shuffled), Z, rtol=1e-4, atol=1e-5)
+    dropped = a[:, [g for g in a.var_names if g != est.genes_[0]]].copy()
+    S, missing = est.align(dropped)
+    assert missing == [est.genes_[0]] and S.shape == (a.n_obs, 40)
+    with pytest.warns(UserWarning, match="1 of 40 selected features are missing"):
+        est.transform(dropped)
+    other = _adata(X)
+    other.var_names = [f"x{j}" for j in range(X.shape[1])]
+    with pytest.raises(ValueError, match="none of the model's selected features"):
+        est.transform(other)
+
+
+def test_transform_without_names_checks_width(blobs_counts):
+    X, _ = blobs_counts
+    est = Dhaka(**{**FAST, "epochs": 2}).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        est.transform(X[:, :10])
+
+
+def test_save_load_round_trip_and_safe_format(blobs_counts, tmp_path):
+    X, y = blobs_counts
+    a = _adata(X, y)
+    est = Dhaka(**{**FAST, "epochs": 3}).fit(a)
+    path = est.save(tmp_path / "model")
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        ["config.json", "weights.safetensors", "genes.txt", "preprocess.json", "history.json"])
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["params"]["seed"] == 0 and cfg["params"]["epochs"] == 3 and "torch_version" in cfg
+    est2 = Dhaka.load(path)
+    np.testing.assert_allclose(est2.transform(a), est.transform(a), rtol=1e-5, atol=1e-6)
+    assert est2.get_params() == est.get_params() and est2.genes_ == est.genes_
+    est.save(path)  # overwriting an existing model directory works
+    (path / "evil.pkl").write_bytes(b"cos\nsystem\n")
+    with pytest.raises(ValueError, match="evil.pkl"):
+        Dhaka.load(path)
+
+
+def test_warm_starts_keep_the_best_silhouette(blobs_counts):
+    X, _ = blobs_counts
+    est = Dhaka(**{**FAST, "epochs": 4, "n_starts": 2}).fit(X)
+    scores = est.start_scores_
+    assert [s["start"] for s in scores] == [0, 1] and sum(s["kept"] for s in scores) == 1
+    kept = scores[est.best_start_]
+    assert kept["kept"] and all(kept["silhouette"] >= s["silhouette"] for s in scores if np.isfinite(s["silhouette"]))
+
+
+def test_callback_and_stop_event_through_fit(blobs_counts):
+    X, _ = blobs_counts
+    stop = threading.Event()
+    seen = []
+
+    def cb(r):
+        seen.append(r)
+        if r.epoch == 2:
+            stop.set()
+
+    est = Dhaka(**{**FAST, "epochs": 50, "n_starts": 3}).fit(X, callback=cb, stop_event=stop)
+    assert est.stopped_ and len(seen) == 2 and len(est.start_scores_) == 1
+    assert seen[0].n_starts == 3 and seen[0].eta > 0
+    assert est.transform(X).shape == (X.shape[0], 3)
+
+
+def test_checkpoints_are_loadable_models(blobs_counts, tmp_path):
+    X, _ = blobs_counts
+    saved = []
+
+    def checkpoint(save_fn, epoch):
+        d = tmp_path / f"ck{epoch}"
+        save_fn(d)
+        saved.append(d)
+
+    est = Dhaka(**{**FAST, "epochs": 4, "patience": None}).fit(X, checkpoint=checkpoint, checkpoint_every=2)
+    assert [d.name for d in saved] == ["ck2", "ck4"]
+    assert Dhaka.load(saved[-1]).transform(X).shape == (X.shape[0], 3)
+    assert est.get_params()["epochs"] == 4
+
+
+def test_cnv_mode_uses_states_as_given():
+    rng = np.random.default_rng(0)
+    X = np.repeat(rng.integers(1, 4, size=(2, 50)), 30, axis=0).astype(np.float32)
+    X += rng.integers(-1, 2, size=X.shape) * (rng.random(X.shape) < 0.05)
+    est = Dhaka(mode="cnv", **{**FAST, "epochs": 5}).fit(X)
+    assert not est.normalize_ and not est.log_ and len(est.genes_) == 50
+
+
+def test_bad_parameters_and_inputs_name_the_problem(blobs_counts):
+    X, _ = blobs_counts
+    with pytest.raises(ValueError, match="mode"):
+        Dhaka(mode="protein").fit(X)
+    with pytest.raises(ValueError, match="structure"):
+        Dhaka(structure="huge").fit(X)
+    with pytest.raises(ValueError, match="n_starts"):
+        Dhaka(n_starts=0).fit(X)
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        Dhaka(**FAST).fit(bad)
+    neg = np.log2(X + 1) - 3
+    with pytest.raises(ValueError, match="non-negative"):
+        Dhaka(**{**FAST, "normalize": True}).fit(neg)
+
+
+def test_presets_and_clone():
+    paper = Dhaka.from_preset("paper")
+    assert paper.likelihood == "bernoulli" and paper.structure == "deep" and paper.kl_warmup == 0
+    assert Dhaka.from_preset("paper", lr=1e-3).lr == 1e-3
+    with pytest.raises(ValueError, match="unknown preset"):
+        Dhaka.from_preset("magic")
+    assert clone(Dhaka(seed=7)).get_params()["seed"] == 7
+
+
+def test_preview_reports_matrix_size(blobs_counts):
+    X, _ = blobs_counts
+    p = Dhaka(n_genes=25).preview(X)
+    assert p["n_cells"] == 120 and p["n_selected"] == 25 and p["input_kind"] == "counts"
+
+
+def test_auto_batch_size():
+    est = Dhaka()
+    assert est._batch_size(500) == 64 and est._batch_size(4347) == 512 and est._batch_size(100) == 32
+    assert Dhaka(batch_size=100)._batch_size(10) == 100
