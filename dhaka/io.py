@@ -39,6 +39,7 @@ import re
 import shutil
 import stat
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -293,6 +294,13 @@ def _decode_text(data: bytes, name: str) -> str:
                 f"{name}: binary data, not a text table (invalid UTF-8 at byte {e.start})"
             ) from None
         return data.decode("latin-1")
+
+
+def _normalize_newlines(text: str) -> str:
+    """CRLF and old-Mac CR line ends become LF (so line numbers agree everywhere)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
 # --------------------------------------------------------------------------- #
@@ -735,7 +743,7 @@ def _diagnose_table(
 
 
 def _read_table(data: bytes, name: str, *, ext: str, orientation: Orientation, expect: Expect):
-    text = _decode_text(data, name)
+    text = _normalize_newlines(_decode_text(data, name))
     if not text.strip():
         raise DataError(f"{name}: file is empty (no text)")
     lines = _first_lines(text)
@@ -811,7 +819,9 @@ def _read_table(data: bytes, name: str, *, ext: str, orientation: Orientation, e
     diag = dict(start_line=header_end_line, n_fields=n_fields, has_index=has_index,
                 col_names=col_names, name=name)
     try:
-        df = pd.read_csv(io.StringIO(body), **kwargs)
+        with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            df = pd.read_csv(io.StringIO(body), **kwargs)
     except pd.errors.EmptyDataError:
         raise DataError(f"{name}: header only: no data rows after line {header_end_line}") from None
     except Exception as e:  # noqa: BLE001
@@ -1475,7 +1485,7 @@ def read_metadata(source: Source, adata, *, filename: str | None = None):
             raise DataError(f"{name}: file is empty")
         if data.startswith(_GZIP_MAGIC):
             data = _gunzip(data, name)
-        text = _decode_text(data, name)
+        text = _normalize_newlines(_decode_text(data, name))
         if not text.strip():
             raise DataError(f"{name}: file is empty (no text)")
         ext, _ = _split_ext(name)
