@@ -137,8 +137,10 @@ def _looks_numeric(token: str) -> bool:
 class _Input:
     """Raw input: a name, a size, and bytes read at most once."""
 
-    def __init__(self, *, name: str, data: bytes | None = None, path: Path | None = None):
+    def __init__(self, *, name: str, data: bytes | None = None, path: Path | None = None,
+                 max_bytes: int | None = None):
         self.name = name
+        self.max_bytes = max_bytes
         self.path = path
         self._data = data
 
@@ -172,7 +174,7 @@ def _open_source(source: Source, filename: str | None, max_bytes: int | None) ->
         if not path.exists():
             raise DataError(f"{name}: file or folder not found ({path})")
         if path.is_dir():
-            return _Input(name=name, path=path)
+            return _Input(name=name, path=path, max_bytes=max_bytes)
         size = path.stat().st_size
         if max_bytes is not None and size > max_bytes:
             raise DataError(
@@ -374,6 +376,12 @@ def _read(inp: _Input, *, orientation: Orientation, expect: Expect):
     head = inp.head(64)
     if not head and (inp.path is None or inp.path.stat().st_size == 0):
         raise DataError(f"{inp.name}: file is empty")
+    if head.startswith(_GZIP_MAGIC) and ext not in (".zip", ".npz"):
+        data = _gunzip(inp.data, inp.name)
+        if not data:
+            raise DataError(f"{inp.name}: file is empty (after decompression)")
+        inp = _Input(name=inp.name, data=data)
+        head = data[:64]
     if _is_pickle(head):
         raise DataError(
             f"{inp.name}: this is a Python pickle; pickles can run arbitrary code, so they are "
@@ -386,13 +394,6 @@ def _read(inp: _Input, *, orientation: Orientation, expect: Expect):
     if ext == ".npz":
         return _read_npz(inp, orientation=orientation, expect=expect)
     data = inp.data
-    if gz or data.startswith(_GZIP_MAGIC):
-        if data.startswith(_GZIP_MAGIC):
-            data = _gunzip(data, inp.name)
-            if not data:
-                raise DataError(f"{inp.name}: file is empty (after decompression)")
-            if _is_pickle(data[:2]):
-                raise DataError(f"{inp.name}: this is a compressed Python pickle; refused (never unpickled)")
     if ext == ".npy":
         return _read_npy(data, inp.name, orientation=orientation, expect=expect)
     if ext == ".mtx":
@@ -737,7 +738,10 @@ def _diagnose_table(
             if low in _INF_TOKENS:
                 raise DataError(f"{name}: infinite value {_q(tok)} at {at}; inf is not allowed")
             if not _is_number(tok):
-                raise DataError(f"{name}: non-numeric value {_q(tok)} at {at}")
+                hint = ""
+                if re.match(r"^[+-]?\d+,\d+$", tok):
+                    hint = " (decimal comma? use a dot as the decimal separator)"
+                raise DataError(f"{name}: non-numeric value {_q(tok)} at {at}{hint}")
             if abs(float(tok)) > _F32_MAX:
                 raise DataError(f"{name}: value {tok} at {at} is too large (beyond float32 range, infinite)")
 
@@ -1119,6 +1123,10 @@ def _read_10x_dir(inp: _Input, *, orientation: Orientation, expect: Expect):
             names.append(f if rel == "." else PurePosixPath(*Path(rel).parts, f).as_posix())
     m, bc, ft = _find_10x(names, inp.name)
     total = sum((root / n).stat().st_size for n in (m, bc, ft))
+    if inp.max_bytes is not None and total > inp.max_bytes:
+        raise DataError(
+            f"{inp.name}: 10x files total {total:,} bytes, above the size limit of {inp.max_bytes:,} bytes (max_bytes)"
+        )
     if total > MAX_UNCOMPRESSED_BYTES:
         raise DataError(f"{inp.name}: 10x files total {total:,} bytes, above the limit")
     blobs = [(root / n).read_bytes() for n in (m, bc, ft)]

@@ -316,6 +316,27 @@ def test_10x_prefixed_files_and_duplicate_symbols(tmp_path):
     assert a.uns["dhaka_io"]["var_names_from"] == "gene_ids"
 
 
+def test_10x_folder_max_bytes(tmp_path):
+    folder = _write_10x(tmp_path / "s", _matrix(4, 3), ["b1", "b2", "b3", "b4"], ["A", "B", "C"])
+    with pytest.raises(DataError, match="max_bytes"):
+        read(folder, max_bytes=50)
+    assert read(folder, max_bytes=10_000).shape == (4, 3)
+
+
+def test_gzipped_h5ad_and_npz_names():
+    import anndata
+
+    a = anndata.AnnData(X=_matrix(4, 3))
+    data = gzip.compress(to_h5ad_bytes(a))
+    assert read(data, filename="a.h5ad.gz").shape == (4, 3)
+    assert read(data).shape == (4, 3)  # sniffed: gzip, then HDF5
+
+
+def test_decimal_comma_hint():
+    with pytest.raises(DataError, match="decimal comma"):
+        read(b"cell;g1;g2\nc1;1,5;2\nc2;3;4\n", filename="m.csv")
+
+
 def test_10x_folder_without_matrix(tmp_path):
     (tmp_path / "barcodes.tsv").write_text("a\nb\n")
     with pytest.raises(DataError, match="matrix.mtx"):
