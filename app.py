@@ -33,22 +33,29 @@ if state.get_dataset() is None and not st.session_state.get("dhaka.default_loade
 
 widgets.collect_finished_job()
 
+# Every url_path differs from its file's stem on purpose: with a folder named pages/, Streamlit's
+# legacy multipage wrapper would otherwise run e.g. pages/train.py directly for the URL /train,
+# skipping this script (no sidebar, no state set-up, no job hand-over).
 pages = {
     "Workflow": [
         st.Page(str(HERE / "pages" / "data.py"), title="Data", icon=":material/table_view:", default=True),
-        st.Page(str(HERE / "pages" / "train.py"), title="Train", icon=":material/model_training:"),
-        st.Page(str(HERE / "pages" / "explore.py"), title="Explore", icon=":material/scatter_plot:"),
-        st.Page(str(HERE / "pages" / "runs.py"), title="Runs", icon=":material/history:"),
+        st.Page(str(HERE / "pages" / "train.py"), title="Train", icon=":material/model_training:",
+                url_path="training"),
+        st.Page(str(HERE / "pages" / "explore.py"), title="Explore", icon=":material/scatter_plot:",
+                url_path="latent-space"),
+        st.Page(str(HERE / "pages" / "runs.py"), title="Runs", icon=":material/history:",
+                url_path="run-history"),
     ],
 }
 ANALYSES = [  # owned by the analysis room; shown once their files exist
-    ("robustness.py", "Robustness to dropout", ":material/grain:"),
-    ("compare.py", "Compare structures", ":material/compare:"),
-    ("copy_number.py", "Copy number", ":material/genetics:"),
-    ("trajectory.py", "Trajectory", ":material/timeline:"),
-    ("differential.py", "Differential expression", ":material/bar_chart:"),
+    ("robustness.py", "Robustness to dropout", ":material/grain:", "dropout-robustness"),
+    ("compare.py", "Compare structures", ":material/compare:", "structure-comparison"),
+    ("copy_number.py", "Copy number", ":material/genetics:", "copy-number-analysis"),
+    ("trajectory.py", "Trajectory", ":material/timeline:", "pseudotime"),
+    ("differential.py", "Differential expression", ":material/bar_chart:", "differential-expression"),
 ]
-analyses = [st.Page(str(HERE / "pages" / f), title=t, icon=i) for f, t, i in ANALYSES if (HERE / "pages" / f).is_file()]
+analyses = [st.Page(str(HERE / "pages" / f), title=t, icon=i, url_path=u)
+            for f, t, i, u in ANALYSES if (HERE / "pages" / f).is_file()]
 if analyses:
     pages["Analyses"] = analyses
 

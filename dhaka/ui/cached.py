@@ -106,17 +106,23 @@ def embedding(
 @st.cache_data(show_spinner=False, max_entries=32)
 def gmm_bic(_Z: np.ndarray, *, digest: str, k_max: int, seed: int) -> Any:
     """GMM BIC search on ``_Z`` (``dhaka.cluster.gmm_bic``), cached by content digest."""
+    from threadpoolctl import threadpool_limits
+
     from dhaka.cluster import gmm_bic as _gmm_bic
 
-    return _gmm_bic(_Z, k_max=k_max, seed=seed)
+    with threadpool_limits(1, user_api="blas"):  # tiny matrices: threads only contend (50x slower under load)
+        return _gmm_bic(_Z, k_max=k_max, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def gmm_fixed_k(_Z: np.ndarray, *, digest: str, k: int, seed: int) -> Any:
     """GMM with the user's ``k`` components (``dhaka.cluster.gmm_fixed_k``; ``.k``, ``.labels``), cached."""
+    from threadpoolctl import threadpool_limits
+
     from dhaka.cluster import gmm_fixed_k as _fixed
 
-    return _fixed(_Z, k, seed=seed)
+    with threadpool_limits(1, user_api="blas"):
+        return _fixed(_Z, k, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

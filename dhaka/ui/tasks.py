@@ -264,7 +264,12 @@ def make_train_task(
             ctx.report(phase="embedding", message="Embedding cells and calling clusters")
             Z = np.asarray(est.transform(adata))
             try:
-                gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)), seed=int(est.get_params()["seed"]))
+                from threadpoolctl import threadpool_limits
+
+                # GMM works on tiny (d x d) matrices: BLAS threads only contend (50x slower on a busy CPU)
+                with threadpool_limits(1, user_api="blas"):
+                    gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)),
+                                  seed=int(est.get_params()["seed"]))
                 labels = np.asarray(gmm.labels)
             except Exception:  # clusters are a bonus: a degenerate latent space still is a result
                 gmm, labels = None, None
@@ -273,7 +278,8 @@ def make_train_task(
                 metrics["final_loss"] = history[-1].get("loss")
             if gmm is not None:
                 metrics["k"] = int(gmm.k)
-                metrics.update(cluster_metrics(Z, labels, truth_arr))
+                with threadpool_limits(1, user_api="blas"):
+                    metrics.update(cluster_metrics(Z, labels, truth_arr))
             stopped = bool(getattr(est, "stopped_", False) or ctx.stop_event.is_set())
             status = "stopped" if stopped else "done"
             run.finish(status=status, save_fn=est.save, latent=latent_frame(Z, obs_names, labels=labels),
