@@ -36,7 +36,6 @@ import io
 import math
 import os
 import re
-import shutil
 import stat
 import tempfile
 import warnings
@@ -372,7 +371,7 @@ def read(
 def _read(inp: _Input, *, orientation: Orientation, expect: Expect):
     if inp.path is not None and inp.path.is_dir():
         return _read_10x_dir(inp, orientation=orientation, expect=expect)
-    ext, gz = _split_ext(inp.name)
+    ext, _ = _split_ext(inp.name)
     head = inp.head(64)
     if not head and (inp.path is None or inp.path.stat().st_size == 0):
         raise DataError(f"{inp.name}: file is empty")
@@ -414,9 +413,7 @@ def _read(inp: _Input, *, orientation: Orientation, expect: Expect):
         return _read_npy(data, inp.name, orientation=orientation, expect=expect)
     if h.lower().startswith(_MM_MAGIC):
         return _read_mtx_file(data, inp.name, orientation=orientation, expect=expect)
-    if ext and ext not in ("",):
-        # an unknown extension that looks like text: give it a go as a table
-        pass
+    # unknown or missing extension and not a known binary signature: try a text table
     return _read_table(data, inp.name, ext=ext, orientation=orientation, expect=expect)
 
 

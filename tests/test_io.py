@@ -305,6 +305,7 @@ def test_10x_folder_and_zip(tmp_path, gz, v3):
         info = a.uns["dhaka_io"]
         assert info["format"] in ("10x", "10x-zip")
         assert info["orientation"] == "genes_x_cells" and info["transposed"] is True
+        assert read(to_h5ad_bytes(a), filename="a.h5ad").var["gene_ids"].iloc[0] == "ENSG00000000"
 
 
 def test_10x_prefixed_files_and_duplicate_symbols(tmp_path):
@@ -619,7 +620,7 @@ def _tables(draw):
     X = np.array(values, dtype=np.float32).reshape(n_rows, n_cols)
     rows = draw(st.lists(_NAME, min_size=n_rows, max_size=n_rows, unique=True))
     cols = draw(st.lists(_NAME, min_size=n_cols, max_size=n_cols, unique=True))
-    sep = draw(st.sampled_from([",", "\t", ";"]))
+    sep = draw(st.sampled_from([",", "\t", ";", " "]))
     orientation = draw(st.sampled_from(["cells_x_genes", "genes_x_cells"]))
     gz = draw(st.booleans())
     return X, rows, cols, sep, orientation, gz
@@ -632,7 +633,7 @@ def test_property_table_round_trip(table):
     lines = [sep.join(["id"] + cols)]
     lines += [sep.join([r] + [repr(float(v)) for v in X[i]]) for i, r in enumerate(rows)]
     data = ("\n".join(lines) + "\n").encode()
-    ext = {",": ".csv", "\t": ".tsv", ";": ".txt"}[sep]
+    ext = {",": ".csv", "\t": ".tsv", ";": ".txt", " ": ".txt"}[sep]
     if gz:
         data = gzip.compress(data)
         ext += ".gz"
