@@ -22,6 +22,7 @@ _EXPORTS = {
     "warm_start_table": "structures",
     "genome_order": "copy_number",
     "cluster_order": "copy_number",
+    "call_clones": "copy_number",
     "project": "projection",
     "diffusion_pseudotime": "pseudotime",
     "root_from_cluster": "pseudotime",

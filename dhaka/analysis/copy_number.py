@@ -17,7 +17,7 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
-__all__ = ["parse_bins", "genome_order", "cluster_order", "figure_heatmap"]
+__all__ = ["parse_bins", "genome_order", "cluster_order", "call_clones", "figure_heatmap"]
 
 _BIN_RE = re.compile(
     r"^(?:chr)?(?P<chrom>[0-9]{1,2}|X|Y|M|MT)[:_\-](?P<start>\d+)(?:[\-_](?P<end>\d+))?$",
@@ -178,6 +178,45 @@ def cluster_order(
             members = members[np.argsort(sub @ vt[0])]
         out.append(members)
     return np.concatenate(out).astype(int)
+
+
+def call_clones(
+    Z: np.ndarray,
+    *,
+    k_max: int = 10,
+    seed: int = 0,
+    min_cluster_size: int | float | None = 0.05,
+    merge_tol: float = 0.1,
+):
+    """GMM clusters of a copy-number latent space, robust to private events and state noise.
+
+    Plain GMM-BIC over-splits the heavy-tailed clouds that per-cell private events make
+    (8-10 clusters for two clones). This calls :func:`dhaka.cluster.gmm_bic` with
+    ``merge=True`` (components whose Bhattacharyya overlap exceeds ``merge_tol`` are joined)
+    and a minimum cluster size (clusters of outlier cells are folded into their nearest
+    neighbour).
+
+    Parameters
+    ----------
+    Z
+        Latent coordinates of the cells.
+    k_max
+        Largest number of mixture components tried.
+    seed
+        Random state.
+    min_cluster_size
+        Smallest clone kept: a count, or a fraction of the cells when below 1.
+    merge_tol
+        Overlap above which two components are merged.
+
+    Returns
+    -------
+    dhaka.cluster.GMMResult
+    """
+    from dhaka.cluster import gmm_bic
+
+    return gmm_bic(np.asarray(Z, dtype=np.float64), k_max=k_max, seed=seed, merge=True,
+                   merge_tol=merge_tol, min_cluster_size=min_cluster_size)
 
 
 def _subsample(n: int, clusters: np.ndarray | None, max_cells: int, seed: int) -> np.ndarray:
