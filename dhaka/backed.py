@@ -1,0 +1,771 @@
+"""Out-of-core data: train and embed from a ``.h5ad`` that does not fit in memory.
+
+The matrix is never loaded whole. Everything goes through :class:`BackedRows`, which
+reads row ranges or row batches of an HDF5 CSR matrix (the layout ``anndata`` writes
+for a sparse ``X``; a dense ``X`` works too) with h5py, sorted row indices per batch,
+and densifies only those rows:
+
+1. **Gene statistics in chunks** (:func:`prepare`). Pass 1 reads contiguous row chunks
+   (bounded by a number of stored values, not of rows) for library sizes, the value
+   range and the integer test; pass 2 accumulates per-gene sums, sums of squares and
+   detection counts of the normalised, log-transformed values, in float64. Gene
+   selection (``cv``, ``mean``, ``variance``, ``dispersion``; ``entropy`` needs a
+   third pass over histograms) and the model's input centring come from these sums,
+   following the same rules as :class:`dhaka.Dhaka` (``select_genes``: genes seen in
+   fewer than 3 cells and constant genes are not eligible).
+2. **A disk cache of the preprocessed, selected matrix** as CSR in an HDF5 file under
+   ``DHAKA_HOME/cache``, keyed by a content digest of the input (streamed over
+   ``data``/``indices``/``indptr``) and the preprocessing settings, so a second fit
+   with the same data and settings skips both passes. HDF5 rather than ``.npz``
+   because a training batch can then read just its rows.
+3. **Training** (:func:`fit_backed`) calls :func:`dhaka.train.fit_vae` (the same loop as
+   the estimator) on the cached matrix: in memory as CSR when it is smaller than
+   ``max_memory_bytes``, otherwise streamed row batch by row batch from the cache
+   file (needs ``fit_vae`` to accept row sources, ``docs/patches/train-speed-hooks.diff``).
+   It returns a fitted :class:`dhaka.Dhaka`, so ``save``/``load``/``transform`` work as usual.
+4. **Embedding** (:func:`transform_backed`) streams contiguous row chunks of any
+   ``.h5ad`` through the fitted estimator's preprocessing and encoder.
+
+All settings of the in-memory estimator apply; the result equals the in-memory fit
+up to float summation order (statistics are accumulated in float64 here; genes at a
+near-tie of the selection score can differ).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["BackedRows", "Prepared", "prepare", "fit_backed", "transform_backed", "cache_dir",
+           "file_fingerprint", "clear_cache"]
+
+CACHE_FORMAT = "dhaka-prep/1"
+_LOG2 = np.float32(np.log(2.0))
+# Stored values per chunk in the sequential passes (~160 MB of data + indices).
+DEFAULT_CHUNK_NNZ = 20_000_000
+
+
+def cache_dir() -> Path:
+    """``DHAKA_HOME/cache`` (``DHAKA_HOME`` defaults to ``./dhaka-runs``)."""
+    return Path(os.environ.get("DHAKA_HOME") or "dhaka-runs") / "cache"
+
+
+# --------------------------------------------------------------------------- reading
+class BackedRows:
+    """Row access to a matrix stored in an HDF5 file, without loading it.
+
+    Parameters
+    ----------
+    path
+        ``.h5ad`` (its ``X``) or a cache file written by :func:`prepare`.
+    group
+        Name of the matrix inside the file (``"X"``).
+    columns
+        Keep only these columns, in this order (e.g. the selected genes).
+    row_scale
+        Multiply row ``i`` by ``row_scale[i]`` before anything else (library-size
+        normalisation); ``None`` leaves values as stored.
+    log
+        Apply ``log2(x + 1)`` after the row scaling.
+
+    Notes
+    -----
+    ``take_rows(idx)`` returns the rows ``idx`` (any order, repeats allowed) as a dense
+    float32 array: the rows are read in sorted order, one contiguous read per run of
+    consecutive rows, as h5py wants. An object with ``shape`` and ``take_rows`` is a
+    *row source* for :func:`dhaka.train.fit_vae` and :func:`dhaka.train.encode`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, group: str = "X", columns: Sequence[int] | None = None,
+                 row_scale: np.ndarray | None = None, log: bool = False) -> None:
+        import h5py
+
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "r")
+        if group not in self._file:
+            self._file.close()
+            raise ValueError(f"{self.path}: no matrix {group!r} in the file")
+        node = self._file[group]
+        self.sparse = isinstance(node, h5py.Group)
+        if self.sparse:
+            enc = node.attrs.get("encoding-type", "csr_matrix")
+            enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+            if enc != "csr_matrix":
+                self._file.close()
+                raise ValueError(
+                    f"{self.path}: {group} is stored as {enc}; reading cells in batches needs CSR "
+                    "(rows = cells). Convert once, e.g. adata.X = adata.X.tocsr(); adata.write_h5ad(...)"
+                )
+            self.file_shape = tuple(int(s) for s in node.attrs["shape"])
+            self._data, self._indices = node["data"], node["indices"]
+            self.indptr = np.asarray(node["indptr"][...], dtype=np.int64)
+        else:
+            if node.ndim != 2:
+                self._file.close()
+                raise ValueError(f"{self.path}: {group} must be 2-D, got shape {node.shape}")
+            self.file_shape = tuple(int(s) for s in node.shape)
+            self._dense = node
+            self.indptr = None
+        n, g = self.file_shape
+        self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        if self.columns is not None and self.columns.size and (self.columns.min() < 0 or self.columns.max() >= g):
+            raise ValueError(f"column indices out of range for {g} columns")
+        self._colmap = None
+        if self.columns is not None:
+            self._colmap = np.full(g, -1, dtype=np.int64)
+            self._colmap[self.columns] = np.arange(self.columns.size)
+        self.row_scale = None if row_scale is None else np.asarray(row_scale, dtype=np.float32)
+        if self.row_scale is not None and self.row_scale.shape != (n,):
+            raise ValueError(f"row_scale must have one factor per row ({n}), got {self.row_scale.shape}")
+        self.log = bool(log)
+
+    # -- basic properties
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.file_shape[0], self.file_shape[1] if self.columns is None else int(self.columns.size))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1]) if self.sparse else self.file_shape[0] * self.file_shape[1]
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+
+    def __enter__(self) -> "BackedRows":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:  # for DataLoader workers / multiprocessing: reopen by path
+        return {"path": str(self.path), "columns": self.columns, "row_scale": self.row_scale, "log": self.log}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], columns=state["columns"], row_scale=state["row_scale"], log=state["log"])
+
+    # -- values
+    def _finish_values(self, data: np.ndarray, rows_local: np.ndarray, rows_global: np.ndarray) -> np.ndarray:
+        data = np.asarray(data, dtype=np.float32)
+        if self.row_scale is not None:
+            data = data * self.row_scale[rows_global][rows_local]
+        if self.log:
+            data = np.log1p(data) / _LOG2
+        return data.astype(np.float32, copy=False)
+
+    def _read_csr(self, rows_sorted: np.ndarray) -> sp.csr_matrix:
+        """Raw CSR of the given sorted rows (all file columns), one read per run of consecutive rows."""
+        ip = self.indptr
+        if rows_sorted.size == 0:
+            return sp.csr_matrix((0, self.file_shape[1]), dtype=np.float32)
+        breaks = np.flatnonzero(np.diff(rows_sorted) != 1) + 1
+        starts = np.concatenate([[0], breaks])
+        ends = np.concatenate([breaks, [rows_sorted.size]])
+        data_parts, ind_parts = [], []
+        for s, e in zip(starts, ends):
+            a, b = ip[rows_sorted[s]], ip[rows_sorted[e - 1] + 1]
+            if b > a:
+                data_parts.append(self._data[a:b])
+                ind_parts.append(self._indices[a:b])
+        lengths = ip[rows_sorted + 1] - ip[rows_sorted]
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        data = np.concatenate(data_parts) if data_parts else np.zeros(0, np.float32)
+        indices = np.concatenate(ind_parts) if ind_parts else np.zeros(0, np.int64)
+        return sp.csr_matrix((data, indices, indptr), shape=(rows_sorted.size, self.file_shape[1]))
+
+    def read_csr(self, rows: np.ndarray | slice) -> sp.csr_matrix:
+        """Rows (sorted indices or a slice) as CSR with columns, scaling and log applied."""
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.file_shape[0]))
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.sparse:
+            M = self._read_csr(rows)
+        else:
+            M = sp.csr_matrix(np.asarray(self._dense[rows[0]:rows[-1] + 1] if _is_range(rows)
+                                         else self._dense[rows], dtype=np.float32)) if rows.size else \
+                sp.csr_matrix((0, self.file_shape[1]), dtype=np.float32)
+        local = np.repeat(np.arange(rows.size), np.diff(M.indptr))
+        data = self._finish_values(M.data, local, rows)
+        M = sp.csr_matrix((data, M.indices, M.indptr), shape=M.shape)
+        if self.columns is not None:
+            M = M[:, self.columns]
+        return M
+
+    def take_rows(self, idx: np.ndarray) -> np.ndarray:
+        """Dense float32 rows ``idx`` (in the order given) with columns, scaling and log applied."""
+        idx = np.asarray(idx, dtype=np.int64)
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        n_cols = self.shape[1]
+        if not self.sparse:
+            block = np.asarray(self._dense[uniq], dtype=np.float32) if uniq.size else np.zeros((0, self.file_shape[1]))
+            if self.row_scale is not None:
+                block = block * self.row_scale[uniq][:, None]
+            if self.log:
+                block = np.log1p(block) / _LOG2
+            if self.columns is not None:
+                block = block[:, self.columns]
+            return np.ascontiguousarray(block[inverse], dtype=np.float32)
+        M = self._read_csr(uniq)
+        local = np.repeat(np.arange(uniq.size), np.diff(M.indptr))
+        cols = M.indices.astype(np.int64, copy=False)
+        data = self._finish_values(M.data, local, uniq)
+        if self._colmap is not None:
+            cols = self._colmap[cols]
+            keep = cols >= 0
+            local, cols, data = local[keep], cols[keep], data[keep]
+        out = np.zeros((uniq.size, n_cols), dtype=np.float32)
+        out[local, cols] = data
+        return out if uniq.size == idx.size and np.array_equal(uniq, idx) else out[inverse]
+
+    def chunks(self, *, chunk_nnz: int = DEFAULT_CHUNK_NNZ, max_rows: int = 50_000) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        """Contiguous row chunks ``(start, stop, CSR)`` of at most ``chunk_nnz`` stored values each."""
+        for a, b in self.chunk_bounds(chunk_nnz=chunk_nnz, max_rows=max_rows):
+            yield a, b, self.read_csr(slice(a, b))
+
+    def chunk_bounds(self, *, chunk_nnz: int = DEFAULT_CHUNK_NNZ, max_rows: int = 50_000) -> list[tuple[int, int]]:
+        n, g = self.file_shape
+        out, a = [], 0
+        while a < n:
+            if self.sparse:
+                target = self.indptr[a] + max(int(chunk_nnz), 1)
+                b = int(np.searchsorted(self.indptr, target, side="right")) - 1
+                b = min(max(b, a + 1), n, a + max_rows)
+            else:
+                b = min(n, a + max(1, min(max_rows, int(chunk_nnz) // max(g, 1))))
+            out.append((a, b))
+            a = b
+        return out
+
+
+def _is_range(rows: np.ndarray) -> bool:
+    return rows.size > 0 and rows[-1] - rows[0] + 1 == rows.size
+
+
+# ------------------------------------------------------------------ fingerprint
+def file_fingerprint(path: str | os.PathLike, *, group: str = "X", block: int = 8 << 20) -> str:
+    """SHA-256 of the matrix's content (shape, dtype, CSR arrays or dense values), streamed in blocks."""
+    import h5py
+
+    h = hashlib.sha256()
+    with h5py.File(path, "r") as f:
+        node = f[group]
+        if isinstance(node, h5py.Group):
+            h.update(f"csr|{tuple(int(s) for s in node.attrs['shape'])}|".encode())
+            parts = [node["data"], node["indices"], node["indptr"]]
+        else:
+            h.update(f"dense|{node.shape}|".encode())
+            parts = [node]
+        for ds in parts:
+            h.update(f"{ds.dtype.str}|".encode())
+            if ds.ndim == 1:
+                for a in range(0, ds.shape[0], block):
+                    h.update(np.ascontiguousarray(ds[a:a + block]).view(np.uint8))
+            else:
+                rows = max(1, block // max(ds.shape[1], 1))
+                for a in range(0, ds.shape[0], rows):
+                    h.update(np.ascontiguousarray(ds[a:a + rows]).view(np.uint8))
+            h.update(b"|")
+    return h.hexdigest()
+
+
+def _names(path: Path) -> tuple[list[str], list[str]]:
+    """obs_names and var_names of an .h5ad (reads only the two indices)."""
+    import anndata
+
+    ad = anndata.read_h5ad(path, backed="r")
+    try:
+        return [str(s) for s in ad.obs_names], [str(s) for s in ad.var_names]
+    finally:
+        ad.file.close()
+
+
+# --------------------------------------------------------------------- prepare
+@dataclass
+class Prepared:
+    """The preprocessed, selected matrix and everything needed to reproduce it.
+
+    ``matrix`` is a CSR matrix in memory or a :class:`BackedRows` over the cache file
+    (cells x selected genes, normalised and log-transformed as decided).
+    """
+
+    matrix: Any
+    gene_indices: np.ndarray
+    genes: list[str]
+    var_names: list[str]
+    obs_names: list[str]
+    input_kind: Any
+    normalize: bool
+    log: bool
+    target_sum: float | None
+    mean: np.ndarray            # per selected gene, of the preprocessed values
+    var: np.ndarray             # population variance, same
+    vmin: float                 # of the preprocessed selected values (implicit zeros included)
+    vmax: float
+    key: str
+    cache_path: Path | None
+    from_cache: bool
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix.shape)
+
+
+def _prep_key(fp: str, params: dict) -> str:
+    blob = json.dumps({"format": CACHE_FORMAT, "data": fp, **params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _kind_from_stats(sample: sp.csr_matrix, vmin: float, mode: str):
+    from dhaka.preprocess import InputKind, detect_kind
+
+    kind = detect_kind(sample, mode=mode)
+    if mode != "cnv" and vmin < 0 and kind.kind != "scaled":
+        kind = InputKind("scaled", f"negative values present (min {vmin:.3g}): already centred or scaled", False, False)
+    return kind
+
+
+def _select(mean: np.ndarray, var: np.ndarray, detected: np.ndarray, n: int, n_genes: int | None,
+            method: str, min_cells: int = 3) -> np.ndarray:
+    """:func:`dhaka.preprocess.select_genes` from per-gene moments."""
+    from dhaka.preprocess import _binned_dispersion
+
+    g = mean.size
+    if n_genes is None or n_genes >= g:
+        return np.arange(g)
+    if method == "cv":
+        sd = np.sqrt(var)
+        scores = np.divide(sd, np.abs(mean), out=np.zeros_like(sd), where=np.abs(mean) > 1e-12)
+    elif method == "mean":
+        scores = mean.copy()
+    elif method == "variance":
+        scores = var.copy()
+    elif method == "dispersion":
+        scores = _binned_dispersion(mean, var)
+    else:
+        raise ValueError(f"gene selection {method!r} is not available out of core; use 'cv', 'mean', "
+                         "'variance' or 'dispersion' (or load the data into memory for 'entropy')")
+    scores = scores.astype(np.float64)
+    scores[~np.isfinite(scores)] = -np.inf
+    eligible = (var > 0) & (detected >= min(min_cells, n))
+    if eligible.sum() >= n_genes:
+        scores = np.where(eligible, scores, -np.inf)
+    return np.sort(np.argsort(-scores, kind="stable")[:n_genes])
+
+
+def prepare(
+    path: str | os.PathLike,
+    *,
+    mode: Literal["expression", "cnv"] = "expression",
+    n_genes: int | Literal["auto"] | None = "auto",
+    gene_selection: Literal["cv", "mean", "variance", "dispersion"] = "cv",
+    normalize: bool | Literal["auto"] = "auto",
+    log: bool | Literal["auto"] = "auto",
+    cache: bool = True,
+    cache_root: str | os.PathLike | None = None,
+    max_memory_bytes: int = 2 * 1024**3,
+    chunk_nnz: int = DEFAULT_CHUNK_NNZ,
+    sample_cells: int = 20_000,
+    seed: int = 0,
+) -> Prepared:
+    """Preprocess a (possibly huge) ``.h5ad`` in chunks and select genes, with a disk cache.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` with a CSR (or dense) ``X``, cells in rows.
+    mode, n_genes, gene_selection, normalize, log
+        As in :class:`dhaka.Dhaka`.
+    cache
+        Read/write the preprocessed selected matrix in ``cache_root`` (default
+        :func:`cache_dir`), keyed by the content of ``X`` and these settings.
+    max_memory_bytes
+        The selected matrix is returned in memory (CSR) when its CSR arrays are smaller
+        than this; otherwise as a :class:`BackedRows` over the cache file (``cache`` must
+        then be on).
+    chunk_nnz
+        Stored values per chunk in the passes over the file (memory ~ 8 bytes each).
+    sample_cells
+        Cells (random, seeded) whose values decide the input kind (counts / normalised /
+        log / scaled), as :func:`dhaka.preprocess.detect_kind` does with a value sample.
+    """
+    path = Path(path)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    params = {"mode": mode, "n_genes": n_genes, "gene_selection": gene_selection, "normalize": normalize,
+              "log": log}
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    key, cpath = "", None
+    if cache:
+        key = _prep_key(file_fingerprint(path), params)
+        timings["fingerprint"] = time.perf_counter() - t0
+        cpath = root / f"{key}.h5"
+        if cpath.exists():
+            try:
+                return _load_cached(cpath, key, max_memory_bytes, timings)
+            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
+                cpath.unlink(missing_ok=True)
+    obs_names, var_names = _names(path)
+    raw = BackedRows(path)
+    try:
+        n, g = raw.file_shape
+        if n < 2:
+            raise ValueError(f"{path}: need at least 2 cells, got {n}")
+        # ---- pass 1: library sizes, value range, finiteness
+        t = time.perf_counter()
+        lib = np.zeros(n, dtype=np.float64)
+        vmin, vmax = np.inf, -np.inf
+        for a, b, M in raw.chunks(chunk_nnz=chunk_nnz):
+            if M.nnz:
+                if not np.all(np.isfinite(M.data)):
+                    bad = np.flatnonzero(~np.isfinite(M.data))[0]
+                    row = a + int(np.searchsorted(M.indptr, bad, side="right")) - 1
+                    raise ValueError(f"{path}: X has a non-finite value in cell {obs_names[row]!r} (row {row})")
+                vmin, vmax = min(vmin, float(M.data.min())), max(vmax, float(M.data.max()))
+            lib[a:b] = np.asarray(M.sum(axis=1), dtype=np.float64).ravel()
+        if raw.nnz < n * g:
+            vmin = min(vmin, 0.0)
+        vmin = 0.0 if vmin == np.inf else vmin
+        rng = np.random.default_rng(seed)
+        sample_rows = np.sort(rng.choice(n, min(n, sample_cells), replace=False))
+        kind = _kind_from_stats(raw.read_csr(sample_rows), vmin, mode)
+        if mode == "cnv":
+            norm, lg = normalize is True, log is True
+        else:
+            norm = kind.normalize if normalize == "auto" else bool(normalize)
+            lg = kind.log if log == "auto" else bool(log)
+        if (norm or lg) and vmin < 0:
+            raise ValueError(f"{path}: library-size normalisation and log2(x+1) need non-negative values, but "
+                             f"the data has negatives (min {vmin:.3g}); set normalize=False, log=False")
+        target_sum = None
+        scale = None
+        if norm:
+            positive = lib[lib > 0]
+            target_sum = float(np.median(positive)) if positive.size else 1.0
+            scale = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
+        timings["pass1"] = time.perf_counter() - t
+        # ---- pass 2: per-gene moments of the preprocessed values
+        t = time.perf_counter()
+        prep = BackedRows(path, row_scale=scale, log=lg)
+        s1 = np.zeros(g)
+        s2 = np.zeros(g)
+        det = np.zeros(g, dtype=np.int64)
+        try:
+            for _a, _b, M in prep.chunks(chunk_nnz=chunk_nnz):
+                cols = M.indices
+                d = M.data.astype(np.float64)
+                s1 += np.bincount(cols, weights=d, minlength=g)
+                s2 += np.bincount(cols, weights=d * d, minlength=g)
+                det += np.bincount(cols[M.data != 0], minlength=g)
+        finally:
+            prep.close()
+        mean = s1 / n
+        var = np.maximum(s2 / n - mean**2, 0.0)
+        if n_genes == "auto":
+            n_sel = None if mode == "cnv" else min(2000, g)
+        elif n_genes is None:
+            n_sel = None
+        else:
+            if int(n_genes) < 1:
+                raise ValueError(f"n_genes must be at least 1 (or 'auto' / None), got {n_genes}")
+            n_sel = min(int(n_genes), g)
+        idx = _select(mean, var, det, n, n_sel, gene_selection)
+        timings["pass2"] = time.perf_counter() - t
+        # ---- pass 3: write the selected preprocessed matrix (cache) or keep it in memory
+        t = time.perf_counter()
+        sel = BackedRows(path, columns=idx, row_scale=scale, log=lg)
+        try:
+            if cache:
+                vmin_s, vmax_s = _write_cache(cpath, sel, chunk_nnz=chunk_nnz, meta={
+                    "format": CACHE_FORMAT, "key": key, "params": params, "source": str(path),
+                    "gene_indices": idx.tolist(), "genes": [var_names[i] for i in idx],
+                    "var_names": var_names, "obs_names": obs_names, "kind": _kind_dict(kind),
+                    "normalize": norm, "log": lg, "target_sum": target_sum,
+                    "mean": mean[idx].tolist(), "var": var[idx].tolist(), "created": time.time(),
+                })
+            else:
+                parts = [M for _a, _b, M in sel.chunks(chunk_nnz=chunk_nnz)]
+                matrix = sp.vstack(parts, format="csr").astype(np.float32) if parts else sp.csr_matrix((0, idx.size))
+                vmin_s = min(0.0, float(matrix.data.min())) if matrix.nnz else 0.0
+                vmax_s = max(0.0, float(matrix.data.max())) if matrix.nnz else 0.0
+        finally:
+            sel.close()
+        timings["pass3"] = time.perf_counter() - t
+    finally:
+        raw.close()
+    if cache:
+        out = _load_cached(cpath, key, max_memory_bytes, timings, from_cache=False)
+        return out
+    timings["total"] = time.perf_counter() - t0
+    return Prepared(matrix=matrix, gene_indices=idx, genes=[var_names[i] for i in idx], var_names=var_names,
+                    obs_names=obs_names, input_kind=kind, normalize=norm, log=lg, target_sum=target_sum,
+                    mean=mean[idx], var=var[idx], vmin=vmin_s, vmax=vmax_s, key=key, cache_path=None,
+                    from_cache=False, seconds=timings)
+
+
+def _kind_dict(kind) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(kind)
+
+
+def _write_cache(cpath: Path, sel: BackedRows, *, chunk_nnz: int, meta: dict) -> tuple[float, float]:
+    """Write ``sel`` (all rows) as CSR into ``cpath`` atomically; returns the value range."""
+    import h5py
+
+    cpath.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cpath.with_name(f".{cpath.name}.{os.getpid()}.tmp")
+    n, g = sel.shape
+    vmin, vmax = 0.0, 0.0
+    try:
+        with h5py.File(tmp, "w") as f:
+            grp = f.create_group("X")
+            grp.attrs["encoding-type"] = "csr_matrix"
+            grp.attrs["encoding-version"] = "0.1.0"
+            grp.attrs["shape"] = np.array([n, g])
+            data = grp.create_dataset("data", shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(1 << 16,))
+            indices = grp.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(1 << 16,))
+            indptr = np.zeros(n + 1, dtype=np.int64)
+            pos = 0
+            for a, b, M in sel.chunks(chunk_nnz=chunk_nnz):
+                M.sort_indices()
+                k = M.nnz
+                if k:
+                    data.resize((pos + k,))
+                    indices.resize((pos + k,))
+                    data[pos:pos + k] = M.data.astype(np.float32, copy=False)
+                    indices[pos:pos + k] = M.indices.astype(np.int32, copy=False)
+                    vmin, vmax = min(vmin, float(M.data.min())), max(vmax, float(M.data.max()))
+                indptr[a + 1:b + 1] = pos + M.indptr[1:]
+                pos += k
+            grp.create_dataset("indptr", data=indptr)
+            meta = {**meta, "vmin": vmin, "vmax": vmax}
+            f.attrs["meta"] = json.dumps(meta)
+        os.replace(tmp, cpath)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return vmin, vmax
+
+
+def _load_cached(cpath: Path, key: str, max_memory_bytes: int, timings: dict, *, from_cache: bool = True) -> Prepared:
+    import h5py
+
+    from dhaka.preprocess import InputKind
+
+    t = time.perf_counter()
+    with h5py.File(cpath, "r") as f:
+        meta = json.loads(f.attrs["meta"])
+        if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
+            raise ValueError("stale cache entry")
+        shape = tuple(int(s) for s in f["X"].attrs["shape"])
+        nnz = int(f["X/indptr"][-1])
+        in_memory = nnz * 8 + (shape[0] + 1) * 8 < max_memory_bytes
+        if in_memory:
+            matrix = sp.csr_matrix((f["X/data"][...], f["X/indices"][...], f["X/indptr"][...]), shape=shape)
+    if not in_memory:
+        matrix = BackedRows(cpath)
+    timings["load_cache" if from_cache else "reopen"] = time.perf_counter() - t
+    return Prepared(
+        matrix=matrix, gene_indices=np.asarray(meta["gene_indices"], dtype=np.int64), genes=meta["genes"],
+        var_names=meta["var_names"], obs_names=meta["obs_names"], input_kind=InputKind(**meta["kind"]),
+        normalize=meta["normalize"], log=meta["log"], target_sum=meta["target_sum"],
+        mean=np.asarray(meta["mean"]), var=np.asarray(meta["var"]), vmin=meta["vmin"], vmax=meta["vmax"],
+        key=key, cache_path=cpath, from_cache=from_cache, seconds=timings,
+    )
+
+
+def clear_cache(cache_root: str | os.PathLike | None = None) -> int:
+    """Delete every cached preprocessed matrix; returns how many files were removed."""
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    n = 0
+    for p in root.glob("*.h5"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------- fit
+def _input_affine(est, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """The estimator's ``_fit_input_affine`` from the cached per-gene moments."""
+    g = prep.gene_indices.size
+    if est.scale == "minmax":
+        lo, hi = prep.vmin, prep.vmax
+        return (np.full(g, lo, dtype=np.float32), np.full(g, hi - lo if hi > lo else 1.0, dtype=np.float32))
+    center = prep.mean if est.relative else np.zeros(g)
+    if est.scale == "gene":
+        scale = np.sqrt(prep.var)
+        scale[scale < 1e-8] = 1.0
+    elif est.scale == "global":
+        total = float(np.sqrt(np.mean(prep.var))) if g else 1.0
+        scale = np.full(g, total if total > 1e-8 else 1.0)
+    else:
+        scale = np.ones(g)
+    return center.astype(np.float32), scale.astype(np.float32)
+
+
+def fit_backed(
+    path: str | os.PathLike,
+    *,
+    estimator: Any = None,
+    cache: bool = True,
+    cache_root: str | os.PathLike | None = None,
+    max_memory_bytes: int = 2 * 1024**3,
+    chunk_nnz: int = DEFAULT_CHUNK_NNZ,
+    callback: Any = None,
+    stop_event: Any = None,
+    **params: Any,
+) -> Any:
+    """Fit a :class:`dhaka.Dhaka` on an ``.h5ad`` without loading its matrix.
+
+    Parameters
+    ----------
+    path
+        ``.h5ad`` with cells in rows (CSR or dense ``X``).
+    estimator
+        An unfitted :class:`dhaka.Dhaka` whose settings to use; or give them as ``**params``.
+    cache, cache_root, max_memory_bytes, chunk_nnz
+        See :func:`prepare`.
+    callback, stop_event
+        As in :meth:`dhaka.Dhaka.fit`.
+
+    Returns
+    -------
+    Dhaka
+        Fitted like :meth:`Dhaka.fit` would (``genes_``, ``model_``, ``history_``, ...),
+        with ``prepared_`` (cache key, timings) in addition; ``save``/``transform`` work.
+    """
+    import torch
+
+    from dhaka.estimator import Dhaka
+    from dhaka.model import VAE, resolve_structure
+    from dhaka.train import fit_vae, resolve_device
+
+    est = estimator if estimator is not None else Dhaka(**params)
+    if estimator is not None and params:
+        est.set_params(**params)
+    est._check_params()
+    if est.gene_selection == "entropy":
+        raise ValueError("gene_selection='entropy' is not available out of core; use 'cv', 'mean', 'variance' "
+                         "or 'dispersion', or read the data into memory")
+    prep = prepare(path, mode=est.mode, n_genes=est.n_genes, gene_selection=est.gene_selection,
+                   normalize=est.normalize, log=est.log, cache=cache, cache_root=cache_root,
+                   max_memory_bytes=max_memory_bytes, chunk_nnz=chunk_nnz, seed=int(est.seed))
+    S = prep.matrix
+    if not sp.issparse(S):
+        import dhaka.train as _train
+
+        if not hasattr(_train, "is_row_source"):
+            raise RuntimeError(
+                f"the selected matrix ({prep.shape[0]} x {prep.shape[1]}) is larger than max_memory_bytes and this "
+                "dhaka.train.fit_vae cannot stream row batches yet (apply docs/patches/train-speed-hooks.diff) ; "
+                "raise max_memory_bytes to train from memory"
+            )
+    est.n_features_in_ = len(prep.var_names)
+    est.feature_names_ = list(prep.var_names)
+    est.input_kind_ = prep.input_kind
+    est.normalize_, est.log_, est.target_sum_ = prep.normalize, prep.log, prep.target_sum
+    est.gene_indices_ = prep.gene_indices
+    est.genes_ = list(prep.genes)
+    est.prepared_ = {"key": prep.key, "cache_path": str(prep.cache_path) if prep.cache_path else None,
+                     "from_cache": prep.from_cache, "seconds": dict(prep.seconds), "in_memory": sp.issparse(S)}
+    center, scale = _input_affine(est, prep)
+    hidden = resolve_structure(est.structure)
+    dev = resolve_device(est.device)
+    est.device_ = str(dev)
+    t0 = time.perf_counter()
+    est.start_scores_ = []
+    est.stopped_ = False
+    n_starts = int(est.n_starts)
+    best = None
+    for s in range(n_starts):
+        seed = int(est.seed) + 1000 * s
+        torch.manual_seed(seed)
+        model = VAE(S.shape[1], hidden=hidden, latent_dim=int(est.latent_dim), likelihood=est.likelihood,
+                    batch_norm=bool(est.batch_norm))
+        model.set_input_affine(torch.from_numpy(center), torch.from_numpy(scale))
+        est.model_ = model
+        res = fit_vae(S, model=model, epochs=int(est.epochs), batch_size=est._batch_size(S.shape[0]),
+                      lr=float(est.lr), clip_norm=est.clip_norm, optimizer=est.optimizer,
+                      kl_warmup=int(est.kl_warmup), val_fraction=float(est.val_fraction), patience=est.patience,
+                      seed=seed, device=est.device, callback=est._wrap_callback(callback, n_starts),
+                      stop_event=stop_event, start=s, n_starts=n_starts)
+        score = est._score_start(model, S, seed) if n_starts > 1 else {"silhouette": float("nan"), "k": None}
+        hist = [r.as_dict() for r in res.history]
+        est.start_scores_.append({"start": s, "seed": seed, **score, "final_loss": hist[-1]["loss"] if hist else
+                                  float("nan"), "epochs": len(hist), "best_epoch": res.best_epoch, "kept": False})
+        key = score["silhouette"] if np.isfinite(score["silhouette"]) else -np.inf
+        if best is None or key > best[0]:
+            best = (key, s, model, hist)
+        if res.stopped:
+            est.stopped_ = True
+            break
+    _, kept, model, hist = best
+    est.start_scores_[kept]["kept"] = True
+    est.best_start_ = kept
+    est.model_ = model.cpu().eval()
+    est.history_ = hist
+    est.train_seconds_ = time.perf_counter() - t0
+    if isinstance(S, BackedRows):
+        S.close()
+    return est
+
+
+# ------------------------------------------------------------------- transform
+def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFAULT_CHUNK_NNZ,
+                     batch_size: int = 4096) -> np.ndarray:
+    """Latent coordinates of every cell of an ``.h5ad``, read in contiguous row chunks.
+
+    Applies the fitted estimator's preprocessing (its normalisation target, log, selected
+    genes matched by name; genes missing from the file get the training mean) chunk by chunk.
+    """
+    import torch
+
+    from dhaka.train import encode
+
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(est, "model_")
+    path = Path(path)
+    _, var_names = _names(path)
+    if est.feature_names_ is not None:
+        pos = {nm: i for i, nm in enumerate(var_names)}
+        cols = np.array([pos.get(gn, -1) for gn in est.genes_], dtype=np.int64)
+    else:
+        cols = np.asarray(est.gene_indices_, dtype=np.int64)
+    have = cols >= 0
+    if not have.any():
+        raise ValueError(f"{path}: none of the model's selected features are in the file "
+                         f"(e.g. {', '.join(est.genes_[:3])})")
+    raw = BackedRows(path)
+    try:
+        n = raw.file_shape[0]
+        scale = None
+        if est.normalize_:
+            lib = np.zeros(n)
+            for a, b, M in raw.chunks(chunk_nnz=chunk_nnz):
+                lib[a:b] = np.asarray(M.sum(axis=1)).ravel()
+            scale = np.divide(est.target_sum_, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
+        bounds = raw.chunk_bounds(chunk_nnz=chunk_nnz)
+    finally:
+        raw.close()
+    fill = est.model_.center.numpy()
+    out = []
+    with BackedRows(path, columns=np.where(have, cols, 0), row_scale=scale, log=bool(est.log_)) as src:
+        with torch.no_grad():
+            for a, b in bounds:
+                for s in range(a, b, batch_size):
+                    block = src.take_rows(np.arange(s, min(b, s + batch_size)))
+                    if not have.all():
+                        block[:, ~have] = fill[~have]
+                    out.append(encode(est.model_, block, device="cpu"))
+    return np.concatenate(out) if out else np.zeros((0, est.model_.latent_dim), np.float32)
