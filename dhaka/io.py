@@ -457,7 +457,7 @@ def _validate_values(X, obs_names, var_names, *, expect: Expect, name: str) -> N
     vals = X.data if sp.issparse(X) else X
     if not np.isfinite(vals).all():
         hit = _first_where(X, lambda a: ~np.isfinite(a))
-        kind = "NaN (missing value)" if math.isnan(hit[2]) else "infinite value"
+        kind = "NaN (missing value)" if math.isnan(hit[2]) else "infinite value (or beyond float32 range)"
         n_bad = int((~np.isfinite(vals)).sum())
         raise DataError(
             f"{name}: {kind} at {where(hit)}; {_plural(n_bad, 'non-finite value')} in total "
@@ -706,41 +706,72 @@ def _iter_rows(text: str, delim: str | None):
         raise DataError(f"malformed text at line {reader.line_num + 1} ({e})") from None
 
 
+_NUM_PAT = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+
+
 def _diagnose_table(
     text: str, delim: str | None, *, start_line: int, n_fields: int, has_index: bool,
     col_names: Sequence[str] | None, name: str,
 ) -> None:
-    """Walk the data rows and raise a DataError at the first problem found."""
-    for line_no, fields in _iter_rows(text, delim):
-        if line_no <= start_line:
+    """Walk the data rows and raise a DataError at the first problem found.
+
+    A compiled regular expression accepts well-formed lines at C speed; only a
+    line it rejects is split and checked field by field.
+    """
+    n_rest = n_fields - 1
+    if delim is None:
+        first = r"\s*\S+" if has_index else rf"\s*{_NUM_PAT}"
+        pat = first + rf"(?:\s+{_NUM_PAT}){{{n_rest}}}\s*"
+    else:
+        d = re.escape(delim)
+        first = rf"[^{d}\"]*" if has_index else rf"\s*{_NUM_PAT}\s*"
+        pat = first + rf"(?:{d}\s*{_NUM_PAT}\s*){{{n_rest}}}"
+    well_formed = re.compile(pat).fullmatch
+    for line_no, line in enumerate(text.split("\n"), 1):
+        if line_no <= start_line or not line.strip() or well_formed(line):
             continue
-        if len(fields) != n_fields:
-            raise DataError(
-                f"{name}: ragged rows: line {line_no} has {len(fields)} fields but "
-                f"{n_fields} were expected (from the header/first row)"
-            )
-        offset = 1 if has_index else 0
-        row_id = fields[0] if has_index else None
-        for j in range(offset, n_fields):
-            tok = fields[j]
-            low = tok.lower()
-            col = f"column {j + 1}"
-            if col_names is not None:
-                col += f" ({_q(col_names[j - offset])})"
-            at = f"line {line_no}, {col}" + (f", row {_q(row_id)}" if row_id is not None else "")
-            if tok == "":
-                raise DataError(f"{name}: missing (empty) value at {at}; NaN/missing values are not allowed")
-            if low in _NAN_TOKENS:
-                raise DataError(f"{name}: NaN (missing value {_q(tok)}) at {at}; NaN/missing values are not allowed")
-            if low in _INF_TOKENS:
-                raise DataError(f"{name}: infinite value {_q(tok)} at {at}; inf is not allowed")
-            if not _is_number(tok):
-                hint = ""
-                if re.match(r"^[+-]?\d+,\d+$", tok):
-                    hint = " (decimal comma? use a dot as the decimal separator)"
-                raise DataError(f"{name}: non-numeric value {_q(tok)} at {at}{hint}")
-            if abs(float(tok)) > _F32_MAX:
-                raise DataError(f"{name}: value {tok} at {at} is too large (beyond float32 range, infinite)")
+        if delim is None:
+            fields = [f.strip('"') for f in line.split()]
+        else:
+            try:
+                fields = [f.strip() for f in next(csv.reader([line], delimiter=delim))]
+            except (csv.Error, StopIteration):
+                raise DataError(f"{name}: malformed text (quotes) at line {line_no}") from None
+        _check_fields(fields, line_no, n_fields=n_fields, has_index=has_index, col_names=col_names, name=name)
+
+
+def _check_fields(
+    fields: list[str], line_no: int, *, n_fields: int, has_index: bool,
+    col_names: Sequence[str] | None, name: str,
+) -> None:
+    """Raise a DataError for the first bad field of one data line."""
+    if len(fields) != n_fields:
+        raise DataError(
+            f"{name}: ragged rows: line {line_no} has {len(fields)} fields but "
+            f"{n_fields} were expected (from the header/first row)"
+        )
+    offset = 1 if has_index else 0
+    row_id = fields[0] if has_index else None
+    for j in range(offset, n_fields):
+        tok = fields[j]
+        low = tok.lower()
+        col = f"column {j + 1}"
+        if col_names is not None:
+            col += f" ({_q(col_names[j - offset])})"
+        at = f"line {line_no}, {col}" + (f", row {_q(row_id)}" if row_id is not None else "")
+        if tok == "":
+            raise DataError(f"{name}: missing (empty) value at {at}; NaN/missing values are not allowed")
+        if low in _NAN_TOKENS:
+            raise DataError(f"{name}: NaN (missing value {_q(tok)}) at {at}; NaN/missing values are not allowed")
+        if low in _INF_TOKENS:
+            raise DataError(f"{name}: infinite value {_q(tok)} at {at}; inf is not allowed")
+        if not _is_number(tok):
+            hint = ""
+            if re.match(r"^[+-]?\d+,\d+$", tok):
+                hint = " (decimal comma? use a dot as the decimal separator)"
+            raise DataError(f"{name}: non-numeric value {_q(tok)} at {at}{hint}")
+        if abs(float(tok)) > _F32_MAX:
+            raise DataError(f"{name}: value {tok} at {at} is too large (beyond float32 range, infinite)")
 
 
 def _read_table(data: bytes, name: str, *, ext: str, orientation: Orientation, expect: Expect):
