@@ -1,0 +1,135 @@
+"""Robustness to dropout (paper Fig. 3 / 6): inject extra dropout, re-embed, re-cluster, score."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dhaka import plots
+from dhaka.analysis import robustness
+from dhaka.ui import cached, demos, state, widgets
+
+JOB_KEY = "dhaka.analysis.robustness.job"      # this page's background job (dhaka.jobs.Job)
+RESULT_KEY = "dhaka.analysis.robustness.result"  # (dataset key, DropoutStudy) of the last finished study
+POLL_SECONDS = 1.0
+METHOD_LABELS = {"dhaka": "Dhaka", "pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+
+st.title("Robustness to dropout")
+adata = state.require_dataset()
+info = state.get_dataset_info()
+st.caption("Paper Fig. 3 and 6: a seeded fraction of every cell's non-zero values is set to zero, each method "
+           "re-embeds the data, GMM-BIC calls clusters, and the calls are scored — ARI against known labels "
+           "when there are some, otherwise the silhouette of the calls.")
+
+# ------------------------------------------------------------------ settings
+cols = ["(none: silhouette only)"] + [str(c) for c in adata.obs.columns]
+truth = state.get_truth_column()
+c1, c2 = st.columns(2)
+label_col = c1.selectbox("Known labels (for ARI)", cols, index=cols.index(truth) if truth in cols else 0,
+                         key="w.rob.labels")
+methods = c2.multiselect("Methods", list(METHOD_LABELS), default=list(METHOD_LABELS), key="w.rob.methods",
+                         format_func=METHOD_LABELS.get)
+levels_pct = st.multiselect("Extra dropout levels (% of each cell's non-zeros)", [0, 5, 10, 20, 30, 40, 50, 60],
+                            default=[0, 10, 20, 30, 50], key="w.rob.levels")
+params = state.get_estimator_params()
+if demos.demo_fast():
+    params = {**params, **demos.fast_train_params()}
+c3, c4, c5 = st.columns(3)
+epochs = c3.number_input("Dhaka epochs per level", 1, 2000, int(params.get("epochs", 200)), key="w.rob.epochs",
+                         help="Other settings come from the Data and Train pages.")
+k_max = c4.number_input("Largest k tried (BIC)", 2, 30, 10, key="w.rob.kmax")
+seed = c5.number_input("Seed", 0, 10**6, int(params.get("seed", 0)), key="w.rob.seed")
+if "umap" in methods:
+    st.caption("The first UMAP of a server process compiles numba code (about a minute); the app starts that "
+               "in the background when it opens.")
+
+job = st.session_state.get(JOB_KEY)
+active = job is not None and not job.done
+if st.button("Run dropout study", type="primary", key="w.rob.start", disabled=active or not methods or not levels_pct,
+             icon=":material/play_arrow:"):
+    y = None if label_col.startswith("(none") else label_col
+    est_params = {**params, "epochs": int(epochs)}
+    levels = tuple(sorted(v / 100 for v in levels_pct))
+    data, key = adata, info.get("key")
+
+    def task(ctx):
+        def progress(p):
+            ctx.report(history_row=p["row"], done=p["done"], total=p["total"], message=p["message"])
+
+        study = robustness.dropout_study(data, levels=levels, methods=tuple(methods), labels=y,
+                                         estimator_params=est_params, k_max=int(k_max), seed=int(seed),
+                                         progress=progress, stop_event=ctx.stop_event)
+        return key, study
+
+    new = widgets.safe_call(cached.job_manager().submit, task, owner=state.get_session_id(),
+                            name=f"dropout study on {info.get('name')}", kind="analysis",
+                            what="Could not start the study")
+    if new is not None:
+        st.session_state[JOB_KEY] = new
+        st.rerun()
+
+
+@st.fragment(run_every=POLL_SECONDS if active else None)
+def progress_panel() -> None:
+    """Progress of the study and the rows finished so far, redrawn while it runs."""
+    j = st.session_state.get(JOB_KEY)
+    if j is None:
+        return
+    snap = j.snapshot()
+    prog = snap.get("progress") or {}
+    if snap["status"] == "queued":
+        st.info(f"Queued (position {snap.get('queue_position') or '?'}): waits for a free job slot.")
+        st.button("Cancel", key="w.rob.cancel", on_click=j.cancel)
+    elif snap["status"] == "running":
+        done, total = prog.get("done", 0), prog.get("total") or 1
+        st.progress(min(1.0, done / total), text=prog.get("message", "starting…"))
+        if not snap.get("stop_requested"):
+            st.button("Stop", key="w.rob.stop", on_click=j.cancel, icon=":material/stop:")
+    elif snap["status"] == "failed":
+        st.error(f"The study failed: {snap.get('error')}")
+    if snap["history"] and snap["status"] in ("queued", "running"):
+        st.dataframe(pd.DataFrame(snap["history"]), hide_index=True)
+    if j.done and j.result is not None and st.session_state.get(RESULT_KEY, (None, None))[1] is not j.result[1]:
+        st.session_state[RESULT_KEY] = j.result
+        if snap["status"] == "cancelled" or j.result[1].stopped:
+            state.push_notice("warning", "Dropout study stopped; the rows finished so far are shown.")
+    if active and j.done:
+        st.rerun()
+
+
+progress_panel()
+
+# ------------------------------------------------------------------- results
+key, study = st.session_state.get(RESULT_KEY, (None, None))
+if study is None or study.table.empty:
+    st.stop()
+if key != info.get("key"):
+    st.caption("These results were computed on a previously loaded dataset.")
+table = study.table
+metric = study.metric
+st.subheader("Scores against dropout")
+f1, f2 = st.columns(2)
+f1.plotly_chart(robustness.figure_curve(table, metric=metric), key="rob_curve", config=widgets.PLOTLY_CONFIG)
+f2.plotly_chart(robustness.figure_curve(table, metric="n_clusters"), key="rob_k", config=widgets.PLOTLY_CONFIG)
+show = table.assign(method=table["method"].map(METHOD_LABELS).fillna(table["method"]))
+st.dataframe(show, hide_index=True, column_config={"level": st.column_config.NumberColumn(format="percent")})
+st.download_button("Table as CSV", show.to_csv(index=False).encode(), file_name="dropout_curve.csv",
+                   mime="text/csv", key="w.rob.csv", icon=":material/download:")
+
+st.subheader("Dropout before and after injection, with the matching latent spaces")
+levels = sorted(study.dropout_fractions)
+v1, v2 = st.columns(2)
+level = v1.select_slider("Level", levels, value=levels[-1], key="w.rob.view_level", format_func=lambda v: f"{v:.0%}")
+done_methods = [m for m in METHOD_LABELS if (level, m) in study.embeddings]
+method = v2.selectbox("Method", done_methods or ["-"], key="w.rob.view_method", format_func=lambda m: METHOD_LABELS.get(m, m))
+h1, h2 = st.columns(2)
+h1.plotly_chart(robustness.figure_dropout_histograms(study, levels=sorted({levels[0], level})),
+                key="rob_hist", config=widgets.PLOTLY_CONFIG)
+if (level, method) in study.embeddings:
+    Z = study.embeddings[(level, method)]
+    colour = study.labels if study.labels is not None else study.clusters[(level, method)]
+    fig = plots.scatter(Z, color=np.asarray(colour).astype(str), color_name="label" if study.labels is not None
+                        else "GMM cluster", color_type="categorical", cell_ids=[str(o) for o in adata.obs_names]
+                        if len(adata.obs_names) == Z.shape[0] else None,
+                        title=f"{METHOD_LABELS.get(method, method)} at {level:.0%} extra dropout")
+    h2.plotly_chart(fig, key="rob_latent", config=widgets.PLOTLY_CONFIG)
