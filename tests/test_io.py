@@ -671,3 +671,35 @@ def test_property_gzip_of_garbage_only_raises_data_error(payload):
         read(gzip.compress(payload), filename="g.csv.gz")
     except DataError:
         pass
+
+
+def test_line_numbers_count_blank_lines_and_quoted_ids():
+    with pytest.raises(DataError, match="line 4.*'x'|'x'.*line 4"):
+        read(b"cell,g1,g2\n\nc1,1,2\nc2,x,4\n", filename="m.csv")
+    with pytest.raises(DataError, match="non-numeric value 'y' at line 3"):
+        read(b'cell,g1,g2\n"a,b",1,2\n"c,d",y,4\n', filename="m.csv")
+    with pytest.raises(DataError, match="ragged rows: line 3 has 4 fields"):
+        read(b"cell,g1,g2\nc1,1,2\nc2,3,4,5\nc3,1,1\n", filename="m.csv")
+    with pytest.raises(DataError, match="line 3"):
+        read(b"g1 g2\nc1 1 2\nc2 3 oops\n", filename="m.txt")
+
+
+_BAD_TOKENS = st.sampled_from(["abc", "NaN", "NA", "", "inf", "-Infinity", "1,5", "1.2.3", "--1", "0x1F", "1e"])
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(table=_tables(), bad=_BAD_TOKENS, where=st.tuples(st.integers(0, 5), st.integers(0, 5)))
+def test_property_a_bad_value_is_reported_at_its_line(table, bad, where):
+    X, rows, cols, sep, orientation, gz = table
+    if (sep == " " and bad == "") or (sep == "," and bad == "1,5"):
+        bad = "abc"  # an empty field has no whitespace form; "1,5" would split in a CSV
+    i, j = where[0] % len(rows), where[1] % len(cols)
+    body = [[repr(float(v)) for v in r] for r in X]
+    body[i][j] = bad
+    lines = [sep.join(["id"] + cols)] + [sep.join([r] + body[k]) for k, r in enumerate(rows)]
+    data = ("\n".join(lines) + "\n").encode()
+    with pytest.raises(DataError) as err:
+        read(data, filename="p.txt" if sep in "; " else "p.csv", orientation=orientation)
+    msg = str(err.value)
+    assert f"line {i + 2}" in msg, msg
+    assert f"column {j + 2}" in msg, msg
