@@ -1101,13 +1101,19 @@ def _assemble_10x(
     )
 
 
+def _usable_member(n: str) -> bool:
+    """False for macOS resource forks and folders (``__MACOSX/``, ``._name``)."""
+    parts = PurePosixPath(n).parts
+    return bool(parts) and not parts[-1].startswith("._") and "__MACOSX" not in parts
+
+
 def _find_10x(names: Sequence[str], label: str) -> tuple[str, str, str]:
     """Pick matrix, barcodes and features members from a list of relative names."""
-    def usable(n: str) -> bool:
-        parts = PurePosixPath(n).parts
-        return bool(parts) and not parts[-1].startswith("._") and "__MACOSX" not in parts
-
-    mtxs = [n for n in names if usable(n) and _MTX_RE.match(PurePosixPath(n).name)]
+    mtxs = [n for n in names if _usable_member(n) and _MTX_RE.match(PurePosixPath(n).name)]
+    if len(mtxs) > 1:  # Cell Ranger's outs/ holds raw_ and filtered_feature_bc_matrix: take filtered
+        filtered = [n for n in mtxs if "filtered" in n.lower()]
+        if len(filtered) == 1:
+            mtxs = filtered
     if not mtxs:
         raise DataError(
             f"{label}: no matrix.mtx or matrix.mtx.gz found; a 10x folder/zip needs matrix.mtx(.gz), "
@@ -1220,6 +1226,14 @@ def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect):
     zf = _open_zip(inp.data, inp.name)
     with zf:
         names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        usable = [n for n in names if _usable_member(n)]
+        if len(usable) == 1 and not any(_MTX_RE.match(PurePosixPath(n).name) for n in usable):
+            # a zip holding one matrix file (e.g. data.csv zipped for upload): read that file
+            member = usable[0]
+            ext, _ = _split_ext(member)
+            if ext in _TABLE_EXTS | {".h5ad", ".npz", ".npy", ".mtx"}:
+                inner = _Input(name=f"{inp.name}/{member}", data=_zip_member(zf, member, inp.name))
+                return _read(inner, orientation=orientation, expect=expect)
         m, bc, ft = _find_10x(names, inp.name)
         blobs = [_zip_member(zf, n, inp.name) for n in (m, bc, ft)]
     return _assemble_10x(*blobs, names=(m, bc, ft), label=inp.name, fmt="10x-zip",

@@ -338,6 +338,32 @@ def test_decimal_comma_hint():
         read(b"cell;g1;g2\nc1;1,5;2\nc2;3;4\n", filename="m.csv")
 
 
+def test_cellranger_outs_prefers_filtered_matrix(tmp_path):
+    X = _matrix(4, 3)
+    _write_10x(tmp_path / "outs" / "raw_feature_bc_matrix", _matrix(6, 3, seed=1), _names(6, "r"), ["A", "B", "C"])
+    _write_10x(tmp_path / "outs" / "filtered_feature_bc_matrix", X, _names(4, "f"), ["A", "B", "C"])
+    a = read(tmp_path)
+    assert list(a.obs_names) == _names(4, "f")
+    np.testing.assert_array_equal(a.X.toarray(), X)
+
+
+def test_zip_holding_one_csv_is_read():
+    text = _csv_text(_matrix(), _names(7, "cell"), _names(5, "gene"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("data.csv", text)
+        zf.writestr("__MACOSX/._data.csv", b"junk")
+    inner = buf.getvalue()
+    a = read(inner, filename="data.zip")
+    np.testing.assert_array_equal(a.X, _matrix())
+    assert a.uns["dhaka_io"]["filename"] == "data.zip/data.csv"
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.writestr("inner.zip", inner)
+    with pytest.raises(DataError, match="matrix.mtx"):  # no zip-in-zip recursion
+        read(outer.getvalue(), filename="outer.zip")
+
+
 def test_10x_folder_without_matrix(tmp_path):
     (tmp_path / "barcodes.tsv").write_text("a\nb\n")
     with pytest.raises(DataError, match="matrix.mtx"):
