@@ -11,7 +11,7 @@ from dhaka.ui import cached, demos, state, widgets
 
 st.title("Data")
 
-FORMATS = ["csv", "tsv", "txt", "gz", "h5ad", "zip", "npz", "mtx"]
+FORMATS = ["csv", "tsv", "txt", "gz", "h5ad", "zip", "npz", "npy", "mtx"]
 limit_mb = int(st.get_option("server.maxUploadSize"))
 
 demo_tab, upload_tab = st.tabs(["Built-in demos", "Upload your data"])
@@ -32,7 +32,7 @@ with demo_tab:
 
 with upload_tab:
     st.caption(f"Formats: CSV / TSV / TXT (optionally .gz; cells × genes or genes × cells), .h5ad, "
-               f"10x Genomics .zip (matrix.mtx + barcodes + features), scipy sparse .npz, .mtx. "
+               f"10x Genomics .zip (matrix.mtx + barcodes + features), scipy sparse .npz, .npy, .mtx. "
                f"Files up to **{limit_mb:,} MB** each.")
     up = st.file_uploader("Expression or copy-number matrix", type=FORMATS, key="w.data.file")
     meta = st.file_uploader("Cell metadata (optional CSV, first column = cell id)", type=["csv", "tsv", "txt", "gz"],

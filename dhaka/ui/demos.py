@@ -123,7 +123,7 @@ DEMOS: tuple[Demo, ...] = (
          "true pseudotime; UMI counts. Truth in obs['branch'] and obs['time'].",
          truth="branch", colour="time", loader=_simulated("trajectory")),
     Demo("cnv_pair", "Copy-number pair (two tumour samples)",
-         "Integer copy-number profiles of 611 genomic bins: a first sample with a major and a minor clone "
+         "Integer copy-number profiles over genomic bins (chromosome:start-end): a first sample with a major and a minor clone "
          "(loaded) and a later sample with the major clone only (kept as the second sample to project). "
          "Truth in obs['clone'].", mode="cnv", truth="clone", loader=_cnv_pair),
     Demo("counts", "Realistic UMI counts (2000 cells)",
