@@ -18,11 +18,16 @@ Supported formats
 * ``.h5ad`` (the HDF5 signature is checked first; nothing is ever unpickled);
 * a 10x Genomics folder or ``.zip`` (``matrix.mtx[.gz]`` + ``barcodes.tsv[.gz]``
   + ``features.tsv[.gz]`` or ``genes.tsv[.gz]``, optionally with a common
-  prefix such as ``GSM123_``);
+  prefix such as ``GSM123_``; in a Cell Ranger ``outs/`` folder the filtered
+  matrix wins); a ``.zip`` holding a single matrix file is read as that file;
 * a bare MatrixMarket ``.mtx[.gz]`` (10x convention: features x cells);
 * ``.npz`` written by :func:`scipy.sparse.save_npz` (or :func:`numpy.savez` of
   one 2-D array, optionally with ``obs_names`` / ``var_names`` arrays) and
   ``.npy`` (one 2-D array); both loaded with ``allow_pickle=False``.
+
+Without a usable extension the format is sniffed from the first bytes (gzip,
+zip, HDF5, ``.npy``, MatrixMarket, else text).  Python pickles are recognised
+and refused everywhere, never unpickled.
 
 The limits below guard against hostile or broken files; change them on the
 module (``dhaka.io.MAX_UNCOMPRESSED_BYTES = ...``) if you need to.
