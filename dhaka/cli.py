@@ -1,0 +1,227 @@
+"""Command line: ``python -m dhaka embed | project | simulate``.
+
+Examples::
+
+    python -m dhaka simulate paper --out paper.csv
+    python -m dhaka embed paper.csv --out latent.csv --save-model model/
+    python -m dhaka project model/ second.csv --out second_latent.csv
+
+Problems with the input end the program with exit status 2 and one line that
+names the problem (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+
+def _add_read_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--orientation", choices=["auto", "cells_x_genes", "genes_x_cells"], default="auto",
+                   help="orientation of a CSV/TSV matrix (default: detect)")
+    p.add_argument("--metadata", help="CSV/TSV of per-cell annotations keyed by cell id (joined into obs)")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k-max", type=int, default=10, help="largest number of GMM clusters tried (BIC picks k)")
+    p.add_argument("--merge", action="store_true",
+                   help="merge overlapping GMM components (recommended for copy-number data; default in cnv mode)")
+    p.add_argument("--h5ad", help="also write an .h5ad with obsm['X_dhaka'] and obs['dhaka_cluster']")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dhaka import __version__
+
+    parser = argparse.ArgumentParser(prog="python -m dhaka", description="Dhaka: VAE latent spaces of single cells.")
+    parser.add_argument("--version", action="version", version=f"dhaka {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("embed", help="train a model on INPUT and write latent coordinates + GMM clusters",
+                       description="Train Dhaka on a matrix (CSV/TSV[.gz], .h5ad, 10x dir/.zip, .mtx, .npz) and "
+                                   "write latent coordinates with GMM-BIC cluster calls.")
+    e.add_argument("input")
+    e.add_argument("--out", required=True, help="output CSV: cell, dhaka_1..dhaka_d, cluster")
+    e.add_argument("--save-model", metavar="DIR", help="write the trained model directory here")
+    e.add_argument("--preset", choices=["default", "paper", "fast"], default="default",
+                   help="named settings; 'paper' reproduces the publication's (collapses on count data)")
+    e.add_argument("--mode", choices=["expression", "cnv"], default="expression")
+    e.add_argument("--latent-dim", type=int)
+    e.add_argument("--structure", help="'deep' (1024,512,256), 'shallow' (1024) or widths like '512,128'")
+    e.add_argument("--n-genes", help="number of selected genes, 'auto' or 'all'")
+    e.add_argument("--gene-selection", choices=["cv", "entropy", "mean", "variance", "dispersion"])
+    e.add_argument("--epochs", type=int)
+    e.add_argument("--batch-size", help="minibatch size or 'auto'")
+    e.add_argument("--lr", type=float)
+    e.add_argument("--clip-norm", type=float)
+    e.add_argument("--n-starts", type=int, help="random starts; the best silhouette is kept")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--distributed", action="store_true",
+                   help="data-parallel training; launch with torchrun --nproc_per_node=N -m dhaka embed ...")
+    e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _add_read_options(e)
+    _add_cluster_options(e)
+
+    pr = sub.add_parser("project", help="embed INPUT with a trained model (genes aligned by name)",
+                        description="Project a second sample into the latent space of a saved model.")
+    pr.add_argument("model_dir")
+    pr.add_argument("input")
+    pr.add_argument("--out", required=True, help="output CSV of latent coordinates (+ clusters)")
+    _add_read_options(pr)
+    _add_cluster_options(pr)
+
+    s = sub.add_parser("simulate", help="write a seeded simulated data set with known truth",
+                       description="Kinds: paper (500 noise genes), paper_2500, counts, trajectory, cnv_pair.")
+    s.add_argument("kind", choices=["paper", "paper_2500", "counts", "trajectory", "cnv_pair"])
+    s.add_argument("--out", required=True, help=".csv (matrix; truth in <name>.obs.csv) or .h5ad")
+    s.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _estimator_params(args: argparse.Namespace) -> dict:
+    params: dict = {"mode": args.mode, "seed": args.seed}
+    for key in ("latent_dim", "structure", "gene_selection", "epochs", "lr", "clip_norm", "n_starts", "device"):
+        val = getattr(args, key)
+        if val is not None:
+            params[key] = val
+    if args.n_genes is not None:
+        params["n_genes"] = {"auto": "auto", "all": None}.get(args.n_genes) if args.n_genes in ("auto", "all") \
+            else _positive_int(args.n_genes, "--n-genes")
+    if args.batch_size is not None:
+        params["batch_size"] = "auto" if args.batch_size == "auto" else _positive_int(args.batch_size, "--batch-size")
+    return params
+
+
+def _positive_int(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{flag} must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def _read(args: argparse.Namespace):
+    from dhaka import io
+
+    adata = io.read(args.input, orientation=args.orientation)
+    if args.metadata:
+        adata = io.read_metadata(args.metadata, adata)
+    return adata
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    last = [0.0]
+
+    def cb(r) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 2.0 or r.epoch == r.n_epochs or r.epoch == 1:
+            last[0] = now
+            start = f"start {r.start + 1}/{r.n_starts} " if r.n_starts > 1 else ""
+            print(f"{start}epoch {r.epoch}/{r.n_epochs}  loss {r.loss:.2f} (recon {r.reconstruction:.2f}, "
+                  f"KL {r.kl:.2f})  val {r.val_loss:.2f}  ETA {r.eta:.0f}s", file=sys.stderr, flush=True)
+
+    return cb
+
+
+def _cluster_and_write(args, Z, adata, *, extra_meta: dict) -> None:
+    from dhaka import io
+    from dhaka.cluster import gmm_bic
+
+    res = gmm_bic(Z, k_max=args.k_max, seed=getattr(args, "seed", 0), merge=args.merge)
+    io.write_latent_csv(args.out, Z, obs_names=list(adata.obs_names), labels=res.labels)
+    skipped = f" (skipped k: {', '.join(map(str, res.skipped))})" if res.skipped else ""
+    print(f"wrote {args.out}: {Z.shape[0]} cells x {Z.shape[1]} latent dims, GMM-BIC chose k={res.k}{skipped}",
+          file=sys.stderr)
+    if args.h5ad:
+        out = adata.copy()
+        out.obsm["X_dhaka"] = Z
+        out.obs["dhaka_cluster"] = [str(v) for v in res.labels]
+        out.uns["dhaka"] = json.loads(json.dumps({**extra_meta, "gmm_k": int(res.k)}, default=str))
+        Path(args.h5ad).write_bytes(io.to_h5ad_bytes(out))
+        print(f"wrote {args.h5ad}", file=sys.stderr)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from dhaka import Dhaka
+
+    params = _estimator_params(args)  # check the settings before reading a large file
+    adata = _read(args)
+    if args.mode == "cnv" and not args.merge:
+        args.merge = True  # BIC over-splits heavy-tailed copy-number clouds (docs: dhaka.cluster.gmm_bic)
+    if args.distributed:
+        from dhaka.distributed import fit_distributed
+
+        est, Z = fit_distributed(adata, preset=args.preset, params=params, progress=_progress(args.quiet))
+        if est is None:  # not rank 0: rank 0 writes the results
+            return 0
+    else:
+        est = Dhaka.from_preset(args.preset, **params)
+        est.fit(adata, callback=_progress(args.quiet))
+        Z = est.transform(adata)
+    if args.save_model:
+        est.save(args.save_model)
+        print(f"saved model to {args.save_model}", file=sys.stderr)
+    _cluster_and_write(args, Z, adata, extra_meta={"params": est.get_params()})
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    import warnings
+
+    from dhaka import Dhaka
+
+    est = Dhaka.load(args.model_dir)
+    adata = _read(args)
+    _, missing = est.align(adata)
+    if missing:
+        print(f"warning: {len(missing)} of {len(est.genes_)} model features are missing from {args.input} "
+              f"(e.g. {', '.join(missing[:5])}); filled with the training mean", file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Z = est.transform(adata)
+    args.seed = int(est.seed)
+    if est.mode == "cnv":
+        args.merge = True
+    _cluster_and_write(args, Z, adata, extra_meta={"model": str(args.model_dir), "missing": missing})
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from dhaka import io, simulate
+
+    adata = simulate.load(args.kind, seed=args.seed)
+    out = Path(args.out)
+    if out.suffix == ".h5ad":
+        out.write_bytes(io.to_h5ad_bytes(adata))
+    else:
+        X = adata.X.toarray() if sp.issparse(adata.X) else adata.X
+        sep = "\t" if out.suffix in (".tsv", ".txt") else ","
+        pd.DataFrame(X, index=adata.obs_names, columns=adata.var_names).to_csv(out, sep=sep)
+        adata.obs.to_csv(out.with_name(out.name.split(".")[0] + ".obs.csv"))
+    print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} features ({args.kind}, seed {args.seed})",
+          file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"embed": cmd_embed, "project": cmd_project, "simulate": cmd_simulate}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, OSError, RuntimeError) as exc:  # DataError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
