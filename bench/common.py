@@ -1,0 +1,194 @@
+"""Shared helpers of the benchmark scripts: machine description, tables, RESULTS.md sections,
+the baselines (PCA / t-SNE / UMAP on Dhaka's own preprocessed input) and scoring.
+
+Several benchmark scripts write into one ``bench/RESULTS.md``; each owns the text between
+``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` and :func:`write_section` replaces only that.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+Baseline = Literal["pca", "tsne", "umap"]
+
+
+# ----------------------------------------------------------------------------- machine
+def set_threads(n: int = 2) -> None:
+    """Limit torch (and BLAS through the environment, for child libraries) to ``n`` threads."""
+    import torch
+
+    torch.set_num_threads(int(n))
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (or platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_description() -> str:
+    """One line describing where the numbers were measured."""
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 1
+    try:
+        load = "load average %.1f / %.1f / %.1f" % os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = "load unknown"
+    return (f"{cpu_model()}, {usable} usable cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}; {load} at start "
+            f"(other processes share the CPU, so timings are indicative); "
+            f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+
+
+# ----------------------------------------------------------------------------- tables
+def mean_sd(values: Iterable[float], digits: int = 2) -> str:
+    """``"0.93 ± 0.02"`` (``nan`` values are dropped; a single value is shown alone)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return "n/a"
+    if v.size == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A GitHub markdown table of ``rows`` (dicts); floats shown with 3 significant decimals."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or rows[0].keys())
+
+    def fmt(x: Any) -> str:
+        if isinstance(x, float):
+            return "n/a" if not np.isfinite(x) else f"{x:.3f}"
+        return str(x)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in cells]
+    return "\n".join(out) + "\n"
+
+
+def write_section(name: str, text: str, *, path: str | os.PathLike = RESULTS) -> Path:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``.
+
+    The section is appended when the markers are absent; the file is created when missing.
+    Everything outside the markers (other benchmarks' sections) is left as it is.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"section names are letters, digits, '-' and '_', got {name!r}")
+    path = Path(path)
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    i, j = old.find(start), old.find(end)
+    if i >= 0 and j > i:
+        new = old[:i] + block + old[j + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- embeddings
+def preprocessed(est, X) -> np.ndarray:
+    """The matrix a fitted Dhaka saw (its selection, normalisation and log), dense and gene-centred.
+
+    This is the common input of the baselines, so that every method embeds the same numbers.
+    """
+    import scipy.sparse as sp
+
+    S, _ = est.align(X)
+    S = S.toarray() if sp.issparse(S) else np.asarray(S)
+    S = S.astype(np.float64)
+    return S - S.mean(axis=0, keepdims=True)
+
+
+def _pca(S: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    try:
+        from dhaka import reduce
+
+        return np.asarray(reduce.pca(S, n_components=n_components, random_state=seed))
+    except (ImportError, AttributeError):
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=n_components, random_state=seed).fit_transform(S)
+
+
+def _tsne(P: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    try:
+        from dhaka import reduce
+
+        return np.asarray(reduce.tsne(P, n_components=n_components, random_state=seed))
+    except (ImportError, AttributeError):
+        from openTSNE import TSNE
+
+        return np.asarray(TSNE(n_components=n_components, random_state=seed, n_jobs=1,
+                               negative_gradient_method="bh" if n_components > 2 else "auto").fit(P))
+
+
+def _umap(P: np.ndarray, n_components: int, seed: int) -> np.ndarray:
+    try:
+        from dhaka import reduce
+
+        return np.asarray(reduce.umap(P, n_components=n_components, random_state=seed))
+    except (ImportError, AttributeError):
+        import umap
+
+        return umap.UMAP(n_components=n_components, random_state=seed, n_jobs=1).fit_transform(P)
+
+
+def embed_baseline(S: np.ndarray, method: Baseline, *, n_components: int = 3, seed: int = 0) -> np.ndarray:
+    """PCA / t-SNE / UMAP of the centred matrix ``S`` (``dhaka.reduce`` when it exists).
+
+    t-SNE and UMAP run on the first 50 principal components (the usual practice, and what
+    the app does) when there are more features.
+    """
+    if method == "pca":
+        return _pca(S, n_components, seed)
+    P = _pca(S, 50, seed) if S.shape[1] > 50 and S.shape[0] > 50 else S
+    if method == "tsne":
+        return _tsne(P, n_components, seed)
+    if method == "umap":
+        return _umap(P, n_components, seed)
+    raise ValueError(f"unknown baseline {method!r}")
+
+
+def score(Z: np.ndarray, truth: np.ndarray | None, *, seed: int = 0, k_max: int = 10) -> dict[str, Any]:
+    """GMM-BIC clusters of ``Z`` (``dhaka.cluster.gmm_bic``) and their ARI against ``truth``."""
+    from dhaka.cluster import ari, gmm_bic, silhouette
+
+    res = gmm_bic(np.asarray(Z, dtype=np.float64), k_max=k_max, seed=seed)
+    return {"ari": ari(truth, res.labels) if truth is not None else float("nan"), "k": int(res.k),
+            "silhouette": float(silhouette(Z, res.labels)), "labels": np.asarray(res.labels)}
+
+
+def latent_sd(Z: np.ndarray) -> float:
+    """Smallest per-dimension standard deviation of a latent space (posterior collapse -> ~0)."""
+    return float(np.min(np.std(np.asarray(Z, dtype=np.float64), axis=0)))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
