@@ -278,6 +278,7 @@ def test_h5ad_output_of_read_can_be_written_again():
     np.testing.assert_array_equal(a.X, b.X)
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_hdf5_that_is_not_anndata():
     import h5py
 
