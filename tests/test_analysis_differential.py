@@ -120,3 +120,16 @@ def test_volcano_figure(two_groups):
     assert any(n.startswith("up") for n in names)
     text_traces = [t for t in fig.data if t.mode == "text"]
     assert len(text_traces[0].text) == 3
+
+
+def test_prepare_expression_logs_counts_and_keeps_sparse(two_groups):
+    from dhaka.analysis.differential import prepare_expression
+
+    X, a = two_groups
+    M, scale = prepare_expression(sp.csr_matrix(X))
+    assert sp.issparse(M) and scale == "log"
+    assert M.max() < 20  # log2 of normalised counts
+    C, cscale = prepare_expression(X, mode="cnv")
+    assert C is X and cscale == "linear"
+    df = differential_expression(M, a, scale=scale)
+    assert (df.loc[:4, "log2fc"] > 1).all()

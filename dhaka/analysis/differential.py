@@ -18,7 +18,7 @@ from scipy import stats
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
-__all__ = ["differential_expression", "benjamini_hochberg", "group_mask", "figure_volcano"]
+__all__ = ["differential_expression", "prepare_expression", "benjamini_hochberg", "group_mask", "figure_volcano"]
 
 COLUMNS = ["gene", "mean_a", "mean_b", "log2fc", "statistic", "pvalue", "padj"]
 
@@ -62,6 +62,39 @@ def group_mask(group, n_cells: int, *, obs_names: Sequence[str] | None = None) -
         raise ValueError(f"{int((pos < 0).sum())} cell names not found, e.g. {missing}")
     mask[pos] = True
     return mask
+
+
+def prepare_expression(X, *, mode: Literal["expression", "cnv"] = "expression") -> tuple[object, str]:
+    """Put expression on a log2 scale for testing, as the estimator would (sparse stays sparse).
+
+    Counts are library-size normalised (to the median library size) and log2(x+1)-transformed,
+    normalised values are log2(x+1)-transformed, log or scaled values and copy-number states are
+    used as given (see :func:`dhaka.preprocess.detect_kind`).
+
+    Parameters
+    ----------
+    X
+        Cells x genes.
+    mode
+        ``"expression"`` or ``"cnv"``.
+
+    Returns
+    -------
+    matrix, scale
+        The matrix to test and the ``scale`` to pass to :func:`differential_expression`
+        (``"log"``, or ``"linear"`` for copy-number states).
+    """
+    from dhaka.preprocess import detect_kind, log2p, normalize_total
+
+    kind = detect_kind(X, mode=mode)
+    if mode == "cnv":
+        return X, "linear"
+    M = X
+    if kind.normalize:
+        M, _ = normalize_total(M)
+    if kind.log:
+        M = log2p(M)
+    return M, "log"
 
 
 def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
