@@ -35,8 +35,11 @@ import _machine  # noqa: E402
 from _plain import flops_per_cell, plain_epochs  # noqa: E402
 
 
-def synthetic_counts(n_cells: int, n_genes: int, *, n_groups: int = 5, seed: int = 0):
-    """Gamma-Poisson counts with ``n_groups`` groups (CSR float32) and log2(CP10k+1) of them (dense)."""
+def synthetic_counts(n_cells: int, n_genes: int, *, n_groups: int = 5, seed: int = 0, chunk: int = 5000):
+    """Gamma-Poisson counts with ``n_groups`` groups (CSR float32) and log2(CP-median+1) of them (dense).
+
+    Generated in row chunks so that 100k cells need no float64 matrix of the full size.
+    """
     import scipy.sparse as sp
 
     rng = np.random.default_rng(seed)
@@ -47,11 +50,18 @@ def synthetic_counts(n_cells: int, n_genes: int, *, n_groups: int = 5, seed: int
         sel = rng.choice(n_genes, n_genes // 20, replace=False)
         eff[g, sel] = rng.lognormal(1.0, 0.5, sel.size)
     lib = rng.lognormal(0.0, 0.3, n_cells)[:, None]
-    lam = base[None, :] * eff[groups] * lib
-    counts = rng.poisson(rng.gamma(2.0, lam / 2.0)).astype(np.float32)
-    sizes = counts.sum(1, keepdims=True)
-    logx = np.log2(counts / np.maximum(sizes, 1) * np.median(sizes) + 1).astype(np.float32)
-    return sp.csr_matrix(counts), logx
+    parts = []
+    for a in range(0, n_cells, chunk):
+        lam = base[None, :] * eff[groups[a:a + chunk]] * lib[a:a + chunk]
+        parts.append(sp.csr_matrix(rng.poisson(rng.gamma(2.0, lam / 2.0)).astype(np.float32)))
+    counts = sp.vstack(parts, format="csr")
+    sizes = np.asarray(counts.sum(1)).ravel()
+    target = np.median(sizes)
+    logx = np.empty((n_cells, n_genes), dtype=np.float32)
+    for a in range(0, n_cells, chunk):
+        block = counts[a:a + chunk].toarray()
+        logx[a:a + chunk] = np.log2(block / np.maximum(sizes[a:a + chunk, None], 1) * target + 1)
+    return counts, logx
 
 
 def time_fit_vae(X, *, batch_size: int, epochs: int, val_fraction: float = 0.1, seed: int = 0,
