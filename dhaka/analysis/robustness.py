@@ -125,7 +125,8 @@ def baseline_input(
 def embed_baseline(S: np.ndarray, method: str, *, n_components: int = 3, seed: int = 0) -> np.ndarray:
     """Embed a preprocessed matrix with PCA, t-SNE or UMAP (``dhaka.reduce``).
 
-    t-SNE and UMAP run on the first 50 principal components when there are more features.
+    t-SNE and UMAP run on the first 50 principal components when there are more features
+    (``dhaka.reduce`` does that).
 
     Parameters
     ----------
@@ -148,11 +149,8 @@ def embed_baseline(S: np.ndarray, method: str, *, n_components: int = 3, seed: i
         return np.asarray(reduce.pca(S, n_components=n_components, random_state=seed))
     if method not in ("tsne", "umap"):
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    pre = S
-    if S.shape[1] > 50 and S.shape[0] > 50:
-        pre = np.asarray(reduce.pca(S, n_components=50, random_state=seed))
-    fn = getattr(reduce, method)
-    return np.asarray(fn(pre, n_components=n_components, random_state=seed))
+    fn = getattr(reduce, method)  # runs on the top 50 principal components when there are more features
+    return np.asarray(fn(S, n_components=n_components, random_state=seed))
 
 
 def score_embedding(Z: np.ndarray, *, labels: np.ndarray | None, k_max: int = 10, seed: int = 0,
