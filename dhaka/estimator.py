@@ -94,6 +94,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         Seed of everything random (splits, initialisation, minibatch order).
     device
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    precision
+        ``"bf16"`` trains under bfloat16 autocast (for GPUs; weights and the latent stay float32).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         n_starts: int = 1,
         seed: int = 0,
         device: str = "auto",
+        precision: Literal["fp32", "bf16"] = "fp32",
     ) -> None:
         self.mode = mode
         self.latent_dim = latent_dim
@@ -143,6 +146,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.n_starts = n_starts
         self.seed = seed
         self.device = device
+        self.precision = precision
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -317,7 +321,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
                     clip_norm=self.clip_norm, optimizer=self.optimizer, kl_warmup=int(self.kl_warmup),
                     val_fraction=float(self.val_fraction), patience=self.patience, seed=seed, device=self.device,
                     callback=cb, stop_event=stop_event, checkpoint=ck, checkpoint_every=checkpoint_every,
-                    start=s, n_starts=n_starts,
+                    start=s, n_starts=n_starts, precision=self.precision,
                 )
             except Exception:
                 self.history_ = []

@@ -7,7 +7,7 @@ touches Streamlit.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import threading
 import time
@@ -21,6 +21,7 @@ import torch
 from dhaka.model import VAE
 
 Optimizer = Literal["rmsprop", "adam"]
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _batches(X: np.ndarray | sp.csr_matrix, rows: np.ndarray, batch_size: int, device: torch.device,
+def is_row_source(X: Any) -> bool:
+    """A row source is any object with ``shape`` and ``take_rows(idx) -> float32 ndarray``.
+
+    ``dhaka.backed.BackedRows`` (a backed .h5ad read in row batches) is one; fit_vae and
+    encode then read only the rows of each minibatch.
+    """
+    return hasattr(X, "take_rows") and hasattr(X, "shape")
+
+
+def _as_input(X: Any) -> tuple[Any, torch.Tensor | None]:
+    """(matrix, dense tensor or None): CSR stays CSR, row sources stay as they are."""
+    if is_row_source(X):
+        return X, None
+    if sp.issparse(X):
+        return sp.csr_matrix(X, dtype=np.float32), None
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    return X, torch.from_numpy(X)
+
+
+def _batches(X: Any, rows: np.ndarray, batch_size: int, device: torch.device,
              dense_t: torch.Tensor | None) -> Iterator[torch.Tensor]:
     """Yield float32 minibatches of ``rows``; a sparse matrix is densified one batch at a time."""
     pin = device.type == "cuda"
+    source = is_row_source(X)
     for i in range(0, len(rows), batch_size):
         idx = rows[i:i + batch_size]
         if dense_t is not None:
             xb = dense_t[torch.from_numpy(idx)]
+        elif source:
+            xb = torch.from_numpy(np.asarray(X.take_rows(idx), dtype=np.float32))
         else:
             xb = torch.from_numpy(np.asarray(X[idx].toarray(), dtype=np.float32))
         if pin:
@@ -117,6 +140,7 @@ def fit_vae(
     checkpoint_every: int = 5,
     start: int = 0,
     n_starts: int = 1,
+    precision: Precision = "fp32",
 ) -> TrainResult:
     """Train ``model`` on the rows of ``X`` (cells x selected features, raw preprocessed values).
 
@@ -133,22 +157,23 @@ def fit_vae(
         Checked between minibatches; when set, training ends and the model is kept as it is.
     checkpoint
         Called with the epoch number every ``checkpoint_every`` epochs (e.g. to save a run).
+    precision
+        ``"bf16"`` runs the training forward pass and loss under ``torch.autocast`` with
+        bfloat16 (weights, optimiser state, validation and ``encode`` stay float32).
+        Meant for GPUs; see bench/RESULTS.md for the measured speed and the latent
+        difference against fp32.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     dev = resolve_device(device)
     torch.manual_seed(seed)
-    sparse = sp.issparse(X)
-    if sparse:
-        X = sp.csr_matrix(X, dtype=np.float32)
-        dense_t = None
-    else:
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        dense_t = torch.from_numpy(X)
-        if dev.type == "cuda" and X.nbytes < 2 * 1024**3:
-            dense_t = dense_t.to(dev)
+    X, dense_t = _as_input(X)
+    if dense_t is not None and dev.type == "cuda" and X.nbytes < 2 * 1024**3:
+        dense_t = dense_t.to(dev)
     n = X.shape[0]
     train_rows, val_rows = split_rows(n, val_fraction, seed)
     if len(train_rows) < 2:
@@ -167,7 +192,10 @@ def fit_vae(
 
     result = TrainResult(model=model)
     best_val, best_state, since_best = math.inf, None, 0
-    good_state = copy.deepcopy(model.state_dict())
+    # Snapshots are copied into preallocated tensors (no per-epoch allocation of the whole model).
+    good_state = _snapshot(model)
+    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if precision == "bf16"
+           else contextlib.nullcontext())
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         te = time.perf_counter()
@@ -181,7 +209,8 @@ def fit_vae(
                 break
             if xb.shape[0] < min_batch:
                 continue
-            out = model.loss(xb, beta=beta)
+            with amp:
+                out = model.loss(xb, beta=beta)
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             if clip_norm:
@@ -203,7 +232,7 @@ def fit_vae(
                 result,
             )
         val_loss = _evaluate(model, X, val_rows, batch_size, dev, dense_t) if len(val_rows) else float("nan")
-        good_state = copy.deepcopy(model.state_dict())
+        _snapshot(model, into=good_state)
         elapsed = time.perf_counter() - t0
         report = EpochReport(
             epoch=epoch, n_epochs=epochs, loss=loss, reconstruction=rec, kl=kl, val_loss=val_loss,
@@ -220,7 +249,8 @@ def fit_vae(
             break
         if patience is not None and len(val_rows) and epoch >= kl_warmup:
             if val_loss < best_val - 1e-4 * abs(best_val):
-                best_val, best_state, since_best, result.best_epoch = val_loss, good_state, 0, epoch
+                best_state = _snapshot(model, into=best_state)
+                best_val, since_best, result.best_epoch = val_loss, 0, epoch
             else:
                 since_best += 1
                 if since_best >= patience:
@@ -232,6 +262,17 @@ def fit_vae(
         result.best_epoch = len(result.history)
     model.eval()
     return result
+
+
+@torch.no_grad()
+def _snapshot(model: torch.nn.Module, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Copy of ``model.state_dict()``; reuses the tensors of ``into`` when given (no allocation)."""
+    state = model.state_dict()
+    if into is None:
+        return {k: v.detach().clone() for k, v in state.items()}
+    for k, v in state.items():
+        into[k].copy_(v)
+    return into
 
 
 @torch.no_grad()
@@ -253,13 +294,7 @@ def encode(model: VAE, X: np.ndarray | sp.spmatrix, *, batch_size: int = 2048,
     """Posterior means (and optionally variances) of all rows of ``X``, batch by batch."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model.to(dev).eval()
-    sparse = sp.issparse(X)
-    if sparse:
-        X = sp.csr_matrix(X, dtype=np.float32)
-        dense_t = None
-    else:
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        dense_t = torch.from_numpy(X)
+    X, dense_t = _as_input(X)
     mus, vars_ = [], []
     for xb in _batches(X, np.arange(X.shape[0]), batch_size, dev, dense_t):
         mu, logvar = model.encode(model.prepare(xb))
