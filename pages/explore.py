@@ -129,12 +129,14 @@ with b2:
     views = {"Dhaka": (Z, labels)}
     for name, coords in emb.items():
         m, d = name.split("_")
-        v_gmm = cached.gmm_bic(coords, digest=tasks.digest(coords), k_max=int(k_max), seed=seed)
-        views[f"{METHODS[m]} {d.upper()}"] = (coords, np.asarray(v_gmm.labels))
+        v_gmm = widgets.safe_call(cached.gmm_bic, coords, digest=tasks.digest(coords), k_max=int(k_max),
+                                  seed=seed, what=f"GMM on {METHODS[m]}")
+        views[f"{METHODS[m]} {d.upper()}"] = (coords, None if v_gmm is None else np.asarray(v_gmm.labels))
     for view, (coords, lab) in views.items():
         if lab is None:
             continue
-        sc = widgets.safe_call(tasks.cluster_metrics, coords, lab, truth, what=f"Scores of {view}") or {}
+        key = f"{tasks.digest(coords)}-{tasks.digest(lab)}-{truth_col}-{state.get_dataset_key()}"
+        sc = widgets.safe_call(cached.view_scores, coords, lab, truth, key=key, what=f"Scores of {view}") or {}
         rows.append({"view": view, "k": int(len(np.unique(lab))), **{k: sc.get(k) for k in ("silhouette", "ari", "nmi")
                                                                       if k in sc}})
     st.dataframe(pd.DataFrame(rows).set_index("view").round(3), key="scores")

@@ -71,9 +71,16 @@ def umap_warmup() -> UmapWarmup:
 
     The first UMAP fit in a process spends 45-60 s compiling; doing it at
     start-up while the user loads data and trains hides that cost. The thread
-    is a daemon and never touches streamlit.
+    is a daemon and never touches streamlit. ``DHAKA_UMAP_WARMUP=0`` turns it
+    off (tests; machines that never use UMAP).
     """
+    import os
+
     w = UmapWarmup()
+    if os.environ.get("DHAKA_UMAP_WARMUP", "1").strip().lower() in ("0", "false", "no", "off"):
+        w.finished = w.started
+        w.error = "disabled by DHAKA_UMAP_WARMUP=0"
+        return w
     w.thread = threading.Thread(target=w._run, name="dhaka-umap-warmup", daemon=True)
     w.thread.start()
     return w
@@ -146,3 +153,18 @@ def qc_stats(_X: Any, *, digest: str) -> dict[str, Any]:
         lo, hi = (float(np.nanmin(A)), float(np.nanmax(A))) if A.size else (0.0, 0.0)
     return {"library_size": np.asarray(library_size(_X)), "dropout": np.asarray(dropout_fraction(_X)),
             "zero_fraction": 1.0 - nnz / size, "min": lo, "max": hi}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def view_scores(_coords: np.ndarray, _labels: np.ndarray, _truth: Any, *, key: str) -> dict[str, float]:
+    """Silhouette (and ARI / NMI against ``_truth``) of one view's clusters, cached by ``key``.
+
+    ``key`` must identify the coordinates, labels and truth (e.g. digests of the three), so a colour
+    change reruns the page without recomputing silhouettes (O(n^2) on up to 5000 sampled cells).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from dhaka.ui.tasks import cluster_metrics
+
+    with threadpool_limits(1, user_api="blas"):
+        return cluster_metrics(_coords, _labels, _truth)

@@ -130,12 +130,15 @@ DEMOS: tuple[Demo, ...] = (
          "2000 cells x 2000 genes of negative-binomial UMI counts in groups, with library-size variation "
          "and extra dropout. True groups in obs['group'].", truth="group", loader=_simulated("counts")),
     Demo("oligodendroglioma", "Oligodendroglioma (Tirosh et al. 2016; real)",
-         "The paper's own study: 184 cells from oligodendroglioma tumours with cell types and gene positions, "
-         "as packaged by infercnvpy (BSD-3-Clause).", truth="cell_type",
+         "The study the paper analyses: 184 cells x 9450 genes (Smart-seq2, TPM-like values) from four "
+         "oligodendroglioma tumours plus non-malignant oligodendrocytes and microglia, with gene positions. "
+         "From the infercnvpy wheel (BSD-3-Clause); cite Tirosh et al., Nature 2016. Cell types in "
+         "obs['cell_type'].", truth="cell_type",
          path=ASSETS_DATA / "oligodendroglioma.h5ad"),
     Demo("pbmc68k_reduced", "PBMC 68k, reduced (10x Genomics; real)",
-         "700 peripheral blood mononuclear cells with 10 sorted cell types, as packaged by scanpy "
-         "(BSD-3-Clause; data from 10x Genomics).", truth="bulk_labels",
+         "700 peripheral blood mononuclear cells x 765 genes (log-normalised values) with 10 FACS-sorted "
+         "populations in obs['bulk_labels']. From the scanpy wheel (BSD-3-Clause); cite Zheng et al., "
+         "Nat. Commun. 2017.", truth="bulk_labels",
          path=ASSETS_DATA / "pbmc68k_reduced.h5ad"),
 )
 

@@ -26,6 +26,7 @@ TIMEOUT = 120
 def env(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("DHAKA_DEMO_FAST", "1")
+    mp.setenv("DHAKA_UMAP_WARMUP", "0")  # no minute of numba compilation competing with the tests
     mp.setenv("DHAKA_HOME", str(tmp_path_factory.mktemp("dhaka-home")))
     yield
     mp.undo()

@@ -59,7 +59,8 @@ def server(tmp_path_factory):
     _require_browser()
     port = _free_port()
     home = tmp_path_factory.mktemp("dhaka-home")
-    env = {**os.environ, "DHAKA_DEMO_FAST": "1", "DHAKA_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "DHAKA_DEMO_FAST": "1", "DHAKA_HOME": str(home), "OMP_NUM_THREADS": "1",
+           "DHAKA_UMAP_WARMUP": "0"}
     OUT.mkdir(parents=True, exist_ok=True)
     log = open(OUT / "server.log", "w")
     proc = subprocess.Popen(
