@@ -52,7 +52,12 @@ def write_sparse_h5ad(path: str | os.PathLike, n_cells: int, n_genes: int, *, de
     rng = np.random.default_rng(seed)
     p = np.clip(rng.gamma(1.0, density, n_genes), 0.0, 0.9)
     groups = rng.integers(0, n_groups, n_cells)
-    marker = rng.integers(0, n_groups + 4, n_genes)  # genes marking groups 0..n_groups-1, others none
+    marker = rng.integers(0, n_groups * 4, n_genes)  # a quarter of the genes mark one group each
+    is_marker = marker < n_groups
+    for _ in range(20):  # scale the detection rates so that the expected density is `density`
+        boosted = np.minimum(0.9, p * 4 + 0.1)
+        expected = np.where(is_marker, (1 - 1 / n_groups) * p + boosted / n_groups, p).mean()
+        p = np.clip(p * density / expected, 0.0, 0.9)
     mu = rng.gamma(1.0, 1.5, n_genes)
     with h5py.File(path, "w") as f:
         f.attrs["encoding-type"] = "anndata"
