@@ -53,7 +53,7 @@ labels = state.get_clusters()
 
 # ------------------------------------------------------------------ controls
 colour = widgets.color_control(adata, clusters=labels)
-o1, o2, o3 = st.columns([1, 1, 2])
+o1, o2, o3, o4 = st.columns([1, 1, 2, 2], vertical_alignment="bottom")
 dims = o1.segmented_control("Other views", [2, 3], default=2, key="w.exp.dims", format_func=lambda d: f"{d}-D",
                             required=True)
 n = Z.shape[0]
@@ -84,6 +84,32 @@ if model_input is None and state.get_estimator() is not None:
         model_input = state.get_model_input()
 
 warm = cached.umap_warmup()
+umap_note = ("" if warm.done else f" (UMAP is still compiling in the background, started "
+             f"{int(time.time() - warm.started)} s ago; the first UMAP waits for it)")
+
+
+def compute(methods: list[str]) -> None:
+    """Compute the missing embeddings (cached by content digest), store them, redraw."""
+    done = False
+    for method in methods:
+        label = METHODS[method]
+        with st.spinner(f"Computing {label} ({dims}-D)…" + (umap_note if method == "umap" else "")):
+            out = widgets.safe_call(cached.embedding, model_input[0], digest=model_input[1], method=method,
+                                    n_components=int(dims), random_state=seed, what=f"{label} failed")
+        if out is not None:
+            state.set_embedding(f"{method}_{dims}d", out)
+            done = True
+    if done:
+        st.rerun()
+
+
+missing = [m for m in METHODS if f"{m}_{dims}d" not in emb]
+if missing and model_input is not None:
+    if o4.button(f"Compute {', '.join(METHODS[m] for m in missing)}", key="w.exp.compute_all", type="primary",
+                 help="PCA, t-SNE and UMAP of the matrix the model was trained on; cached, so colour changes "
+                      "and later visits are instant." + umap_note):
+        compute(missing)
+
 left, right = st.columns(2)
 with left:
     draw(Z[:, :3] if Z.shape[1] >= 3 else Z, "Dhaka latent space", "dhaka", "fig_dhaka")
@@ -98,16 +124,9 @@ for (method, label), cell in zip(METHODS.items(), cells):
         if model_input is None:
             st.caption("Needs the data the model was trained on (load the matching dataset).")
             continue
-        note = ""
-        if method == "umap" and not warm.done:
-            note = f" (UMAP is still compiling in the background, started {int(time.time() - warm.started)} s ago; the first UMAP waits for it)"
-        if st.button(f"Compute {label}", key=f"w.exp.compute.{name}", help="Cached: later reruns are instant." + note):
-            with st.spinner(f"Computing {label}…{note}"):
-                out = widgets.safe_call(cached.embedding, model_input[0], digest=model_input[1], method=method,
-                                        n_components=int(dims), random_state=seed, what=f"{label} failed")
-            if out is not None:
-                state.set_embedding(name, out)
-                st.rerun()
+        if st.button(f"Compute {label}", key=f"w.exp.compute.{name}",
+                     help="Cached: later reruns are instant." + (umap_note if method == "umap" else "")):
+            compute([method])
 
 # ------------------------------------------------------------------ scores
 st.subheader("Clusters and scores")

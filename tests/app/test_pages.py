@@ -218,6 +218,21 @@ def test_explore_shows_latent_clusters_scores_and_downloads(trained):
     assert not at.exception and not at.error
 
 
+def test_embeddings_computed_on_demand_and_scored(trained):
+    at, _ = trained
+    at.switch_page("pages/explore.py").run()
+    n_charts = len(at.get("plotly_chart"))
+    at.button(key="w.exp.compute.pca_2d").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["dhaka.embeddings"]["pca_2d"].shape == (200, 2)
+    assert len(at.get("plotly_chart")) == n_charts + 1
+    assert "PCA 2D" in at.dataframe[0].value.index
+    # switching the colour keeps the embedding (no recomputation needed)
+    before = at.session_state["dhaka.embeddings"]["pca_2d"]
+    at.selectbox(key="w.colour").set_value("obs: group").run()
+    assert at.session_state["dhaka.embeddings"]["pca_2d"] is before
+
+
 def test_k_override_changes_the_clusters_in_use(trained):
     at, _ = trained
     at.switch_page("pages/explore.py").run()
