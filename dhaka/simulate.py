@@ -184,7 +184,7 @@ def counts(
     (``de_fraction``) of genes by a log-normal fold change (log fold change
     ~ ``de_logfc`` x Gamma(4, 1/4)); cells get log-normal size factors
     (s.d. 0.4 on the natural log scale); counts are gamma-Poisson with biological
-    coefficient of variation ``0.2 + 1/sqrt(1 + mean)``... capped; then extra
+    coefficient of variation ``min(0.2 + 1 / sqrt(1 + mean), 1)``; then extra
     technical dropout removes counts with probability ``1 / (1 + exp(log(mu) - m))``,
     ``m = dropout_midpoint`` (strongest in lowly expressed genes).
 
@@ -370,9 +370,10 @@ def cnv_pair(
     The genome (hg19 autosomes) is cut into about ``n_bins`` equal bins. A diploid
     baseline (state 2) gets truncal events shared by both clones, then each clone
     gets ``n_clonal_events`` gains/losses of its own (segments of 10%-60% of a
-    chromosome). The first sample has ``n_cells[0]`` cells, a ``minor_fraction`` of
-    them from the minor clone; the second (later) sample has ``n_cells[1]`` cells of
-    the major clone only.
+    chromosome, redrawn until the two clones differ in at least 5% of the bins).
+    The first sample has ``n_cells[0]`` cells, a ``minor_fraction`` of them from
+    the minor clone; the second (later) sample has ``n_cells[1]`` cells of the
+    major clone only.
 
     Realism: each cell also carries private events (Poisson(``private_events``)
     random segments, 1 bin to 40% of a chromosome, changed by +-1 or +-2) and
@@ -419,12 +420,15 @@ def cnv_pair(
     add_events(ancestor, 3, min_len=10, max_frac=0.6)
     major = ancestor.copy()
     minor = ancestor.copy()
-    # clone-specific events must actually change the profile; redraw until they do
-    while np.array_equal(major, minor):
+    # clone-specific events must set the clones clearly apart (>= 5% of the bins); redraw until they do
+    need = max(5, int(0.05 * nb)) if n_clonal_events > 0 else 1
+    for _ in range(1000):
         major = ancestor.copy()
         minor = ancestor.copy()
         add_events(major, n_clonal_events, min_len=10, max_frac=0.6)
         add_events(minor, n_clonal_events, min_len=10, max_frac=0.6)
+        if (np.clip(major, 0, max_state) != np.clip(minor, 0, max_state)).sum() >= need:
+            break
     major = np.clip(major, 0, max_state)
     minor = np.clip(minor, 0, max_state)
 
