@@ -595,6 +595,18 @@ def clear_cache(cache_root: str | os.PathLike | None = None) -> int:
 
 
 # ------------------------------------------------------------------------- fit
+def _precision_kw(est) -> dict:
+    """``precision=`` for fit_vae when both the estimator and the loop know it."""
+    import inspect
+
+    from dhaka.train import fit_vae
+
+    p = getattr(est, "precision", "fp32")
+    if p != "fp32" or "precision" in inspect.signature(fit_vae).parameters:
+        return {"precision": p}
+    return {}
+
+
 def _input_affine(est, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
     """The estimator's ``_fit_input_affine`` from the cached per-gene moments."""
     g = prep.gene_indices.size
@@ -698,7 +710,7 @@ def fit_backed(
                       lr=float(est.lr), clip_norm=est.clip_norm, optimizer=est.optimizer,
                       kl_warmup=int(est.kl_warmup), val_fraction=float(est.val_fraction), patience=est.patience,
                       seed=seed, device=est.device, callback=est._wrap_callback(callback, n_starts),
-                      stop_event=stop_event, start=s, n_starts=n_starts)
+                      stop_event=stop_event, start=s, n_starts=n_starts, **_precision_kw(est))
         score = est._score_start(model, S, seed) if n_starts > 1 else {"silhouette": float("nan"), "k": None}
         hist = [r.as_dict() for r in res.history]
         est.start_scores_.append({"start": s, "seed": seed, **score, "final_loss": hist[-1]["loss"] if hist else

@@ -137,6 +137,17 @@ def test_fit_backed_equals_in_memory_fit_and_transform_backed(h5, tmp_path):
     np.testing.assert_allclose(backed.transform_backed(again, path), Z, atol=1e-5)
 
 
+def test_training_streamed_from_the_cache_equals_training_in_memory(h5, tmp_path):
+    """Above max_memory_bytes fit_vae reads each minibatch's rows from the cache file."""
+    path, X = h5
+    mem = backed.fit_backed(path, cache_root=tmp_path / "c", **SMALL)
+    streamed = backed.fit_backed(path, cache_root=tmp_path / "c", max_memory_bytes=1, **SMALL)
+    assert mem.prepared_["in_memory"] and not streamed.prepared_["in_memory"]
+    assert streamed.prepared_["from_cache"]
+    assert [h["loss"] for h in streamed.history_] == [h["loss"] for h in mem.history_]
+    np.testing.assert_array_equal(backed.transform_backed(streamed, path), backed.transform_backed(mem, path))
+
+
 def test_dense_h5ad_and_missing_genes(tmp_path):
     X = _counts(seed=1)
     path = _write(tmp_path / "d.h5ad", X, sparse=False)
