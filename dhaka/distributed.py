@@ -105,6 +105,21 @@ def _split(n: int, world_size: int, rank: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------- global batch norm
+def _sum_all_reduce(t: torch.Tensor, *, group) -> torch.Tensor:
+    """Differentiable SUM all-reduce (the backward all-reduces the gradients).
+
+    ``torch.distributed.nn.functional.all_reduce`` is marked deprecated in favour of
+    ``_functional_collectives``, a private module; the public one is kept, warning silenced.
+    """
+    import warnings
+
+    from torch.distributed.nn.functional import all_reduce as _all_reduce
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return _all_reduce(t, group=group)
+
+
 class _BNState:
     """Shared between the adapter and the patched BatchNorm layers of one fit."""
 
@@ -115,8 +130,6 @@ class _BNState:
 
 def _global_bn_forward(self: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
     """BatchNorm1d with statistics over the global batch (all ranks), differentiable."""
-    from torch.distributed.nn.functional import all_reduce
-
     st: _BNState = self._dhaka_bn_state
     if not self.training:
         return type(self).forward(self, x)
@@ -124,11 +137,11 @@ def _global_bn_forward(self: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
     xf = x.float()
     c = xf.shape[1]
     local = torch.cat([xf.sum(0) * w, xf.new_full((1,), float(xf.shape[0]) * w)])
-    tot = all_reduce(local, group=st.group)
+    tot = _sum_all_reduce(local, group=st.group)
     count = tot[c]
     mean = tot[:c] / count
     sq = (((xf - mean) ** 2).sum(0) * w)
-    var = all_reduce(sq, group=st.group) / count  # biased, as batch norm normalises with
+    var = _sum_all_reduce(sq, group=st.group) / count  # biased, as batch norm normalises with
     y = (xf - mean) * torch.rsqrt(var + self.eps)
     if self.affine:
         y = y * self.weight + self.bias
