@@ -410,7 +410,9 @@ def bic_curve(
     if len(skipped):
         fig.add_annotation(text="skipped k: " + ", ".join(str(int(k)) for k in skipped), xref="paper",
                            yref="paper", x=1, y=1, xanchor="right", showarrow=False, font={"size": 10})
-    layout: dict[str, Any] = {"xaxis": {"title": {"text": "number of clusters k"}, "dtick": 1},
+    x_max = int(ks.max()) if ks.size else 1
+    layout: dict[str, Any] = {"xaxis": {"title": {"text": "number of clusters k"}, "dtick": 1,
+                                        "range": [0.5, x_max + 0.5]},
                               "yaxis": {"title": {"text": "BIC"}}, "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
                               "showlegend": False}
     if title:

@@ -158,7 +158,10 @@ with b2:
         sc = widgets.safe_call(cached.view_scores, coords, lab, truth, key=key, what=f"Scores of {view}") or {}
         rows.append({"view": view, "k": int(len(np.unique(lab))), **{k: sc.get(k) for k in ("silhouette", "ari", "nmi")
                                                                       if k in sc}})
-    st.dataframe(pd.DataFrame(rows).set_index("view").round(3), key="scores")
+    scores = pd.DataFrame(rows).set_index("view").apply(pd.to_numeric, errors="coerce").round(3)
+    st.dataframe(scores, key="scores", column_config={
+        "silhouette": st.column_config.NumberColumn("silhouette", help="undefined (empty) for a single cluster"),
+        "ari": st.column_config.NumberColumn("ARI"), "nmi": st.column_config.NumberColumn("NMI")})
     st.caption("Each view's own GMM clusters (BIC); Dhaka uses the clusters above. "
                + ("ARI / NMI against " + truth_col + "." if truth_col else "Pick true labels to see ARI / NMI."))
 

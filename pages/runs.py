@@ -21,7 +21,9 @@ if not infos:
     st.stop()
 
 table = pd.DataFrame([i.as_row() for i in infos]).set_index("id")
-st.dataframe(table, key="runs_table", column_config={
+st.dataframe(table, key="runs_table",
+             column_order=["date", "status", "data", "shape", "final_loss", "ari", "checkpoint_epoch", "settings"],
+             column_config={
     "final_loss": st.column_config.NumberColumn("final loss", format="%.4g"),
     "ari": st.column_config.NumberColumn("ARI", format="%.3f"),
     "checkpoint_epoch": st.column_config.NumberColumn("checkpoint epoch")})
