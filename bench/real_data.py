@@ -1,0 +1,205 @@
+"""Real data benchmark: the shipped oligodendroglioma and pbmc68k_reduced data sets.
+
+* ``assets/data/oligodendroglioma.h5ad`` (Tirosh et al. 2016; 184 cells x 9450 genes, TPM-like;
+  paper Fig. 4a): does the 3-D embedding separate malignant cells (the four tumours) from
+  non-malignant ones (oligodendrocytes, microglia/macrophages)?
+* ``assets/data/pbmc68k_reduced.h5ad`` (Zheng et al. 2017; 700 cells x 765 genes, log-normalised):
+  GMM-BIC clusters against the ten FACS ``bulk_labels``.
+
+How the binary (malignant vs non-malignant) ARI is computed from GMM-BIC clusters -- three
+numbers, because a GMM that (rightly) splits the malignant cells by tumour is penalised by a
+plain two-class ARI:
+
+``ari_direct``
+    ARI between the GMM-BIC clusters (k chosen by BIC, any number) and the binary truth.
+``ari_majority``
+    Each GMM-BIC cluster is labelled malignant or non-malignant by the majority of its cells;
+    ARI between these mapped labels and the binary truth (1.0 when no cluster mixes the two).
+``ari_k2``
+    A two-component GMM (``gmm_fixed_k(Z, 2)``) against the binary truth.
+
+``ari_types`` is the ARI of the GMM-BIC clusters against the six ``cell_type`` labels.
+
+Methods: the default ``Dhaka()``, PCA-3, t-SNE-3, UMAP-3 (on the same preprocessed input the
+default Dhaka saw) and any ``--variant NAME=JSON`` Dhaka settings. Seeds 0..N-1; mean +- sd.
+
+Run ``python -m bench.real_data`` (``--help`` for options); the tables go to stdout and to the
+``real-data`` section of ``bench/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bench.common import (embed_baseline, latent_sd, machine_description, markdown_table, mean_sd,
+                          preprocessed, set_threads, write_section)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "assets" / "data"
+OUT = Path(__file__).resolve().parent / "out"
+BASELINES = ("pca", "tsne", "umap")
+PCA_REPORTED = 0.46
+
+
+def majority_map(clusters: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Label every cluster with the most common truth label among its cells."""
+    clusters = np.asarray(clusters)
+    truth = np.asarray(truth).astype(str)
+    out = np.empty(truth.shape, dtype=object)
+    for c in np.unique(clusters):
+        m = clusters == c
+        vals, counts = np.unique(truth[m], return_counts=True)
+        out[m] = vals[np.argmax(counts)]
+    return out.astype(str)
+
+
+def binary_scores(Z: np.ndarray, binary: np.ndarray, types: np.ndarray, *, seed: int) -> dict[str, Any]:
+    """``ari_direct``, ``ari_majority``, ``ari_k2``, ``ari_types`` and ``k`` of an embedding."""
+    from dhaka.cluster import ari, gmm_bic, gmm_fixed_k, silhouette
+
+    Z = np.asarray(Z, dtype=np.float64)
+    res = gmm_bic(Z, k_max=10, seed=seed)
+    two = gmm_fixed_k(Z, 2, seed=seed)
+    return {"k": int(res.k), "ari_direct": ari(binary, res.labels),
+            "ari_majority": ari(binary, majority_map(res.labels, binary)),
+            "ari_k2": ari(binary, two.labels), "ari_types": ari(types, res.labels),
+            "silhouette_binary": float(silhouette(Z, binary))}
+
+
+def label_scores(Z: np.ndarray, labels: np.ndarray, *, seed: int, other: np.ndarray | None = None) -> dict[str, Any]:
+    from dhaka.cluster import ari, gmm_bic, nmi
+
+    res = gmm_bic(np.asarray(Z, dtype=np.float64), k_max=10, seed=seed)
+    out = {"k": int(res.k), "ari": ari(labels, res.labels), "nmi": nmi(labels, res.labels)}
+    if other is not None:
+        out["ari_louvain"] = ari(other, res.labels)
+    return out
+
+
+def _embed_all(adata, *, seed: int, methods: list[str], variants: dict[str, dict],
+               scorer: Callable[[np.ndarray], dict], log: Callable[[dict], None]) -> list[dict]:
+    from dhaka import Dhaka
+
+    rows = []
+
+    def fit(name, est):
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Z = est.fit_transform(adata)
+        rec = {"method": name, **scorer(Z), "latent_sd": latent_sd(Z), "seconds": time.perf_counter() - t0,
+               "epochs": len(est.history_)}
+        log(rec)
+        rows.append(rec)
+        return est
+
+    est = fit("dhaka", Dhaka(seed=seed))
+    S = preprocessed(est, adata)
+    for m in methods:
+        if m in BASELINES:
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                E = embed_baseline(S, m, n_components=3, seed=seed)
+            rec = {"method": m, **scorer(E), "seconds": time.perf_counter() - t0}
+            log(rec)
+            rows.append(rec)
+    for name, params in variants.items():
+        fit(name, Dhaka(seed=seed, **params))
+    return rows
+
+
+def _summary(records: list[dict], metrics: list[str], order: list[str]) -> list[dict]:
+    rows = []
+    methods = sorted(dict.fromkeys(r["method"] for r in records),
+                     key=lambda m: order.index(m) if m in order else len(order))
+    for m in methods:
+        rs = [r for r in records if r["method"] == m]
+        row = {"method": m}
+        for k in metrics:
+            row[k] = mean_sd([r[k] for r in rs])
+        row["GMM k"] = "/".join(str(r["k"]) for r in rs)
+        row["seconds"] = mean_sd([r["seconds"] for r in rs], 1)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dhaka import io
+    from dhaka.preprocess import detect_kind
+
+    ap = argparse.ArgumentParser(prog="python -m bench.real_data", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--datasets", default="oligodendroglioma,pbmc68k_reduced")
+    ap.add_argument("--methods", default="pca,tsne,umap")
+    ap.add_argument("--variant", action="append", default=[], help="extra Dhaka row NAME=JSON of parameters")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+
+    set_threads(args.threads)
+    machine = machine_description()
+    print(machine, flush=True)
+    methods = [m for m in args.methods.split(",") if m]
+    variants = {v.partition("=")[0]: json.loads(v.partition("=")[2]) for v in args.variant}
+    order = ["dhaka", *variants, *BASELINES]
+    OUT.mkdir(exist_ok=True)
+    sections = []
+    t_all = time.perf_counter()
+    for ds in [d for d in args.datasets.split(",") if d]:
+        adata = io.read(DATA / f"{ds}.h5ad")
+        kind = detect_kind(adata.X)
+        records: list[dict] = []
+        for seed in range(args.seeds):
+            def log(rec, _seed=seed, _ds=ds):
+                rec.update(dataset=_ds, seed=_seed)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}),
+                      flush=True)
+                with (OUT / "real_data.jsonl").open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+
+            if ds == "oligodendroglioma":
+                binary = adata.obs["malignant"].astype(str).to_numpy()
+                types = adata.obs["cell_type"].astype(str).to_numpy()
+                scorer = lambda Z, _s=seed: binary_scores(Z, binary, types, seed=_s)  # noqa: E731
+            else:
+                labels = adata.obs["bulk_labels"].astype(str).to_numpy()
+                louv = adata.obs["louvain"].astype(str).to_numpy()
+                scorer = lambda Z, _s=seed: label_scores(Z, labels, seed=_s, other=louv)  # noqa: E731
+            records += _embed_all(adata, seed=seed, methods=methods, variants=variants, scorer=scorer, log=log)
+        if ds == "oligodendroglioma":
+            metrics = ["ari_direct", "ari_majority", "ari_k2", "ari_types"]
+            head = (f"### oligodendroglioma (Tirosh 2016; {adata.n_obs} cells x {adata.n_vars} genes; "
+                    f"detected `{kind.kind}`: {kind.reason})\n\nMalignant (4 tumours, 142 cells) vs "
+                    "non-malignant (oligodendrocytes + microglia/macrophages, 42 cells), paper Fig. 4a. "
+                    "`ari_direct`: GMM-BIC clusters vs the binary truth; `ari_majority`: each GMM-BIC cluster "
+                    "mapped to its majority class, then ARI vs the binary truth; `ari_k2`: a 2-component GMM vs "
+                    f"the binary truth; `ari_types`: GMM-BIC clusters vs the six cell types. The issue quotes "
+                    f"PCA-3 + GMM at {PCA_REPORTED} here (our `ari_direct` is the comparable number).\n")
+        else:
+            metrics = ["ari", "nmi", "ari_louvain"]
+            head = (f"### pbmc68k_reduced (Zheng 2017; {adata.n_obs} cells x {adata.n_vars} genes; detected "
+                    f"`{kind.kind}`: {kind.reason})\n\nGMM-BIC clusters vs the ten FACS `bulk_labels` "
+                    "(`ari`, `nmi`) and vs the scanpy tutorial's `louvain` clusters (`ari_louvain`).\n")
+        table = markdown_table(_summary(records, metrics, order))
+        print("\n" + head + "\n" + table, flush=True)
+        sections.append(head + "\n" + table)
+    total = time.perf_counter() - t_all
+    if not args.no_write:
+        text = (f"## Real data (`python -m bench.real_data`)\n\nMachine: {machine}. Whole run: "
+                f"{total / 60:.1f} min. Seeds 0..{args.seeds - 1} (mean ± sd). Every embedding is 3-D, "
+                "clustered by `dhaka.cluster.gmm_bic` (k = 1..10); baselines embed the default Dhaka's "
+                "own preprocessed input, gene-centred.\n\n" + "\n".join(sections))
+        write_section("real-data", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
