@@ -462,12 +462,17 @@ def gmm_bic(
         return _fit_one(Zf, k, seed=seed, covariance_type=covariance_type, reg=reg,
                         n_init=n_init, max_iter=max_iter)
 
-    if n_jobs != 1 and len(todo) > 1:
-        from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
 
-        fits = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(run)(k) for k in todo)
-    else:
-        fits = [run(k) for k in todo]
+    # EM on (n, d) with small d gains nothing from multi-threaded BLAS and loses a lot
+    # to oversubscription (measured: 13.6 s vs 0.23 s for k=8 on 200 x 3 on a busy machine)
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n_jobs != 1 and len(todo) > 1:
+            from joblib import Parallel, delayed
+
+            fits = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(run)(k) for k in todo)
+        else:
+            fits = [run(k) for k in todo]
 
     bic = np.full(k_max, np.nan)
     icl = np.full(k_max, np.nan)
@@ -580,8 +585,11 @@ def gmm_fixed_k(
         if kk > 1 and kk > n_unique:
             skip_reasons[kk] = f"only {n_unique} distinct points"
             continue
-        gm, b, err = _fit_one(Zf, kk, seed=seed, covariance_type=covariance_type, reg=reg, n_init=n_init,
-                              max_iter=200)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            gm, b, err = _fit_one(Zf, kk, seed=seed, covariance_type=covariance_type, reg=reg, n_init=n_init,
+                                  max_iter=200)
         if gm is None:
             skip_reasons[kk] = err or "fit failed"
             continue

@@ -45,7 +45,7 @@ def test_gmm_bic_finds_five_separated_groups(merge):
 
 def test_gmm_bic_one_blob_is_one_cluster():
     rng = np.random.default_rng(1)
-    r = cluster.gmm_bic(rng.normal(size=(150, 3)), k_max=6, seed=0)
+    r = cluster.gmm_bic(rng.normal(size=(150, 3)), k_max=6, seed=0, n_init=1)
     assert r.k == 1
 
 
@@ -67,7 +67,7 @@ def test_gmm_fixed_k_infeasible_falls_back_and_says_why():
 # -------------------------------------------------------------------------- degenerate
 def test_twenty_points_report_skipped_k_without_raising():
     Z = np.random.default_rng(0).normal(size=(20, 3))
-    r = cluster.gmm_bic(Z, k_max=10, seed=0)
+    r = cluster.gmm_bic(Z, k_max=10, seed=0, n_init=1)
     assert r.skipped, "k that cannot be fitted on 20 points must be reported"
     assert all(k > 5 for k in r.skipped)                         # 20 cells / (3 + 1) = 5 components at most
     assert all(np.isnan(r.bic[k - 1]) for k in r.skipped)
@@ -78,11 +78,11 @@ def test_twenty_points_report_skipped_k_without_raising():
 def test_duplicate_points():
     rng = np.random.default_rng(0)
     Z = np.vstack([np.repeat(rng.normal(size=(1, 3)), 30, axis=0), rng.normal(size=(30, 3)) + 10])
-    r = cluster.gmm_bic(Z, k_max=6, seed=0)
+    r = cluster.gmm_bic(Z, k_max=6, seed=0, n_init=1)
     assert r.labels.shape == (60,)
     assert len(set(r.labels[:30])) == 1                           # the identical points stay together
     only_three = np.repeat(np.eye(3) * 5, 10, axis=0)             # 3 distinct points
-    r3 = cluster.gmm_bic(only_three, k_max=6, seed=0)
+    r3 = cluster.gmm_bic(only_three, k_max=6, seed=0, n_init=1)
     assert r3.k == 3 and all("distinct" in r3.skip_reasons[k] for k in (4, 5, 6) if k in r3.skip_reasons)
     assert 4 in r3.skipped
 
@@ -90,17 +90,17 @@ def test_duplicate_points():
 def test_constant_columns_and_all_constant():
     Z, y = _blobs(k=3)
     Zc = np.column_stack([Z, np.full(len(Z), 7.0)])
-    r = cluster.gmm_bic(Zc, k_max=5, seed=0)
+    r = cluster.gmm_bic(Zc, k_max=5, seed=0, n_init=1)
     assert r.k == 3 and cluster.ari(y, r.labels) > 0.9
     flat = np.ones((25, 3))
-    rf = cluster.gmm_bic(flat, k_max=5, seed=0)
+    rf = cluster.gmm_bic(flat, k_max=5, seed=0, n_init=1)
     assert rf.k == 1 and np.all(rf.labels == 0)
 
 
 def test_one_dimensional_input():
     rng = np.random.default_rng(0)
     z = np.r_[rng.normal(0, 1, 80), rng.normal(12, 1, 80)]
-    r = cluster.gmm_bic(z, k_max=5, seed=0)
+    r = cluster.gmm_bic(z, k_max=5, seed=0, n_init=1)
     assert r.k == 2
     assert cluster.ari(np.repeat([0, 1], 80), r.labels) > 0.95
 
