@@ -45,10 +45,10 @@ with upload_tab:
         from dhaka import io
 
         adata = widgets.safe_call(io.read, up.getvalue(), filename=up.name, orientation=orientation,
-                                  what=f"Could not read {up.name}")
+                                  what="Could not read the file")
         if adata is not None and meta is not None:
             adata = widgets.safe_call(io.read_metadata, meta.getvalue(), adata, filename=meta.name,
-                                      what=f"Could not read the metadata {meta.name}")
+                                      what="Could not read the metadata")
         if adata is not None:
             fp = widgets.safe_call(io.fingerprint, adata)
             state.set_dataset(adata, name=up.name, source="upload", filename=up.name, fingerprint=fp)

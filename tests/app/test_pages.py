@@ -124,7 +124,8 @@ def test_bad_uploads_show_the_problem_and_keep_the_previous_dataset(env, tmp_pat
         at.button(key="w.data.load_file").click().run()
         assert not at.exception, (name, [e.value for e in at.exception])
         errors = [e.value for e in at.error]
-        assert len(errors) == 1 and errors[0].startswith(f"Could not read {path.name}"), (name, errors)
+        assert len(errors) == 1 and errors[0].startswith("Could not read the file: "), (name, errors)
+        assert path.name in errors[0], (name, errors[0])  # the message names the file
         assert message_ok(name, errors[0]), (name, errors[0])
         assert at.session_state["dhaka.dataset_info"]["key"] == before, name
         assert metric(at, "Cells") == "200"
