@@ -56,6 +56,8 @@ class UmapWarmup:
 
     def _run(self) -> None:
         try:
+            import torch  # noqa: F401  - a few seconds, better spent before the first Start than after it
+
             from dhaka.reduce import warmup_umap
 
             warmup_umap()

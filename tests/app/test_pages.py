@@ -305,3 +305,28 @@ def test_runs_page_lists_opens_compares_and_deletes(trained):
 
     ids = [i.id for i in RunStore().list()]
     assert run2 not in ids and run_id in ids
+
+
+def test_interrupted_run_is_listed_and_its_checkpoint_opens(env):
+    """A run whose writer died mid-training lists as interrupted; its checkpoint opens into Explore."""
+    from dhaka.estimator import Dhaka
+    from dhaka.runs import RunStore
+    from dhaka.ui import demos, tasks
+
+    adata, _ = demos.load("paper")
+    est = Dhaka(structure="shallow", epochs=1, batch_size=64, kl_warmup=0, val_fraction=0.0, patience=None)
+    est.fit(adata)
+    run = RunStore().create(settings=est.get_params(),
+                            data={"name": demos.get("paper").title, "fingerprint": tasks.data_fingerprint(adata)})
+    run.write_checkpoint(est.save, 1)
+    run.close()  # the writer goes away without finishing: what a server crash leaves behind
+
+    at = new_app()
+    at.switch_page("pages/runs.py").run()
+    assert at.dataframe[0].value.loc[run.id, "status"] == "interrupted"
+    at.selectbox(key="w.runs.sel").set_value(run.id).run()
+    assert any("interrupted" in w.value and "checkpoint of epoch 1" in w.value for w in at.warning)
+    at.button(key="w.runs.open").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["dhaka.result_info"]["run_id"] == run.id
+    np.testing.assert_allclose(at.session_state["dhaka.latent"], est.transform(adata), atol=1e-4)
