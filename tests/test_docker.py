@@ -184,6 +184,53 @@ def test_no_secrets(instructions):
         assert entry in ignore, f"{entry} must be kept out of the build context"
 
 
+def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's .dockerignore matching: anchored at the context root, ``**`` spans folders."""
+    pattern = pattern.strip("/")
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out + "(?:/.*)?$")  # a matched folder excludes everything under it
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    ignored = False
+    for pat in patterns:
+        negate = pat.startswith("!")
+        if _dockerignore_regex(pat[1:] if negate else pat).match(path):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_what_the_app_needs():
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    needed = [f for f in tracked if f.startswith(("dhaka/", "pages/", "assets/", ".streamlit/"))
+              or f in ("app.py", "requirements.txt")]
+    assert any(f.startswith("dhaka/") for f in needed)
+    assert not [f for f in needed if _ignored(f, patterns) and not f.endswith(".pyc")]
+    for gone in ("dhaka-runs/runs/x/run.json", ".git/config", "tests/test_jobs.py", "data.h5ad",
+                 "dhaka/__pycache__/jobs.cpython-311.pyc", ".streamlit/secrets.toml"):
+        assert _ignored(gone, patterns), gone
+    assert not _ignored("assets/data/demo.h5ad", patterns)
+
+
 def test_cpu_torch_pinned_like_requirements(instructions):
     args = _arg_defaults(instructions)
     assert args["TORCH_VERSION"] == _requirements_pin("torch")
