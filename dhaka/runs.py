@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import errno
-import fcntl
 import io
 import json
 import math
@@ -55,6 +54,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+try:  # POSIX; on Windows liveness falls back to pid / heartbeat checks
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -356,6 +360,8 @@ def _pid_alive(pid: int) -> bool:
 
 def _lock_state(lock_path: Path) -> Literal["held", "free", "unknown"]:
     """Whether another open file description holds the run's lock."""
+    if fcntl is None:  # pragma: no cover
+        return "unknown"
     try:
         fd = os.open(lock_path, os.O_RDWR)
     except OSError:
@@ -742,9 +748,10 @@ class Run:
     def close(self) -> None:
         """Release the run's lock (a still-``running`` run then lists as interrupted)."""
         fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
+        if fd is not None and fd >= 0:  # -1: writer without flock support
             try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)
 
@@ -920,7 +927,12 @@ class RunStore:
         lock_fd: int | None = None
         try:
             lock_fd = os.open(tmp / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:  # pragma: no cover - no flock: readers use pid / heartbeat
+                os.close(lock_fd)
+                lock_fd = -1
+                (tmp / LOCK_FILE).unlink()
             files: dict[str, str] = {}
             if genes is not None:
                 atomic_write_bytes(tmp / "genes.txt", ("\n".join(map(str, genes)) + "\n").encode("utf-8"))
@@ -953,7 +965,7 @@ class RunStore:
             _fsync_dir(tmp)
             os.rename(tmp, final)  # the run appears complete or not at all
         except BaseException:
-            if lock_fd is not None:
+            if lock_fd is not None and lock_fd >= 0:
                 os.close(lock_fd)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
