@@ -136,6 +136,7 @@ with b1:
         fig_bic = plots.bic_curve(np.arange(1, len(gmm.bic) + 1), gmm.bic, best_k=int(gmm.k), chosen_k=state.get_cluster_k(),
                                   skipped=list(getattr(gmm, "skipped", [])))
         st.plotly_chart(fig_bic, key="fig_bic", config=widgets.PLOTLY_CONFIG)
+        widgets.figure_downloads(fig_bic, "gmm-bic", key="dl_fig_bic")
 with b2:
     truth_opts = [None] + [str(c) for c in adata.obs.columns]
     cur = state.get_truth_column()

@@ -95,7 +95,10 @@ def live_progress() -> None:
     else:
         st.error(f"Training failed: {snap.get('error')}")
     if snap["history"]:
-        st.plotly_chart(plots.loss_curves(snap["history"]), key="train_loss", config=widgets.PLOTLY_CONFIG)
+        fig = plots.loss_curves(snap["history"])
+        st.plotly_chart(fig, key="train_loss", config=widgets.PLOTLY_CONFIG)
+        if status not in ("queued", "running"):
+            widgets.figure_downloads(fig, "training-loss", key="dl_fig_loss")
     if active and status not in ("queued", "running"):
         st.rerun()  # the whole app: collect the result, switch the fragment's polling off
 
