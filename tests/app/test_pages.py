@@ -173,7 +173,7 @@ def test_stop_ends_training_and_keeps_the_model(env):
     at.number_input(key="w.train.epochs").set_value(2000).run()
     at.button(key="w.train.start").click().run()
     job = at.session_state["dhaka.job"]
-    deadline = time.time() + 60
+    deadline = time.time() + 180
     while time.time() < deadline and not job.snapshot()["history"]:
         time.sleep(0.2)
     at.run()
