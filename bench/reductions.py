@@ -113,6 +113,11 @@ def main(argv=None) -> None:
             if name in last:
                 n0, s0 = last[name]
                 pred = s0 * _nlogn(n) / _nlogn(n0)
+                if s0 > a.budget:  # even the previous size did not fit: report the prediction only
+                    rows.append([name, f"{n:,}", "0", 2, float("nan"),
+                                 f"not run: predicted {pred:.0f} s from {s0:.0f} s at {n0:,} cells"])
+                    print(rows[-1], flush=True)
+                    continue
                 if pred > a.budget:
                     # largest subsample predicted to fit the budget
                     lo, hi = n0, n
