@@ -131,12 +131,13 @@ def test_tsne_opentsne_fft_2d(groups):
     assert _separates(Y, y)
 
 
+@pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("n", [1, 3, 5, 12, 40])
-def test_tsne_tiny_inputs(n):
+def test_tsne_tiny_inputs(n, k):
     X = np.random.default_rng(0).normal(size=(n, 10)).astype(np.float32)
     info: dict = {}
-    Y = reduce.tsne(X, n_components=2, perplexity=30, info=info)
-    assert Y.shape == (n, 2) and np.all(np.isfinite(Y))
+    Y = reduce.tsne(X, n_components=k, perplexity=30, info=info)
+    assert Y.shape == (n, k) and np.all(np.isfinite(Y))
     if n >= 4:
         assert info["perplexity"] < n
 
