@@ -7,6 +7,7 @@ analysis pages are listed only when their files exist.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import streamlit as st
@@ -65,4 +66,9 @@ with st.sidebar:
     st.caption("Dhaka: Rashid, Shah & Pandya, *Bioinformatics* 2019. "
                + ("Fast demo mode (DHAKA_DEMO_FAST)." if demos.demo_fast() else ""))
 widgets.show_notices()
-page.run()
+try:
+    page.run()
+except Exception as exc:  # noqa: BLE001 - last line of defence: a message, never a traceback, in the UI
+    logging.getLogger("dhaka.app").exception("page %s failed", page.title)
+    st.error(f"Something went wrong on this page: {widgets.error_message(exc)}. "
+             "Your data and results are kept; the details are in the server log.")

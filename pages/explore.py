@@ -66,10 +66,12 @@ size = o3.slider("Point size", 1.0, 10.0, float(plots.default_point_size(min(n, 
 
 
 def draw(coords: np.ndarray, title: str, prefix: str, key: str) -> None:
-    fig = plots.scatter(coords, color=colour.values, color_name=colour.name,
-                        color_type="auto" if colour.kind == "auto" else colour.kind, cell_ids=obs_names,
-                        title=title, axis_prefix=prefix, point_size=size, max_points=int(max_points), seed=0,
-                        height=460)
+    fig = widgets.safe_call(plots.scatter, coords, color=colour.values, color_name=colour.name,
+                            color_type="auto" if colour.kind == "auto" else colour.kind, cell_ids=obs_names,
+                            title=title, axis_prefix=prefix, point_size=size, max_points=int(max_points),
+                            seed=0, height=460, what=title)
+    if fig is None:
+        return
     st.plotly_chart(fig, key=key, config=widgets.PLOTLY_CONFIG)
     widgets.figure_downloads(fig, key, key=f"dl_{key}")
 

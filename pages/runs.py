@@ -60,8 +60,11 @@ else:
     y, n, _ = st.columns([1, 1, 3])
     if y.button("Yes, delete", key="w.runs.confirm", type="primary"):
         st.session_state.pop("w.runs.pending_delete", None)
-        if widgets.safe_call(store.delete, sel, what="Could not delete") is not False:
+        try:
+            store.delete(sel)
             state.push_notice("success", f"Deleted run {sel}.")
+        except Exception as exc:  # noqa: BLE001
+            state.push_notice("error", f"Could not delete run {sel}: {widgets.error_message(exc)}")
         st.rerun()
     if n.button("Cancel", key="w.runs.cancel"):
         st.session_state.pop("w.runs.pending_delete", None)

@@ -330,3 +330,28 @@ def test_interrupted_run_is_listed_and_its_checkpoint_opens(env):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.session_state["dhaka.result_info"]["run_id"] == run.id
     np.testing.assert_allclose(at.session_state["dhaka.latent"], est.transform(adata), atol=1e-4)
+
+
+def test_failures_show_a_message_never_a_traceback(trained, monkeypatch):
+    from dhaka import plots
+    from dhaka.ui import widgets
+
+    at, _ = trained
+    at.switch_page("pages/explore.py").run()
+
+    def boom(*args, **kwargs):
+        raise ValueError("colour vector broken")
+
+    monkeypatch.setattr(plots, "scatter", boom)  # a library call guarded by the page
+    at.run()
+    assert not at.exception
+    assert any("Dhaka latent space: colour vector broken" in e.value for e in at.error)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(widgets, "color_control", boom)  # anything else: the app-level guard
+    at.run()
+    assert not at.exception
+    assert any("Something went wrong on this page: colour vector broken" in e.value for e in at.error)
+    monkeypatch.undo()
+    at.run()
+    assert not at.exception and not at.error
