@@ -355,3 +355,20 @@ def test_failures_show_a_message_never_a_traceback(trained, monkeypatch):
     monkeypatch.undo()
     at.run()
     assert not at.exception and not at.error
+
+
+@pytest.mark.parametrize("key,truth", [("oligodendroglioma", "cell_type"), ("pbmc68k_reduced", "bulk_labels"),
+                                       ("trajectory", "branch")])
+def test_other_demos_load_with_their_truth(env, key, truth):
+    from dhaka.ui import demos
+
+    if not demos.get(key).is_available:
+        pytest.skip(f"{key} is not shipped in assets/data")
+    at = new_app()
+    at.selectbox(key="w.data.demo").set_value(key).run()
+    at.button(key="w.data.load_demo").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    adata = at.session_state["dhaka.dataset"]
+    assert metric(at, "Cells") == f"{adata.n_obs:,}"
+    assert at.session_state["dhaka.truth_column"] == truth
+    assert any("Training matrix" in s.value for s in at.success)
