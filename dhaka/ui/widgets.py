@@ -135,6 +135,30 @@ def _structure_label(structure: Any) -> str:
     return "Custom layer list"
 
 
+#: Labels of the estimator's named presets (``dhaka.estimator.PRESETS``).
+PRESET_LABELS = {"default": "Library defaults (robust)", "paper": "The paper's exact settings",
+                 "fast": "Quick look (shallow, few epochs)"}
+
+
+def apply_train_preset(name: str) -> None:
+    """Replace the training (and, where the preset says, preprocessing) choices with a named preset; rerun."""
+    from dhaka.estimator import PRESETS, Dhaka
+
+    values = {**Dhaka().get_params(), **PRESETS[name]}
+    prep_keys = ("mode", "n_genes", "gene_selection", "normalize", "log", "relative")
+    train = {k: v for k, v in values.items() if k not in prep_keys}
+    state.set_train_params(train)
+    prep = state.get_preprocess()
+    for k in prep_keys:
+        if k in PRESETS[name] and k != "mode":
+            prep[k] = PRESETS[name][k]
+            st.session_state.pop(f"w.prep.{k}", None)
+    state.set_preprocess(prep)
+    for key in [k for k in st.session_state if str(k).startswith("w.train.") and k != "w.train.preset"]:
+        del st.session_state[key]
+    st.rerun()
+
+
 def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) -> dict[str, Any]:
     """Training choices -> keyword arguments of :class:`dhaka.Dhaka` (also stored in state).
 
@@ -148,9 +172,14 @@ def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) ->
     Raises nothing: an invalid custom layer list is reported with ``st.error``
     and the form returns ``{}``.
     """
-    from dhaka.estimator import Dhaka
+    from dhaka.estimator import PRESETS, Dhaka
 
     base = Dhaka().get_params()
+    p1, p2, _ = st.columns([2, 1, 3], vertical_alignment="bottom")
+    preset = p1.selectbox("Start from", list(PRESETS), key="w.train.preset", format_func=PRESET_LABELS.get,
+                          help="Fills the form below with a named set of settings; change anything afterwards.")
+    if p2.button("Apply", key="w.train.apply_preset"):
+        apply_train_preset(preset)
     cur = {**base, **(defaults or {}), **state.get_train_params()}
     structure = cur.get("structure", "deep")
     _seed("w.train.structure", _structure_label(structure))

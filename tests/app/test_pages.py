@@ -155,6 +155,21 @@ def test_training_finishes_and_is_collected(trained):
     assert len(at.get("plotly_chart")) == 1  # the loss curves
 
 
+def test_paper_preset_fills_the_form(env):
+    from dhaka.estimator import PRESETS
+
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    at.selectbox(key="w.train.preset").set_value("paper").run()
+    at.button(key="w.train.apply_preset").click().run()
+    assert not at.exception and not at.error
+    params = at.session_state["dhaka.train_params"]
+    for k in ("lr", "batch_size", "epochs", "likelihood", "scale", "kl_warmup", "patience", "batch_norm"):
+        assert params[k] == PRESETS["paper"][k], k
+    assert at.selectbox(key="w.train.structure").value == "Paper deep (1024-512-256)"
+    assert at.session_state["dhaka.preprocess"]["relative"] is False
+
+
 def test_custom_structure_is_validated(env):
     at = new_app()
     at.switch_page("pages/train.py").run()
