@@ -158,7 +158,7 @@ def pca(
             model = PCA(n_components=k, svd_solver="auto", random_state=random_state)
             Y = model.fit_transform(X)
             evr = model.explained_variance_ratio_
-            solver = model._fit_svd_solver
+            solver = getattr(model, "_fit_svd_solver", "auto")
     Y = np.nan_to_num(np.asarray(Y), nan=0.0)
     info.update(solver=solver, n_computed=int(Y.shape[1]), seconds=time.perf_counter() - t0)
     if evr is not None:
