@@ -10,6 +10,7 @@ from dhaka.preprocess import detect_kind
 from dhaka.ui import cached, demos, state, widgets
 
 st.title("Data")
+st.caption("Load a built-in demo or your own matrix, check it, choose the preprocessing — then train on the Train page.")
 
 FORMATS = ["csv", "tsv", "txt", "gz", "h5ad", "zip", "npz", "npy", "mtx"]
 limit_mb = int(st.get_option("server.maxUploadSize"))
