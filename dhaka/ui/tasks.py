@@ -283,7 +283,7 @@ def make_train_task(
             stopped = bool(getattr(est, "stopped_", False) or ctx.stop_event.is_set())
             status = "stopped" if stopped else "done"
             run.finish(status=status, save_fn=est.save, latent=latent_frame(Z, obs_names, labels=labels),
-                       history=history, metrics=metrics)
+                       history=history, metrics=metrics, device=getattr(est, "device_", None))
         except BaseException as exc:
             try:
                 run.finish(status="failed", history=history, error=f"{type(exc).__name__}: {exc}")
