@@ -79,7 +79,17 @@ def median(xs) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MB), from getrusage."""
+    """Peak resident set size of this process so far (MB).
+
+    ``VmHWM`` from /proc/self/status where available: getrusage's ``ru_maxrss`` survives
+    fork + exec on Linux, so a child started by a big parent would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

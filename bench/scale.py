@@ -175,7 +175,7 @@ def run_memory(a) -> str:
         f"read backed through `dhaka.backed.fit_backed` / `transform_backed`: select {a.select} genes (cv), "
         f"train {a.epochs} epoch of the `{a.structure}` structure (estimator defaults otherwise), embed all "
         f"cells{', GMM-BIC (k <= 8, fitted on a 20k subsample, 2 threads)' if a.gmm else ''}. Fresh process; "
-        "peak RSS from getrusage.",
+        "peak RSS = its VmHWM.",
         "",
         _machine.markdown_table(
             ["stage", "seconds"],
