@@ -4,7 +4,7 @@
 chunks, never held in memory), end to end through ``dhaka.backed``: read backed ->
 gene statistics in chunks -> select 5000 genes (cached preprocessed CSR) -> train one
 epoch -> embed every cell. Each stage's seconds and the process's peak RSS
-(``getrusage``), in a fresh process so nothing else inflates it. Target: < 4 GB.
+(``VmHWM``), in a fresh process so nothing else inflates it. Target: < 4 GB.
 
 ``throughput``: cells/s and GFLOP/s of ``fit_vae`` (deep structure, estimator defaults,
 batch 512) at 4k / 20k / 100k cells x 5000 genes, from a dense array and from CSR
