@@ -270,7 +270,7 @@ def main(argv=None) -> None:
         print(scvi_line)
     if a.write:
         body = "\n".join([
-            "## Speed: deep structure, 4347 cells x 5000 genes (`python bench/speed.py`)",
+            f"## Speed: deep structure, 4347 cells x 5000 genes, {dev} (`python bench/speed.py`)",
             "",
             f"Machine: {machine}. Measured fp32 matmul peak: **{peak:.0f} GFLOP/s** (best 2048^3 sgemm, "
             f"{a.threads} threads). Network 5000-1024-512-256-3 (+ mirror), {fpc / 1e6:.1f} MFLOP per cell "
@@ -286,7 +286,7 @@ def main(argv=None) -> None:
             "",
             md, "", scvi_line,
         ])
-        _machine.write_section("speed", body)
+        _machine.write_section("speed" if dev == "cpu" else f"speed-{dev}", body)
         print("wrote bench/RESULTS.md (speed section)")
 
 
