@@ -1,0 +1,711 @@
+"""Load test of the app (issue 5): N simulated sessions train at once against one live server.
+
+Two ways to drive the sessions, both through the app's real code path (the Train
+page submits :func:`dhaka.ui.tasks.make_train_task` to the server's one
+:class:`dhaka.jobs.JobManager`, which writes a run into the :class:`dhaka.runs.RunStore`):
+
+``--mode browser`` (default)
+    Starts ``streamlit run app.py`` on a free 127.0.0.1 port with its own
+    ``DHAKA_HOME`` (a temporary folder), ``DHAKA_DEMO_FAST=1``,
+    ``DHAKA_UMAP_WARMUP=0`` and ``DHAKA_MAX_JOBS``; opens N Chromium browser
+    contexts (N independent Streamlit sessions over the websocket) with
+    Playwright; each opens the app, goes to the Train page, sets the epochs,
+    and all press *Start training* together; each then watches its own page
+    ("Queued: position k" -> "Epoch i/n" -> "Finished ... (run ID)").
+``--mode apptest``
+    The same flow with N ``streamlit.testing`` AppTest sessions in this
+    process (one process-wide job manager, as in the server).  No browser needed.
+
+Reported: wall time from the first click to the last "Finished", throughput
+(runs per minute), time from click to training start per session (the run's
+``created`` time in the store minus the click; the run is created as the job
+starts), the most trainings seen running at once (from the runs' created /
+finished times; must not exceed ``max_jobs``), and the store check: exactly N
+runs, all ``done``, N distinct owners, each run id shown by exactly one session
+and that session's run, with the requested number of epochs.
+
+Run: ``python -m bench.load_test --sessions 4 --epochs 3`` (writes the ``load``
+section of ``bench/RESULTS.md``; ``--no-write`` to only print).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as _dt
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SECTION = "load"
+
+Mode = Literal["browser", "apptest"]
+
+_FINISHED = re.compile(r"Finished: (\d+) epochs.*?\(run ([^)\s]+)\)")
+_QUEUED = re.compile(r"Queued: position (\d+)")
+_EPOCH = re.compile(r"Epoch (\d+)/(\d+)")
+_FAILED = re.compile(r"Training failed: ([^\n]*)")
+_STOPPED = re.compile(r"Stopped after (\d+) epochs")
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class SessionResult:
+    """What one simulated session did and saw.
+
+    Attributes
+    ----------
+    index
+        0-based session number.
+    clicked
+        Wall-clock time (``time.time()``) of pressing *Start training*.
+    finished_seen
+        Wall-clock time the session's page first showed the end of its training, or ``None``.
+    outcome
+        ``"done"``, ``"stopped"``, ``"failed"`` or ``"timeout"`` as shown on the page.
+    run_id
+        The run id the page named in its "Finished" message, or ``None``.
+    epochs_shown
+        The epoch count in the "Finished" message.
+    queue_positions
+        Every "Queued: position k" value the page showed.
+    saw_running
+        ``True`` when the page showed an "Epoch i/n" progress line.
+    owner
+        The session id (AppTest mode only; a browser cannot see it).
+    runs_listed
+        Browser mode: the run ids the Runs page offers with "Only runs started in this
+        browser session" on (should be exactly :attr:`run_id`).
+    page_error
+        Browser mode: an exception while driving the page (element not found, time-out).
+    message
+        Error text (training failure, time-out, page problem).
+    """
+
+    index: int
+    clicked: float | None = None
+    finished_seen: float | None = None
+    outcome: str = "timeout"
+    run_id: str | None = None
+    epochs_shown: int | None = None
+    queue_positions: list[int] = field(default_factory=list)
+    saw_running: bool = False
+    owner: str | None = None
+    message: str | None = None
+    runs_listed: list[str] | None = None
+    page_error: str | None = None
+
+    def observe(self, text: str, now: float) -> bool:
+        """Update from the page's text; ``True`` once the training has ended (any way)."""
+        for m in _QUEUED.finditer(text):
+            pos = int(m.group(1))
+            if not self.queue_positions or self.queue_positions[-1] != pos:
+                self.queue_positions.append(pos)
+        if _EPOCH.search(text):
+            self.saw_running = True
+        m = _FINISHED.search(text)
+        if m:
+            self.outcome, self.epochs_shown, self.run_id = "done", int(m.group(1)), m.group(2)
+        elif _STOPPED.search(text):
+            self.outcome = "stopped"
+        elif _FAILED.search(text):
+            self.outcome, self.message = "failed", _FAILED.search(text).group(1)
+        else:
+            return False
+        self.finished_seen = now
+        return True
+
+
+@dataclass
+class LoadResult:
+    """The whole load test: sessions, the stored runs and the checks.
+
+    Attributes
+    ----------
+    mode, sessions, max_jobs, epochs
+        The set-up.
+    home
+        The ``DHAKA_HOME`` the runs were stored under.
+    results
+        One :class:`SessionResult` per session.
+    runs
+        ``run id -> run.json record`` of every run in the store afterwards.
+    problems
+        Every failed check, in words (empty when all is well).
+    """
+
+    mode: str
+    sessions: int
+    max_jobs: int
+    epochs: int
+    home: Path
+    results: list[SessionResult]
+    runs: dict[str, dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+
+    # -- derived figures ------------------------------------------------------------
+    @property
+    def wall_s(self) -> float:
+        """First click to the last session seeing its training end."""
+        clicks = [r.clicked for r in self.results if r.clicked is not None]
+        ends = [r.finished_seen for r in self.results if r.finished_seen is not None]
+        return max(ends) - min(clicks) if clicks and ends else float("nan")
+
+    @property
+    def n_done(self) -> int:
+        """Runs stored with status ``done``."""
+        return sum(1 for rec in self.runs.values() if rec.get("status") == "done")
+
+    @property
+    def throughput(self) -> float:
+        """Completed runs per minute over the wall time."""
+        w = self.wall_s
+        return 60.0 * self.n_done / w if w == w and w > 0 else float("nan")
+
+    def queue_waits(self) -> list[float]:
+        """Per session: its run's ``created`` time minus its click (seconds), where both are known."""
+        out = []
+        for r in self.results:
+            rec = self.runs.get(r.run_id or "")
+            t = _iso(rec.get("created")) if rec else None
+            if t is not None and r.clicked is not None:
+                out.append(max(0.0, t - r.clicked))
+        return out
+
+    def max_concurrent(self) -> int:
+        """Most runs that were training at the same moment (from created/finished in the store)."""
+        events = []
+        for rec in self.runs.values():
+            a, b = _iso(rec.get("created")), _iso(rec.get("finished"))
+            if a is not None and b is not None:
+                events += [(a, 1), (b, -1)]
+        events.sort(key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+        cur = best = 0
+        for _, d in events:
+            cur += d
+            best = max(best, cur)
+        return best
+
+    @property
+    def failures(self) -> int:
+        """Sessions whose training did not end as ``done``."""
+        return sum(1 for r in self.results if r.outcome != "done")
+
+    def summary_row(self) -> dict[str, Any]:
+        waits = self.queue_waits()
+        return {
+            "mode": self.mode,
+            "sessions": self.sessions,
+            "max_jobs": self.max_jobs,
+            "epochs": self.epochs,
+            "wall s": _f(self.wall_s),
+            "runs/min": _f(self.throughput, 2),
+            "p50 queue wait s": _f(statistics.median(waits)) if waits else "n/a",
+            "max queue wait s": _f(max(waits)) if waits else "n/a",
+            "max running at once": self.max_concurrent(),
+            "runs stored (done)": f"{self.n_done}/{self.sessions}",
+            "failures": self.failures,
+        }
+
+    def session_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for r in self.results:
+            rec = self.runs.get(r.run_id or "") or {}
+            created, finished = _iso(rec.get("created")), _iso(rec.get("finished"))
+            rows.append({
+                "session": r.index,
+                "outcome": r.outcome,
+                "run": r.run_id or "-",
+                "queue positions shown": ",".join(map(str, r.queue_positions)) or "-",
+                "click to start s": _f(created - r.clicked) if created and r.clicked else "n/a",
+                "training s": _f(finished - created) if created and finished else "n/a",
+                "click to finished on page s": (_f(r.finished_seen - r.clicked)
+                                                if r.finished_seen and r.clicked else "n/a"),
+                "own runs listed": "n/a" if r.runs_listed is None else len(r.runs_listed),
+            })
+        return rows
+
+
+def _f(x: float, digits: int = 1) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def _iso(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.timestamp()
+
+
+def stored_runs(home: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """``run id -> run.json record`` of every run under ``home`` (via :class:`dhaka.runs.RunStore`)."""
+    from dhaka.runs import RunStore
+
+    store = RunStore(home)
+    out = {}
+    for info in store.list():
+        rec = dict(store.open(info.id).record)
+        rec["status"] = info.status  # effective status (interrupted when the writer died)
+        out[info.id] = rec
+    return out
+
+
+def check(result: LoadResult) -> list[str]:
+    """Every run stored and done, one per session, each session saw only its own run.
+
+    Returns
+    -------
+    list of str
+        The problems found (also stored in ``result.problems``).
+    """
+    problems: list[str] = []
+    n = result.sessions
+    for r in result.results:
+        if r.page_error:
+            problems.append(f"session {r.index}: {r.page_error}")
+        if r.outcome != "done":
+            problems.append(f"session {r.index}: training ended as {r.outcome}"
+                            + (f" ({r.message})" if r.message else ""))
+        if r.run_id is not None and r.run_id not in result.runs:
+            problems.append(f"session {r.index}: its page names run {r.run_id}, which is not in the store")
+        if r.epochs_shown is not None and r.epochs_shown != result.epochs:
+            problems.append(f"session {r.index}: finished {r.epochs_shown} epochs, asked for {result.epochs}")
+    if len(result.runs) != n:
+        problems.append(f"{len(result.runs)} runs stored for {n} sessions")
+    not_done = {k: v.get("status") for k, v in result.runs.items() if v.get("status") != "done"}
+    if not_done:
+        problems.append(f"runs not done: {not_done}")
+    owners = [rec.get("owner") for rec in result.runs.values()]
+    if any(not o for o in owners):
+        problems.append("a stored run has no owner")
+    if len(set(owners)) != len(owners):
+        problems.append(f"runs share an owner: {owners}")
+    shown = [r.run_id for r in result.results if r.run_id is not None]
+    if len(set(shown)) != len(shown):
+        problems.append(f"two sessions were shown the same run: {shown}")
+    for r in result.results:
+        rec = result.runs.get(r.run_id or "")
+        if rec is None:
+            continue
+        if r.owner is not None and rec.get("owner") != r.owner:
+            problems.append(f"session {r.index} was shown run {r.run_id} of another owner")
+        if r.runs_listed is not None and r.runs_listed != [r.run_id]:
+            problems.append(f"session {r.index}: its own-runs list shows {r.runs_listed}, expected [{r.run_id}]")
+        epochs = (rec.get("settings") or {}).get("epochs")
+        if epochs != result.epochs:
+            problems.append(f"run {r.run_id} has epochs={epochs}, the session set {result.epochs}")
+    if result.max_concurrent() > result.max_jobs:
+        problems.append(f"{result.max_concurrent()} trainings ran at once with max_jobs={result.max_jobs}")
+    result.problems = problems
+    return problems
+
+
+# ----------------------------------------------------------------------------- live server
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(home: str | os.PathLike[str], *, max_jobs: int = 1, port: int | None = None,
+                log_path: str | os.PathLike[str] | None = None, timeout: float = 120.0) -> Iterator[str]:
+    """``streamlit run app.py`` on 127.0.0.1 with its own run store; yields the base URL.
+
+    The server is stopped (terminate, then kill) when the block ends.
+    """
+    port = port or free_port()
+    env = {**os.environ, "DHAKA_HOME": str(home), "DHAKA_DEMO_FAST": "1", "DHAKA_UMAP_WARMUP": "0",
+           "DHAKA_MAX_JOBS": str(int(max_jobs)), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log_path = Path(log_path) if log_path else Path(home) / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log_path}")
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"streamlit did not become healthy within {timeout:.0f} s; see {log_path}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def browser_available() -> str | None:
+    """``None`` when Chromium and Playwright are there, else what is missing."""
+    problems = []
+    if not Path(CHROMIUM).exists():
+        problems.append(f"{CHROMIUM} is missing")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        problems.append("the playwright package is not installed")
+    return "; ".join(problems) or None
+
+
+async def _browser_session(browser: Any, url: str, res: SessionResult, *, epochs: int, ready: asyncio.Barrier,
+                           timeout: float, shots: Path | None) -> None:
+    from playwright.async_api import expect
+
+    context = await browser.new_context(viewport={"width": 1300, "height": 1000})
+    page = await context.new_page()
+    page.set_default_timeout(min(timeout, 60.0) * 1000)  # one page action; the training wait has its own
+    waited = False
+    try:
+        await page.goto(url)
+        await expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible(timeout=timeout * 1000)
+        await page.get_by_role("link", name="Train").click()
+        await expect(page.get_by_role("heading", name="Train", exact=True)).to_be_visible(timeout=timeout * 1000)
+        box = page.get_by_label("Epochs", exact=True)
+        await box.fill(str(epochs))
+        await box.press("Enter")
+        await _settle(page, timeout)
+        if await box.input_value() != str(epochs):
+            raise RuntimeError(f"the Epochs box shows {await box.input_value()!r}")
+        waited = True
+        await ready.wait()  # every session is on its Train page: press Start together
+        start = page.get_by_role("button", name="Start training")
+        await start.click()
+        res.clicked = time.time()
+        main = page.locator('[data-testid="stMain"]')
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                text = await main.inner_text(timeout=10_000)
+            except Exception:  # noqa: BLE001 - the page is redrawing; try again
+                text = ""
+            if res.observe(text, time.time()):
+                break
+            await asyncio.sleep(0.25)
+        else:
+            res.outcome, res.message = "timeout", f"no end of training within {timeout:.0f} s"
+        if res.outcome == "done":
+            # the page collects the result in one more rerun: Start is offered again
+            await expect(start).to_be_enabled(timeout=timeout * 1000)
+            await _settle(page, timeout)
+            if shots is not None:
+                await page.screenshot(path=shots / f"session-{res.index}-train.png")
+            res.runs_listed = await _own_runs_listed(page, timeout)
+            if shots is not None:
+                await page.screenshot(path=shots / f"session-{res.index}-runs.png")
+    except Exception as exc:  # noqa: BLE001 - reported as this session's failure
+        res.page_error = f"{type(exc).__name__}: " + " ".join(str(exc).split())[:300]
+        if shots is not None:
+            with contextlib.suppress(Exception):
+                await page.screenshot(path=shots / f"session-{res.index}-failure.png")
+        if not waited:
+            with contextlib.suppress(Exception):
+                await ready.abort()
+    finally:
+        await context.close()
+
+
+async def _own_runs_listed(page: Any, timeout: float) -> list[str]:
+    """Runs page, "Only runs started in this browser session": the run ids its picker offers."""
+    from playwright.async_api import expect
+
+    await page.get_by_role("link", name="Runs").click()
+    await expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible(timeout=timeout * 1000)
+    await _settle(page, timeout)
+    toggle = page.get_by_role("switch", name="Only runs started in this browser session")
+    for _ in range(10):  # a click during a rerun can be lost: click until the toggle stays on
+        if await toggle.is_checked():
+            break
+        await page.get_by_text("Only runs started in this browser session").click()
+        await _settle(page, timeout)
+    else:
+        raise RuntimeError("the 'Only runs started in this browser session' toggle did not turn on")
+    options = page.get_by_role("option")
+    for _ in range(10):
+        await page.get_by_role("combobox", name="Run", exact=True).click()
+        try:
+            await expect(options.first).to_be_visible(timeout=5_000)
+            break
+        except AssertionError:
+            await _settle(page, timeout)
+    texts = await options.all_inner_texts()
+    await page.keyboard.press("Escape")
+    return [t.split("·")[0].strip() for t in texts]
+
+
+async def _settle(page: Any, timeout: float) -> None:
+    """Wait until Streamlit has finished the rerun a widget change started."""
+    await asyncio.sleep(0.5)
+    widget = page.locator('[data-testid="stStatusWidget"]')
+    deadline = time.time() + timeout
+    quiet = 0
+    while time.time() < deadline and quiet < 3:
+        quiet = quiet + 1 if not await widget.is_visible() else 0
+        await asyncio.sleep(0.2)
+
+
+async def _run_browser(url: str, results: list[SessionResult], *, epochs: int, timeout: float,
+                       shots: Path | None) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            ready = asyncio.Barrier(len(results))
+            await asyncio.gather(*(_browser_session(browser, url, r, epochs=epochs, ready=ready, timeout=timeout,
+                                                    shots=shots) for r in results))
+        finally:
+            await browser.close()
+
+
+def run_browser(sessions: int, *, epochs: int, max_jobs: int, home: str | os.PathLike[str],
+                timeout: float = 240.0, shots: str | os.PathLike[str] | None = None) -> LoadResult:
+    """N Chromium sessions against a live ``streamlit run app.py`` (see the module docstring).
+
+    Parameters
+    ----------
+    sessions
+        Number of browser sessions (one browser context each).
+    epochs
+        Epochs each session sets on the Train page.
+    max_jobs
+        ``DHAKA_MAX_JOBS`` of the server.
+    home
+        ``DHAKA_HOME`` of the server (should be empty).
+    timeout
+        Seconds any one step, and each session's wait for its training, may take.
+    shots
+        Folder for a screenshot of every session's final page, or ``None``.
+
+    Returns
+    -------
+    LoadResult
+        Checked (see :func:`check`).
+    """
+    missing = browser_available()
+    if missing:
+        raise RuntimeError(f"the browser load test needs a browser: {missing}")
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    shots_dir = Path(shots) if shots else None
+    if shots_dir:
+        shots_dir.mkdir(parents=True, exist_ok=True)
+    results = [SessionResult(i) for i in range(sessions)]
+    with live_server(home, max_jobs=max_jobs) as url:
+        asyncio.run(_run_browser(url, results, epochs=epochs, timeout=timeout, shots=shots_dir))
+        # the server may still be writing the last run's files when its page says Finished
+        _wait_runs_settled(home, sessions, timeout=30)
+    result = LoadResult("browser", sessions, max_jobs, epochs, home, results, stored_runs(home))
+    check(result)
+    return result
+
+
+def _wait_runs_settled(home: Path, n: int, *, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = stored_runs(home)
+        if len(runs) >= n and all(rec.get("status") != "running" for rec in runs.values()):
+            return
+        time.sleep(0.5)
+
+
+# ----------------------------------------------------------------------------- AppTest
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _apptest_texts(at: Any) -> str:
+    parts = []
+    for kind in ("info", "success", "warning", "error"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    for p in at.get("progress"):
+        parts.append(str(getattr(p, "proto", None) and p.proto.text or ""))
+    return "\n".join(parts)
+
+
+def run_apptest(sessions: int, *, epochs: int, home: str | os.PathLike[str], timeout: float = 240.0,
+                poll: float = 0.5) -> LoadResult:
+    """N AppTest sessions of ``app.py`` in this process, sharing its job manager.
+
+    Each session runs the app, opens the Train page, sets the epochs and
+    presses *Start training* (one after the other, fast); then every session is
+    rerun every ``poll`` seconds, as the page's own polling does, until its
+    page shows the end of its training.  ``max_jobs`` is the process-wide
+    manager's limit (``DHAKA_MAX_JOBS`` when this process created it).
+    """
+    from streamlit.testing.v1 import AppTest
+
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    results = [SessionResult(i) for i in range(sessions)]
+    with _env(DHAKA_HOME=str(home), DHAKA_DEMO_FAST="1", DHAKA_UMAP_WARMUP="0"):
+        from dhaka.jobs import get_manager
+
+        max_jobs = get_manager().max_running
+        apps = []
+        for r in results:
+            at = AppTest.from_file(str(APP), default_timeout=timeout)
+            at.run()
+            at.switch_page("pages/train.py").run()
+            at.number_input(key="w.train.epochs").set_value(epochs).run()
+            if at.exception:
+                raise RuntimeError(f"session {r.index}: {[e.value for e in at.exception]}")
+            r.owner = at.session_state["dhaka.session_id"]
+            apps.append(at)
+        for r, at in zip(results, apps):
+            at.button(key="w.train.start").click()
+            r.clicked = time.time()
+            at.run()
+        deadline = time.time() + timeout
+        pending = set(range(sessions))
+        while pending and time.time() < deadline:
+            for i in sorted(pending):
+                at, r = apps[i], results[i]
+                at.run()
+                if at.exception:
+                    r.outcome, r.message = "failed", str([e.value for e in at.exception])
+                    pending.discard(i)
+                    continue
+                job = at.session_state["dhaka.job"] if "dhaka.job" in at.session_state else None
+                if job is not None and job.owner != r.owner:
+                    r.message = f"the session holds job {job.id} of owner {job.owner}"
+                if r.observe(_apptest_texts(at), time.time()):
+                    pending.discard(i)
+            if pending:
+                time.sleep(poll)
+        for i in pending:
+            results[i].outcome, results[i].message = "timeout", f"no end of training within {timeout:.0f} s"
+        for r, at in zip(results, apps):
+            # a manager-level view of isolation: each owner holds exactly its own job
+            jobs = get_manager().jobs(r.owner) if r.owner else []
+            if len(jobs) != 1:
+                r.message = (r.message or "") + f" manager lists {len(jobs)} jobs for this session"
+            if r.outcome == "done":  # the user's view: the Runs page, own runs only
+                at.switch_page("pages/runs.py").run()
+                at.toggle(key="w.runs.mine").set_value(True).run()
+                if at.exception:
+                    r.page_error = str([e.value for e in at.exception])
+                else:
+                    r.runs_listed = [str(o).split("·")[0].strip() for o in at.selectbox(key="w.runs.sel").options]
+        _wait_runs_settled(home, sessions, timeout=30)
+        result = LoadResult("apptest", sessions, max_jobs, epochs, home, results, stored_runs(home))
+    check(result)
+    for r in results:
+        if r.message and r.outcome == "done":
+            result.problems.append(f"session {r.index}: {r.message}")
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+def run_load(mode: Mode = "browser", *, sessions: int = 4, epochs: int = 3, max_jobs: int = 1,
+             home: str | os.PathLike[str] | None = None, timeout: float = 240.0,
+             shots: str | os.PathLike[str] | None = None) -> LoadResult:
+    """Run the load test in ``mode`` with a fresh run store (a temporary folder when ``home`` is ``None``)."""
+    if home is None:
+        home = tempfile.mkdtemp(prefix="dhaka-load-")
+    if mode == "browser":
+        return run_browser(sessions, epochs=epochs, max_jobs=max_jobs, home=home, timeout=timeout, shots=shots)
+    if mode == "apptest":
+        return run_apptest(sessions, epochs=epochs, home=home, timeout=timeout)
+    raise ValueError(f"mode is 'browser' or 'apptest', got {mode!r}")
+
+
+def report(results: list[LoadResult]) -> str:
+    """Markdown: the summary table, the per-session tables and the problems."""
+    from bench.common import markdown_table
+
+    out = [markdown_table([r.summary_row() for r in results])]
+    for r in results:
+        out.append(f"\nSessions, {r.mode} mode:\n\n" + markdown_table(r.session_rows()))
+        if r.problems:
+            out.append("\nProblems:\n" + "\n".join(f"- {p}" for p in r.problems) + "\n")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-jobs", type=int, default=1, help="DHAKA_MAX_JOBS of the server (browser mode)")
+    parser.add_argument("--mode", choices=["browser", "apptest", "both"], default="browser")
+    parser.add_argument("--timeout", type=float, default=240.0)
+    parser.add_argument("--shots", default=None, help="folder for a screenshot of each browser session")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("DHAKA_MAX_JOBS", str(args.max_jobs))  # the AppTest mode's process-wide manager
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from bench.common import machine_description, set_threads, write_section
+
+    set_threads(1)
+    machine = machine_description()
+    modes = ["browser", "apptest"] if args.mode == "both" else [args.mode]
+    done = []
+    for mode in modes:
+        with tempfile.TemporaryDirectory(prefix="dhaka-load-") as home:
+            r = run_load(mode, sessions=args.sessions, epochs=args.epochs, max_jobs=args.max_jobs, home=home,
+                         timeout=args.timeout, shots=args.shots)
+        done.append(r)
+        print(report([r]), flush=True)
+    text = report(done)
+    if not args.no_write:
+        body = (
+            "## Load test: N sessions train at once on one server (`bench/load_test.py`)\n\n"
+            f"`python -m bench.load_test --sessions {args.sessions} --epochs {args.epochs} --max-jobs "
+            f"{args.max_jobs} --mode {args.mode}`. Browser mode: `streamlit run app.py` on 127.0.0.1 "
+            "(fast demo: 200 cells x 300 genes, shallow network), one headless Chromium context per session "
+            "(Playwright); every session opens the app, goes to Train, sets the epochs, and all press Start "
+            "together. AppTest mode: the same flow with `streamlit.testing` sessions in one process. "
+            "Queue wait = the run's creation in the store (the job starting) minus the click; "
+            "max running at once from the runs' created/finished times. Checked: N runs stored, all done, "
+            "N distinct owners, each session shown its own run and no other.\n\n"
+            f"Machine: {machine}\n\n{text}")
+        write_section(SECTION, body)
+        print(f"wrote the '{SECTION}' section of bench/RESULTS.md")
+    return 0 if all(not r.problems for r in done) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
