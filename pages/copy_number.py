@@ -38,19 +38,21 @@ if Z is not None:
     c1, c2 = st.columns([2, 1])
     robust = c1.toggle("Robust clone calls", value=True, key="w.cnv.robust",
                        help="GMM-BIC over-splits the heavy-tailed clouds that per-cell private events make. "
-                            "Robust calls merge overlapping mixture components and fold clusters smaller than "
-                            "the minimum clone size into their neighbour (dhaka.analysis.copy_number.call_clones).")
-    min_pct = c2.number_input("Minimum clone size (% of cells)", 0.0, 50.0, 5.0, step=1.0, key="w.cnv.min",
-                              disabled=not robust)
+                            "Robust calls join mixture components whose union is unimodal and fold clusters "
+                            "smaller than the minimum clone size into the clone they fit best (dhaka.analysis.copy_number.call_clones).")
+    min_size = c2.selectbox("Minimum clone size", ["auto", 0.01, 0.02, 0.05, 0.1, None], key="w.cnv.min",
+                            disabled=not robust,
+                            format_func=lambda v: "auto (10 cells or 1%)" if v == "auto" else
+                            "none" if v is None else f"{v:.0%} of cells")
     if robust:
         digest = state.get_result_info().get("latent_digest") or tasks.digest(Z)
         cached_calls = st.session_state.get(CALLS_KEY)
-        if cached_calls is None or cached_calls[:2] != (digest, min_pct):
+        if cached_calls is None or cached_calls[:2] != (digest, min_size):
             with st.spinner("Calling clones…"):
-                res = widgets.safe_call(copy_number.call_clones, Z, min_cluster_size=min_pct / 100 or None,
+                res = widgets.safe_call(copy_number.call_clones, Z, min_cluster_size=min_size,
                                         seed=int(state.get_estimator_params().get("seed", 0)),
                                         what="Clone calling")
-            cached_calls = (digest, min_pct, res)
+            cached_calls = (digest, min_size, res)
             st.session_state[CALLS_KEY] = cached_calls
         gmm = cached_calls[2]
         labels = None if gmm is None else np.asarray(gmm.labels)

@@ -185,16 +185,16 @@ def call_clones(
     *,
     k_max: int = 10,
     seed: int = 0,
-    min_cluster_size: int | float | None = 0.05,
-    merge_tol: float = 0.1,
+    min_cluster_size: int | float | Literal["auto"] | None = "auto",
+    merge_tol: float | None = None,
 ):
     """GMM clusters of a copy-number latent space, robust to private events and state noise.
 
     Plain GMM-BIC over-splits the heavy-tailed clouds that per-cell private events make
-    (8-10 clusters for two clones). This calls :func:`dhaka.cluster.gmm_bic` with
-    ``merge=True`` (components whose Bhattacharyya overlap exceeds ``merge_tol`` are joined)
-    and a minimum cluster size (clusters of outlier cells are folded into their nearest
-    neighbour).
+    (5-10 clusters for two clones). This calls :func:`dhaka.cluster.gmm_bic` with
+    ``merge=True``: mixture components whose union is unimodal along the ridgeline are
+    joined, and clusters smaller than ``min_cluster_size`` (outlier cells) are folded into
+    the cluster they fit best.
 
     Parameters
     ----------
@@ -205,18 +205,22 @@ def call_clones(
     seed
         Random state.
     min_cluster_size
-        Smallest clone kept: a count, or a fraction of the cells when below 1.
+        Smallest clone kept: a count, a fraction of the cells when below 1, ``"auto"``
+        (the cluster module's default, ``max(10 cells, 1%)``) or ``None`` (off).
     merge_tol
-        Overlap above which two components are merged.
+        Ridgeline ratio from which two components are one cluster; ``None`` keeps
+        :func:`dhaka.cluster.gmm_bic`'s default.
 
     Returns
     -------
     dhaka.cluster.GMMResult
+        ``.labels`` the clone calls, ``.k`` their number, ``.n_components`` BIC's choice.
     """
     from dhaka.cluster import gmm_bic
 
+    kw = {} if merge_tol is None else {"merge_tol": float(merge_tol)}
     return gmm_bic(np.asarray(Z, dtype=np.float64), k_max=k_max, seed=seed, merge=True,
-                   merge_tol=merge_tol, min_cluster_size=min_cluster_size)
+                   min_cluster_size=min_cluster_size, **kw)
 
 
 def _subsample(n: int, clusters: np.ndarray | None, max_cells: int, seed: int) -> np.ndarray:
