@@ -156,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true", help="skip (data set, seed) already in bench/out/quality.jsonl")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild the table from bench/out/quality.jsonl (e.g. of an interrupted run)")
     args = ap.parse_args(argv)
+    if args.report_only:
+        args.resume = True
 
     set_threads(args.threads)
     machine = machine_description()
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         records = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
     done = {(r["dataset"], r["seed"], r["method"]) for r in records}
     t_all = time.perf_counter()
-    for ds in names:
+    for ds in ([] if args.report_only else names):
         desc, make = datasets[ds]
         for seed in range(args.seeds):
             wanted = ["dhaka", *[m for m in methods if m in BASELINES], *variants]
@@ -202,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             records += run_one(adata, truth, seed=seed, methods=ms, variants=variants, log=log)
     total = time.perf_counter() - t_all
     records = [r for r in records if r["dataset"] in names and r["seed"] < args.seeds]
+    if args.report_only:  # seconds of the original runs, not of this call
+        total = float(sum(r["seconds"] for r in records))
     order = ["dhaka", "paper", *variants, *BASELINES]
     table = markdown_table(summarise(records, order))
     checks = verdict(records)
