@@ -63,7 +63,8 @@ Mode = Literal["browser", "apptest"]
 _FINISHED = re.compile(r"Finished: (\d+) epochs.*?\(run ([^)\s]+)\)")
 _QUEUED = re.compile(r"Queued: position (\d+)")
 _EPOCH = re.compile(r"Epoch (\d+)/(\d+)")
-_FAILED = re.compile(r"Training failed: ([^\n]*)")
+_FAILED = re.compile(r"Training failed: ([^\n]{0,200})")
+_MAIN_TEXT = """() => { const m = document.querySelector('[data-testid="stMain"]'); return m ? m.textContent : ''; }"""
 _STOPPED = re.compile(r"Stopped after (\d+) epochs")
 
 
@@ -153,6 +154,11 @@ class LoadResult:
         One :class:`SessionResult` per session.
     runs
         ``run id -> run.json record`` of every run in the store afterwards.
+    server_cpu_s
+        CPU seconds the server process (AppTest mode: this process, sessions and jobs
+        alike) used while the sessions ran, page loads included.
+    browser_cpu_s
+        Browser mode: CPU seconds of Chromium and the Playwright driver over their life.
     problems
         Every failed check, in words (empty when all is well).
     """
@@ -164,6 +170,8 @@ class LoadResult:
     home: Path
     results: list[SessionResult]
     runs: dict[str, dict[str, Any]]
+    server_cpu_s: float = float("nan")
+    browser_cpu_s: float = float("nan")
     problems: list[str] = field(default_factory=list)
 
     # -- derived figures ------------------------------------------------------------
@@ -194,6 +202,15 @@ class LoadResult:
             if t is not None and r.clicked is not None:
                 out.append(max(0.0, t - r.clicked))
         return out
+
+    def training_seconds(self) -> float:
+        """Sum over runs of created -> finished in the store (the jobs' own time)."""
+        total = 0.0
+        for rec in self.runs.values():
+            a, b = _iso(rec.get("created")), _iso(rec.get("finished"))
+            if a is not None and b is not None:
+                total += b - a
+        return total
 
     def max_concurrent(self) -> int:
         """Most runs that were training at the same moment (from created/finished in the store)."""
@@ -226,6 +243,9 @@ class LoadResult:
             "p50 queue wait s": _f(statistics.median(waits)) if waits else "n/a",
             "max queue wait s": _f(max(waits)) if waits else "n/a",
             "max running at once": self.max_concurrent(),
+            "server CPU s": _f(self.server_cpu_s),
+            "browser CPU s": _f(self.browser_cpu_s),
+            "training s (sum)": _f(self.training_seconds()),
             "runs stored (done)": f"{self.n_done}/{self.sessions}",
             "failures": self.failures,
         }
@@ -340,10 +360,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def live_server(home: str | os.PathLike[str], *, max_jobs: int = 1, port: int | None = None,
-                log_path: str | os.PathLike[str] | None = None, timeout: float = 120.0) -> Iterator[str]:
+                log_path: str | os.PathLike[str] | None = None, timeout: float = 120.0,
+                info: dict[str, Any] | None = None) -> Iterator[str]:
     """``streamlit run app.py`` on 127.0.0.1 with its own run store; yields the base URL.
 
-    The server is stopped (terminate, then kill) when the block ends.
+    The server is stopped (terminate, then kill) when the block ends; ``info``, when
+    given, receives the server's ``"pid"``.
     """
     port = port or free_port()
     env = {**os.environ, "DHAKA_HOME": str(home), "DHAKA_DEMO_FAST": "1", "DHAKA_UMAP_WARMUP": "0",
@@ -355,6 +377,8 @@ def live_server(home: str | os.PathLike[str], *, max_jobs: int = 1, port: int | 
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    if info is not None:
+        info["pid"] = proc.pid
     try:
         deadline = time.time() + timeout
         while True:
@@ -377,6 +401,40 @@ def live_server(home: str | os.PathLike[str], *, max_jobs: int = 1, port: int | 
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+def process_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (this process when ``None``); ``nan`` if unreadable."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def descendants_cpu_seconds(*, exclude: int | None = None) -> float:
+    """CPU seconds of the living descendants of this process (the Playwright driver and
+    Chromium), leaving out the subtree of ``exclude`` (the server)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    total, todo = 0.0, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        if pid == exclude:
+            continue
+        cpu = process_cpu_seconds(pid)
+        total += cpu if cpu == cpu else 0.0
+        todo += children.get(pid, [])
+    return total
 
 
 def browser_available() -> str | None:
@@ -417,16 +475,15 @@ async def _browser_session(browser: Any, url: str, res: SessionResult, *, epochs
         start = page.get_by_role("button", name="Start training")
         await start.click()
         res.clicked = time.time()
-        main = page.locator('[data-testid="stMain"]')
         deadline = time.time() + timeout
         while time.time() < deadline:
-            try:
-                text = await main.inner_text(timeout=10_000)
+            try:  # textContent: no layout forced, so watching costs the browser little
+                text = await page.evaluate(_MAIN_TEXT)
             except Exception:  # noqa: BLE001 - the page is redrawing; try again
                 text = ""
-            if res.observe(text, time.time()):
+            if res.observe(text or "", time.time()):
                 break
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.5)
         else:
             res.outcome, res.message = "timeout", f"no end of training within {timeout:.0f} s"
         if res.outcome == "done":
@@ -497,7 +554,7 @@ async def _settle(page: Any, timeout: float) -> None:
 
 
 async def _run_browser(url: str, results: list[SessionResult], *, epochs: int, timeout: float,
-                       shots: Path | None) -> None:
+                       shots: Path | None, cpu: list[float], server_pid: int) -> None:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -506,6 +563,7 @@ async def _run_browser(url: str, results: list[SessionResult], *, epochs: int, t
             ready = asyncio.Barrier(len(results))
             await asyncio.gather(*(_browser_session(browser, url, r, epochs=epochs, ready=ready, timeout=timeout,
                                                     shots=shots) for r in results))
+            cpu.append(descendants_cpu_seconds(exclude=server_pid))  # before Chromium exits
         finally:
             await browser.close()
 
@@ -543,11 +601,17 @@ def run_browser(sessions: int, *, epochs: int, max_jobs: int, home: str | os.Pat
     if shots_dir:
         shots_dir.mkdir(parents=True, exist_ok=True)
     results = [SessionResult(i) for i in range(sessions)]
-    with live_server(home, max_jobs=max_jobs) as url:
-        asyncio.run(_run_browser(url, results, epochs=epochs, timeout=timeout, shots=shots_dir))
+    browser_cpu: list[float] = []
+    server: dict[str, Any] = {}
+    with live_server(home, max_jobs=max_jobs, info=server) as url:
+        cpu0 = process_cpu_seconds(server["pid"])
+        asyncio.run(_run_browser(url, results, epochs=epochs, timeout=timeout, shots=shots_dir,
+                                 cpu=browser_cpu, server_pid=server["pid"]))
+        cpu = process_cpu_seconds(server["pid"]) - cpu0
         # the server may still be writing the last run's files when its page says Finished
         _wait_runs_settled(home, sessions, timeout=30)
-    result = LoadResult("browser", sessions, max_jobs, epochs, home, results, stored_runs(home))
+    result = LoadResult("browser", sessions, max_jobs, epochs, home, results, stored_runs(home), server_cpu_s=cpu,
+                        browser_cpu_s=browser_cpu[0] if browser_cpu else float("nan"))
     check(result)
     return result
 
@@ -604,6 +668,7 @@ def run_apptest(sessions: int, *, epochs: int, home: str | os.PathLike[str], tim
         from dhaka.jobs import get_manager
 
         max_jobs = get_manager().max_running
+        cpu0 = process_cpu_seconds()
         apps = []
         for r in results:
             t0 = time.time()
@@ -639,6 +704,7 @@ def run_apptest(sessions: int, *, epochs: int, home: str | os.PathLike[str], tim
                 time.sleep(poll)
         for i in pending:
             results[i].outcome, results[i].message = "timeout", f"no end of training within {timeout:.0f} s"
+        cpu = process_cpu_seconds() - cpu0
         for r, at in zip(results, apps):
             # a manager-level view of isolation: each owner holds exactly its own job
             jobs = get_manager().jobs(r.owner) if r.owner else []
@@ -652,7 +718,8 @@ def run_apptest(sessions: int, *, epochs: int, home: str | os.PathLike[str], tim
                 else:
                     r.runs_listed = [str(o).split("·")[0].strip() for o in at.selectbox(key="w.runs.sel").options]
         _wait_runs_settled(home, sessions, timeout=30)
-        result = LoadResult("apptest", sessions, max_jobs, epochs, home, results, stored_runs(home))
+        result = LoadResult("apptest", sessions, max_jobs, epochs, home, results, stored_runs(home),
+                            server_cpu_s=cpu)
     check(result)
     for r in results:
         if r.message and r.outcome == "done":
@@ -688,7 +755,7 @@ def report(results: list[LoadResult]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[4], help="one run per value")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-jobs", type=int, nargs="+", default=[1],
                         help="DHAKA_MAX_JOBS of the server; browser mode runs once per value, AppTest mode uses "
@@ -713,17 +780,21 @@ def main(argv: list[str] | None = None) -> int:
         modes = ["apptest"] if missing else ["browser"]
     else:
         modes = ["browser", "apptest"] if args.mode == "both" else [args.mode]
-    plan = [(m, j) for m in modes for j in (args.max_jobs if m == "browser" else args.max_jobs[:1])]
+    plan = [(m, n, j) for m in modes for n in args.sessions
+            for j in (args.max_jobs if m == "browser" else args.max_jobs[:1])]
     done = []
-    for mode, max_jobs in plan:
+    for mode, n, max_jobs in plan:
         with tempfile.TemporaryDirectory(prefix="dhaka-load-") as home:
-            r = run_load(mode, sessions=args.sessions, epochs=args.epochs, max_jobs=max_jobs, home=home,
-                         timeout=args.timeout, shots=args.shots and Path(args.shots) / f"{mode}-{max_jobs}")
+            r = run_load(mode, sessions=n, epochs=args.epochs, max_jobs=max_jobs, home=home, timeout=args.timeout,
+                         shots=args.shots and Path(args.shots) / f"{mode}-{n}-{max_jobs}")
         done.append(r)
         print(report([r]), flush=True)
     text = report(done)
     if not args.no_write:
-        cmd = " ".join(["python -m bench.load_test", *(argv if argv is not None else sys.argv[1:])])
+        shown = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--shots")]
+        if args.shots and args.shots in shown:
+            shown.remove(args.shots)
+        cmd = " ".join(["python -m bench.load_test", *shown])
         body = (
             "## Load test: N sessions train at once on one server (`bench/load_test.py`)\n\n"
             f"`{cmd}`. Browser mode: `streamlit run app.py` on 127.0.0.1 "
