@@ -296,6 +296,12 @@ def stored_runs(home: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     for info in store.list():
         rec = dict(store.open(info.id).record)
         rec["status"] = info.status  # effective status (interrupted when the writer died)
+        # "finished" is stored to the second; run.json is last written (atomically) by finish(),
+        # so its modification time is the finish to the microsecond
+        if rec.get("finished"):
+            with contextlib.suppress(OSError):
+                mtime = (Path(info.path) / "run.json").stat().st_mtime
+                rec["finished"] = _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc).isoformat()
         out[info.id] = rec
     return out
 
