@@ -104,6 +104,7 @@ class VAE(nn.Module):
         latent_dim: int = 3,
         likelihood: Likelihood = "gaussian",
         batch_norm: bool = True,
+        n_pcs: int | None = None,
     ) -> None:
         super().__init__()
         if likelihood not in ("gaussian", "mse", "bernoulli"):
@@ -115,7 +116,12 @@ class VAE(nn.Module):
         self.batch_norm = bool(batch_norm)
         self.register_buffer("center", torch.zeros(n_input))
         self.register_buffer("scale", torch.ones(n_input))
-        self.encoder = _mlp((n_input, *self.hidden), batch_norm)
+        # Optional fixed linear projection of the encoder's input onto principal axes
+        # (filled by set_projection); the decoder still reconstructs every input feature.
+        self.n_pcs = int(n_pcs) if n_pcs else None
+        if self.n_pcs:
+            self.register_buffer("projection", torch.zeros(n_input, self.n_pcs))
+        self.encoder = _mlp((self.n_pcs or n_input, *self.hidden), batch_norm)
         self.mu = nn.Linear(self.hidden[-1], latent_dim)
         self.logvar = nn.Linear(self.hidden[-1], latent_dim)
         self.decoder = _mlp((latent_dim, *reversed(self.hidden)), batch_norm)
@@ -132,8 +138,12 @@ class VAE(nn.Module):
         """Raw (preprocessed, selected) input -> the centred/scaled values the VAE models."""
         return (x - self.center) / self.scale
 
+    def set_projection(self, loadings: torch.Tensor) -> None:
+        """Store the (n_input x n_pcs) principal axes the encoder reads its input through."""
+        self.projection.copy_(torch.as_tensor(loadings, dtype=self.projection.dtype))
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)
+        h = self.encoder(x @ self.projection if self.n_pcs else x)
         return self.mu(h), self.logvar(h).clamp(-12.0, 8.0)
 
     @staticmethod
@@ -150,8 +160,14 @@ class VAE(nn.Module):
         z = self.reparameterize(mu, logvar) if self.training else mu
         return self.decode(z), mu, logvar
 
-    def loss(self, x_raw: torch.Tensor, *, beta: float = 1.0) -> LossOutput:
-        """Negative ELBO per cell for a minibatch of raw (selected) inputs."""
+    def loss(self, x_raw: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0) -> LossOutput:
+        """Negative ELBO per cell for a minibatch of raw (selected) inputs.
+
+        ``free_bits`` (nats per latent dimension, Kingma et al. 2016) stops the optimiser from
+        pushing a dimension's batch-mean KL below that floor: with weak signal in many noise
+        genes, the plain ELBO prefers to switch the latent off (posterior collapse).
+        The reported ``kl`` is always the true KL.
+        """
         x = self.prepare(x_raw)
         recon, mu, logvar = self(x)
         if self.likelihood == "bernoulli":
@@ -162,14 +178,15 @@ class VAE(nn.Module):
             lv = self.out_logvar.clamp(-7.0, 5.0)
             rec = 0.5 * (((x - recon) ** 2) * torch.exp(-lv) + lv + _LOG_2PI).sum(1)
         # KL(N(mu, sigma^2) || N(0, 1)), Kingma & Welling 2014, Appendix B.
-        kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-        rec_m, kl_m = rec.mean(), kl.mean()
-        return LossOutput(total=rec_m + beta * kl_m, reconstruction=rec_m, kl=kl_m)
+        kl_dim = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
+        rec_m, kl_m = rec.mean(), kl_dim.sum(1).mean()
+        kl_opt = kl_dim.mean(0).clamp(min=free_bits).sum() if free_bits > 0 else kl_m
+        return LossOutput(total=rec_m + beta * kl_opt, reconstruction=rec_m, kl=kl_m)
 
     def flops_per_cell(self) -> int:
         """Multiply-add FLOPs of one training step per cell (forward + backward ~ 3x forward)."""
-        sizes = [self.n_input, *self.hidden]
-        enc = sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + 2 * self.hidden[-1] * self.latent_dim
+        sizes = [self.n_pcs or self.n_input, *self.hidden]
+        enc = (self.n_input * self.n_pcs if self.n_pcs else 0) + sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + 2 * self.hidden[-1] * self.latent_dim
         dec_sizes = [self.latent_dim, *reversed(self.hidden), self.n_input]
         dec = sum(a * b for a, b in zip(dec_sizes[:-1], dec_sizes[1:]))
         return 2 * 3 * (enc + dec)

@@ -141,6 +141,9 @@ def fit_vae(
     start: int = 0,
     n_starts: int = 1,
     precision: Precision = "fp32",
+    kl_weight: float = 1.0,
+    free_bits: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` on the rows of ``X`` (cells x selected features, raw preprocessed values).
 
@@ -180,9 +183,9 @@ def fit_vae(
         raise ValueError(f"need at least 2 cells to train, got {n}")
     model.to(dev)
     if optimizer == "rmsprop":
-        opt: torch.optim.Optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, foreach=True)
+        opt: torch.optim.Optimizer = torch.optim.RMSprop(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
     elif optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
     else:
         raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {optimizer!r}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -199,7 +202,7 @@ def fit_vae(
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
         te = time.perf_counter()
-        beta = min(1.0, epoch / kl_warmup) if kl_warmup > 0 else 1.0
+        beta = kl_weight * (min(1.0, epoch / kl_warmup) if kl_warmup > 0 else 1.0)
         model.train()
         perm = train_rows[rng.permutation(len(train_rows))]
         sums = torch.zeros(3, device=dev)
@@ -210,7 +213,7 @@ def fit_vae(
             if xb.shape[0] < min_batch:
                 continue
             with amp:
-                out = model.loss(xb, beta=beta)
+                out = model.loss(xb, beta=beta, free_bits=free_bits)
             opt.zero_grad(set_to_none=True)
             out.total.backward()
             if clip_norm:
@@ -231,7 +234,8 @@ def fit_vae(
                 "(previous epoch) was kept. Try a lower learning rate or a smaller clip norm.",
                 result,
             )
-        val_loss = _evaluate(model, X, val_rows, batch_size, dev, dense_t) if len(val_rows) else float("nan")
+        val_loss = (_evaluate(model, X, val_rows, batch_size, dev, dense_t, kl_weight=kl_weight, free_bits=free_bits)
+                    if len(val_rows) else float("nan"))
         _snapshot(model, into=good_state)
         elapsed = time.perf_counter() - t0
         report = EpochReport(
@@ -248,7 +252,8 @@ def fit_vae(
             result.stopped = True
             break
         if patience is not None and len(val_rows) and epoch >= kl_warmup:
-            if val_loss < best_val - 1e-4 * abs(best_val):
+            # (best_val starts at inf, and inf - 1e-4 * inf is nan: test finiteness first)
+            if not math.isfinite(best_val) or val_loss < best_val - 1e-4 * abs(best_val):
                 best_state = _snapshot(model, into=best_state)
                 best_val, since_best, result.best_epoch = val_loss, 0, epoch
             else:
@@ -277,12 +282,12 @@ def _snapshot(model: torch.nn.Module, into: dict[str, torch.Tensor] | None = Non
 
 @torch.no_grad()
 def _evaluate(model: VAE, X, rows: np.ndarray, batch_size: int, dev: torch.device,
-              dense_t: torch.Tensor | None) -> float:
-    """Negative ELBO (beta = 1) on held-out rows, with the posterior mean as z."""
+              dense_t: torch.Tensor | None, *, kl_weight: float = 1.0, free_bits: float = 0.0) -> float:
+    """The training objective at full KL weight on held-out rows, with the posterior mean as z."""
     model.eval()
     total, n = 0.0, 0
     for xb in _batches(X, rows, max(batch_size, 1024), dev, dense_t):
-        total += model.loss(xb, beta=1.0).total.item() * xb.shape[0]
+        total += model.loss(xb, beta=kl_weight, free_bits=free_bits).total.item() * xb.shape[0]
         n += xb.shape[0]
     model.train()
     return total / max(n, 1)

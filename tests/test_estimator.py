@@ -175,3 +175,19 @@ def test_auto_batch_size():
     est = Dhaka()
     assert est._batch_size(500) == 64 and est._batch_size(4347) == 512 and est._batch_size(100) == 32
     assert Dhaka(batch_size=100)._batch_size(10) == 100
+
+
+def test_encoder_reads_through_principal_axes_sparse_and_dense(blobs_counts):
+    X, _ = blobs_counts
+    dense = Dhaka(**{**FAST, "epochs": 1, "encoder_pcs": 10}).fit(X)
+    sparse = Dhaka(**{**FAST, "epochs": 1, "encoder_pcs": 10}).fit(sp.csr_matrix(X))
+    A, B = dense.model_.projection.numpy(), sparse.model_.projection.numpy()
+    assert A.shape == (60, 10)
+    np.testing.assert_allclose(A.T @ A, np.eye(10), atol=1e-4)  # orthonormal axes
+    np.testing.assert_allclose(np.abs((A * B).sum(0)), 1.0, atol=1e-3)  # same axes up to sign
+    # the first axis is the direction of largest variance of the model's centred, scaled input
+    S, _ = dense.align(X)
+    C = (S - dense.model_.center.numpy()) / dense.model_.scale.numpy()
+    var = np.var(C @ A, axis=0)
+    assert np.all(np.diff(var) <= 1e-6 * var[0])
+    assert Dhaka(**{**FAST, "epochs": 1, "encoder_pcs": None}).fit(X).model_.n_pcs is None

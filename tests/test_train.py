@@ -91,11 +91,28 @@ def test_checkpoint_called_every_k_epochs(logx):
     assert calls == [2, 4, 6]
 
 
-def test_early_stopping_restores_best_epoch(logx):
+def test_early_stopping_waits_for_patience_after_the_best_epoch(logx):
     X, _ = logx
-    res = fit_vae(X, model=_model(X.shape[1]), epochs=300, batch_size=16, patience=3, kl_warmup=1, lr=3e-3)
+    res = fit_vae(X, model=_model(X.shape[1]), epochs=300, batch_size=16, patience=3, kl_warmup=2, lr=3e-3)
     assert res.early_stopped and len(res.history) < 300
-    assert 1 <= res.best_epoch <= len(res.history)
+    vals = [r.val_loss for r in res.history]
+    assert res.best_epoch >= 2
+    # stopped exactly `patience` epochs after the best one, which is the best after warm-up
+    assert len(res.history) == res.best_epoch + 3
+    assert vals[res.best_epoch - 1] == min(vals[1:])
+    # and the kept weights are the best epoch's: re-evaluating gives its validation loss
+    from dhaka.train import _evaluate, split_rows
+    _, val_rows = split_rows(X.shape[0], 0.1, 0)
+    import torch as _t
+    again = _evaluate(res.model, X, val_rows, 16, _t.device("cpu"), _t.from_numpy(np.ascontiguousarray(X)))
+    assert abs(again - vals[res.best_epoch - 1]) < 1e-3 * abs(again)
+
+
+def test_training_goes_on_while_validation_improves():
+    rng = np.random.default_rng(0)
+    X = np.log2(rng.poisson(3, (200, 50)) + 1).astype(np.float32)
+    res = fit_vae(X, model=_model(50), epochs=45, batch_size=32, kl_warmup=5, patience=30)
+    assert len(res.history) == 45 and not res.early_stopped
 
 
 def test_split_rows_and_device():
