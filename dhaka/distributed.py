@@ -171,20 +171,36 @@ def _global_batch_norm(module: nn.Module, state: _BNState) -> Iterator[None]:
 
 # ---------------------------------------------------------------- DDP adapter
 class _LossModule(nn.Module):
-    """What DDP wraps: one rank's share of a global batch -> its scaled loss terms."""
+    """What DDP wraps: one rank's share of a global batch -> its loss terms (local means).
+
+    Also returns the per-dimension KL sums of the share, which free bits need (their floor
+    applies to the *global* batch mean of each dimension).
+    """
 
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
         self.vae = vae
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor, beta: float) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, beta: float, kw: dict) -> tuple[torch.Tensor, ...]:
         vae = self.vae
+        seen: dict[str, torch.Tensor] = {}
+        forward = vae.forward
+
+        def capture(xx):
+            out = forward(xx)
+            seen["mu"], seen["logvar"] = out[1], out[2]
+            return out
+
         vae.reparameterize = lambda mu, logvar: mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
+        vae.forward = capture
         try:
-            out = vae.loss(x, beta=beta)
+            out = vae.loss(x, beta=beta, **kw)
         finally:
             del vae.reparameterize
-        return out.total, out.reconstruction, out.kl
+            del vae.forward
+        mu, logvar = seen["mu"].float(), seen["logvar"].float()
+        kl_dim = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())  # the model's KL, per cell and dimension
+        return out.total, out.reconstruction, out.kl, kl_dim.sum(0)
 
 
 class _DDPAdapter(nn.Module):
@@ -224,13 +240,14 @@ class _DDPAdapter(nn.Module):
     def flops_per_cell(self) -> int:
         return self.vae.flops_per_cell()
 
-    def loss(self, x: torch.Tensor, *, beta: float = 1.0):
+    def loss(self, x: torch.Tensor, *, beta: float = 1.0, **kw: Any):
         import torch.distributed as dist
 
         from dhaka.model import LossOutput
 
         if not self.training or not torch.is_grad_enabled():
-            return self.vae.loss(x, beta=beta)  # validation: the whole batch on every rank, identical
+            return self.vae.loss(x, beta=beta, **kw)  # validation: the whole batch on every rank, identical
+        free_bits = float(kw.get("free_bits", 0.0) or 0.0)
         n = x.shape[0]
         # the global batch's noise, exactly as single-process randn_like(std) would draw it
         eps = torch.randn((n, self.latent_dim), device=x.device)
@@ -239,12 +256,23 @@ class _DDPAdapter(nn.Module):
         if n_local == 0:  # fewer cells than ranks: a placeholder row that counts for nothing
             lo, hi = 0, 1
         self.bn_state.weight = 1.0 if n_local else 0.0
-        total, rec, kl = self.ddp(x[lo:hi], eps[lo:hi], beta)
+        # free bits act on the global batch's per-dimension KL mean: the share computes plain KL
+        # and the floor is applied below from all-reduced per-dimension sums
+        total, rec, kl, kl_dim_sum = self.ddp(x[lo:hi], eps[lo:hi], beta, {**kw, "free_bits": 0.0})
+        d = kl_dim_sum.shape[0]
+        sums = torch.cat([torch.stack([rec.detach(), kl.detach()]).float() * n_local,
+                          kl_dim_sum.detach().float() * (1.0 if n_local else 0.0)])
+        dist.all_reduce(sums, group=self.group)
+        g_rec, g_kl = sums[0] / n, sums[1] / n
+        g_kl_dim = sums[2:2 + d] / n
+        if free_bits > 0:
+            floor = g_kl_dim <= free_bits  # dimensions held at the floor get no KL gradient
+            total = total - beta * (kl_dim_sum * floor.to(kl_dim_sum.dtype)).sum() / max(n_local, 1)
+            g_total = g_rec + beta * g_kl_dim.clamp(min=free_bits).sum()
+        else:
+            g_total = g_rec + beta * g_kl
         scale = self.world_size * n_local / n
         scaled = total * scale
-        sums = torch.stack([total.detach(), rec.detach(), kl.detach()]).float() * n_local
-        dist.all_reduce(sums, group=self.group)
-        g_total, g_rec, g_kl = (sums / n).unbind()
         # value: the global batch mean (for reports and decisions); gradient: this rank's share
         out_total = scaled + (g_total.to(scaled.dtype) - scaled).detach()
         return LossOutput(total=out_total, reconstruction=g_rec, kl=g_kl)

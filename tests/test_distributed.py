@@ -52,9 +52,12 @@ def _single(ad, params):
     return est, est.transform(ad)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["no-batchnorm", "batchnorm"])
+@pytest.fixture(scope="module", params=[dict(batch_norm=False), dict(batch_norm=True),
+                                        dict(batch_norm=False, free_bits=0.5)],
+                ids=["no-batchnorm", "batchnorm", "free-bits"])
 def two_ranks(request, tmp_path_factory):
-    params = dict(PARAMS, batch_norm=request.param)
+    """Free bits floor each dimension's KL at its *global* batch mean: also exact across ranks."""
+    params = dict(PARAMS, **request.param)
     tmp = tmp_path_factory.mktemp("ddp")
     ad = _data()
     ad.write_h5ad(tmp / "x.h5ad")
