@@ -155,16 +155,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     adata = _read(args)
     if args.mode == "cnv" and not args.merge:
         args.merge = True  # BIC over-splits heavy-tailed copy-number clouds (docs: dhaka.cluster.gmm_bic)
+    est = Dhaka.from_preset(args.preset, **params)
     if args.distributed:
-        from dhaka.distributed import fit_distributed
+        from dhaka.distributed import fit_estimator_distributed, init_from_env, is_main_process
 
-        est, Z = fit_distributed(adata, preset=args.preset, params=params, progress=_progress(args.quiet))
-        if est is None:  # not rank 0: rank 0 writes the results
+        init_from_env()
+        main_rank = is_main_process()
+        fit_estimator_distributed(est, adata, callback=_progress(args.quiet or not main_rank))
+        if not main_rank:  # rank 0 writes the results
             return 0
     else:
-        est = Dhaka.from_preset(args.preset, **params)
         est.fit(adata, callback=_progress(args.quiet))
-        Z = est.transform(adata)
+    Z = est.transform(adata)
     if args.save_model:
         est.save(args.save_model)
         print(f"saved model to {args.save_model}", file=sys.stderr)

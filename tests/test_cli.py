@@ -65,3 +65,20 @@ def test_simulate_writes_matrix_and_truth(tmp_path):
 def test_help_for_each_command(cmd):
     res = subprocess.run([sys.executable, "-m", "dhaka", *cmd, "--help"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and "usage:" in res.stdout
+
+
+def test_embed_distributed_under_torchrun(counts_csv, tmp_path):
+    """Two gloo processes; rank 0 writes the latent CSV."""
+    import shutil
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    out = tmp_path / "latent.csv"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "dhaka", "embed", str(counts_csv),
+                          "--out", str(out), "--distributed", "--epochs", "3", "--structure", "16", "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_csv(out, index_col=0)
+    assert len(df) == 120 and {"dhaka_1", "cluster"} <= set(df.columns)
