@@ -595,18 +595,6 @@ def clear_cache(cache_root: str | os.PathLike | None = None) -> int:
 
 
 # ------------------------------------------------------------------------- fit
-def _precision_kw(est) -> dict:
-    """``precision=`` for fit_vae when both the estimator and the loop know it."""
-    import inspect
-
-    from dhaka.train import fit_vae
-
-    p = getattr(est, "precision", "fp32")
-    if p != "fp32" or "precision" in inspect.signature(fit_vae).parameters:
-        return {"precision": p}
-    return {}
-
-
 def _input_affine(est, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
     """The estimator's ``_fit_input_affine`` from the cached per-gene moments."""
     g = prep.gene_indices.size
@@ -656,11 +644,7 @@ def fit_backed(
         Fitted like :meth:`Dhaka.fit` would (``genes_``, ``model_``, ``history_``, ...),
         with ``prepared_`` (cache key, timings) in addition; ``save``/``transform`` work.
     """
-    import torch
-
     from dhaka.estimator import Dhaka
-    from dhaka.model import VAE, resolve_structure
-    from dhaka.train import fit_vae, resolve_device
 
     est = estimator if estimator is not None else Dhaka(**params)
     if estimator is not None and params:
@@ -673,15 +657,6 @@ def fit_backed(
                    normalize=est.normalize, log=est.log, cache=cache, cache_root=cache_root,
                    max_memory_bytes=max_memory_bytes, chunk_nnz=chunk_nnz, seed=int(est.seed))
     S = prep.matrix
-    if not sp.issparse(S):
-        import dhaka.train as _train
-
-        if not hasattr(_train, "is_row_source"):
-            raise RuntimeError(
-                f"the selected matrix ({prep.shape[0]} x {prep.shape[1]}) is larger than max_memory_bytes and this "
-                "dhaka.train.fit_vae cannot stream row batches yet (apply docs/patches/train-speed-hooks.diff) ; "
-                "raise max_memory_bytes to train from memory"
-            )
     est.n_features_in_ = len(prep.var_names)
     est.feature_names_ = list(prep.var_names)
     est.input_kind_ = prep.input_kind
@@ -691,42 +666,9 @@ def fit_backed(
     est.prepared_ = {"key": prep.key, "cache_path": str(prep.cache_path) if prep.cache_path else None,
                      "from_cache": prep.from_cache, "seconds": dict(prep.seconds), "in_memory": sp.issparse(S)}
     center, scale = _input_affine(est, prep)
-    hidden = resolve_structure(est.structure)
-    dev = resolve_device(est.device)
-    est.device_ = str(dev)
-    t0 = time.perf_counter()
-    est.start_scores_ = []
-    est.stopped_ = False
-    n_starts = int(est.n_starts)
-    best = None
-    for s in range(n_starts):
-        seed = int(est.seed) + 1000 * s
-        torch.manual_seed(seed)
-        model = VAE(S.shape[1], hidden=hidden, latent_dim=int(est.latent_dim), likelihood=est.likelihood,
-                    batch_norm=bool(est.batch_norm))
-        model.set_input_affine(torch.from_numpy(center), torch.from_numpy(scale))
-        est.model_ = model
-        res = fit_vae(S, model=model, epochs=int(est.epochs), batch_size=est._batch_size(S.shape[0]),
-                      lr=float(est.lr), clip_norm=est.clip_norm, optimizer=est.optimizer,
-                      kl_warmup=int(est.kl_warmup), val_fraction=float(est.val_fraction), patience=est.patience,
-                      seed=seed, device=est.device, callback=est._wrap_callback(callback, n_starts),
-                      stop_event=stop_event, start=s, n_starts=n_starts, **_precision_kw(est))
-        score = est._score_start(model, S, seed) if n_starts > 1 else {"silhouette": float("nan"), "k": None}
-        hist = [r.as_dict() for r in res.history]
-        est.start_scores_.append({"start": s, "seed": seed, **score, "final_loss": hist[-1]["loss"] if hist else
-                                  float("nan"), "epochs": len(hist), "best_epoch": res.best_epoch, "kept": False})
-        key = score["silhouette"] if np.isfinite(score["silhouette"]) else -np.inf
-        if best is None or key > best[0]:
-            best = (key, s, model, hist)
-        if res.stopped:
-            est.stopped_ = True
-            break
-    _, kept, model, hist = best
-    est.start_scores_[kept]["kept"] = True
-    est.best_start_ = kept
-    est.model_ = model.cpu().eval()
-    est.history_ = hist
-    est.train_seconds_ = time.perf_counter() - t0
+    # Principal axes need the matrix in memory (CSR); a streamed row source trains the direct encoder.
+    loadings = est._principal_axes(S, center, scale) if sp.issparse(S) else None
+    est._train(S, center, scale, loadings=loadings, callback=callback, stop_event=stop_event)
     if isinstance(S, BackedRows):
         S.close()
     return est

@@ -319,13 +319,10 @@ class Dhaka(TransformerMixin, BaseEstimator):
             ``checkpoint(save_fn, epoch)`` every ``checkpoint_every`` epochs; ``save_fn(path)``
             writes a loadable model directory (see :meth:`save`).
         """
-        import torch
-
-        from dhaka.model import VAE, resolve_structure
-        from dhaka.train import fit_vae, resolve_device
+        from dhaka.model import resolve_structure
 
         self._check_params()
-        hidden = resolve_structure(self.structure)
+        resolve_structure(self.structure)  # a bad structure fails before the data is read
         M, _, names = _as_matrix(X)
         M = self._validate(M, reset=True)
         self.feature_names_ = names
@@ -340,7 +337,23 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.genes_ = [names[i] for i in idx] if names is not None else [str(i) for i in idx]
         S = P[:, idx]
         center, scale = self._fit_input_affine(S)
-        loadings = self._principal_axes(S, center, scale)
+        self._train(S, center, scale, loadings=self._principal_axes(S, center, scale), callback=callback,
+                    stop_event=stop_event, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        return self
+
+    def _train(self, S: Any, center: np.ndarray, scale: np.ndarray, *, loadings: np.ndarray | None,
+               callback=None, stop_event=None, checkpoint=None, checkpoint_every: int = 5) -> None:
+        """Train ``n_starts`` models on the selected matrix ``S`` and keep the best start.
+
+        Shared by :meth:`fit` and the out-of-core path (:func:`dhaka.backed.fit_backed`), which
+        prepares ``S`` (a matrix or a row source) itself.
+        """
+        import torch
+
+        from dhaka.model import VAE, resolve_structure
+        from dhaka.train import fit_vae, resolve_device
+
+        hidden = resolve_structure(self.structure)
         dev = resolve_device(self.device)
         self.device_ = str(dev)
 
@@ -396,7 +409,6 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.model_ = model.cpu().eval()
         self.history_ = hist
         self.train_seconds_ = time.perf_counter() - t0
-        return self
 
     def _batch_size(self, n_cells: int) -> int:
         if self.batch_size == "auto":
