@@ -89,20 +89,10 @@ def progress_panel() -> None:
     j = st.session_state.get(JOB_KEY)
     if j is None:
         return
-    snap = j.snapshot()
-    prog = snap.get("progress") or {}
-    if snap["status"] == "queued":
-        st.info(f"Queued (position {snap.get('queue_position') or '?'}): waits for a free job slot.")
-        st.button("Cancel", key="w.cmp.cancel", on_click=j.cancel)
-    elif snap["status"] == "running":
-        done, total = prog.get("done", 0), prog.get("total") or max(len(structs), 1)
-        st.progress(min(1.0, done / total), text=prog.get("message", "training the first structure…"))
-        if not snap.get("stop_requested"):
-            st.button("Stop", key="w.cmp.stop", on_click=j.cancel, icon=":material/stop:")
-        if snap["history"]:
-            st.dataframe(pd.DataFrame(snap["history"]), hide_index=True)
-    elif snap["status"] == "failed":
-        st.error(f"The comparison failed: {snap.get('error')}")
+    snap = widgets.analysis_job_status(j, key="w.cmp", what="comparison", default_total=len(structs),
+                                       start_message="training the first structure…")
+    if snap["status"] == "running" and snap["history"]:
+        st.dataframe(pd.DataFrame(snap["history"]), hide_index=True)
     if j.done and j.result is not None and st.session_state.get(RESULT_KEY, (None, None))[1] is not j.result[1]:
         st.session_state[RESULT_KEY] = j.result
     if active and j.done:

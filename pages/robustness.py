@@ -75,18 +75,7 @@ def progress_panel() -> None:
     j = st.session_state.get(JOB_KEY)
     if j is None:
         return
-    snap = j.snapshot()
-    prog = snap.get("progress") or {}
-    if snap["status"] == "queued":
-        st.info(f"Queued (position {snap.get('queue_position') or '?'}): waits for a free job slot.")
-        st.button("Cancel", key="w.rob.cancel", on_click=j.cancel)
-    elif snap["status"] == "running":
-        done, total = prog.get("done", 0), prog.get("total") or 1
-        st.progress(min(1.0, done / total), text=prog.get("message", "starting…"))
-        if not snap.get("stop_requested"):
-            st.button("Stop", key="w.rob.stop", on_click=j.cancel, icon=":material/stop:")
-    elif snap["status"] == "failed":
-        st.error(f"The study failed: {snap.get('error')}")
+    snap = widgets.analysis_job_status(j, key="w.rob", what="study")
     if snap["history"] and snap["status"] in ("queued", "running"):
         st.dataframe(pd.DataFrame(snap["history"]), hide_index=True)
     if j.done and j.result is not None and st.session_state.get(RESULT_KEY, (None, None))[1] is not j.result[1]:

@@ -312,6 +312,28 @@ def figure_downloads(fig: go.Figure, name: str, *, key: str) -> None:
 
 
 # ------------------------------------------------------------------ job glue
+def analysis_job_status(job: Any, *, key: str, what: str, start_message: str = "starting…",
+                        default_total: int = 1) -> dict[str, Any]:
+    """Queue position + Cancel, progress bar + Stop, or the failure of a background analysis job.
+
+    Returns the job's snapshot so the page can add what is its own (rows so far, results).
+    Widget keys are ``f"{key}.cancel"`` and ``f"{key}.stop"``.
+    """
+    snap = job.snapshot()
+    prog = snap.get("progress") or {}
+    if snap["status"] == "queued":
+        st.info(f"Queued (position {snap.get('queue_position') or '?'}): waits for a free job slot.")
+        st.button("Cancel", key=f"{key}.cancel", on_click=job.cancel)
+    elif snap["status"] == "running":
+        done, total = prog.get("done", 0), prog.get("total") or max(default_total, 1)
+        st.progress(min(1.0, done / total), text=prog.get("message", start_message))
+        if not snap.get("stop_requested"):
+            st.button("Stop", key=f"{key}.stop", on_click=job.cancel, icon=":material/stop:")
+    elif snap["status"] == "failed":
+        st.error(f"The {what} failed: {snap.get('error')}")
+    return snap
+
+
 def job_is_active(snapshot: dict[str, Any] | None) -> bool:
     """``True`` while a job snapshot says queued or running."""
     return snapshot is not None and snapshot.get("status") in ACTIVE
