@@ -127,7 +127,7 @@ def test_demo_train_explore_download(server):
             page.screenshot(path=OUT / "01-data.png")
 
             # 2. train with many epochs so the curve is seen growing; stop once it has
-            page.get_by_role("link", name="Train").click()
+            page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Train").click()
             expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=30_000)
             epochs = page.get_by_label("Epochs", exact=True)
             epochs.fill("400")
@@ -152,7 +152,7 @@ def test_demo_train_explore_download(server):
             page.screenshot(path=OUT / "03-stopped.png")
 
             # 3. the latent space renders as a WebGL 3-D scatter
-            page.get_by_role("link", name="Explore").click()
+            page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Explore").click()
             expect(page.get_by_role("heading", name="Explore")).to_be_visible(timeout=30_000)
             info = None
             deadline = time.time() + 60
