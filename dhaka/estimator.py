@@ -35,7 +35,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": dict(structure="deep", likelihood="bernoulli", scale="minmax", relative=False, batch_norm=False,
                   encoder_pcs=None,
-                  kl_warmup=0, patience=None, val_fraction=0.0, lr=1e-4, batch_size=50, epochs=100, clip_norm=2.0),
+                  kl_warmup=0, patience=None, val_fraction=0.0, lr=1e-4, batch_size=50, epochs=100, clip_norm=2.0,
+                  refine=0),
     "fast": dict(structure="shallow", epochs=40, patience=10, kl_warmup=5),
 }
 
@@ -101,8 +102,19 @@ class Dhaka(TransformerMixin, BaseEstimator):
         posterior collapse when the signal is weak among many noise genes).
     val_fraction, patience
         Held-out fraction for early stopping, and epochs without improvement before stopping.
+    refine
+        Rounds of latent-guided gene refinement after the first fit: the genes whose variance
+        the latent space explains beyond chance (linear R^2 against its Beta null, Bonferroni at
+        ``refine_alpha``; :func:`dhaka.preprocess.select_by_latent`) are chosen among *all*
+        features and the model is refitted on them. ``"auto"`` = 2 in expression mode, 0 in
+        copy-number mode (all bins are kept there). On the paper's simulation with 2500 noise
+        genes it lifts ARI from 0.24 to ~1.0 (bench/RESULTS.md). Stops early when the selection
+        no longer changes or nothing is significant. 0 = the paper's single fit.
+    refine_alpha
+        Family-wise significance level of the refinement's gene test.
     n_starts
-        Random starts; the one with the best silhouette of its GMM clusters is kept.
+        Random starts; the one with the best silhouette of its GMM clusters is kept (in the
+        final fit; refinement rounds train one start each).
     seed
         Seed of everything random (splits, initialisation, minibatch order).
     device
@@ -136,6 +148,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         free_bits: float = 0.0,
         val_fraction: float = 0.1,
         patience: int | None = 20,
+        refine: int | Literal["auto"] = "auto",
+        refine_alpha: float = 0.01,
         n_starts: int = 1,
         seed: int = 0,
         device: str = "auto",
@@ -164,6 +178,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.free_bits = free_bits
         self.val_fraction = val_fraction
         self.patience = patience
+        self.refine = refine
+        self.refine_alpha = refine_alpha
         self.n_starts = n_starts
         self.seed = seed
         self.device = device
@@ -194,6 +210,16 @@ class Dhaka(TransformerMixin, BaseEstimator):
             raise ValueError(f"scale must be 'global', 'gene', 'none' or 'minmax', got {self.scale!r}")
         if int(self.n_starts) < 1:
             raise ValueError(f"n_starts must be at least 1, got {self.n_starts}")
+        if not (self.refine == "auto" or (isinstance(self.refine, (int, np.integer))
+                                          and not isinstance(self.refine, bool) and self.refine >= 0)):
+            raise ValueError(f"refine must be 'auto' or a number of rounds >= 0, got {self.refine!r}")
+        if not 0 < float(self.refine_alpha) < 1:
+            raise ValueError(f"refine_alpha must be in (0, 1), got {self.refine_alpha}")
+
+    def _refine_rounds(self) -> int:
+        if self.refine == "auto":
+            return 0 if self.mode == "cnv" else 2
+        return int(self.refine)
 
     def _validate(self, M: Any, *, reset: bool | None) -> Any:
         """Check values; ``reset=True`` records n_features_in_, ``False`` checks it, ``None`` neither."""
@@ -332,21 +358,63 @@ class Dhaka(TransformerMixin, BaseEstimator):
         if self.normalize_:
             _, self.target_sum_ = normalize_total(M)
         P = self._apply_steps(M)
-        idx = select_genes(P, n_genes=self._n_select(P.shape[1]), method=self.gene_selection)
-        self.gene_indices_ = idx
-        self.genes_ = [names[i] for i in idx] if names is not None else [str(i) for i in idx]
-        S = P[:, idx]
-        center, scale = self._fit_input_affine(S)
-        self._train(S, center, scale, loadings=self._principal_axes(S, center, scale), callback=callback,
-                    stop_event=stop_event, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        n_select = self._n_select(P.shape[1])
+        idx = select_genes(P, n_genes=n_select, method=self.gene_selection)
+        rounds = self._refine_rounds()
+        self.refinement_: list[dict[str, Any]] = [
+            {"fit": 1, "genes": int(len(idx)), "selected_by": self.gene_selection}]
+        r = 0
+        while True:
+            final = r == rounds
+            self.gene_indices_ = idx
+            self.genes_ = [names[i] for i in idx] if names is not None else [str(i) for i in idx]
+            S = P[:, idx]
+            center, scale = self._fit_input_affine(S)
+            label = f"fit {r + 1}/{rounds + 1} ({len(idx)} genes)" if rounds else ""
+            self._train(S, center, scale, loadings=self._principal_axes(S, center, scale), callback=callback,
+                        stop_event=stop_event, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                        n_starts=int(self.n_starts) if final else 1, pass_offset=r,
+                        n_passes=rounds + int(self.n_starts), stage=label)
+            if final or self.stopped_:
+                break
+            new = self._refined_genes(P, S, n_select)
+            self.refinement_[-1].update({k: v for k, v in new.items() if k != "indices"})
+            r += 1
+            if new["indices"] is None or np.array_equal(new["indices"], idx):
+                # nothing significant, or the selection is stable: the current fit stands,
+                # unless warm starts were asked for (they run once more on the same genes)
+                self.refinement_[-1]["converged"] = True
+                if int(self.n_starts) == 1:
+                    break
+                rounds = r
+                self.refinement_.append({"fit": r + 1, "genes": int(len(idx)), "selected_by": "unchanged"})
+                continue
+            idx = new["indices"]
+            self.refinement_.append({"fit": r + 1, "genes": int(len(idx)), "selected_by": "latent R^2"})
         return self
 
+    def _refined_genes(self, P: Any, S: Any, n_select: int | None) -> dict[str, Any]:
+        """Genes of ``P`` the current latent explains (:func:`select_by_latent`), or ``None``."""
+        from dhaka.preprocess import select_by_latent
+        from dhaka.train import encode
+
+        Z = encode(self.model_, S, device="cpu")
+        sel = select_by_latent(P, Z, alpha=float(self.refine_alpha), min_genes=min(100, P.shape[1]),
+                               max_genes=n_select)
+        out = {"n_significant": sel.n_significant, "r2_threshold": sel.threshold,
+               "indices": sel.indices if sel.n_significant > 0 else None}
+        return out
+
     def _train(self, S: Any, center: np.ndarray, scale: np.ndarray, *, loadings: np.ndarray | None,
-               callback=None, stop_event=None, checkpoint=None, checkpoint_every: int = 5) -> None:
+               callback=None, stop_event=None, checkpoint=None, checkpoint_every: int = 5,
+               n_starts: int | None = None, pass_offset: int = 0, n_passes: int | None = None,
+               stage: str = "") -> None:
         """Train ``n_starts`` models on the selected matrix ``S`` and keep the best start.
 
         Shared by :meth:`fit` and the out-of-core path (:func:`dhaka.backed.fit_backed`), which
-        prepares ``S`` (a matrix or a row source) itself.
+        prepares ``S`` (a matrix or a row source) itself. ``pass_offset`` / ``n_passes`` place
+        these starts among all training passes of a fit (refinement rounds + starts), so the
+        callback's ``start`` / ``n_starts`` / ``eta`` cover the whole fit; ``stage`` labels them.
         """
         import torch
 
@@ -361,7 +429,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.start_scores_: list[dict[str, Any]] = []
         self.stopped_ = False
         best = None
-        n_starts = int(self.n_starts)
+        n_starts = int(self.n_starts) if n_starts is None else int(n_starts)
+        n_passes = n_starts if n_passes is None else int(n_passes)
         for s in range(n_starts):
             seed = int(self.seed) + 1000 * s
             torch.manual_seed(seed)
@@ -376,7 +445,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
             def save_fn(path, _m=model):
                 self._save_model(path, _m, history=None)
 
-            cb = self._wrap_callback(callback, n_starts)
+            tag = ", ".join(t for t in (stage, f"start {s + 1}/{n_starts}" if n_starts > 1 else "") if t)
+            cb = self._wrap_callback(callback, pass_index=pass_offset + s, n_passes=n_passes, stage=tag)
             ck = (lambda epoch, _f=save_fn: checkpoint(_f, epoch)) if checkpoint is not None else None
             try:
                 res = fit_vae(
@@ -419,14 +489,15 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return int(self.batch_size)
 
     @staticmethod
-    def _wrap_callback(callback, n_starts):
+    def _wrap_callback(callback, *, pass_index: int, n_passes: int, stage: str = ""):
+        """Report epochs with ``start`` = the pass among all of the fit's passes, and a whole-fit ETA."""
         if callback is None:
             return None
 
         def cb(report):
-            per_start = report.elapsed / report.epoch * report.n_epochs
-            eta = report.eta + (n_starts - report.start - 1) * per_start
-            callback(dataclasses.replace(report, eta=eta))
+            per_pass = report.elapsed / report.epoch * report.n_epochs
+            eta = report.eta + (n_passes - pass_index - 1) * per_pass
+            callback(dataclasses.replace(report, eta=eta, start=pass_index, n_starts=n_passes, stage=stage))
 
         return cb
 
@@ -509,6 +580,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             "gene_indices": [int(i) for i in self.gene_indices_],
             "start_scores": getattr(self, "start_scores_", []), "device": getattr(self, "device_", "cpu"),
             "stopped": bool(getattr(self, "stopped_", False)),
+            "refinement": getattr(self, "refinement_", []),
         }
 
     def _save_model(self, path: str | os.PathLike, model, *, history: list | None) -> None:
@@ -582,6 +654,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         est.normalize_, est.log_, est.target_sum_ = pre["normalize"], pre["log"], pre["target_sum"]
         est.start_scores_ = cfg.get("start_scores", [])
         est.stopped_ = bool(cfg.get("stopped", False))
+        est.refinement_ = cfg.get("refinement", [])
         est.device_ = "cpu"
         hist_path = path / "history.json"
         est.history_ = json.loads(hist_path.read_text()) if hist_path.exists() else []

@@ -297,7 +297,8 @@ def loss_curves(history: Any, *, title: str | None = "Training loss", height: in
         A list of per-epoch records (dicts or objects with attributes
         ``epoch``, ``loss``, ``reconstruction``, ``kl`` and optionally
         ``val_loss`` and ``start``), or a DataFrame with those columns.
-        When several warm starts were trained, each start is its own line.
+        When several passes were trained (warm starts, gene-refinement fits), each is its own
+        line, labelled by the record's ``stage`` when it has one.
     title
         Figure title.
     height
@@ -320,7 +321,9 @@ def loss_curves(history: Any, *, title: str | None = "Training loss", height: in
     starts = sorted(df["start"].dropna().unique()) if "start" in df and df["start"].notna().any() else [None]
     for s in starts:
         part = df if s is None else df[df["start"] == s]
-        suffix = "" if s is None or len(starts) == 1 else f" (start {int(s) + 1})"
+        stage = (str(part["stage"].iloc[0]) if "stage" in part and len(part) and isinstance(part["stage"].iloc[0], str)
+                 else "")
+        suffix = "" if s is None or len(starts) == 1 else f" ({stage or f'start {int(s) + 1}'})"
         for col, c in (("loss", 1), ("reconstruction", 1), ("val_loss", 1), ("kl", 2)):
             if col not in part or not part[col].notna().any():
                 continue
@@ -355,7 +358,8 @@ def _history_frame(history: Any) -> Any:
             elif dataclasses.is_dataclass(r):
                 rows.append(dataclasses.asdict(r))
             else:
-                rows.append({k: getattr(r, k) for k in ("epoch", "loss", "reconstruction", "kl", "val_loss", "start")
+                rows.append({k: getattr(r, k) for k in ("epoch", "loss", "reconstruction", "kl", "val_loss", "start",
+                                                        "stage")
                              if hasattr(r, k)})
         df = pd.DataFrame(rows)
     if "epoch" not in df:

@@ -236,3 +236,91 @@ def inject_dropout(X: Matrix, *, fraction: float, seed: int = 0) -> Matrix:
         if k:
             out[i, rng.choice(nzpos, k, replace=False)] = 0
     return out
+
+
+@dataclass(frozen=True)
+class LatentSelection:
+    """Genes a latent space explains (:func:`select_by_latent`)."""
+
+    indices: np.ndarray      # kept column indices, in column order
+    r2: np.ndarray           # per-column fraction of variance explained by the latent (0 where ineligible)
+    threshold: float         # R^2 above which a gene is significant (Bonferroni over eligible genes)
+    n_significant: int       # genes above the threshold (before min/max limits)
+
+
+def _latent_basis(Z: np.ndarray, n: int) -> np.ndarray:
+    """Orthonormal basis (cells x rank) of the centred latent coordinates; rank 0 if collapsed."""
+    Z = np.asarray(Z, dtype=np.float64)
+    if Z.ndim != 2 or Z.shape[0] != n:
+        raise ValueError(f"Z must be cells x latent with {n} rows, got shape {Z.shape}")
+    Q, R = np.linalg.qr(Z - Z.mean(0))
+    d = np.abs(np.diag(R))
+    if d.size == 0 or float(d.max()) < 1e-10:
+        return np.zeros((n, 0))
+    return Q[:, d > 1e-6 * float(d.max())]
+
+
+def latent_r2(X: Matrix, Z: np.ndarray) -> np.ndarray:
+    """Per column of ``X``, the fraction of its variance explained by a linear fit on ``Z``.
+
+    Sparse-safe: only ``X.T @ Q`` (genes x latent) is formed, ``Q`` an orthonormal basis of the
+    centred latent coordinates; because ``Q`` is orthogonal to the constant vector, the
+    column means of ``X`` need not be subtracted. Latent directions with (numerically) no
+    spread are dropped; a fully collapsed latent explains nothing (all zeros).
+    """
+    n = X.shape[0]
+    Q = _latent_basis(Z, n)
+    if Q.shape[1] == 0:
+        return np.zeros(X.shape[1])
+    proj = np.asarray(X.T @ Q) if sp.issparse(X) else np.asarray(X, dtype=np.float64).T @ Q
+    explained = (proj**2).sum(1)
+    _, var = column_moments(X)
+    total = var * n
+    return np.divide(explained, total, out=np.zeros_like(explained), where=total > 1e-12).clip(0.0, 1.0)
+
+
+def select_by_latent(
+    X: Matrix,
+    Z: np.ndarray,
+    *,
+    alpha: float = 0.01,
+    min_genes: int = 100,
+    max_genes: int | None = None,
+    min_cells: int = 3,
+) -> LatentSelection:
+    """Genes whose variance the latent space explains beyond chance (latent-guided selection).
+
+    For every gene the R^2 of a linear fit on the latent coordinates ``Z`` is compared with
+    its null distribution for a gene unrelated to the latent, Beta(p/2, (n-p-1)/2) (``p``
+    latent dimensions, ``n`` cells), at level ``alpha`` Bonferroni-corrected over the eligible
+    genes (detected in at least ``min_cells`` cells, not constant). The significant genes are
+    kept, at least ``min_genes`` and at most ``max_genes`` of them (topped up or cut by R^2).
+
+    Why: with weak group signal among many noise genes, variance-type scores (CV, dispersion)
+    cannot tell the few informative genes from the noise, but a first latent space, even one
+    whose clusters are poor, correlates with them; refitting on the genes it explains
+    concentrates the signal (``Dhaka(refine=...)``; bench/RESULTS.md, section quality).
+    """
+    from scipy import stats
+
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    n, g = X.shape
+    r2 = latent_r2(X, Z)
+    _, var = column_moments(X)
+    detected = n - dropout_fraction(X) * n
+    eligible = (var > 0) & (detected >= min(min_cells, n))
+    r2 = np.where(eligible, r2, 0.0)
+    p = _latent_basis(Z, n).shape[1]
+    n_elig = int(eligible.sum())
+    if p < 1 or n - p - 1 < 1 or n_elig == 0:
+        threshold = float("inf")
+    else:
+        threshold = float(stats.beta.isf(alpha / n_elig, p / 2.0, (n - p - 1) / 2.0))
+    significant = np.flatnonzero(r2 > threshold)
+    hi = g if max_genes is None else min(int(max_genes), g)
+    lo = min(int(min_genes), hi, n_elig if n_elig else g)
+    n_keep = int(np.clip(len(significant), lo, hi))
+    order = np.argsort(-r2, kind="stable")
+    return LatentSelection(indices=np.sort(order[:n_keep]), r2=r2, threshold=threshold,
+                           n_significant=int(len(significant)))

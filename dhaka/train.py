@@ -40,6 +40,7 @@ class EpochReport:
     eta: float
     start: int = 0
     n_starts: int = 1
+    stage: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -75,7 +75,7 @@ def live_progress() -> None:
         ep, n = prog.get("epoch"), prog.get("n_epochs")
         if ep and n:
             s, ns = int(prog.get("start", 0)) + 1, int(prog.get("n_starts", 1))
-            starts = f" · start {s}/{ns}" if ns > 1 else ""
+            starts = f" · {prog['stage']}" if prog.get("stage") else (f" · start {s}/{ns}" if ns > 1 else "")
             st.progress(min(1.0, ep / n), text=f"Epoch {ep}/{n}{starts} · elapsed "
                                                  f"{_fmt_seconds(prog.get('elapsed'))} · ETA "
                                                  f"{_fmt_seconds(prog.get('eta'))} · loss {prog.get('loss', 0):.4g}")

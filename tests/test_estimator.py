@@ -112,7 +112,10 @@ def test_callback_and_stop_event_through_fit(blobs_counts):
 
     est = Dhaka(**{**FAST, "epochs": 50, "n_starts": 3}).fit(X, callback=cb, stop_event=stop)
     assert est.stopped_ and len(seen) == 2 and len(est.start_scores_) == 1
-    assert seen[0].n_starts == 3 and seen[0].eta > 0
+    # passes of the whole fit: 2 gene-refinement fits (refine="auto") + the 3 warm starts
+    assert seen[0].n_starts == 5 and seen[0].start == 0 and seen[0].stage.startswith("fit 1/3")
+    assert seen[0].eta > seen[0].elapsed / seen[0].epoch * (seen[0].n_epochs - seen[0].epoch)  # ETA of all passes
+    assert len(est.refinement_) == 1  # stopped during the first fit: no refinement happened
     assert est.transform(X).shape == (X.shape[0], 3)
 
 
@@ -191,3 +194,29 @@ def test_encoder_reads_through_principal_axes_sparse_and_dense(blobs_counts):
     var = np.var(C @ A, axis=0)
     assert np.all(np.diff(var) <= 1e-6 * var[0])
     assert Dhaka(**{**FAST, "epochs": 1, "encoder_pcs": None}).fit(X).model_.n_pcs is None
+
+
+def test_gene_refinement_keeps_the_genes_the_latent_explains(tmp_path):
+    from dhaka import simulate
+
+    a = simulate.paper(n_cells=200, n_groups=4, n_genes=800, n_noise=600, effect=1.5, seed=0)
+    informative = set(a.var_names[a.var["informative"].to_numpy()])  # 200 of the 800
+    est = Dhaka(**{**FAST, "epochs": 40}).fit(a)
+    first, *rest = est.refinement_
+    assert first["genes"] == 800 and first["n_significant"] > 0 and rest  # refined at least once
+    precision = np.mean([g in informative for g in est.genes_])
+    assert precision > 0.6, f"only {precision:.0%} of the refined genes are informative (25% of all are)"
+    assert len(est.genes_) == est.refinement_[-1]["genes"] < 800
+    Z = est.transform(a)
+    again = Dhaka.load(est.save(tmp_path / "m"))
+    assert again.refinement_ == json.loads(json.dumps(est.refinement_, default=float))
+    np.testing.assert_allclose(again.transform(a), Z, atol=1e-5)
+    plain = Dhaka(**{**FAST, "epochs": 40, "refine": 0}).fit(a)
+    assert len(plain.refinement_) == 1 and len(plain.genes_) == 800
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "always", True])
+def test_refine_must_be_auto_or_rounds(bad, blobs_counts):
+    X, _ = blobs_counts
+    with pytest.raises(ValueError, match="refine"):
+        Dhaka(**{**FAST, "refine": bad}).fit(X)

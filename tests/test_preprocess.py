@@ -98,3 +98,39 @@ def test_dropout_fraction_counts_explicit_zeros():
     S.data[0] = 0.0  # an explicitly stored zero
     np.testing.assert_allclose(pp.dropout_fraction(S), [0.5, 0.75])
     np.testing.assert_allclose(pp.dropout_fraction(S.toarray()), [0.5, 0.75])
+
+
+def _latent_driven(n=300, n_signal=20, n_noise=400, seed=0):
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, 3))
+    W = rng.normal(size=(3, n_signal))
+    X = np.hstack([Z @ W + 0.5 * rng.normal(size=(n, n_signal)), rng.normal(size=(n, n_noise))])
+    return (X + 5.0).astype(np.float32), Z
+
+
+def test_latent_r2_sparse_equals_dense_and_is_a_fraction():
+    X, Z = _latent_driven()
+    X[X < 4.5] = 0.0
+    dense = pp.latent_r2(X, Z)
+    sparse = pp.latent_r2(sp.csr_matrix(X), Z)
+    np.testing.assert_allclose(dense, sparse, atol=1e-6)
+    assert ((dense >= 0) & (dense <= 1)).all()
+    assert dense[:20].min() > dense[20:].max()  # latent-driven genes explain more than any noise gene
+
+
+def test_select_by_latent_finds_the_latent_driven_genes_and_few_others():
+    X, Z = _latent_driven()
+    sel = pp.select_by_latent(X, Z, alpha=0.01, min_genes=1)
+    assert set(range(20)) <= set(sel.indices.tolist())
+    assert sel.n_significant <= 22  # alpha = 0.01 family-wise: at most a stray noise gene or two
+    assert np.all(np.diff(sel.indices) > 0)
+
+
+def test_select_by_latent_limits_and_collapsed_latent():
+    X, Z = _latent_driven()
+    assert len(pp.select_by_latent(X, Z, min_genes=50).indices) == 50      # topped up by R^2
+    assert len(pp.select_by_latent(X, Z, min_genes=1, max_genes=5).indices) == 5
+    flat = pp.select_by_latent(X, np.zeros_like(Z), min_genes=10)
+    assert flat.n_significant == 0 and flat.threshold == float("inf")
+    with pytest.raises(ValueError, match="rows"):
+        pp.latent_r2(X, Z[:10])

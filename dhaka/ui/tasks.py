@@ -248,7 +248,8 @@ def make_train_task(
             history.append(row)
             ctx.report(phase="training", message="Training", epoch=row.get("epoch"),
                        n_epochs=row.get("n_epochs"), eta=row.get("eta"), elapsed=row.get("elapsed"),
-                       start=row.get("start", 0), n_starts=row.get("n_starts", 1), loss=row.get("loss"),
+                       start=row.get("start", 0), n_starts=row.get("n_starts", 1), stage=row.get("stage", ""),
+                       loss=row.get("loss"),
                        history_row=row)
             try:
                 run.heartbeat(epoch=row.get("epoch"))
