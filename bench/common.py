@@ -111,14 +111,26 @@ def write_section(name: str, text: str, *, path: str | os.PathLike = RESULTS) ->
 
 
 # ----------------------------------------------------------------------------- embeddings
-def preprocessed(est, X) -> np.ndarray:
-    """The matrix a fitted Dhaka saw (its selection, normalisation and log), dense and gene-centred.
+def preprocessed(est, X, *, refined: bool = False) -> np.ndarray:
+    """The baselines' input: what a fitted Dhaka saw before gene refinement, dense and gene-centred.
 
-    This is the common input of the baselines, so that every method embeds the same numbers.
+    That is its normalisation and log (as detected or set) and its top-N genes by
+    ``est.gene_selection``, the input of Dhaka's first fit, so that the baselines get the
+    field's standard preprocessing and not the genes Dhaka's own latent chose.
+    ``refined=True`` gives the genes of Dhaka's final fit instead (``est.align(X)``), to show
+    how much of Dhaka's result the refined genes alone explain.
     """
     import scipy.sparse as sp
 
-    S, _ = est.align(X)
+    from dhaka.estimator import _as_matrix
+    from dhaka.preprocess import select_genes
+
+    if refined:
+        S, _ = est.align(X)
+    else:
+        M, _, _ = _as_matrix(X)
+        P = est._apply_steps(est._validate(M, reset=None))
+        S = P[:, select_genes(P, n_genes=est._n_select(P.shape[1]), method=est.gene_selection)]
     S = S.toarray() if sp.issparse(S) else np.asarray(S)
     S = S.astype(np.float64)
     return S - S.mean(axis=0, keepdims=True)

@@ -87,7 +87,9 @@ def live_progress() -> None:
             st.button("Stop", key="w.train.stop", on_click=j.cancel, icon=":material/stop:",
                       help="Ends training within one epoch; the model is kept as it is.")
     elif status == "done":
-        st.success(f"Finished: {len(snap['history'])} epochs in {_fmt_seconds(snap.get('elapsed'))} "
+        n_fits = len({r.get("start", 0) for r in snap["history"]})
+        fits = f" over {n_fits} fits (gene refinement / warm starts)" if n_fits > 1 else ""
+        st.success(f"Finished: {len(snap['history'])} epochs{fits} in {_fmt_seconds(snap.get('elapsed'))} "
                    f"(run {prog.get('run_id', '?')}).", icon=":material/check_circle:")
     elif status == "cancelled":
         st.warning(f"Stopped after {len(snap['history'])} epochs; the model as it was is kept "

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["safe_call", "error_message", "preprocess_form", "train_form", "ColorChoice", "color_control",
            "figure_downloads", "PNG_NOTE", "sidebar", "collect_finished_job", "show_notices", "job_is_active",
            "STRUCTURE_PRESETS", "PLOTLY_CONFIG"]
+REFINE_CHOICES: list[Any] = ["auto", 0, 1, 2, 3]  # rounds of latent-guided gene refinement
 
 T = TypeVar("T")
 
@@ -202,6 +203,7 @@ def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) ->
     _seed("w.train.val_fraction", float(cur["val_fraction"]))
     _seed("w.train.batch_norm", bool(cur["batch_norm"]))
     _seed("w.train.scale", cur["scale"])
+    _seed("w.train.refine", cur.get("refine", "auto") if cur.get("refine", "auto") in REFINE_CHOICES else "auto")
 
     c1, c2, c3 = st.columns(3)
     with c1:
@@ -237,6 +239,12 @@ def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) ->
             val_fraction = st.number_input("Validation fraction", 0.0, 0.5, step=0.05, key="w.train.val_fraction")
             batch_norm = st.checkbox("Batch normalisation", key="w.train.batch_norm")
             scale = st.selectbox("Input scaling", ["global", "gene", "none", "minmax"], key="w.train.scale")
+            refine = st.selectbox(
+                "Gene refinement rounds", REFINE_CHOICES, key="w.train.refine",
+                format_func=lambda v: "auto (2 for expression, 0 for copy number)" if v == "auto" else str(v),
+                help="After a fit, keep the genes the latent space explains beyond chance (chosen among all "
+                     "genes) and fit again. Finds weak groups hidden among many noise genes; 0 = the "
+                     "paper's single fit. Each round is one more training.")
 
     preset = STRUCTURE_PRESETS[label]
     if preset is None:
@@ -254,7 +262,7 @@ def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) ->
               "clip_norm": float(clip_norm) if clip else None, "n_starts": int(n_starts), "seed": int(seed),
               "device": device, "optimizer": optimizer, "likelihood": likelihood, "kl_warmup": int(kl_warmup),
               "patience": int(patience) if early else None, "val_fraction": float(val_fraction),
-              "batch_norm": bool(batch_norm), "scale": scale}
+              "batch_norm": bool(batch_norm), "scale": scale, "refine": refine}
     state.set_train_params(params)
     return params
 

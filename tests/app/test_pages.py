@@ -146,12 +146,14 @@ def test_train_page_before_training_invites_to_start(env):
 def test_training_finishes_and_is_collected(trained):
     at, job = trained
     snap = job.snapshot()
-    assert snap["status"] == "done" and len(snap["history"]) == 2
+    n_fits = len(at.session_state["dhaka.estimator"].refinement_)  # refine="auto": up to 3 fits
+    assert snap["status"] == "done" and len(snap["history"]) == 2 * n_fits
+    assert [r["start"] for r in snap["history"]] == [i // 2 for i in range(2 * n_fits)]  # one pass after another
     assert {"loss", "reconstruction", "kl"} <= set(snap["history"][0])
     assert at.session_state["dhaka.latent"].shape == (200, 3)
     assert at.session_state["dhaka.clusters"].shape == (200,)
     assert at.session_state["dhaka.result_info"]["run_id"] == snap["progress"]["run_id"]
-    assert any("Finished: 2 epochs" in s.value for s in at.success)
+    assert any(f"Finished: {2 * n_fits} epochs" in s.value for s in at.success)
     assert len(at.get("plotly_chart")) == 1  # the loss curves
 
 
