@@ -665,10 +665,16 @@ def fit_backed(
     est.genes_ = list(prep.genes)
     est.prepared_ = {"key": prep.key, "cache_path": str(prep.cache_path) if prep.cache_path else None,
                      "from_cache": prep.from_cache, "seconds": dict(prep.seconds), "in_memory": sp.issparse(S)}
-    center, scale = _input_affine(est, prep)
-    # Principal axes need the matrix in memory (CSR); a streamed row source trains the direct encoder.
-    loadings = est._principal_axes(S, center, scale) if sp.issparse(S) else None
-    est._train(S, center, scale, loadings=loadings, callback=callback, stop_event=stop_event)
+    # Gene refinement chooses among the prepared genes (the full matrix is not kept) and needs them
+    # in memory; streamed from the cache file, the one fit stands.
+    from dhaka.train import is_row_source
+
+    streamed = is_row_source(S)
+    est._fit_rounds(S, np.arange(S.shape[1]), names=list(prep.var_names), index_map=np.asarray(prep.gene_indices),
+                    rounds=0 if streamed else est._refine_rounds(), max_genes=S.shape[1],
+                    affine=_input_affine(est, prep), callback=callback, stop_event=stop_event)
+    if streamed and est._refine_rounds():
+        est.refinement_[0]["note"] = "streamed from disk: gene refinement skipped"
     if isinstance(S, BackedRows):
         S.close()
     return est

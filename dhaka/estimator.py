@@ -360,24 +360,41 @@ class Dhaka(TransformerMixin, BaseEstimator):
         P = self._apply_steps(M)
         n_select = self._n_select(P.shape[1])
         idx = select_genes(P, n_genes=n_select, method=self.gene_selection)
-        rounds = self._refine_rounds()
+        self._fit_rounds(P, idx, names=names, rounds=self._refine_rounds(), max_genes=n_select, callback=callback,
+                         stop_event=stop_event, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        return self
+
+    def _fit_rounds(self, P: Any, idx: np.ndarray, *, names: Sequence[str] | None, rounds: int,
+                    max_genes: int | None, index_map: np.ndarray | None = None,
+                    affine: tuple[np.ndarray, np.ndarray] | None = None, **train_kw: Any) -> None:
+        """Train on the columns ``idx`` of ``P``, then refine the genes ``rounds`` times and refit.
+
+        The loop shared by :meth:`fit` (``P`` = every feature, preprocessed) and
+        :func:`dhaka.backed.fit_backed` (``P`` = the prepared genes only, ``index_map`` maps its
+        columns to feature indices; ``affine`` = centring precomputed out of core). Each round
+        keeps the genes of ``P`` the current latent explains (:meth:`_refined_genes`); it stops
+        early when nothing is significant or the selection no longer changes; warm starts
+        (``n_starts``) run in the last fit. ``train_kw`` goes to :meth:`_train`.
+        """
+        from dhaka.train import is_row_source
+
         self.refinement_: list[dict[str, Any]] = [
             {"fit": 1, "genes": int(len(idx)), "selected_by": self.gene_selection}]
         r = 0
         while True:
             final = r == rounds
-            self.gene_indices_ = idx
-            self.genes_ = [names[i] for i in idx] if names is not None else [str(i) for i in idx]
-            S = P[:, idx]
-            center, scale = self._fit_input_affine(S)
+            feat = idx if index_map is None else np.asarray(index_map)[idx]
+            self.gene_indices_ = np.asarray(feat)
+            self.genes_ = [names[i] for i in feat] if names is not None else [str(i) for i in feat]
+            S = P if np.array_equal(idx, np.arange(P.shape[1])) else P[:, idx]
+            center, scale = affine if (affine is not None and S is P) else self._fit_input_affine(S)
+            loadings = None if is_row_source(S) else self._principal_axes(S, center, scale)
             label = f"fit {r + 1}/{rounds + 1} ({len(idx)} genes)" if rounds else ""
-            self._train(S, center, scale, loadings=self._principal_axes(S, center, scale), callback=callback,
-                        stop_event=stop_event, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                        n_starts=int(self.n_starts) if final else 1, pass_offset=r,
-                        n_passes=rounds + int(self.n_starts), stage=label)
+            self._train(S, center, scale, loadings=loadings, n_starts=int(self.n_starts) if final else 1,
+                        pass_offset=r, n_passes=rounds + int(self.n_starts), stage=label, **train_kw)
             if final or self.stopped_:
-                break
-            new = self._refined_genes(P, S, n_select)
+                return
+            new = self._refined_genes(P, S, max_genes)
             self.refinement_[-1].update({k: v for k, v in new.items() if k != "indices"})
             r += 1
             if new["indices"] is None or np.array_equal(new["indices"], idx):
@@ -385,13 +402,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 # unless warm starts were asked for (they run once more on the same genes)
                 self.refinement_[-1]["converged"] = True
                 if int(self.n_starts) == 1:
-                    break
+                    return
                 rounds = r
                 self.refinement_.append({"fit": r + 1, "genes": int(len(idx)), "selected_by": "unchanged"})
                 continue
             idx = new["indices"]
             self.refinement_.append({"fit": r + 1, "genes": int(len(idx)), "selected_by": "latent R^2"})
-        return self
 
     def _refined_genes(self, P: Any, S: Any, n_select: int | None) -> dict[str, Any]:
         """Genes of ``P`` the current latent explains (:func:`select_by_latent`), or ``None``."""

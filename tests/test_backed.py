@@ -120,8 +120,9 @@ def test_fit_backed_equals_in_memory_fit_and_transform_backed(h5, tmp_path):
     from dhaka import Dhaka
 
     path, X = h5
-    mem = Dhaka(**SMALL).fit(sp.csr_matrix(X))
-    est = backed.fit_backed(path, cache_root=tmp_path / "c", **SMALL)
+    # without gene refinement: out of core it chooses among the prepared genes, in memory among all
+    mem = Dhaka(**SMALL, refine=0).fit(sp.csr_matrix(X))
+    est = backed.fit_backed(path, cache_root=tmp_path / "c", **SMALL, refine=0)
     assert est.genes_ == [f"g{j}" for j in mem.gene_indices_]
     np.testing.assert_allclose(est.model_.center.numpy(), mem.model_.center.numpy(), rtol=1e-5, atol=1e-6)
     Z_mem = mem.transform(sp.csr_matrix(X))
@@ -175,3 +176,15 @@ def test_refusals_name_the_problem(tmp_path):
         backed.prepare(p, cache=False)
     with pytest.raises(ValueError, match="entropy"):
         backed.fit_backed(_write(tmp_path / "ok.h5ad", X), cache=False, gene_selection="entropy", **SMALL)
+
+
+def test_fit_backed_refines_among_the_prepared_genes(h5, tmp_path):
+    path, X = h5
+    est = backed.fit_backed(path, cache_root=tmp_path / "c", **{**SMALL, "refine": 1})
+    prepared = backed.prepare(path, cache=False, n_genes=SMALL.get("n_genes", "auto"))
+    assert est.refinement_[0]["genes"] == len(prepared.genes) and "n_significant" in est.refinement_[0]
+    assert set(est.genes_) <= set(prepared.genes)
+    assert [est.feature_names_[i] for i in est.gene_indices_] == est.genes_  # indices into all features
+    assert backed.transform_backed(est, path).shape == (X.shape[0], est.model_.latent_dim)
+    streamed = backed.fit_backed(path, cache_root=tmp_path / "s", max_memory_bytes=1, **{**SMALL, "refine": 1})
+    assert len(streamed.refinement_) == 1 and "skipped" in streamed.refinement_[0]["note"]
