@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lr", type=float)
     e.add_argument("--clip-norm", type=float)
     e.add_argument("--n-starts", type=int, help="random starts; the best silhouette is kept")
+    e.add_argument("--refine", help="rounds of latent-guided gene refinement: 'auto' (2 for expression, 0 for "
+                                    "cnv) or a number; 0 = the paper's single fit")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", choices=["auto", "cpu", "cuda"])
     e.add_argument("--distributed", action="store_true",
@@ -90,9 +92,21 @@ def _estimator_params(args: argparse.Namespace) -> dict:
     if args.n_genes is not None:
         params["n_genes"] = {"auto": "auto", "all": None}.get(args.n_genes) if args.n_genes in ("auto", "all") \
             else _positive_int(args.n_genes, "--n-genes")
+    if args.refine is not None:
+        params["refine"] = "auto" if args.refine == "auto" else _count(args.refine, "--refine")
     if args.batch_size is not None:
         params["batch_size"] = "auto" if args.batch_size == "auto" else _positive_int(args.batch_size, "--batch-size")
     return params
+
+
+def _count(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{flag} must be 'auto' or a whole number, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"{flag} must be 0 or more, got {value}")
+    return value
 
 
 def _positive_int(text: str, flag: str) -> int:
@@ -123,7 +137,8 @@ def _progress(quiet: bool):
         now = time.monotonic()
         if now - last[0] >= 2.0 or r.epoch == r.n_epochs or r.epoch == 1:
             last[0] = now
-            start = f"start {r.start + 1}/{r.n_starts} " if r.n_starts > 1 else ""
+            start = (f"{r.stage}  " if getattr(r, "stage", "") else
+                     f"start {r.start + 1}/{r.n_starts} " if r.n_starts > 1 else "")
             print(f"{start}epoch {r.epoch}/{r.n_epochs}  loss {r.loss:.2f} (recon {r.reconstruction:.2f}, "
                   f"KL {r.kl:.2f})  val {r.val_loss:.2f}  ETA {r.eta:.0f}s", file=sys.stderr, flush=True)
 

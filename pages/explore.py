@@ -112,6 +112,10 @@ if missing and model_input is not None:
                       "and later visits are instant." + umap_note):
         compute(missing)
 
+refined = getattr(state.get_estimator(), "refinement_", None) or []
+if len(refined) > 1:
+    st.caption(f"The model's final fit used {refined[-1]['genes']} genes chosen by gene refinement (first fit: "
+               f"{refined[0]['genes']} by {refined[0]['selected_by']}); PCA, t-SNE and UMAP embed the same genes.")
 left, right = st.columns(2)
 with left:
     draw(Z[:, :3] if Z.shape[1] >= 3 else Z, "Dhaka latent space", "dhaka", "fig_dhaka")

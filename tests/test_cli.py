@@ -51,6 +51,18 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert err.startswith("error:") and "bad.csv" in err and "Traceback" not in err
     assert main(["embed", str(bad), "--out", "o.csv", "--n-genes", "lots"]) == 2
     assert "--n-genes" in capsys.readouterr().err
+    assert main(["embed", str(bad), "--out", "o.csv", "--refine", "-1"]) == 2
+    assert "--refine" in capsys.readouterr().err
+
+
+def test_embed_refine_setting_reaches_the_saved_model(counts_csv, tmp_path):
+    import json
+
+    model = tmp_path / "model"
+    assert main(["embed", str(counts_csv), "--out", str(tmp_path / "l.csv"), "--save-model", str(model),
+                 "--epochs", "3", "--structure", "32", "--refine", "0", "--quiet"]) == 0
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["params"]["refine"] == 0 and len(cfg["refinement"]) == 1
 
 
 def test_simulate_writes_matrix_and_truth(tmp_path):
