@@ -60,7 +60,7 @@ SECTION = "load"
 
 Mode = Literal["browser", "apptest"]
 
-_FINISHED = re.compile(r"Finished: (\d+) epochs.*?\(run ([^)\s]+)\)")
+_FINISHED = re.compile(r"Finished: (\d+) epochs(?: over (\d+) fits)?.*?\(run ([^)\s]+)\)")
 _QUEUED = re.compile(r"Queued: position (\d+)")
 _EPOCH = re.compile(r"Epoch (\d+)/(\d+)")
 _FAILED = re.compile(r"Training failed: ([^\n]{0,200})")
@@ -87,6 +87,8 @@ class SessionResult:
         The run id the page named in its "Finished" message, or ``None``.
     epochs_shown
         The epoch count in the "Finished" message.
+    fits_shown
+        The number of fits in it (gene refinement / warm starts: each runs the epochs asked for).
     queue_positions
         Every "Queued: position k" value the page showed.
     saw_running
@@ -111,6 +113,7 @@ class SessionResult:
     outcome: str = "timeout"
     run_id: str | None = None
     epochs_shown: int | None = None
+    fits_shown: int = 1
     queue_positions: list[int] = field(default_factory=list)
     saw_running: bool = False
     owner: str | None = None
@@ -129,7 +132,8 @@ class SessionResult:
             self.saw_running = True
         m = _FINISHED.search(text)
         if m:
-            self.outcome, self.epochs_shown, self.run_id = "done", int(m.group(1)), m.group(2)
+            self.outcome, self.epochs_shown, self.run_id = "done", int(m.group(1)), m.group(3)
+            self.fits_shown = int(m.group(2) or 1)
         elif _STOPPED.search(text):
             self.outcome = "stopped"
         elif _FAILED.search(text):
@@ -324,8 +328,9 @@ def check(result: LoadResult) -> list[str]:
                             + (f" ({r.message})" if r.message else ""))
         if r.run_id is not None and r.run_id not in result.runs:
             problems.append(f"session {r.index}: its page names run {r.run_id}, which is not in the store")
-        if r.epochs_shown is not None and r.epochs_shown != result.epochs:
-            problems.append(f"session {r.index}: finished {r.epochs_shown} epochs, asked for {result.epochs}")
+        if r.epochs_shown is not None and r.epochs_shown != result.epochs * r.fits_shown:
+            problems.append(f"session {r.index}: finished {r.epochs_shown} epochs over {r.fits_shown} fits, "
+                            f"asked for {result.epochs} per fit")
     if len(result.runs) != n:
         problems.append(f"{len(result.runs)} runs stored for {n} sessions")
     not_done = {k: v.get("status") for k, v in result.runs.items() if v.get("status") != "done"}
