@@ -1,5 +1,5 @@
 """Shared helpers of the benchmark scripts: machine description, tables, RESULTS.md sections,
-the baselines (PCA / t-SNE / UMAP on Dhaka's own preprocessed input) and scoring.
+the baselines (PCA / t-SNE / UMAP on the input of Dhaka's first fit) and scoring.
 
 Several benchmark scripts write into one ``bench/RESULTS.md``; each owns the text between
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` and :func:`write_section` replaces only that.

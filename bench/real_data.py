@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"Sum of method times: {total / 60:.1f} min. Seeds: "
                     f"{', '.join(str(s) for s in sorted({r['seed'] for r in records}))} (mean ± sd). Every "
                     "embedding is 3-D, clustered by `dhaka.cluster.gmm_bic` (k = 1..10); baselines embed the "
-                    "default Dhaka's own preprocessed input, gene-centred.\n\n" + head + "\n" + table)
+                    "input of the default Dhaka's first fit (top 2000 CV genes, before gene refinement), gene-centred. `norefine` = `Dhaka(refine=0)`.\n\n" + head + "\n" + table)
             write_section(f"real-data-{ds}", text)
     return 0
 
