@@ -262,7 +262,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return M
 
     def preview(self, X: Any) -> dict[str, Any]:
-        """What :meth:`fit` would do to ``X``, without training: detected kind and matrix size."""
+        """What :meth:`fit` would do to ``X``, without training: detected kind, first-fit matrix size and
+        the number of gene-refinement rounds that follow (their gene counts depend on the fits)."""
         M, _, names = _as_matrix(X)
         kind = detect_kind(M, mode=self.mode)
         norm, lg = self._steps(kind)
@@ -270,7 +271,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return {"n_cells": M.shape[0], "n_features": M.shape[1],
                 "n_selected": M.shape[1] if n_sel is None else n_sel,
                 "input_kind": kind.kind, "reason": kind.reason, "normalize": norm, "log": lg,
-                "description": kind.describe()}
+                "description": kind.describe(), "refine_rounds": self._refine_rounds()}
 
     def _fit_input_affine(self, S: Any) -> tuple[np.ndarray, np.ndarray]:
         from dhaka.preprocess import column_moments

@@ -104,10 +104,14 @@ truth = st.selectbox("True labels (for ARI / NMI), if known", truth_opts,
                      format_func=lambda v: "none" if v is None else v, key="w.data.truth")
 state.set_truth_column(truth)
 
-preview = widgets.safe_call(lambda: Dhaka(**prep).preview(adata), what="Preprocessing")
+refine = state.get_train_params().get("refine", "auto")
+preview = widgets.safe_call(lambda: Dhaka(**prep, refine=refine).preview(adata), what="Preprocessing")
 if preview is not None:
     steps = [s for s, on in (("normalise", preview.get("normalize")), ("log2(x+1)", preview.get("log")),
                              ("centre genes", prep.get("relative"))) if on]
+    rounds = preview.get("refine_rounds", 0)
+    then = (f" The first fit uses these; {rounds} round{'s' if rounds > 1 else ''} of gene refinement then keep "
+            "the genes its latent space explains (Train page › Advanced)." if rounds else "")
     st.success(f"Training matrix: **{preview['n_cells']:,} cells × {preview['n_selected']:,} genes** "
-               f"(of {preview['n_features']:,}; {' → '.join(steps) or 'used as given'}). "
+               f"(of {preview['n_features']:,}; {' → '.join(steps) or 'used as given'}).{then} "
                "Next: the Train page.", icon=":material/check_circle:")
