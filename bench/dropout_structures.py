@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["dropout", "structures"], default=None)
     ap.add_argument("--params", default="{}", help="JSON of Dhaka settings shared by all runs (default: defaults)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-noise", type=int, default=2500,
+                    help="noise genes of simulate.paper (default 2500, the issue's table; 500 is the easier base "
+                         "of the paper's Fig. 3 curve, written to its own section dropout-500)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
 
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     drop, struct = [], []
     t_drop = t_struct = 0.0
     for seed in range(args.seeds):
-        adata = simulate.paper(n_noise=2500, seed=seed)
+        adata = simulate.paper(n_noise=args.n_noise, seed=seed)
         truth = adata.obs["group"].astype(str).to_numpy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -177,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 s = structure_table(adata, truth, seed=seed, structures=structures, params=params)
                 t_struct += time.perf_counter() - t0
                 struct.append(s.assign(seed=seed))
-    head = (f"Machine: {machine}. Data: `simulate.paper(n_noise=2500)` (500 cells, 5 groups, 3000 genes, "
-            f"2500 noise), seeds 0..{args.seeds - 1} (mean ± sd; GMM k per seed). {setting} Computed with {via}. "
+    head = (f"Machine: {machine}. Data: `simulate.paper(n_noise={args.n_noise})` (500 cells, 5 groups, 3000 genes, "
+            f"{args.n_noise} noise), seeds 0..{args.seeds - 1} (mean ± sd; GMM k per seed). {setting} Computed with {via}. "
             "Clusters: `dhaka.cluster.gmm_bic` (k = 1..10).")
     if drop:
         df = pd.concat(drop, ignore_index=True)
@@ -187,14 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown_table(_summarise(df, ["level", "method"], ["ari", "n_clusters", "silhouette", "seconds"]))
         print("\n" + table, flush=True)
         if not args.no_write:
-            write_section("dropout", "## Dropout curve (issue 4; `python -m bench.dropout_structures --only dropout`)"
+            suffix = "" if args.n_noise == 2500 else f"-{args.n_noise}"
+            flag = "" if args.n_noise == 2500 else f" --n-noise {args.n_noise}"
+            write_section(f"dropout{suffix}", f"## Dropout curve (issue 4; `python -m bench.dropout_structures "
+                          f"--only dropout{flag}`)"
                           f"\n\n{head} Extra dropout: that fraction of each cell's non-zero values set to 0 "
                           f"(`inject_dropout`, seed + level index). Whole run: {t_drop / 60:.1f} min.\n\n{table}")
     if struct:
         df = pd.concat(struct, ignore_index=True)
         table = markdown_table(_summarise(df, ["structure"], ["ari", "silhouette", "n_clusters", "seconds"]))
         print("\n" + table, flush=True)
-        if not args.no_write:
+        if not args.no_write and args.n_noise == 2500:
             write_section("structures", "## Structure comparison (paper Table 1; "
                           "`python -m bench.dropout_structures --only structures`)\n\n"
                           f"{head} deep = 1024-512-256, shallow = 1024; t-SNE is 2-D on the same "
