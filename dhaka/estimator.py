@@ -377,6 +377,16 @@ class Dhaka(TransformerMixin, BaseEstimator):
         early when nothing is significant or the selection no longer changes; warm starts
         (``n_starts``) run in the last fit. ``train_kw`` goes to :meth:`_train`.
         """
+        t0 = time.perf_counter()
+        try:
+            self._refine_loop(P, idx, names=names, rounds=rounds, max_genes=max_genes, index_map=index_map,
+                              affine=affine, **train_kw)
+        finally:
+            self.train_seconds_ = time.perf_counter() - t0  # every fit and the gene tests between them
+
+    def _refine_loop(self, P: Any, idx: np.ndarray, *, names, rounds, max_genes, index_map, affine,
+                     **train_kw: Any) -> None:
+        """The body of :meth:`_fit_rounds`."""
         from dhaka.train import is_row_source
 
         self.refinement_: list[dict[str, Any]] = [
@@ -442,7 +452,6 @@ class Dhaka(TransformerMixin, BaseEstimator):
         dev = resolve_device(self.device)
         self.device_ = str(dev)
 
-        t0 = time.perf_counter()
         self.start_scores_: list[dict[str, Any]] = []
         self.stopped_ = False
         best = None
@@ -495,7 +504,6 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.best_start_ = kept
         self.model_ = model.cpu().eval()
         self.history_ = hist
-        self.train_seconds_ = time.perf_counter() - t0
 
     def _batch_size(self, n_cells: int) -> int:
         if self.batch_size == "auto":
