@@ -430,6 +430,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
                                max_genes=n_select)
         out = {"n_significant": sel.n_significant, "r2_threshold": sel.threshold,
                "indices": sel.indices if sel.n_significant > 0 else None}
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # data-parallel: every rank takes rank 0's genes
+            box = [out]
+            dist.broadcast_object_list(box, src=0)
+            out = box[0]
         return out
 
     def _train(self, S: Any, center: np.ndarray, scale: np.ndarray, *, loadings: np.ndarray | None,
