@@ -422,6 +422,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
 
     def _refined_genes(self, P: Any, S: Any, n_select: int | None) -> dict[str, Any]:
         """Genes of ``P`` the current latent explains (:func:`select_by_latent`), or ``None``."""
+        import torch.distributed as dist
+
         from dhaka.preprocess import select_by_latent
         from dhaka.train import encode
 
@@ -430,8 +432,6 @@ class Dhaka(TransformerMixin, BaseEstimator):
                                max_genes=n_select)
         out = {"n_significant": sel.n_significant, "r2_threshold": sel.threshold,
                "indices": sel.indices if sel.n_significant > 0 else None}
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():  # data-parallel: every rank takes rank 0's genes
             box = [out]
             dist.broadcast_object_list(box, src=0)

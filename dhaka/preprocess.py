@@ -206,12 +206,17 @@ def select_genes(
     scores = gene_scores(X, method=method).astype(np.float64)
     scores[~np.isfinite(scores)] = -np.inf
     _, var = column_moments(X)
-    detected = n - dropout_fraction(X) * n
-    eligible = (var > 0) & (detected >= min(min_cells, n))
+    eligible = _eligible(X, var, min_cells=min_cells)
     if eligible.sum() >= n_genes:
         scores = np.where(eligible, scores, -np.inf)
     top = np.argsort(-scores, kind="stable")[:n_genes]
     return np.sort(top)
+
+
+def _eligible(X: Matrix, var: np.ndarray, *, min_cells: int) -> np.ndarray:
+    """Genes that may be selected: not constant, and detected in at least ``min_cells`` cells."""
+    n = X.shape[0]
+    return (var > 0) & (n - dropout_fraction(X) * n >= min(min_cells, n))
 
 
 def inject_dropout(X: Matrix, *, fraction: float, seed: int = 0) -> Matrix:
@@ -268,14 +273,17 @@ def latent_r2(X: Matrix, Z: np.ndarray) -> np.ndarray:
     column means of ``X`` need not be subtracted. Latent directions with (numerically) no
     spread are dropped; a fully collapsed latent explains nothing (all zeros).
     """
-    n = X.shape[0]
-    Q = _latent_basis(Z, n)
+    _, var = column_moments(X)
+    return _r2_on_basis(X, _latent_basis(Z, X.shape[0]), var)
+
+
+def _r2_on_basis(X: Matrix, Q: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """R^2 of every column of ``X`` (population variances ``var``) on the orthonormal basis ``Q``."""
     if Q.shape[1] == 0:
         return np.zeros(X.shape[1])
     proj = np.asarray(X.T @ Q) if sp.issparse(X) else np.asarray(X, dtype=np.float64).T @ Q
     explained = (proj**2).sum(1)
-    _, var = column_moments(X)
-    total = var * n
+    total = var * X.shape[0]
     return np.divide(explained, total, out=np.zeros_like(explained), where=total > 1e-12).clip(0.0, 1.0)
 
 
@@ -306,12 +314,11 @@ def select_by_latent(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     n, g = X.shape
-    r2 = latent_r2(X, Z)
     _, var = column_moments(X)
-    detected = n - dropout_fraction(X) * n
-    eligible = (var > 0) & (detected >= min(min_cells, n))
-    r2 = np.where(eligible, r2, 0.0)
-    p = _latent_basis(Z, n).shape[1]
+    Q = _latent_basis(Z, n)
+    eligible = _eligible(X, var, min_cells=min_cells)
+    r2 = np.where(eligible, _r2_on_basis(X, Q, var), 0.0)
+    p = Q.shape[1]
     n_elig = int(eligible.sum())
     if p < 1 or n - p - 1 < 1 or n_elig == 0:
         threshold = float("inf")
