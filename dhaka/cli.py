@@ -91,31 +91,23 @@ def _estimator_params(args: argparse.Namespace) -> dict:
             params[key] = val
     if args.n_genes is not None:
         params["n_genes"] = {"auto": "auto", "all": None}.get(args.n_genes) if args.n_genes in ("auto", "all") \
-            else _positive_int(args.n_genes, "--n-genes")
+            else _int_option(args.n_genes, "--n-genes")
     if args.refine is not None:
-        params["refine"] = "auto" if args.refine == "auto" else _count(args.refine, "--refine")
+        params["refine"] = "auto" if args.refine == "auto" else _int_option(
+            args.refine, "--refine", minimum=0, allowed="'auto' or a whole number")
     if args.batch_size is not None:
-        params["batch_size"] = "auto" if args.batch_size == "auto" else _positive_int(args.batch_size, "--batch-size")
+        params["batch_size"] = "auto" if args.batch_size == "auto" else _int_option(args.batch_size, "--batch-size")
     return params
 
 
-def _count(text: str, flag: str) -> int:
+def _int_option(text: str, flag: str, *, minimum: int = 1, allowed: str = "a whole number") -> int:
+    """``text`` as an int of at least ``minimum``; the message names ``flag`` and what it accepts."""
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"{flag} must be 'auto' or a whole number, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"{flag} must be 0 or more, got {value}")
-    return value
-
-
-def _positive_int(text: str, flag: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{flag} must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"{flag} must be at least 1, got {value}")
+        raise ValueError(f"{flag} must be {allowed}, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"{flag} must be at least {minimum}, got {value}")
     return value
 
 
