@@ -2,12 +2,12 @@
 
 This file sets up the page, the session state (a fresh session starts with
 the paper-style simulation loaded, ready to train), the shared sidebar, the
-background UMAP warm-up and the navigation. Pages live in ``pages/``; the
-analysis pages are listed only when their files exist.
+background UMAP warm-up and the navigation. Pages live in ``pages/``.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -34,34 +34,29 @@ if state.get_dataset() is None and not st.session_state.get("dhaka.default_loade
 
 widgets.collect_finished_job()
 
-# Every url_path differs from its file's stem on purpose: with a folder named pages/, Streamlit's
-# legacy multipage wrapper would otherwise run e.g. pages/train.py directly for the URL /train,
-# skipping this script (no sidebar, no state set-up, no job hand-over).
+# Each page's URL is its file's stem (/train, /explore, ...). Streamlit runs the very first session of a
+# server in its legacy pages/ mode, where a URL names a file of pages/ and that file runs without this
+# script; every page therefore starts with widgets.require_entrypoint(), which reruns through here.
+# The navigation is drawn by widgets.sidebar() (client.showSidebarNavigation = false in
+# .streamlit/config.toml), so that legacy first run cannot flash a list of raw file names.
 pages = {
     "Workflow": [
         st.Page(str(HERE / "pages" / "data.py"), title="Data", icon=":material/table_view:", default=True),
-        st.Page(str(HERE / "pages" / "train.py"), title="Train", icon=":material/model_training:",
-                url_path="training"),
-        st.Page(str(HERE / "pages" / "explore.py"), title="Explore", icon=":material/scatter_plot:",
-                url_path="latent-space"),
-        st.Page(str(HERE / "pages" / "runs.py"), title="Runs", icon=":material/history:",
-                url_path="run-history"),
+        st.Page(str(HERE / "pages" / "train.py"), title="Train", icon=":material/model_training:"),
+        st.Page(str(HERE / "pages" / "explore.py"), title="Explore", icon=":material/scatter_plot:"),
+        st.Page(str(HERE / "pages" / "runs.py"), title="Runs", icon=":material/history:"),
+    ],
+    "Analyses": [
+        st.Page(str(HERE / "pages" / "robustness.py"), title="Robustness to dropout", icon=":material/grain:"),
+        st.Page(str(HERE / "pages" / "compare.py"), title="Compare structures", icon=":material/compare:"),
+        st.Page(str(HERE / "pages" / "copy_number.py"), title="Copy number", icon=":material/genetics:"),
+        st.Page(str(HERE / "pages" / "trajectory.py"), title="Trajectory", icon=":material/timeline:"),
+        st.Page(str(HERE / "pages" / "differential.py"), title="Differential expression",
+                icon=":material/bar_chart:"),
     ],
 }
-ANALYSES = [  # owned by the analysis room; shown once their files exist
-    ("robustness.py", "Robustness to dropout", ":material/grain:", "dropout-robustness"),
-    ("compare.py", "Compare structures", ":material/compare:", "structure-comparison"),
-    ("copy_number.py", "Copy number", ":material/genetics:", "copy-number-analysis"),
-    ("trajectory.py", "Trajectory", ":material/timeline:", "pseudotime"),
-    ("differential.py", "Differential expression", ":material/bar_chart:", "differential-expression"),
-]
-analyses = [st.Page(str(HERE / "pages" / f), title=t, icon=i, url_path=u)
-            for f, t, i, u in ANALYSES if (HERE / "pages" / f).is_file()]
-if analyses:
-    pages["Analyses"] = analyses
-
-page = st.navigation(pages)
-widgets.sidebar()
+page = st.navigation(pages, position="hidden")
+widgets.sidebar(pages)
 with st.sidebar:
     st.caption("Dhaka: Rashid, Shah & Pandya, *Bioinformatics* 2019. "
                + ("Fast demo mode (DHAKA_DEMO_FAST)." if demos.demo_fast() else ""))
@@ -69,6 +64,8 @@ widgets.show_notices()
 try:
     page.run()
 except Exception as exc:  # noqa: BLE001 - last line of defence: a message, never a traceback, in the UI
+    if os.environ.get("DHAKA_RAISE_ERRORS", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise  # tests: an error on any page is a failure, not a banner
     logging.getLogger("dhaka.app").exception("page %s failed", page.title)
     st.error(f"Something went wrong on this page: {widgets.error_message(exc)}. "
              "Your data and results are kept; the details are in the server log.")

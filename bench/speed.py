@@ -89,7 +89,7 @@ def time_fit_vae(X, *, batch_size: int, epochs: int, val_fraction: float = 0.1, 
 def default_batch_size(n_cells: int) -> int:
     from dhaka.estimator import Dhaka
 
-    return Dhaka()._batch_size(n_cells)
+    return Dhaka().resolved_batch_size(n_cells)
 
 
 def run_scvi(python: str, counts, *, epochs: int, threads: int) -> dict:

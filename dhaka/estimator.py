@@ -482,7 +482,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             ck = (lambda epoch, _f=save_fn: checkpoint(_f, epoch)) if checkpoint is not None else None
             try:
                 res = fit_vae(
-                    S, model=model, epochs=int(self.epochs), batch_size=self._batch_size(S.shape[0]),
+                    S, model=model, epochs=int(self.epochs), batch_size=self.resolved_batch_size(S.shape[0]),
                     lr=float(self.lr),
                     clip_norm=self.clip_norm, optimizer=self.optimizer, kl_warmup=int(self.kl_warmup),
                     val_fraction=float(self.val_fraction), patience=self.patience, seed=seed, device=self.device,
@@ -511,7 +511,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.model_ = model.cpu().eval()
         self.history_ = hist
 
-    def _batch_size(self, n_cells: int) -> int:
+    def resolved_batch_size(self, n_cells: int) -> int:
+        """The minibatch size a fit on ``n_cells`` cells uses (``"auto"`` resolved)."""
         if self.batch_size == "auto":
             n_train = max(1.0, n_cells * (1.0 - float(self.val_fraction)))
             return int(min(512, max(32, 2 ** round(np.log2(max(n_train / 8, 1.0))))))

@@ -7,6 +7,8 @@ import streamlit as st
 from dhaka.analysis import structures
 from dhaka.ui import cached, demos, state, widgets
 
+widgets.require_entrypoint()
+
 JOB_KEY = "dhaka.analysis.compare.job"        # this page's background job
 RESULT_KEY = "dhaka.analysis.compare.result"  # (dataset key, DataFrame) of the last comparison
 POLL_SECONDS = 1.0

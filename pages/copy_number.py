@@ -9,6 +9,8 @@ from dhaka import plots
 from dhaka.analysis import copy_number, projection
 from dhaka.ui import cached, demos, state, tasks, widgets
 
+widgets.require_entrypoint()
+
 CALLS_KEY = "dhaka.analysis.cnv.calls"          # (latent digest, min size, GMMResult)
 UPLOAD_KEY = "dhaka.analysis.cnv.second_upload"  # (file name, AnnData) of an uploaded second sample
 

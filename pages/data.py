@@ -9,6 +9,8 @@ from dhaka.estimator import Dhaka
 from dhaka.preprocess import detect_kind
 from dhaka.ui import cached, demos, state, widgets
 
+widgets.require_entrypoint()
+
 st.title("Data")
 st.caption("Load a built-in demo or your own matrix, check it, choose the preprocessing — then train on the Train page.")
 

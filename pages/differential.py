@@ -8,6 +8,8 @@ import streamlit as st
 from dhaka.analysis import differential
 from dhaka.ui import state, widgets
 
+widgets.require_entrypoint()
+
 SEL_A = "dhaka.analysis.de.selection_a"  # int ndarray: cell positions picked as group A
 SEL_B = "dhaka.analysis.de.selection_b"
 RESULT_KEY = "dhaka.analysis.de.result"  # dict(df, a, b, label_a, label_b, method, dataset)

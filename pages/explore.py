@@ -10,6 +10,8 @@ import streamlit as st
 from dhaka import plots
 from dhaka.ui import cached, state, tasks, widgets
 
+widgets.require_entrypoint()
+
 METHODS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 
 st.title("Explore")

@@ -9,6 +9,8 @@ from dhaka import plots
 from dhaka.analysis import robustness
 from dhaka.ui import cached, demos, state, widgets
 
+widgets.require_entrypoint()
+
 JOB_KEY = "dhaka.analysis.robustness.job"      # this page's background job (dhaka.jobs.Job)
 RESULT_KEY = "dhaka.analysis.robustness.result"  # (dataset key, DropoutStudy) of the last finished study
 POLL_SECONDS = 1.0

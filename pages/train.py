@@ -6,6 +6,8 @@ import streamlit as st
 from dhaka import plots
 from dhaka.ui import cached, demos, state, tasks, widgets
 
+widgets.require_entrypoint()
+
 POLL_SECONDS = 0.75
 
 st.title("Train")

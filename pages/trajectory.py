@@ -8,6 +8,8 @@ import streamlit as st
 from dhaka.analysis import pseudotime
 from dhaka.ui import state, tasks, widgets
 
+widgets.require_entrypoint()
+
 RESULT_KEY = "dhaka.analysis.trajectory.result"  # (settings tuple, pseudotime ndarray)
 
 st.title("Trajectory")

@@ -176,8 +176,9 @@ def test_preview_reports_matrix_size(blobs_counts):
 
 def test_auto_batch_size():
     est = Dhaka()
-    assert est._batch_size(500) == 64 and est._batch_size(4347) == 512 and est._batch_size(100) == 32
-    assert Dhaka(batch_size=100)._batch_size(10) == 100
+    assert est.resolved_batch_size(500) == 64 and est.resolved_batch_size(4347) == 512
+    assert est.resolved_batch_size(100) == 32
+    assert Dhaka(batch_size=100).resolved_batch_size(10) == 100
 
 
 def test_encoder_reads_through_principal_axes_sparse_and_dense(blobs_counts):

@@ -152,7 +152,8 @@ def check_training_memory(adata: anndata.AnnData, params: dict[str, Any]) -> int
     density = (X.nnz / max(1, X.shape[0] * X.shape[1])) if sparse else None
     estimate = estimate_training_memory(
         int(adata.n_obs), int(adata.n_vars), hidden=resolve_structure(p["structure"]),
-        latent_dim=int(p["latent_dim"]), batch_size=int(p["batch_size"]), sparse=sparse, density=density,
+        latent_dim=int(p["latent_dim"]), batch_size=est.resolved_batch_size(int(adata.n_obs)), sparse=sparse,
+        density=density,
         n_selected=int(preview["n_selected"]))
     check_memory(estimate)
     return estimate

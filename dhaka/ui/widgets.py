@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["safe_call", "error_message", "preprocess_form", "train_form", "ColorChoice", "color_control",
            "figure_downloads", "PNG_NOTE", "sidebar", "collect_finished_job", "show_notices", "job_is_active",
-           "STRUCTURE_PRESETS", "PLOTLY_CONFIG"]
+           "STRUCTURE_PRESETS", "PLOTLY_CONFIG", "require_entrypoint", "navigation"]
 REFINE_CHOICES: list[Any] = ["auto", 0, 1, 2, 3]  # rounds of latent-guided gene refinement
 
 T = TypeVar("T")
@@ -143,10 +143,11 @@ PRESET_LABELS = {"default": "Library defaults (robust)", "paper": "The paper's e
 
 def apply_train_preset(name: str) -> None:
     """Replace the training (and, where the preset says, preprocessing) choices with a named preset; rerun."""
-    from dhaka.estimator import PRESETS, Dhaka
+    from dhaka.estimator import PRESETS
+    from dhaka.params import PARAMS, defaults
 
-    values = {**Dhaka().get_params(), **PRESETS[name]}
-    prep_keys = ("mode", "n_genes", "gene_selection", "normalize", "log", "relative")
+    values = {**defaults(), **PRESETS[name]}
+    prep_keys = tuple(p.name for p in PARAMS if p.group == "preprocess")
     train = {k: v for k, v in values.items() if k not in prep_keys}
     state.set_train_params(train)
     prep = state.get_preprocess()
@@ -160,8 +161,50 @@ def apply_train_preset(name: str) -> None:
     st.rerun()
 
 
+def _param_widget(p: Any, cur: Any, *, options: list[Any] | None = None) -> Any:
+    """One estimator parameter as a widget (key ``w.train.<name>``); returns the value it stands for.
+
+    A number with special values (``"auto"``, ``None``) is a checkbox for the special value
+    (key ``w.train.<name>.special``) above a number input, disabled while the box is ticked,
+    so every value the estimator accepts can be expressed.
+    """
+    key = f"w.train.{p.name}"
+    label = p.label
+    if p.kind == "bool":
+        _seed(key, bool(cur))
+        return bool(st.checkbox(label, key=key, help=p.help))
+    if p.kind in ("choice", "str"):
+        opts = list(options if options is not None else [*p.special, *p.choices])
+        if cur not in opts:
+            opts.append(cur)
+        _seed(key, cur)
+        if st.session_state[key] not in opts:
+            st.session_state[key] = cur
+        return st.selectbox(label, opts, key=key, help=p.help,
+                            format_func=lambda v: p.special[v][1] if p.is_special(v) else str(v))
+    special = next(iter(p.special), "__none__")
+    is_special = p.is_special(cur)
+    number = p.number_default if is_special else cur
+    cast = int if p.kind == "int" else float
+    if p.special:
+        _seed(key + ".special", is_special)
+    _seed(key, cast(number))
+    ticked = bool(st.checkbox(p.special[special][1].capitalize(), key=key + ".special")) if p.special else False
+    kw: dict[str, Any] = {"min_value": cast(p.low) if p.low is not None else None,
+                          "max_value": cast(p.high) if p.high is not None else None}
+    if p.step is not None:
+        kw["step"] = cast(p.step)
+    if p.fmt:
+        kw["format"] = p.fmt
+    value = st.number_input(label, key=key, disabled=ticked, help=p.help, **kw)
+    return special if ticked else cast(value)
+
+
 def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) -> dict[str, Any]:
     """Training choices -> keyword arguments of :class:`dhaka.Dhaka` (also stored in state).
+
+    The fields come from :data:`dhaka.params.PARAMS` (groups ``network``, ``training`` and
+    ``advanced``): names, bounds, special values, defaults and help are the estimator's own.
 
     Parameters
     ----------
@@ -173,96 +216,60 @@ def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) ->
     Raises nothing: an invalid custom layer list is reported with ``st.error``
     and the form returns ``{}``.
     """
-    from dhaka.estimator import PRESETS, Dhaka
+    from dhaka.estimator import PRESETS
+    from dhaka.params import PARAM, PARAMS
+    from dhaka.params import defaults as estimator_defaults
 
-    base = Dhaka().get_params()
     p1, p2, _ = st.columns([2, 1, 3], vertical_alignment="bottom")
     preset = p1.selectbox("Start from", list(PRESETS), key="w.train.preset", format_func=PRESET_LABELS.get,
                           help="Fills the form below with a named set of settings; change anything afterwards.")
     if p2.button("Apply", key="w.train.apply_preset"):
         apply_train_preset(preset)
-    cur = {**base, **(defaults or {}), **state.get_train_params()}
-    structure = cur.get("structure", "deep")
+    cur = {**estimator_defaults(), **(defaults or {}), **state.get_train_params()}
+    structure = cur["structure"]
     _seed("w.train.structure", _structure_label(structure))
     _seed("w.train.custom", structure if isinstance(structure, str) and structure not in ("deep", "shallow")
           else ",".join(str(w) for w in structure) if not isinstance(structure, str) else "512,128")
-    _seed("w.train.latent_dim", int(cur["latent_dim"]))
-    _seed("w.train.lr", float(cur["lr"]))
-    _seed("w.train.batch_size", int(cur["batch_size"]))
-    _seed("w.train.epochs", int(cur["epochs"]))
-    _seed("w.train.clip", cur["clip_norm"] is not None)
-    _seed("w.train.clip_norm", float(cur["clip_norm"] if cur["clip_norm"] is not None else 5.0))
-    _seed("w.train.n_starts", int(cur["n_starts"]))
-    _seed("w.train.seed", int(cur["seed"]))
-    _seed("w.train.device", cur["device"] if cur["device"] in ("auto", "cpu", "cuda") else "auto")
-    _seed("w.train.optimizer", cur["optimizer"])
-    _seed("w.train.likelihood", cur["likelihood"])
-    _seed("w.train.kl_warmup", int(cur["kl_warmup"]))
-    _seed("w.train.early", cur["patience"] is not None)
-    _seed("w.train.patience", int(cur["patience"] if cur["patience"] is not None else 20))
-    _seed("w.train.val_fraction", float(cur["val_fraction"]))
-    _seed("w.train.batch_norm", bool(cur["batch_norm"]))
-    _seed("w.train.scale", cur["scale"])
-    _seed("w.train.refine", cur.get("refine", "auto") if cur.get("refine", "auto") in REFINE_CHOICES else "auto")
 
+    params: dict[str, Any] = {}
     c1, c2, c3 = st.columns(3)
     with c1:
-        label = st.selectbox("Structure", list(STRUCTURE_PRESETS), key="w.train.structure",
-                             help="Hidden layers of the encoder (the decoder mirrors them).")
+        label = st.selectbox("Encoder structure", list(STRUCTURE_PRESETS), key="w.train.structure",
+                             help=PARAM["structure"].help)
         custom = st.text_input("Layer widths (comma-separated)", key="w.train.custom",
                                disabled=STRUCTURE_PRESETS[label] is not None)
-        latent_dim = st.number_input("Latent dimensions", 1, 16, key="w.train.latent_dim",
-                                     help="3 gives the rotatable 3-D view of the paper.")
-    with c2:
-        lr = st.number_input("Learning rate", min_value=1e-6, max_value=1.0, format="%.0e", step=1e-4,
-                             key="w.train.lr")
-        batch_size = st.number_input("Batch size", 8, 4096, step=32, key="w.train.batch_size")
-        epochs = st.number_input("Epochs", 1, 5000, step=10, key="w.train.epochs")
-    with c3:
-        clip = st.checkbox("Clip gradient norm", key="w.train.clip")
-        clip_norm = st.number_input("Clip norm", 0.1, 100.0, step=0.5, key="w.train.clip_norm", disabled=not clip)
-        n_starts = st.number_input("Warm starts", 1, 20, key="w.train.n_starts",
-                                   help="Train several times from different seeds; keep the start whose "
-                                        "clusters have the best silhouette.")
-        seed = st.number_input("Seed", 0, 2**31 - 1, key="w.train.seed")
+        params["latent_dim"] = _param_widget(PARAM["latent_dim"], cur["latent_dim"])
+    training = [p for p in PARAMS if p.group == "training"]
+    half = (len(training) + 1) // 2
+    for col, group in ((c2, training[:half]), (c3, training[half:])):
+        with col:
+            for p in group:
+                params[p.name] = _param_widget(p, cur[p.name])
     with st.expander("Advanced"):
-        a1, a2, a3 = st.columns(3)
-        with a1:
-            device = st.selectbox("Device", ["auto", "cpu"] + (["cuda"] if cuda else []), key="w.train.device")
-            optimizer = st.selectbox("Optimizer", ["rmsprop", "adam"], key="w.train.optimizer")
-            likelihood = st.selectbox("Likelihood", ["gaussian", "mse", "bernoulli"], key="w.train.likelihood")
-        with a2:
-            kl_warmup = st.number_input("KL warm-up epochs", 0, 1000, key="w.train.kl_warmup")
-            early = st.checkbox("Early stopping", key="w.train.early")
-            patience = st.number_input("Patience (epochs)", 1, 1000, key="w.train.patience", disabled=not early)
-        with a3:
-            val_fraction = st.number_input("Validation fraction", 0.0, 0.5, step=0.05, key="w.train.val_fraction")
-            batch_norm = st.checkbox("Batch normalisation", key="w.train.batch_norm")
-            scale = st.selectbox("Input scaling", ["global", "gene", "none", "minmax"], key="w.train.scale")
-            refine = st.selectbox(
-                "Gene refinement rounds", REFINE_CHOICES, key="w.train.refine",
-                format_func=lambda v: "auto (2 for expression, 0 for copy number)" if v == "auto" else str(v),
-                help="After a fit, keep the genes the latent space explains beyond chance (chosen among all "
-                     "genes) and fit again. Finds weak groups hidden among many noise genes; 0 = the "
-                     "paper's single fit. Each round is one more training.")
+        advanced = [p for p in PARAMS if p.group == "advanced"]
+        cols = st.columns(3)
+        for i, p in enumerate(advanced):
+            with cols[i * 3 // len(advanced)]:
+                devices = ["auto", "cpu"] + (["cuda"] if cuda else [])
+                params[p.name] = _param_widget(p, cur[p.name], options=devices if p.name == "device" else None)
 
-    preset = STRUCTURE_PRESETS[label]
-    if preset is None:
+    preset_structure = STRUCTURE_PRESETS[label]
+    if preset_structure is None:
         try:
             from dhaka.model import resolve_structure
 
-            structure_value: Any = list(resolve_structure(custom))
+            params["structure"] = list(resolve_structure(custom))
         except Exception as exc:  # noqa: BLE001
             st.error(f"Layer widths: {error_message(exc)}")
             return {}
     else:
-        structure_value = preset
-    params = {"structure": structure_value, "latent_dim": int(latent_dim), "lr": float(lr),
-              "batch_size": int(batch_size), "epochs": int(epochs),
-              "clip_norm": float(clip_norm) if clip else None, "n_starts": int(n_starts), "seed": int(seed),
-              "device": device, "optimizer": optimizer, "likelihood": likelihood, "kl_warmup": int(kl_warmup),
-              "patience": int(patience) if early else None, "val_fraction": float(val_fraction),
-              "batch_norm": bool(batch_norm), "scale": scale, "refine": refine}
+        params["structure"] = preset_structure
+    # library-only settings (e.g. the paper preset's encoder_pcs=None) are kept as the preset set them
+    hidden = {p.name: cur[p.name] for p in PARAMS if p.group == "library"}
+    changed = {k: v for k, v in hidden.items() if v != estimator_defaults()[k]}
+    if changed:
+        st.caption("Also set (library settings): " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+    params.update(hidden)
     state.set_train_params(params)
     return params
 
@@ -400,9 +407,36 @@ def _job_line(snap: dict[str, Any]) -> str:
             "failed": "Last training: failed"}.get(status, status)
 
 
-def sidebar() -> None:
-    """The shared sidebar: current dataset and this session's job status (live while it runs)."""
+def require_entrypoint() -> None:
+    """First line of every page: make sure the page runs inside ``app.py``'s navigation.
+
+    Streamlit runs the first session of a server process in its legacy ``pages/`` mode (the
+    class flag ``PagesManager.uses_pages_directory`` starts as "a pages/ folder exists" and
+    only ``st.navigation`` clears it). A URL such as ``/train`` then runs ``pages/train.py``
+    on its own, without the app's state, sidebar and job hand-over. Here such a run clears the
+    flag and reruns, which goes through ``app.py`` like every later run.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def navigation(pages: dict[str, list[Any]]) -> None:
+    """The sidebar's page links, by section (the app's ``st.navigation`` runs with ``position="hidden"``)."""
+    for section, items in pages.items():
+        st.caption(section)
+        for p in items:
+            st.page_link(p, label=p.title, icon=p.icon)
+
+
+def sidebar(pages: dict[str, list[Any]] | None = None) -> None:
+    """The shared sidebar: page links, current dataset and this session's job status (live while it runs)."""
     with st.sidebar:
+        if pages:
+            navigation(pages)
+            st.divider()
         info = state.get_dataset_info()
         adata = state.get_dataset()
         if adata is None:
