@@ -12,6 +12,27 @@ with ``ctx.report(epoch=3, n_epochs=50, history_row={...})`` and should check
 partial result when the event is set.  The UI reads progress only through
 :meth:`Job.snapshot`, which returns a fresh copy taken under a lock.
 
+Admission.  A job may declare the memory it will need (``submit(...,
+memory_bytes=...)``).  The manager checks it when the job is about to
+*start*, not only when it is submitted: the job fits when it needs no more
+than the memory available now (:func:`dhaka.resources.available_memory`,
+which counts everything already in use) less what the other running jobs
+declared (they may not have reached their peak yet).  A job that does not fit
+waits at the head of the queue while other jobs run, and fails with a message
+naming the numbers when nothing else runs (it cannot fit now) or when it
+needs more than the whole limit (it can never fit; refused at submission).
+:meth:`JobManager.submit` also refuses a job beyond the queue's cap
+(:class:`QueueFullError`, ``DHAKA_MAX_QUEUED``) or beyond the owner's share
+(:class:`OwnerLimitError`, ``DHAKA_MAX_JOBS_PER_OWNER`` queued or running).
+
+Abandoned owners.  The app calls :meth:`JobManager.touch` (or
+:meth:`Job.touch`) for its owner on every page run and poll.  An owner that
+was seen once and then not for ``DHAKA_ABANDON_GRACE_S`` seconds (the person
+closed every tab) has its unfinished jobs cancelled and its finished jobs'
+results dropped (:meth:`JobManager.sweep_abandoned`, run every minute by a
+daemon thread that the first :meth:`touch` starts).  Owners that never call
+:meth:`touch` (a notebook, the CLI) are never swept.
+
 Nothing here imports streamlit: the app keeps one manager per server process
 (``st.cache_resource(get_manager)``), the library keeps its own singleton in
 :func:`get_manager`.
@@ -35,6 +56,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import logging
 import os
 import threading
@@ -43,11 +65,21 @@ import traceback as _traceback
 import uuid
 from typing import Any, Callable, Literal
 
+from dhaka import resources
+from dhaka.resources import ResourceError, format_bytes
+
 __all__ = [
+    "AdmissionError",
     "Job",
     "JobContext",
     "JobManager",
     "JobStatus",
+    "OwnerLimitError",
+    "QueueFullError",
+    "ResourceError",
+    "default_abandon_grace_s",
+    "default_max_per_owner",
+    "default_max_queued",
     "default_max_running",
     "get_manager",
 ]
@@ -59,6 +91,63 @@ FINISHED: frozenset[str] = frozenset({"done", "cancelled", "failed"})
 
 #: Default bound on the number of history rows a job keeps (one per epoch).
 HISTORY_MAXLEN = 10_000
+#: Jobs that may wait in the queue when ``DHAKA_MAX_QUEUED`` is not set.
+MAX_QUEUED = 16
+#: Jobs one owner may have queued or running when ``DHAKA_MAX_JOBS_PER_OWNER`` is not set.
+MAX_JOBS_PER_OWNER = 2
+#: Seconds an owner may be unseen before its jobs are cancelled (``DHAKA_ABANDON_GRACE_S``).
+ABANDON_GRACE_S = 900.0
+#: Seconds between two passes of the abandoned-owner sweeper.
+SWEEP_INTERVAL_S = 60.0
+
+
+class AdmissionError(RuntimeError):
+    """A job was refused at submission (queue full, owner's limit reached)."""
+
+
+class QueueFullError(AdmissionError):
+    """The queue holds ``max_queued`` waiting jobs already."""
+
+
+class OwnerLimitError(AdmissionError):
+    """The owner has ``max_per_owner`` jobs queued or running already."""
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return default
+    try:
+        value = int(env)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {env!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer of at least {minimum}, got {env!r}")
+    return value
+
+
+def default_max_queued() -> int:
+    """Jobs allowed to wait in the queue: ``DHAKA_MAX_QUEUED`` (0 or more) or :data:`MAX_QUEUED`."""
+    return _env_int("DHAKA_MAX_QUEUED", MAX_QUEUED, 0)
+
+
+def default_max_per_owner() -> int:
+    """Jobs one owner may have queued or running: ``DHAKA_MAX_JOBS_PER_OWNER`` or :data:`MAX_JOBS_PER_OWNER`."""
+    return _env_int("DHAKA_MAX_JOBS_PER_OWNER", MAX_JOBS_PER_OWNER, 1)
+
+
+def default_abandon_grace_s() -> float:
+    """Seconds an owner may go unseen: ``DHAKA_ABANDON_GRACE_S`` (positive) or :data:`ABANDON_GRACE_S`."""
+    env = os.environ.get("DHAKA_ABANDON_GRACE_S", "").strip()
+    if not env:
+        return ABANDON_GRACE_S
+    try:
+        value = float(env)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"DHAKA_ABANDON_GRACE_S must be a positive number of seconds, got {env!r}")
+    return value
 
 
 def default_max_running() -> int:
@@ -154,6 +243,10 @@ class Job:
         The full traceback of a failure, for logs.
     created, started, finished : float or None
         Wall-clock times (``time.time()``).
+    memory_bytes : int or None
+        The memory the job declared it needs (admission at start counts it).
+    waiting_for : str or None
+        Why a queued job at the head of the queue has not started (memory).
     """
 
     def __init__(
@@ -165,6 +258,7 @@ class Job:
         name: str,
         kind: str,
         history_maxlen: int,
+        memory_bytes: int | None = None,
     ) -> None:
         self.id: str = uuid.uuid4().hex[:12]
         self.owner = owner
@@ -177,6 +271,8 @@ class Job:
         self.created: float = time.time()
         self.started: float | None = None
         self.finished: float | None = None
+        self.memory_bytes = memory_bytes
+        self.waiting_for: str | None = None
         self._manager = manager
         self._fn = fn
         self._seq = 0  # submission order, set by the manager
@@ -207,8 +303,9 @@ class Job:
             ``None`` when not queued), ``progress`` (dict of the reported
             fields), ``history`` (list of row dicts), ``error``,
             ``created, started, finished`` (epoch seconds or ``None``),
-            ``elapsed`` (seconds running so far, or ``None``) and
-            ``stop_requested``.
+            ``elapsed`` (seconds running so far, or ``None``),
+            ``stop_requested``, ``memory_bytes`` (declared) and
+            ``waiting_for`` (why a queued job has not started, or ``None``).
         """
         status, position = self._manager._status_and_position(self)
         with self._lock:
@@ -233,6 +330,8 @@ class Job:
             "finished": finished,
             "elapsed": elapsed,
             "stop_requested": self._stop_event.is_set(),
+            "memory_bytes": self.memory_bytes,
+            "waiting_for": self.waiting_for if status == "queued" else None,
         }
 
     # -- control -----------------------------------------------------------
@@ -245,6 +344,10 @@ class Job:
         does nothing.
         """
         self._manager._cancel(self)
+
+    def touch(self) -> None:
+        """Say that the job's owner is still around (see :meth:`JobManager.touch`)."""
+        self._manager.touch(self.owner)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job has finished.
@@ -282,6 +385,29 @@ class JobManager:
     keep_finished
         Finished jobs kept per owner; older finished jobs are forgotten so a
         long-running server does not hold every result for ever.
+    max_queued
+        Jobs allowed to wait; ``None`` reads ``DHAKA_MAX_QUEUED`` (default 16).
+    max_per_owner
+        Jobs one owner may have queued or running; ``None`` reads
+        ``DHAKA_MAX_JOBS_PER_OWNER`` (default 2).
+    memory_limit
+        The memory jobs may use in all, in bytes, or a function returning it
+        (``None`` when unknown); a job declaring more is refused at
+        submission.  Default :func:`dhaka.resources.memory_limit`.  ``None``:
+        no such check.
+    available_memory
+        A function returning the bytes available *now* (``None`` when
+        unknown), called when a job is about to start.  Default
+        :func:`dhaka.resources.available_memory`.  ``None``: only the
+        declared memory of running jobs is counted against ``memory_limit``.
+    trim
+        Called before a job is failed for want of memory, to hand freed heap
+        back to the system first (default :func:`dhaka.resources.trim_heap`).
+    clock
+        The wall clock (``time.time``), for the abandoned-owner sweep.
+    sweep_interval_s
+        Seconds between two passes of the sweeper thread that :meth:`touch`
+        starts; ``None``: no thread (call :meth:`sweep_abandoned` yourself).
     """
 
     def __init__(
@@ -290,6 +416,13 @@ class JobManager:
         *,
         history_maxlen: int = HISTORY_MAXLEN,
         keep_finished: int = 50,
+        max_queued: int | None = None,
+        max_per_owner: int | None = None,
+        memory_limit: int | Callable[[], int | None] | None = resources.memory_limit,
+        available_memory: Callable[[], int | None] | None = resources.available_memory,
+        trim: Callable[[], Any] | None = resources.trim_heap,
+        clock: Callable[[], float] = time.time,
+        sweep_interval_s: float | None = SWEEP_INTERVAL_S,
     ) -> None:
         if max_running is None:
             max_running = default_max_running()
@@ -298,12 +431,26 @@ class JobManager:
         self.max_running = int(max_running)
         self.history_maxlen = int(history_maxlen)
         self.keep_finished = int(keep_finished)
+        self.max_queued = default_max_queued() if max_queued is None else int(max_queued)
+        if self.max_queued < 0:
+            raise ValueError(f"max_queued must be 0 or more, got {max_queued}")
+        self.max_per_owner = default_max_per_owner() if max_per_owner is None else int(max_per_owner)
+        if self.max_per_owner < 1:
+            raise ValueError(f"max_per_owner must be at least 1, got {max_per_owner}")
+        self._memory_limit = memory_limit
+        self._available_memory = available_memory
+        self._trim = trim
+        self._clock = clock
+        self.sweep_interval_s = sweep_interval_s
         self._lock = threading.Lock()
         self._queue: collections.deque[Job] = collections.deque()
         self._running: set[Job] = set()
         self._jobs: dict[str, Job] = {}
+        self._seen: dict[str, float] = {}
         self._counter = itertools.count()
         self._closed = False
+        self._sweeper: threading.Thread | None = None
+        self._stop_sweeper = threading.Event()
 
     def __repr__(self) -> str:
         with self._lock:
@@ -320,6 +467,7 @@ class JobManager:
         owner: str,
         name: str,
         kind: str = "train",
+        memory_bytes: int | None = None,
     ) -> Job:
         """Queue ``fn`` to run in a background thread.
 
@@ -329,24 +477,60 @@ class JobManager:
             Called as ``fn(ctx)`` with a :class:`JobContext`; its return value
             becomes :attr:`Job.result`.  It must not call streamlit.
         owner
-            Who the job belongs to (the session id in the app).
+            Who the job belongs to (the person's owner key in the app).
         name
             A human-readable label.
         kind
-            Free-text category, e.g. ``"train"`` or ``"embed"``.
+            Free-text category, e.g. ``"train"``, ``"analysis"``, ``"read"``.
+        memory_bytes
+            The peak memory the job will need (e.g.
+            :func:`dhaka.resources.estimate_training_memory`); checked
+            against what is available when the job starts.  ``None``: the
+            job is admitted only when memory is not already exhausted.
 
         Returns
         -------
         Job
-            Already running, or queued when ``max_running`` jobs run.
+            Already running, or queued when ``max_running`` jobs run (or the
+            head of the queue waits for memory).
+
+        Raises
+        ------
+        OwnerLimitError
+            When ``owner`` already has ``max_per_owner`` jobs queued or running.
+        QueueFullError
+            When the job would wait and ``max_queued`` jobs wait already.
+        ResourceError
+            When ``memory_bytes`` exceeds the whole memory limit: it could never run.
         """
         if not owner:
             raise ValueError("a job needs a non-empty owner")
+        if memory_bytes is not None:
+            memory_bytes = int(memory_bytes)
+            if memory_bytes < 0:
+                raise ValueError(f"memory_bytes must be 0 or more, got {memory_bytes}")
+            limit = self._limit()
+            if limit is not None and memory_bytes > limit:
+                raise ResourceError(
+                    f"{name} would need about {format_bytes(memory_bytes)} but the server's memory limit is "
+                    f"{format_bytes(limit)}, so it can never run here; select fewer genes, use a smaller batch "
+                    "size or a shallower network, or subsample cells.")
         job = Job(self, fn, owner=str(owner), name=str(name), kind=str(kind),
-                  history_maxlen=self.history_maxlen)
+                  history_maxlen=self.history_maxlen, memory_bytes=memory_bytes)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this JobManager has been shut down")
+            active = sum(1 for j in self._jobs.values() if j.owner == job.owner and j.status not in FINISHED)
+            if active >= self.max_per_owner:
+                raise OwnerLimitError(
+                    f"You already have {active} job{'s' if active != 1 else ''} queued or running; the limit is "
+                    f"{self.max_per_owner} per person (DHAKA_MAX_JOBS_PER_OWNER). Wait for one to finish or "
+                    "cancel it.")
+            would_wait = bool(self._queue) or len(self._running) >= self.max_running
+            if would_wait and len(self._queue) >= self.max_queued:
+                raise QueueFullError(
+                    f"The server is busy: {len(self._running)} job(s) running and {len(self._queue)} waiting, the "
+                    f"most the queue takes (DHAKA_MAX_QUEUED={self.max_queued}). Try again when some have finished.")
             job._seq = next(self._counter)
             self._jobs[job.id] = job
             self._queue.append(job)
@@ -394,6 +578,63 @@ class JobManager:
         for job in targets:
             job.cancel()
 
+    def touch(self, owner: str) -> None:
+        """Record that ``owner`` is still around (call it on every page run and poll).
+
+        The first call starts the daemon thread that sweeps abandoned owners
+        (:meth:`sweep_abandoned`) every minute and retries a queue head that
+        waits for memory.
+        """
+        if not owner:
+            return
+        with self._lock:
+            self._seen[str(owner)] = self._clock()
+        self._ensure_sweeper()
+
+    def sweep_abandoned(self, grace_s: float | None = None) -> list[Job]:
+        """Cancel the jobs of owners not seen for ``grace_s`` seconds and free their results.
+
+        Only owners that called :meth:`touch` at least once are considered.
+        Unfinished jobs are cancelled (a running one stops at its next check
+        of the stop event; its partial result is dropped at the next sweep);
+        finished ones lose their :attr:`Job.result` and are forgotten.
+
+        Parameters
+        ----------
+        grace_s
+            Seconds; default ``DHAKA_ABANDON_GRACE_S`` or 900.
+
+        Returns
+        -------
+        list of Job
+            The jobs cancelled or freed.
+        """
+        grace = default_abandon_grace_s() if grace_s is None else float(grace_s)
+        now = self._clock()
+        to_cancel: list[Job] = []
+        freed: list[Job] = []
+        with self._lock:
+            gone = {o for o, seen in self._seen.items() if now - seen > grace}
+            if not gone:
+                return []
+            for job in list(self._jobs.values()):
+                if job.owner not in gone:
+                    continue
+                if job.status in FINISHED:
+                    job.result = None
+                    job._fn = None
+                    del self._jobs[job.id]
+                    freed.append(job)
+                else:
+                    to_cancel.append(job)
+            for owner in gone:  # forget owners with nothing left; the rest are swept again
+                if not any(j.owner == owner for j in self._jobs.values()):
+                    del self._seen[owner]
+        for job in to_cancel:
+            log.info("cancelling job %s (%s): its owner has not been seen for %.0f s", job.id, job.name, grace)
+            job.cancel()
+        return to_cancel + freed
+
     def shutdown(self, *, cancel: bool = True, timeout: float | None = 10.0) -> bool:
         """Stop accepting jobs; optionally cancel the rest and wait for them.
 
@@ -405,6 +646,7 @@ class JobManager:
         with self._lock:
             self._closed = True
             jobs = list(self._jobs.values())
+        self._stop_sweeper.set()
         if cancel:
             for job in jobs:
                 job.cancel()
@@ -427,7 +669,33 @@ class JobManager:
         with self._lock:
             return len(self._queue)
 
+    def retry_queue(self) -> None:
+        """Start queued jobs that fit now (the sweeper calls it every minute)."""
+        with self._lock:
+            if not self._closed:
+                self._start_next_locked()
+
     # -- internal ----------------------------------------------------------
+    def _limit(self) -> int | None:
+        limit = self._memory_limit() if callable(self._memory_limit) else self._memory_limit
+        return None if limit is None else int(limit)
+
+    def _ensure_sweeper(self) -> None:
+        with self._lock:
+            if self._closed or self.sweep_interval_s is None \
+                    or (self._sweeper is not None and self._sweeper.is_alive()):
+                return
+            self._sweeper = threading.Thread(target=self._sweep_loop, daemon=True, name="dhaka-job-sweeper")
+            self._sweeper.start()
+
+    def _sweep_loop(self) -> None:
+        while not self._stop_sweeper.wait(self.sweep_interval_s):
+            try:
+                self.sweep_abandoned()
+                self.retry_queue()
+            except Exception:  # noqa: BLE001 - the sweeper must keep going
+                log.exception("job sweeper pass failed")
+
     def _status_and_position(self, job: Job) -> tuple[str, int | None]:
         with self._lock:
             if job.status != "queued":
@@ -443,9 +711,65 @@ class JobManager:
         for job in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job.id]
 
+    def _headroom_locked(self) -> tuple[int | None, int | None, int]:
+        """(bytes a new job may take now or None if unknown, available now, declared by running jobs)."""
+        reserved = sum(j.memory_bytes or 0 for j in self._running)
+        room: list[int] = []
+        limit = self._limit()
+        if limit is not None:
+            room.append(limit - reserved)
+        available = None
+        if self._available_memory is not None:
+            try:
+                available = self._available_memory()
+            except Exception:  # noqa: BLE001 - an unreadable meter must not stop the queue
+                log.exception("reading the available memory failed")
+                available = None
+            if available is not None:
+                # running jobs may not have reached their peak: count what they declared on top
+                room.append(int(available) - reserved)
+        return (min(room) if room else None), available, reserved
+
+    def _admit_locked(self, job: Job) -> tuple[Literal["start", "wait", "fail"], str | None]:
+        need = job.memory_bytes or 0
+        room, available, reserved = self._headroom_locked()
+        if room is None or need <= room:
+            return "start", None
+        if not self._running and self._trim is not None:
+            try:
+                self._trim()  # freed heap back to the system, then measure again
+            except Exception:  # noqa: BLE001
+                pass
+            room, available, reserved = self._headroom_locked()
+            if room is None or need <= room:
+                return "start", None
+        what = f"about {format_bytes(need)}" if job.memory_bytes else "some memory"
+        avail = f"{format_bytes(max(0, room))} is free now" if room is not None else "memory is short"
+        if self._running:
+            return "wait", (f"waiting for memory: needs {what}, {avail} "
+                            f"({format_bytes(reserved)} held by {len(self._running)} running job(s)); "
+                            "it starts when they finish")
+        return "fail", (f"{job.name} would need {what} but only {avail} (the rest is in use by this server's "
+                        "data and other programs on the machine); try again later, free memory (close "
+                        "datasets you no longer need) or make the job smaller.")
+
     def _start_next_locked(self) -> None:
         while self._queue and len(self._running) < self.max_running:
-            job = self._queue.popleft()
+            job = self._queue[0]
+            verdict, why = self._admit_locked(job)
+            if verdict == "wait":
+                job.waiting_for = why
+                return
+            self._queue.popleft()
+            job.waiting_for = None
+            if verdict == "fail":
+                job.status = "failed"
+                job.error = f"ResourceError: {why}"
+                job.finished = time.time()
+                job._fn = None
+                job._done.set()
+                log.warning("job %s (%s, owner %s) refused at start: %s", job.id, job.name, job.owner, why)
+                continue
             job.status = "running"
             job.started = time.time()
             self._running.add(job)
@@ -466,7 +790,9 @@ class JobManager:
                     pass
                 job.status = "cancelled"
                 job.finished = time.time()
+                job._fn = None
                 job._done.set()
+                self._start_next_locked()  # the head may have been the one waiting
 
     def _run(self, job: Job) -> None:
         ctx = JobContext(job)

@@ -36,12 +36,14 @@ from pathlib import Path
 
 __all__ = [
     "ResourceError",
+    "available_memory",
     "check_memory",
     "estimate_training_memory",
     "format_bytes",
     "memory_limit",
     "parse_size",
     "process_rss",
+    "trim_heap",
 ]
 
 #: Multiplier applied to the larger of the two peaks.
@@ -260,7 +262,116 @@ def process_rss() -> int:
         return 0
 
 
-def check_memory(estimate: int, limit: int | str | None = None, *, used: int = 0) -> int:
+def _meminfo_available(path: str | os.PathLike[str]) -> int | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None  # "max": no limit
+
+
+def _stat_field(path: Path, names: Sequence[str]) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in names:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_available(root: str | os.PathLike[str]) -> int | None:
+    """Bytes the cgroup may still take: its limit less what it holds, reclaimable page cache excluded."""
+    base = Path(root)
+    for limit_f, usage_f, stat_names in (
+        ("memory.max", "memory.current", ("inactive_file",)),  # v2
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", ("total_inactive_file",)),  # v1
+    ):
+        limit = _read_int(base / limit_f)
+        usage = _read_int(base / usage_f)
+        if limit is None or usage is None or limit <= 0 or limit >= 2**60:
+            continue
+        stat = base / Path(limit_f).parent / "memory.stat"
+        inactive = _stat_field(stat, stat_names)
+        return max(0, limit - max(0, usage - inactive))
+    return None
+
+
+def available_memory(
+    *,
+    meminfo: str | os.PathLike[str] = "/proc/meminfo",
+    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
+    rss: int | None = None,
+) -> int | None:
+    """Bytes a new job could take *now*, counting everything already in use.
+
+    The smallest of what is known: the machine's ``MemAvailable``
+    (``/proc/meminfo``: free memory plus reclaimable caches); the container's
+    cgroup limit less its current use (reclaimable page cache excluded); and,
+    when ``DHAKA_MEMORY_LIMIT`` is set, that limit less this process's
+    resident memory.  ``None`` when none of them can be read (not Linux).
+
+    Parameters
+    ----------
+    meminfo, cgroup_root
+        Where to read (tests point them at fake files).
+    rss
+        This process's resident bytes (default :func:`process_rss`).
+    """
+    known: list[int] = []
+    avail = _meminfo_available(meminfo)
+    if avail is not None:
+        known.append(avail)
+    cgroup = _cgroup_available(cgroup_root)
+    if cgroup is not None:
+        known.append(cgroup)
+    env = os.environ.get("DHAKA_MEMORY_LIMIT", "").strip()
+    if env:
+        try:
+            limit = parse_size(env)
+        except ValueError as exc:
+            raise ValueError(f"DHAKA_MEMORY_LIMIT: {exc}") from None
+        known.append(max(0, limit - (process_rss() if rss is None else int(rss))))
+    return min(known) if known else None
+
+
+def trim_heap() -> bool:
+    """Hand freed heap memory back to the system (glibc ``malloc_trim``), so it counts as available.
+
+    A finished training frees its arrays, but the C allocator may keep the
+    pages; :func:`available_memory` would then under-count.  Safe to call at
+    any time (no Python code runs).  Returns ``False`` where unsupported.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def check_memory(
+    estimate: int,
+    limit: int | str | None = None,
+    *,
+    used: int = 0,
+    what: str = "Training",
+) -> int:
     """Refuse a job whose memory estimate does not fit under the limit.
 
     Parameters
@@ -272,6 +383,8 @@ def check_memory(estimate: int, limit: int | str | None = None, *, used: int = 0
     used
         Bytes already in use (this process, other running jobs), subtracted
         from the limit.
+    what
+        What needs the memory, for the message (``"Training"``, ``"Reading data.csv"``).
 
     Returns
     -------
@@ -293,7 +406,7 @@ def check_memory(estimate: int, limit: int | str | None = None, *, used: int = 0
     if estimate > available:
         in_use = f" ({format_bytes(used)} of it already in use)" if used > 0 else ""
         raise ResourceError(
-            f"Training would need about {format_bytes(estimate)} but the limit is "
+            f"{what} would need about {format_bytes(estimate)} but the limit is "
             f"{format_bytes(limit_bytes)}{in_use}; select fewer genes, use a smaller "
             "batch size or a shallower network, subsample cells, wait for other jobs "
             "to finish, or raise DHAKA_MEMORY_LIMIT (or the container's memory)."

@@ -5,9 +5,16 @@ import threading
 
 import pytest
 
-from dhaka.jobs import JobManager, default_max_running, get_manager
+from dhaka.jobs import JobManager, ResourceError, default_max_running, get_manager
 
 WAIT = 30.0  # generous upper bound for a thread to react; tests never assert on timings
+
+
+def _open_manager(max_running: int, **kwargs) -> JobManager:
+    """A manager without admission limits (no memory meter, no queue cap, no per-owner cap)."""
+    kwargs = {"max_queued": 1000, "max_per_owner": 1000, "memory_limit": None, "available_memory": None,
+              **kwargs}
+    return JobManager(max_running=max_running, **kwargs)
 
 
 def _training_like(start_log: list[str], gate: threading.Event | None = None, n_epochs: int = 3):
@@ -30,7 +37,7 @@ def _training_like(start_log: list[str], gate: threading.Event | None = None, n_
 
 
 def test_three_sessions_limit_one_fifo_isolated():
-    manager = JobManager(max_running=1)
+    manager = _open_manager(max_running=1)
     start_log: list[str] = []
     gate = threading.Event()
     owners = ["alice", "bob", "carol"]
@@ -66,7 +73,7 @@ def test_three_sessions_limit_one_fifo_isolated():
 
 
 def test_concurrent_submission_from_threads_all_complete():
-    manager = JobManager(max_running=1)
+    manager = _open_manager(max_running=1)
     start_log: list[str] = []
     barrier = threading.Barrier(3)
     submitted: dict[str, object] = {}
@@ -91,7 +98,7 @@ def test_concurrent_submission_from_threads_all_complete():
 
 
 def test_never_more_than_max_running():
-    manager = JobManager(max_running=2)
+    manager = _open_manager(max_running=2)
     lock = threading.Lock()
     state = {"now": 0, "peak": 0}
     gate = threading.Event()
@@ -113,7 +120,7 @@ def test_never_more_than_max_running():
 
 
 def test_cancel_stops_within_one_epoch_and_keeps_partial_result():
-    manager = JobManager(max_running=1)
+    manager = _open_manager(max_running=1)
     epoch_started = threading.Event()
     cancel_seen_at: dict[str, int] = {}
     stop_wait = threading.Event()
@@ -150,7 +157,7 @@ def test_cancel_stops_within_one_epoch_and_keeps_partial_result():
 
 
 def test_cancel_queued_job_is_removed_immediately():
-    manager = JobManager(max_running=1)
+    manager = _open_manager(max_running=1)
     gate = threading.Event()
     ran: list[str] = []
     first = manager.submit(lambda ctx: gate.wait(WAIT), owner="a", name="first")
@@ -169,7 +176,7 @@ def test_cancel_queued_job_is_removed_immediately():
 
 
 def test_failure_reported_and_next_job_runs():
-    manager = JobManager(max_running=1)
+    manager = _open_manager(max_running=1)
 
     def boom(ctx):
         ctx.report(epoch=1)
@@ -189,7 +196,7 @@ def test_failure_reported_and_next_job_runs():
 
 
 def test_snapshot_is_a_copy():
-    manager = JobManager(max_running=1)
+    manager = _open_manager(max_running=1)
     job = manager.submit(lambda ctx: ctx.report(epoch=1, history_row={"loss": 1.0}), owner="a", name="x")
     assert job.wait(WAIT)
     snap = job.snapshot()
@@ -202,7 +209,7 @@ def test_snapshot_is_a_copy():
 
 
 def test_history_is_bounded():
-    manager = JobManager(max_running=1, history_maxlen=5)
+    manager = _open_manager(max_running=1, history_maxlen=5)
 
     def fn(ctx):
         for i in range(20):
@@ -214,7 +221,7 @@ def test_history_is_bounded():
 
 
 def test_finished_jobs_are_pruned_per_owner():
-    manager = JobManager(max_running=1, keep_finished=2)
+    manager = _open_manager(max_running=1, keep_finished=2)
     for i in range(4):
         assert manager.submit(lambda ctx: None, owner="a", name=str(i)).wait(WAIT)
     other = manager.submit(lambda ctx: None, owner="b", name="b0")
@@ -242,7 +249,7 @@ def test_invalid_arguments(monkeypatch):
 
 
 def test_shutdown_cancels_and_refuses_new_jobs():
-    manager = JobManager(max_running=1)
+    manager = _open_manager(max_running=1)
     running = threading.Event()
 
     def fn(ctx):
@@ -271,3 +278,180 @@ def test_jobs_module_does_not_import_streamlit():
     code = "import sys, dhaka.jobs, dhaka.runs, dhaka.resources; print('streamlit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------
+# admission: queue cap, per-owner limit, memory at start; abandoned owners
+# ---------------------------------------------------------------------------
+GB = 1024**3
+
+
+def _held(gate: threading.Event, result="model"):
+    """A job that holds its slot until ``gate`` is set (or it is cancelled)."""
+
+    def fn(ctx):
+        while not gate.wait(0.01):
+            if ctx.stop_event.is_set():
+                return "partial"
+        return result
+
+    return fn
+
+
+def test_per_owner_limit_and_queue_cap_refuse_with_clear_messages():
+    from dhaka.jobs import AdmissionError, OwnerLimitError, QueueFullError
+
+    manager = JobManager(max_running=1, max_queued=2, max_per_owner=2, memory_limit=None, available_memory=None)
+    gate = threading.Event()
+    a1 = manager.submit(_held(gate), owner="alice", name="a1")
+    a2 = manager.submit(_held(gate), owner="alice", name="a2")
+    with pytest.raises(OwnerLimitError, match=r"2 jobs queued or running.*2 per person.*DHAKA_MAX_JOBS_PER_OWNER"):
+        manager.submit(_held(gate), owner="alice", name="a3")
+    b1 = manager.submit(_held(gate), owner="bob", name="b1")
+    assert [j.status for j in (a1, a2, b1)] == ["running", "queued", "queued"]
+    with pytest.raises(QueueFullError, match=r"1 job\(s\) running and 2 waiting.*DHAKA_MAX_QUEUED=2"):
+        manager.submit(_held(gate), owner="carol", name="c1")
+    assert issubclass(QueueFullError, AdmissionError) and issubclass(OwnerLimitError, AdmissionError)
+    assert manager.n_queued == 2  # refused jobs left no trace
+    b1.cancel()
+    c1 = manager.submit(_held(gate), owner="carol", name="c1")  # a place in the queue again
+    gate.set()
+    for job in (a1, a2, c1):
+        assert job.wait(WAIT) and job.status == "done"
+    # finished jobs no longer count against the owner
+    a3 = manager.submit(lambda ctx: 3, owner="alice", name="a3")
+    assert a3.wait(WAIT) and a3.result == 3
+
+
+def test_limits_from_the_environment(monkeypatch):
+    from dhaka.jobs import default_abandon_grace_s
+
+    monkeypatch.setenv("DHAKA_MAX_QUEUED", "5")
+    monkeypatch.setenv("DHAKA_MAX_JOBS_PER_OWNER", "3")
+    monkeypatch.setenv("DHAKA_ABANDON_GRACE_S", "60")
+    manager = JobManager(max_running=1)
+    assert (manager.max_queued, manager.max_per_owner, default_abandon_grace_s()) == (5, 3, 60.0)
+    monkeypatch.delenv("DHAKA_MAX_QUEUED")
+    monkeypatch.delenv("DHAKA_MAX_JOBS_PER_OWNER")
+    monkeypatch.delenv("DHAKA_ABANDON_GRACE_S")
+    manager = JobManager(max_running=1)
+    assert (manager.max_queued, manager.max_per_owner, default_abandon_grace_s()) == (16, 2, 900.0)
+    for name, bad in (("DHAKA_MAX_QUEUED", "-1"), ("DHAKA_MAX_JOBS_PER_OWNER", "0"),
+                      ("DHAKA_MAX_JOBS_PER_OWNER", "two")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=name):
+            JobManager(max_running=1)
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DHAKA_ABANDON_GRACE_S", "soon")
+    with pytest.raises(ValueError, match="DHAKA_ABANDON_GRACE_S"):
+        default_abandon_grace_s()
+
+
+def test_memory_admission_counts_what_running_jobs_declared():
+    """Two jobs needing 70 % of the memory each: the second waits for the first instead of both passing."""
+    available = {"now": 10 * GB}
+    manager = JobManager(max_running=2, memory_limit=10 * GB, available_memory=lambda: available["now"],
+                         max_per_owner=5)
+    gate = threading.Event()
+    first = manager.submit(_held(gate), owner="alice", name="first", memory_bytes=7 * GB)
+    second = manager.submit(_held(gate), owner="bob", name="second", memory_bytes=7 * GB)
+    assert first.status == "running"
+    assert second.status == "queued"  # a slot is free, but not the memory
+    snap = second.snapshot()
+    assert snap["queue_position"] == 1 and snap["memory_bytes"] == 7 * GB
+    assert "waiting for memory" in snap["waiting_for"] and "7.0 GB" in snap["waiting_for"]
+    # a small job behind it waits too: the queue stays first-in-first-out
+    small = manager.submit(_held(gate), owner="carol", name="small", memory_bytes=1 * GB)
+    assert small.status == "queued"
+    gate.set()
+    for job in (first, second, small):
+        assert job.wait(WAIT) and job.status == "done", job.error
+
+
+def test_memory_is_checked_when_the_job_starts_not_only_at_submission():
+    available = {"now": 10 * GB}
+    trims: list[int] = []
+    manager = JobManager(max_running=1, memory_limit=16 * GB, available_memory=lambda: available["now"],
+                         trim=lambda: trims.append(1), max_per_owner=5)
+    gate = threading.Event()
+    holder = manager.submit(_held(gate), owner="alice", name="holder")  # declares nothing
+    big = manager.submit(lambda ctx: "never", owner="bob", name="train on big.csv", memory_bytes=4 * GB)
+    assert big.status == "queued"  # it fitted at submission
+    available["now"] = 2 * GB  # meanwhile an upload (or another program) took the memory
+    gate.set()
+    assert holder.wait(WAIT) and big.wait(WAIT)
+    assert big.status == "failed" and big.result is None
+    assert big.error.startswith("ResourceError: train on big.csv would need about 4.0 GB but only 2.0 GB is free")
+    assert trims, "freed heap is handed back before a job is refused"
+    # the queue goes on: a job that fits starts
+    ok = manager.submit(lambda ctx: "ok", owner="carol", name="small", memory_bytes=1 * GB)
+    assert ok.wait(WAIT) and ok.result == "ok"
+
+
+def test_job_that_can_never_fit_is_refused_at_submission():
+    manager = JobManager(max_running=1, memory_limit=8 * GB, available_memory=lambda: 8 * GB)
+    with pytest.raises(ResourceError, match=r"train would need about 20.0 GB but the server's memory limit is 8.0 GB"):
+        manager.submit(lambda ctx: None, owner="alice", name="train", memory_bytes=20 * GB)
+    assert manager.jobs("alice") == [] and manager.n_queued == 0
+
+
+def test_every_job_waits_when_memory_is_already_exhausted():
+    """A job without an estimate still goes through admission: nothing starts while memory is gone."""
+    available = {"now": 10 * GB}
+    manager = JobManager(max_running=2, memory_limit=None, available_memory=lambda: available["now"], trim=None,
+                         max_per_owner=5)
+    gate = threading.Event()
+    first = manager.submit(_held(gate), owner="alice", name="first", memory_bytes=9 * GB)
+    analysis = manager.submit(lambda ctx: "done", owner="bob", name="compare", kind="analysis")
+    assert analysis.status == "running"  # 1 GB left: a job without estimate may start
+    gate.set()
+    assert first.wait(WAIT) and analysis.wait(WAIT)
+    available["now"] = 0
+    again = manager.submit(lambda ctx: "x", owner="bob", name="robustness", kind="analysis", memory_bytes=GB)
+    assert again.wait(WAIT) and again.status == "failed" and "ResourceError" in again.error
+
+
+def test_abandoned_owners_jobs_are_cancelled_and_results_freed():
+    now = {"t": 1000.0}
+    manager = JobManager(max_running=2, max_per_owner=5, memory_limit=None, available_memory=None,
+                         clock=lambda: now["t"], sweep_interval_s=None)
+    gate = threading.Event()
+    manager.touch("alice")
+    manager.touch("bob")
+    finished = manager.submit(lambda ctx: "big model", owner="alice", name="done-job")
+    assert finished.wait(WAIT) and finished.result == "big model"
+    cli = manager.submit(lambda ctx: "cli result", owner="notebook", name="never touched")
+    assert cli.wait(WAIT)
+    running = manager.submit(_held(gate), owner="alice", name="running-job")
+    bobs = manager.submit(_held(gate), owner="bob", name="bob-job")
+    queued = manager.submit(_held(gate), owner="alice", name="queued-job")
+
+    now["t"] += 600
+    bobs.touch()  # the page's poll: bob is still there
+    assert manager.sweep_abandoned(grace_s=900) == []
+    now["t"] += 600  # alice unseen for 1200 s, bob for 600 s
+    swept = manager.sweep_abandoned(grace_s=900)
+    assert set(swept) == {finished, running, queued}
+    assert finished.result is None and manager.get(finished.id, "alice") is None
+    assert queued.status == "cancelled"
+    assert running.wait(WAIT) and running.status == "cancelled"
+    assert bobs.status == "running" and not bobs.snapshot()["stop_requested"]
+    assert cli.result == "cli result"  # owners that never touch are never swept
+    # the cancelled job's partial result is freed on the next pass, and alice is forgotten
+    assert running.result == "partial"
+    assert set(manager.sweep_abandoned(grace_s=900)) == {running, queued}
+    assert running.result is None and manager.jobs("alice") == []
+    assert manager.sweep_abandoned(grace_s=900) == []
+    gate.set()
+    assert bobs.wait(WAIT) and bobs.result == "model"
+
+
+def test_touch_starts_one_sweeper_thread_that_stops_on_shutdown():
+    manager = JobManager(max_running=1, memory_limit=None, available_memory=None, sweep_interval_s=0.01)
+    manager.touch("alice")
+    manager.touch("alice")
+    sweepers = [t for t in threading.enumerate() if t.name == "dhaka-job-sweeper" and t is manager._sweeper]
+    assert len(sweepers) == 1
+    assert manager.shutdown()
+    manager._sweeper.join(WAIT)
+    assert not manager._sweeper.is_alive()

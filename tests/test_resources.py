@@ -163,3 +163,37 @@ def test_check_memory_uses_env_limit(monkeypatch):
 def test_process_rss_is_plausible():
     rss = process_rss()
     assert 1024**2 < rss < 64 * GIB
+
+
+def test_available_memory_takes_the_smallest_known(monkeypatch, tmp_path):
+    monkeypatch.delenv("DHAKA_MEMORY_LIMIT", raising=False)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n")
+    cg = tmp_path / "cg"
+    cg.mkdir()
+    assert resources.available_memory(meminfo=meminfo, cgroup_root=cg) == 8000000 * 1024
+    # cgroup v2: 4 GiB limit, 3 GiB used of which 1 GiB is reclaimable page cache
+    (cg / "memory.max").write_text(f"{4 * GIB}\n")
+    (cg / "memory.current").write_text(f"{3 * GIB}\n")
+    (cg / "memory.stat").write_text(f"anon {2 * GIB}\ninactive_file {GIB}\n")
+    assert resources.available_memory(meminfo=meminfo, cgroup_root=cg) == 2 * GIB
+    (cg / "memory.max").write_text("max\n")  # no cgroup limit: the machine's figure
+    assert resources.available_memory(meminfo=meminfo, cgroup_root=cg) == 8000000 * 1024
+    # DHAKA_MEMORY_LIMIT counts this process's resident memory as in use
+    monkeypatch.setenv("DHAKA_MEMORY_LIMIT", "2G")
+    assert resources.available_memory(meminfo=meminfo, cgroup_root=cg, rss=GIB // 2) == GIB + GIB // 2
+    assert resources.available_memory(meminfo=tmp_path / "absent", cgroup_root=cg, rss=3 * GIB) == 0
+    monkeypatch.delenv("DHAKA_MEMORY_LIMIT")
+    assert resources.available_memory(meminfo=tmp_path / "absent", cgroup_root=tmp_path / "absent") is None
+
+
+def test_available_memory_here_is_plausible_and_trim_is_harmless(monkeypatch):
+    monkeypatch.delenv("DHAKA_MEMORY_LIMIT", raising=False)
+    avail = resources.available_memory()
+    assert avail is None or 0 < avail < 2**50
+    assert resources.trim_heap() in (True, False)
+
+
+def test_check_memory_names_what_needs_it():
+    with pytest.raises(ResourceError, match="^Reading big.csv would need about 2.0 GB"):
+        resources.check_memory(2 * GIB, "1G", what="Reading big.csv")
