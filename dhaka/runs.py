@@ -33,14 +33,31 @@ on SIGKILL, so a reader that can take the lock knows the writer is dead.  This
 works across containers sharing a volume on one host.  Where the lock cannot
 tell (no lock file), the writer's pid, boot id and process start time (same
 host) or the age of its heartbeat (other host) decide.
+
+Ownership.  Every run records its ``owner`` (the person's owner key in the
+app) and a ``shared`` flag.  :meth:`RunStore.list`, :meth:`RunStore.open`,
+:meth:`RunStore.delete` and :meth:`RunStore.share` say who asks: ``owner=``
+(a person: their runs, plus runs others shared for reading) or ``admin=True``
+(a lab admin, the CLI, a maintenance pass: every run).  Asking as nobody is an
+error, so a forgotten owner cannot silently list everyone's runs.  Runs with
+no owner (made by the library directly, or before owners existed) are seen
+only by admins until one shares them.
+
+Maintenance.  :meth:`RunStore.cleanup` applies the retention settings
+(``DHAKA_RETENTION_DAYS``, ``DHAKA_RETENTION_MAX_GB``), sweeps crash
+leftovers and writes ``"interrupted"`` into the ``run.json`` of runs whose
+writer died; it never touches a run whose writer is alive (it takes the
+run's lock first).  :func:`start_maintenance` runs it at start-up and daily.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import errno
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -49,9 +66,10 @@ import secrets
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,17 +84,25 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "MODEL_FILES",
     "MODEL_REQUIRED",
+    "CleanupReport",
+    "Maintenance",
     "ModelDirError",
+    "Retention",
     "Run",
     "RunError",
     "RunInfo",
+    "RunPermissionError",
     "RunStore",
+    "RunStoreView",
     "atomic_write_bytes",
     "atomic_write_dir",
     "atomic_write_json",
     "check_model_dir",
     "default_root",
+    "start_maintenance",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Files a model folder may contain; anything else (``*.pkl``, ``*.pt``,
 #: sub-folders, symlinks) is refused by :func:`check_model_dir`.
@@ -105,6 +131,10 @@ _RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 
 class RunError(RuntimeError):
     """A run cannot be created, opened, read or deleted."""
+
+
+class RunPermissionError(RunError, PermissionError):
+    """The run belongs to someone else (and is not shared, or the action is the owner's alone)."""
 
 
 class ModelDirError(ValueError):
@@ -468,6 +498,7 @@ class RunInfo:
     owner: str | None
     last_checkpoint_epoch: int | None
     error: str | None
+    shared: bool = False
 
     @property
     def has_checkpoint(self) -> bool:
@@ -486,6 +517,7 @@ class RunInfo:
             "final_loss": self.final_loss,
             "ari": self.ari,
             "checkpoint_epoch": self.last_checkpoint_epoch,
+            "shared": self.shared,
         }
 
 
@@ -806,6 +838,7 @@ class Run:
             owner=r.get("owner"),
             last_checkpoint_epoch=ckpt_epoch,
             error=r.get("error"),
+            shared=r.get("shared") is True,
         )
 
     def _file(self, key: str) -> Path:
@@ -896,7 +929,8 @@ class RunStore:
         data
             ``{"name": ..., "fingerprint": {"shape": [n_cells, n_genes], "nnz": ..., "sha256": ...}}``.
         owner
-            The session that started it (stored; :meth:`list` can filter on it).
+            The person who started it (their owner key in the app); only they
+            (and admins) can list, open and delete it unless they share it.
         seed
             The random seed; default ``settings["seed"]``.
         device
@@ -943,6 +977,7 @@ class RunStore:
                 "created": created.isoformat(timespec="microseconds"),
                 "status": "running",
                 "owner": owner,
+                "shared": False,
                 "settings": settings,
                 "seed": seed if seed is not None else settings.get("seed"),
                 "device": device if device is not None else settings.get("device"),
@@ -983,21 +1018,66 @@ class RunStore:
             raise RunError(f"{run_id!r} is not a run under {self.runs_dir}.")
         return path
 
-    def open(self, run_id: str) -> Run:
+
+    # -- who may do what ----------------------------------------------------
+    @staticmethod
+    def _asker(owner: str | None, admin: bool, action: str) -> str | None:
+        """The owner asking, or ``None`` for an admin; refuses a call that says neither."""
+        if admin:
+            return None
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(
+                f"RunStore.{action}: say who asks: owner=<the person's owner key>, or admin=True for a lab "
+                "admin or a trusted caller (CLI, maintenance).")
+        return owner
+
+    def _check(self, run_id: str, record: Mapping[str, Any], owner: str | None, *,
+               action: Literal["open", "delete", "share"]) -> None:
+        if owner is None:  # admin
+            return
+        if record.get("owner") == owner:
+            return
+        if action == "open" and record.get("shared") is True:
+            return
+        if action == "open":
+            raise RunPermissionError(
+                f"Run {run_id} belongs to someone else and is not shared; only its owner or a lab admin can "
+                "open it.")
+        raise RunPermissionError(
+            f"Run {run_id} belongs to someone else; only its owner or a lab admin can {action} it.")
+
+    def open(self, run_id: str, *, owner: str | None = None, admin: bool = False) -> Run:
         """Open an existing run read-only.
+
+        Parameters
+        ----------
+        run_id
+            The run's id.
+        owner
+            Who asks: their own runs and runs shared with everyone open.
+        admin
+            Open any run (a lab admin or a trusted caller); then ``owner`` is ignored.
 
         Raises
         ------
         RunError
             If the id is malformed or names no run.
+        RunPermissionError
+            If the run is someone else's and not shared.
+        ValueError
+            If neither ``owner`` nor ``admin=True`` is given.
         """
+        asker = self._asker(owner, admin, "open")
         path = self._path(run_id)
         if not path.is_dir():
             raise RunError(f"No run {run_id!r} under {self.runs_dir}.")
-        return Run(path)
+        run = Run(path)
+        self._check(run.id, run._record, asker, action="open")
+        return run
 
-    def list(self, *, owner: str | None = None) -> list[RunInfo]:
-        """All runs, newest first.
+    def list(self, *, owner: str | None = None, admin: bool = False,
+             include_shared: bool = True) -> list[RunInfo]:
+        """The runs ``owner`` may see (all of them for an admin), newest first.
 
         Folders without a readable ``run.json`` (half-created, foreign) and
         hidden temporary folders are skipped.
@@ -1005,8 +1085,18 @@ class RunStore:
         Parameters
         ----------
         owner
-            Only runs of this owner when given.
+            Who asks: their runs, plus others' shared runs when ``include_shared``.
+        admin
+            Every run (a lab admin or a trusted caller).
+        include_shared
+            Also list runs others shared.
+
+        Raises
+        ------
+        ValueError
+            If neither ``owner`` nor ``admin=True`` is given.
         """
+        asker = self._asker(owner, admin, "list")
         if not self.runs_dir.is_dir():
             return []
         infos: list[RunInfo] = []
@@ -1017,20 +1107,24 @@ class RunStore:
                 info = Run(entry).info()
             except RunError:
                 continue
-            if owner is not None and info.owner != owner:
+            if asker is not None and info.owner != asker and not (include_shared and info.shared):
                 continue
             infos.append(info)
         epoch = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
         infos.sort(key=lambda i: (i.created or epoch, i.id), reverse=True)
         return infos
 
-    def delete(self, run_id: str, *, force: bool = False) -> None:
+    def delete(self, run_id: str, *, owner: str | None = None, admin: bool = False, force: bool = False) -> None:
         """Delete a run: renamed out of ``runs/`` first, then removed.
 
         Parameters
         ----------
         run_id
             The run's id; ids with path separators or outside the store are refused.
+        owner
+            Who asks: only the run's owner may delete it (sharing does not give that right).
+        admin
+            Delete any run.
         force
             Also delete a run that is still running (its writer alive).
 
@@ -1038,18 +1132,493 @@ class RunStore:
         ------
         RunError
             For a bad id, an unknown run, or a live run without ``force``.
+        RunPermissionError
+            If ``owner`` is not the run's owner.
         """
+        asker = self._asker(owner, admin, "delete")
         path = self._path(run_id)
         if not path.is_dir():
             raise RunError(f"No run {run_id!r} under {self.runs_dir}.")
-        if not force:
-            try:
-                status = Run(path).status
-            except RunError:
-                status = None
-            if status == "running":
+        try:
+            record = Run(path)._record
+        except RunError:
+            if asker is not None:  # no readable record: nobody can prove it is theirs
+                raise RunPermissionError(f"Run {run_id} has no readable record; only a lab admin can delete it.")
+            record = {}
+        self._check(run_id, record, asker, action="delete")
+        with _quiet(path, record) as quiet:
+            if not quiet and not force:
                 raise RunError(f"Run {run_id} is still running; cancel it first.")
-        trash = self.runs_dir / f".{run_id}.deleted-{secrets.token_hex(4)}"
+            self._remove(path)
+
+    def share(self, run_id: str, *, owner: str | None = None, admin: bool = False, shared: bool = True) -> RunInfo:
+        """Let everyone list and open a run (read-only), or stop sharing it.
+
+        Parameters
+        ----------
+        run_id
+            The run's id.
+        owner
+            Who asks: only the run's owner may share it.
+        admin
+            Share (or unshare) any run, e.g. one made before owners existed.
+        shared
+            ``True`` to share, ``False`` to stop sharing.
+
+        Returns
+        -------
+        RunInfo
+            The run as it is now.
+
+        Raises
+        ------
+        RunPermissionError
+            If ``owner`` is not the run's owner.
+        RunError
+            For an unknown run, or one still being written (share it once it has finished).
+        """
+        asker = self._asker(owner, admin, "share")
+        path = self._path(run_id)
+        if not path.is_dir():
+            raise RunError(f"No run {run_id!r} under {self.runs_dir}.")
+        run = Run(path)
+        self._check(run.id, run._record, asker, action="share")
+        with _quiet(path, run._record) as quiet:
+            if not quiet:
+                raise RunError(f"Run {run_id} is still running; share it once it has finished.")
+            record = Run(path).record  # re-read under the lock
+            record["shared"] = bool(shared)
+            atomic_write_json(path / RUN_FILE, record)
+        return Run(path).info()
+
+    def view(self, owner: str | None = None, *, admin: bool = False) -> RunStoreView:
+        """This store seen by one person (or an admin): ``list()``, ``open(id)``, ... without repeating who asks.
+
+        Hand it to code that takes a store and calls ``store.open(run_id)``
+        (e.g. the app's ``open_run``).
+        """
+        self._asker(owner, admin, "view")
+        return RunStoreView(self, owner=None if admin else owner, admin=admin)
+
+    def _remove(self, path: Path) -> int:
+        """Rename a run folder out of ``runs/`` and delete it; returns the bytes freed."""
+        size = _tree_size(path)
+        trash = self.runs_dir / f".{path.name}.deleted-{secrets.token_hex(4)}"
         os.rename(path, trash)
         _fsync_dir(self.runs_dir)
         shutil.rmtree(trash, ignore_errors=True)
+        return size
+
+    # -- maintenance --------------------------------------------------------
+    def cleanup(
+        self,
+        retention: Retention | None = None,
+        *,
+        now: float | None = None,
+        leftover_grace_s: float = 3600.0,
+        temp_dir: str | os.PathLike[str] | None = None,
+    ) -> CleanupReport:
+        """One maintenance pass: crash leftovers, interrupted runs, then retention.
+
+        1. Removes half-deleted runs (``.<id>.deleted-*``), half-created ones
+           (``.<id>.tmp-*`` older than ``leftover_grace_s``), temporary files
+           and replaced folders left inside runs whose writer is gone
+           (``.*.tmp-*``, ``.*.old-*``, checkpoints ``run.json`` does not
+           name), stale cache temporaries (``DHAKA_HOME/cache/.*.tmp``) and
+           stale upload copies (``dhaka-tmp-*`` in ``temp_dir``).
+        2. Writes ``"interrupted"`` into ``run.json`` of runs that say
+           ``"running"`` but whose writer is gone.
+        3. Deletes runs last active (finished, last heartbeat or created)
+           more than ``retention.max_age_days`` ago, then the least recently
+           active runs until the store holds at most ``retention.max_bytes``.
+
+        A run whose writer is alive is never touched: each step takes the
+        run's lock (or, without a lock file, checks the writer's pid or
+        heartbeat) first.
+
+        Parameters
+        ----------
+        retention
+            Age and size limits; default :meth:`Retention.from_env`.
+        now
+            The current time (``time.time()``), for tests.
+        leftover_grace_s
+            Temporaries younger than this may belong to a write in progress
+            and are kept.
+        temp_dir
+            Where upload copies are made (default :func:`tempfile.gettempdir`).
+
+        Returns
+        -------
+        CleanupReport
+        """
+        retention = Retention.from_env() if retention is None else retention
+        now = time.time() if now is None else float(now)
+        report = CleanupReport()
+        self._sweep_temporaries(report, now, leftover_grace_s, temp_dir)
+        if not self.runs_dir.is_dir():
+            return report
+        candidates: list[tuple[float, str, int]] = []  # (last active, id, bytes) of runs nobody writes
+        total = 0
+        for entry in sorted(self.runs_dir.iterdir()):
+            if entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir():
+                continue
+            try:
+                record = Run(entry)._record
+            except RunError:
+                continue
+            size = _tree_size(entry)
+            total += size
+            try:
+                with _quiet(entry, record) as quiet:
+                    if not quiet:
+                        report.live.append(entry.name)
+                        continue
+                    record = Run(entry)._record  # re-read under the lock
+                    if record.get("status") == "running":
+                        record["status"] = "interrupted"
+                        record["interrupted"] = _now_iso()
+                        atomic_write_json(entry / RUN_FILE, record)
+                        report.interrupted.append(entry.name)
+                    report.leftovers.extend(f"{entry.name}/{n}" for n in _sweep_run_leftovers(entry, record))
+            except (OSError, RunError) as exc:
+                report.errors.append(f"{entry.name}: {exc}")
+                continue
+            candidates.append((_last_active(entry, record), entry.name, size))
+        candidates.sort()
+        if retention.max_age_days is not None:
+            cutoff = now - retention.max_age_days * 86400.0
+            for last, run_id, size in list(candidates):
+                if last < cutoff and self._remove_if_quiet(run_id, report):
+                    report.deleted_age.append(run_id)
+                    report.freed_bytes += size
+                    total -= size
+                    candidates.remove((last, run_id, size))
+        if retention.max_bytes is not None:
+            for last, run_id, size in list(candidates):
+                if total <= retention.max_bytes:
+                    break
+                if self._remove_if_quiet(run_id, report):
+                    report.deleted_size.append(run_id)
+                    report.freed_bytes += size
+                    total -= size
+        report.total_bytes = total
+        return report
+
+    def _remove_if_quiet(self, run_id: str, report: CleanupReport) -> bool:
+        path = self.runs_dir / run_id
+        try:
+            record = Run(path)._record
+            with _quiet(path, record) as quiet:
+                if not quiet:  # a writer appeared? (cannot happen for a finished run) keep it
+                    report.live.append(run_id)
+                    return False
+                self._remove(path)
+                return True
+        except (OSError, RunError) as exc:
+            report.errors.append(f"{run_id}: {exc}")
+            return False
+
+    def _sweep_temporaries(self, report: CleanupReport, now: float, grace: float,
+                           temp_dir: str | os.PathLike[str] | None) -> None:
+        def stale(p: Path) -> bool:
+            try:
+                return now - p.lstat().st_mtime > grace
+            except OSError:
+                return False
+
+        def remove(p: Path) -> None:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            report.leftovers.append(str(p))
+
+        if self.runs_dir.is_dir():
+            for entry in self.runs_dir.iterdir():
+                if not entry.name.startswith("."):
+                    continue
+                if ".deleted-" in entry.name or (".tmp-" in entry.name and stale(entry)):
+                    remove(entry)
+        cache = self.root / "cache"
+        if cache.is_dir():
+            for entry in cache.iterdir():
+                if entry.name.startswith(".") and entry.name.endswith(".tmp") and stale(entry):
+                    remove(entry)
+        tmp = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
+        with contextlib.suppress(OSError):
+            for entry in tmp.glob("dhaka-tmp-*"):
+                if stale(entry):
+                    with contextlib.suppress(OSError):
+                        remove(entry)
+
+
+class RunStoreView:
+    """A :class:`RunStore` seen by one owner (or an admin); get one from :meth:`RunStore.view`."""
+
+    def __init__(self, store: RunStore, *, owner: str | None, admin: bool) -> None:
+        self.store = store
+        self.owner = owner
+        self.admin = bool(admin)
+        self.root = store.root
+        self.runs_dir = store.runs_dir
+
+    def __repr__(self) -> str:
+        who = "admin" if self.admin else "owner"
+        return f"RunStoreView({str(self.root)!r}, {who})"
+
+    def list(self, *, include_shared: bool = True) -> list[RunInfo]:
+        """See :meth:`RunStore.list`."""
+        return self.store.list(owner=self.owner, admin=self.admin, include_shared=include_shared)
+
+    def open(self, run_id: str) -> Run:
+        """See :meth:`RunStore.open`."""
+        return self.store.open(run_id, owner=self.owner, admin=self.admin)
+
+    def delete(self, run_id: str, *, force: bool = False) -> None:
+        """See :meth:`RunStore.delete`."""
+        self.store.delete(run_id, owner=self.owner, admin=self.admin, force=force)
+
+    def share(self, run_id: str, *, shared: bool = True) -> RunInfo:
+        """See :meth:`RunStore.share`."""
+        return self.store.share(run_id, owner=self.owner, admin=self.admin, shared=shared)
+
+    def is_mine(self, info: RunInfo) -> bool:
+        """``True`` when this view's owner owns the run (admins own none; they may still delete)."""
+        return self.owner is not None and info.owner == self.owner
+
+
+# ---------------------------------------------------------------------------
+# maintenance helpers
+# ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet(run_dir: Path, record: Mapping[str, Any]) -> Iterator[bool]:
+    """Hold a run's lock while changing it; yields ``False`` (and holds nothing) when its writer is alive.
+
+    The writer keeps an exclusive ``flock`` on ``.lock`` for the run's life,
+    so taking it proves nobody writes the run, and keeps a new writer out
+    while we change it.  Without a lock file, the pid / heartbeat checks of
+    :func:`_writer_alive` decide.
+    """
+    fd: int | None = None
+    if fcntl is not None:
+        try:
+            fd = os.open(run_dir / LOCK_FILE, os.O_RDWR)
+        except OSError:
+            fd = None
+    if fd is None:
+        yield not (record.get("status") == "running" and _writer_alive(run_dir, record))
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(path):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            t = _dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=_dt.timezone.utc)
+        return t.timestamp()
+    return None
+
+
+def _last_active(run_dir: Path, record: Mapping[str, Any]) -> float:
+    """When the run was last written to: finished, last heartbeat or created (else run.json's mtime)."""
+    times = [t for t in (_timestamp(record.get(k)) for k in ("finished", "heartbeat", "created")) if t is not None]
+    if times:
+        return max(times)
+    try:
+        return (run_dir / RUN_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _sweep_run_leftovers(run_dir: Path, record: Mapping[str, Any]) -> list[str]:
+    """What a dead writer left in its run: temporaries, replaced folders, unrecorded checkpoints."""
+    removed: list[str] = []
+    current = Path(record.get("checkpoint") or "").name
+    ckpts = run_dir / "checkpoints"
+
+    def rm(p: Path) -> None:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(str(p.relative_to(run_dir)))
+
+    if ckpts.is_dir() and not ckpts.is_symlink():
+        for entry in ckpts.iterdir():
+            if entry.name.startswith("."):
+                if ".tmp-" in entry.name or ".old-" in entry.name:
+                    rm(entry)
+            elif entry.name != current:
+                rm(entry)
+    for entry in run_dir.iterdir():
+        if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
+            rm(entry)
+    return removed
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """How long runs are kept and how much disk they may take (``None``: no limit).
+
+    Attributes
+    ----------
+    max_age_days
+        Runs last active longer ago than this are deleted.
+    max_bytes
+        Beyond this total, the least recently active runs are deleted.
+    """
+
+    max_age_days: float | None = None
+    max_bytes: int | None = None
+
+    @classmethod
+    def from_env(cls) -> Retention:
+        """``DHAKA_RETENTION_DAYS`` and ``DHAKA_RETENTION_MAX_GB`` (unset or empty: no limit).
+
+        Raises
+        ------
+        ValueError
+            If a setting is not a positive number; the message names it.
+        """
+        def number(name: str) -> float | None:
+            env = os.environ.get(name, "").strip()
+            if not env:
+                return None
+            try:
+                value = float(env)
+            except ValueError:
+                value = -1.0
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {env!r}")
+            return value
+
+        days = number("DHAKA_RETENTION_DAYS")
+        gb = number("DHAKA_RETENTION_MAX_GB")
+        return cls(max_age_days=days, max_bytes=None if gb is None else int(gb * 1024**3))
+
+
+@dataclasses.dataclass
+class CleanupReport:
+    """What one :meth:`RunStore.cleanup` pass did (run ids, leftover paths, bytes)."""
+
+    deleted_age: list[str] = dataclasses.field(default_factory=list)
+    deleted_size: list[str] = dataclasses.field(default_factory=list)
+    interrupted: list[str] = dataclasses.field(default_factory=list)
+    leftovers: list[str] = dataclasses.field(default_factory=list)
+    live: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    freed_bytes: int = 0
+    total_bytes: int = 0
+
+    def summary(self) -> str:
+        """One line for the log."""
+        return (f"deleted {len(self.deleted_age)} run(s) by age and {len(self.deleted_size)} by size "
+                f"({self.freed_bytes / 1024**2:.1f} MB), marked {len(self.interrupted)} interrupted, removed "
+                f"{len(self.leftovers)} leftover(s); {len(self.live)} run(s) being written left alone; "
+                f"{self.total_bytes / 1024**2:.1f} MB kept" + (f"; {len(self.errors)} error(s)" if self.errors else ""))
+
+
+#: Seconds between two maintenance passes.
+MAINTENANCE_INTERVAL_S = 86400.0
+
+
+class Maintenance:
+    """The daemon thread of :func:`start_maintenance`: a pass at once, then one per interval."""
+
+    def __init__(self, store: RunStore, *, interval_s: float, retention: Retention | None) -> None:
+        self.store = store
+        self.interval_s = float(interval_s)
+        self.retention = retention
+        self.passes = 0
+        self.last_report: CleanupReport | None = None
+        self.last_error: str | None = None
+        self.first_pass = threading.Event()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="dhaka-run-maintenance")
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.last_report = self.store.cleanup(self.retention)
+                self.last_error = None
+                log.info("run store maintenance (%s): %s", self.store.root, self.last_report.summary())
+            except Exception as exc:  # noqa: BLE001 - keep the daily pass alive
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("run store maintenance failed (%s)", self.store.root)
+            self.passes += 1
+            self.first_pass.set()
+            if self._stop.wait(self.interval_s):
+                return
+
+    @property
+    def alive(self) -> bool:
+        """``True`` while the thread runs."""
+        return self.thread.is_alive()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """End the thread after the pass in progress."""
+        self._stop.set()
+        self.thread.join(timeout)
+
+
+_MAINTENANCE: dict[Path, Maintenance] = {}
+_MAINTENANCE_LOCK = threading.Lock()
+
+
+def start_maintenance(
+    store: RunStore | None = None,
+    *,
+    interval_s: float = MAINTENANCE_INTERVAL_S,
+    retention: Retention | None = None,
+) -> Maintenance:
+    """Run :meth:`RunStore.cleanup` now and then every ``interval_s`` seconds, in a daemon thread.
+
+    Idempotent per process and store folder: a second call returns the
+    running :class:`Maintenance`, so a server may call it on every page run.
+
+    Parameters
+    ----------
+    store
+        The store (default: the one under ``DHAKA_HOME``).
+    interval_s
+        Seconds between passes (default one day).
+    retention
+        Limits; default: read ``DHAKA_RETENTION_DAYS`` / ``DHAKA_RETENTION_MAX_GB`` at every pass.
+    """
+    store = store if store is not None else RunStore()
+    key = Path(os.path.abspath(store.root))
+    with _MAINTENANCE_LOCK:
+        current = _MAINTENANCE.get(key)
+        if current is not None and current.alive:
+            return current
+        m = Maintenance(store, interval_s=interval_s, retention=retention)
+        _MAINTENANCE[key] = m
+        m.thread.start()
+        return m

@@ -154,11 +154,11 @@ def test_create_writes_complete_record(store):
     assert (run.path / "genes.txt").read_text().split() == ["g1", "g2"]
     assert run.status == "running"
     # another reader in this process sees it running (the lock is held)
-    assert store.open(run.id).status == "running"
-    [info] = store.list()
+    assert store.open(run.id, admin=True).status == "running"
+    [info] = store.list(admin=True)
     assert info.status == "running" and info.data_name == "blobs.csv" and info.data_shape == (120, 60)
     run.close()
-    assert store.open(run.id).status == "interrupted"
+    assert store.open(run.id, admin=True).status == "interrupted"
 
 
 def test_full_run_lifecycle(store):
@@ -172,10 +172,10 @@ def test_full_run_lifecycle(store):
     history = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.25}]
     run.finish(status="done", save_fn=tiny_save("final"), latent=_latent(), history=history,
                metrics={"ari": np.float64(0.9)}, device="cuda:0")
-    assert store.open(run.id).record["device"] == "cuda:0"
+    assert store.open(run.id, admin=True).record["device"] == "cuda:0"
     assert _no_temp_left(run.path)
 
-    opened = store.open(run.id)
+    opened = store.open(run.id, admin=True)
     assert opened.status == "done"
     pd.testing.assert_frame_equal(opened.load_latent(), _latent())
     assert opened.load_history() == history
@@ -185,7 +185,7 @@ def test_full_run_lifecycle(store):
     assert check_model_dir(model) == model
     assert json.loads((model / "config.json").read_text()) == {"tag": "final"}
     assert opened.checkpoint_path() is None  # final model saved: checkpoint dropped by default
-    [info] = store.list()
+    [info] = store.list(admin=True)
     assert (info.status, info.final_loss, info.ari) == ("done", 1.25, 0.9)
     assert "latent_dim=3" in info.settings_summary
     row = info.as_row()
@@ -196,12 +196,12 @@ def test_stopped_and_failed_runs(store):
     stopped = store.create(settings=SETTINGS, data=DATA)
     stopped.write_checkpoint(tiny_save("e1"), epoch=1)
     stopped.finish(status="stopped", save_fn=tiny_save("partial"), history=[{"loss": 3.0}])
-    assert store.open(stopped.id).status == "stopped"
+    assert store.open(stopped.id, admin=True).status == "stopped"
 
     failed = store.create(settings=SETTINGS, data=DATA)
     failed.write_checkpoint(tiny_save("good"), epoch=4)
     failed.finish(status="failed", error="DivergenceError: loss is NaN at epoch 5")
-    opened = store.open(failed.id)
+    opened = store.open(failed.id, admin=True)
     assert opened.status == "failed"
     info = opened.info()
     assert info.error.startswith("DivergenceError") and info.last_checkpoint_epoch == 4
@@ -215,7 +215,7 @@ def test_stopped_and_failed_runs(store):
 
 def test_read_only_run_cannot_write(store):
     run = store.create(settings=SETTINGS, data=DATA)
-    reader = store.open(run.id)
+    reader = store.open(run.id, admin=True)
     with pytest.raises(RunError, match="read-only"):
         reader.write_checkpoint(tiny_save(), epoch=1)
     with pytest.raises(RunError, match="read-only"):
@@ -234,7 +234,7 @@ def test_crash_during_create_lists_nothing(store, monkeypatch):
     with pytest.raises(OSError, match="power cut"):
         store.create(settings=SETTINGS, data=DATA)
     monkeypatch.undo()
-    assert store.list() == []
+    assert store.list(admin=True) == []
     assert list(store.runs_dir.iterdir()) == []
 
 
@@ -249,7 +249,7 @@ def test_crash_in_checkpoint_save_keeps_previous_checkpoint(store):
     with pytest.raises(MemoryError):
         run.write_checkpoint(broken, epoch=3)
     assert run.checkpoint_path() == good.resolve()
-    assert store.open(run.id).record["last_checkpoint_epoch"] == 2
+    assert store.open(run.id, admin=True).record["last_checkpoint_epoch"] == 2
     assert sorted(p.name for p in run.checkpoint_dir.iterdir()) == [good.name]
     run.close()
 
@@ -266,7 +266,7 @@ def test_crash_between_checkpoint_rename_and_record_update(store, monkeypatch):
         run.write_checkpoint(tiny_save("newer"), epoch=3)
     monkeypatch.undo()
     run.close()
-    reader = store.open(run.id)
+    reader = store.open(run.id, admin=True)
     assert reader.status == "interrupted"
     # run.json still names the older, complete checkpoint (the orphan folder is ignored)
     assert reader.checkpoint_path() == good.resolve()
@@ -306,7 +306,7 @@ def test_crash_during_finish_does_not_look_complete(store):
     with pytest.raises(KeyboardInterrupt):
         run.finish(status="done", save_fn=dies, latent=_latent(), history=[{"loss": 1.0}])
     run.close()  # what the kernel does when the process dies
-    reader = store.open(run.id)
+    reader = store.open(run.id, admin=True)
     assert reader.status == "interrupted"
     with pytest.raises(RunError):
         reader.load_latent()
@@ -358,20 +358,20 @@ def test_killed_worker_run_is_interrupted_with_usable_checkpoint(tmp_path, durin
         if during_finish:
             assert proc.stdout.readline().strip() == "IN_FINISH"
         # alive: another process sees it running
-        assert [i.status for i in RunStore(root).list()] == ["running"]
+        assert [i.status for i in RunStore(root).list(admin=True)] == ["running"]
         with pytest.raises(RunError, match="still running"):
-            RunStore(root).delete(run_id)
+            RunStore(root).delete(run_id, admin=True)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(60)
         proc.stdout.close()
 
     restarted = RunStore(root)  # a new server process after the crash
-    [info] = restarted.list()
+    [info] = restarted.list(admin=True)
     assert info.id == run_id
     assert info.status == "interrupted"
     assert info.last_checkpoint_epoch == 2
-    run = restarted.open(run_id)
+    run = restarted.open(run_id, admin=True)
     ckpt = run.checkpoint_path()
     assert ckpt is not None and check_model_dir(ckpt) == ckpt
     assert json.loads((ckpt / "config.json").read_text()) == {"tag": "epoch2"}
@@ -379,8 +379,8 @@ def test_killed_worker_run_is_interrupted_with_usable_checkpoint(tmp_path, durin
     with pytest.raises(RunError):
         run.load_history()
     assert not (run.path / "model").exists()
-    restarted.delete(run_id)  # an interrupted run can be deleted
-    assert restarted.list() == []
+    restarted.delete(run_id, admin=True)  # an interrupted run can be deleted
+    assert restarted.list(admin=True) == []
 
 
 def test_liveness_fallback_without_lock_file(store, monkeypatch):
@@ -394,27 +394,27 @@ def test_liveness_fallback_without_lock_file(store, monkeypatch):
                           capture_output=True, text=True, check=True)
     record["process"]["pid"] = int(dead.stdout)
     atomic_write_json(run.path / "run.json", record)
-    assert store.open(run.id).status == "interrupted"
+    assert store.open(run.id, admin=True).status == "interrupted"
 
     # same host, live pid (this process)
     record["process"]["pid"] = os.getpid()
     atomic_write_json(run.path / "run.json", record)
-    assert store.open(run.id).status == "running"
+    assert store.open(run.id, admin=True).status == "running"
 
     # same pid number but a different process start time (pid reused after a restart)
     record["process"]["start_ticks"] = (record["process"]["start_ticks"] or 0) + 12345
     atomic_write_json(run.path / "run.json", record)
-    assert store.open(run.id).status == "interrupted"
+    assert store.open(run.id, admin=True).status == "interrupted"
 
     # another host: fresh heartbeat -> running; stale heartbeat -> interrupted
     record["process"]["hostname"] = "some-other-container"
     record["heartbeat"] = time.time()
     atomic_write_json(run.path / "run.json", record)
-    assert store.open(run.id).status == "running"
+    assert store.open(run.id, admin=True).status == "running"
     record["heartbeat"] = time.time() - 3600
     atomic_write_json(run.path / "run.json", record)
     monkeypatch.setenv("DHAKA_HEARTBEAT_TIMEOUT", "600")
-    assert store.open(run.id).status == "interrupted"
+    assert store.open(run.id, admin=True).status == "interrupted"
 
 
 # ---------------------------------------------------------------------------
@@ -426,9 +426,9 @@ def test_list_newest_first_and_owner_filter(store):
         run = store.create(settings=SETTINGS, data=DATA, owner=owner)
         run.finish(status="done", history=[{"loss": 1.0}])
         ids.append(run.id)
-    assert [i.id for i in store.list()] == ids[::-1]
+    assert [i.id for i in store.list(admin=True)] == ids[::-1]
     assert [i.id for i in store.list(owner="a")] == [ids[2], ids[0]]
-    created = [i.created for i in store.list()]
+    created = [i.created for i in store.list(admin=True)]
     assert created == sorted(created, reverse=True)
 
 
@@ -441,35 +441,35 @@ def test_list_skips_broken_and_temporary_folders(store):
     broken.mkdir()
     (broken / "run.json").write_text("{not json")
     (store.runs_dir / "stray-file.txt").write_text("x")
-    assert [i.id for i in store.list()] == [good.id]
+    assert [i.id for i in store.list(admin=True)] == [good.id]
     with pytest.raises(RunError, match="cannot read"):
-        store.open(broken.name)
-    assert RunStore(store.root / "missing").list() == []
+        store.open(broken.name, admin=True)
+    assert RunStore(store.root / "missing").list(admin=True) == []
 
 
 def test_delete(store, tmp_path):
     run = store.create(settings=SETTINGS, data=DATA)
     with pytest.raises(RunError, match="still running"):
-        store.delete(run.id)
+        store.delete(run.id, admin=True)
     run.finish(status="done", save_fn=tiny_save())
     outside = tmp_path / "precious"
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")
     for bad in ("../precious", "..", ".", "", "a/b", "/etc", f"{run.id}/model", "x\\y", ".hidden"):
         with pytest.raises(RunError):
-            store.delete(bad)
+            store.delete(bad, admin=True)
     (store.runs_dir / "escape").symlink_to(outside)
     with pytest.raises(RunError):
-        store.delete("escape")
+        store.delete("escape", admin=True)
     with pytest.raises(RunError, match="No run"):
-        store.delete("20990101-000000-000000")
-    store.delete(run.id)
+        store.delete("20990101-000000-000000", admin=True)
+    store.delete(run.id, admin=True)
     assert not run.path.exists()
     assert (outside / "keep.txt").read_text() == "keep"
     assert [p.name for p in store.runs_dir.iterdir()] == ["escape"]
     running = store.create(settings=SETTINGS, data=DATA)
-    store.delete(running.id, force=True)
-    assert store.list() == []
+    store.delete(running.id, force=True, admin=True)
+    assert store.list(admin=True) == []
 
 
 def test_default_root_from_env(monkeypatch, tmp_path):
@@ -559,7 +559,7 @@ def test_real_dhaka_model_through_the_store(store, blobs_counts):
     Z = est.transform(X)
     run.finish(status="done", save_fn=est.save, latent=_latent(len(Z)), history=[{"loss": 1.0}],
                keep_checkpoint=True)
-    opened = store.open(run.id)
+    opened = store.open(run.id, admin=True)
     loaded = estimator.Dhaka.load(opened.model_dir())
     np.testing.assert_allclose(loaded.transform(X), Z, rtol=1e-5, atol=1e-5)
     from_ckpt = estimator.Dhaka.load(opened.checkpoint_path())
