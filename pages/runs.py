@@ -1,4 +1,8 @@
-"""Runs page: every training kept on disk; open one, compare two, delete."""
+"""Runs page: your trainings kept on disk (and runs colleagues shared); open, share, compare, delete.
+
+Names and messages that come from other people's runs (file names, error
+texts) are shown with ``st.text``, never as Markdown.
+"""
 from __future__ import annotations
 
 import json
@@ -8,21 +12,42 @@ import streamlit as st
 
 from dhaka import plots
 from dhaka.runs import RunStore
-from dhaka.ui import state, widgets
+from dhaka.ui import owner, state, widgets
 
 st.title("Runs")
+me = owner.owner_key()
 store = RunStore()
-st.caption(f"Runs are kept in `{store.runs_dir}` (set `DHAKA_HOME` to move them). Interrupted runs (the server "
-           "stopped mid-training) keep their last checkpoint, which can be opened.")
-mine = st.toggle("Only runs started in this browser session", key="w.runs.mine", value=False)
-infos = widgets.safe_call(store.list, owner=state.get_session_id() if mine else None, what="Cannot list runs") or []
+
+if owner.admin_token_configured() and not owner.is_admin():
+    with st.expander("Lab admin"):
+        token = st.text_input("Admin token", type="password", key="w.runs.admin_token")
+        if st.button("Unlock the admin view", key="w.runs.unlock") and not owner.unlock_admin(token):
+            st.error("That is not the admin token.")
+admin_view = owner.is_admin() and st.toggle("Lab admin view: every person's runs", key="w.runs.admin", value=False)
+view = store.view(admin=True) if admin_view else store.view(me)
+
+user = owner.proxy_user()
+tied = (f"your login ({user})" if user else
+        "this page's address (its `?owner=` part): bookmark it to find your runs again from another browser, "
+        "and share links without that part, since anyone with it sees your runs")
+st.caption(f"Your runs, and runs colleagues shared (marked *shared*); they are tied to {tied}. Interrupted runs "
+           "(the server stopped mid-training) keep their last checkpoint, which can be opened.")
+infos = widgets.safe_call(view.list, what="Cannot list runs") or []
 if not infos:
     st.info("No runs yet: train a model on the Train page.")
     st.stop()
 
-table = pd.DataFrame([i.as_row() for i in infos]).set_index("id")
-st.dataframe(table, key="runs_table",
-             column_order=["date", "status", "data", "shape", "final_loss", "ari", "checkpoint_epoch", "settings"],
+
+def _whose(i) -> str:
+    if view.is_mine(i):
+        return "mine, shared" if i.shared else "mine"
+    return f"{owner.owner_label(i.owner)}" + (", shared" if i.shared else "")
+
+
+table = pd.DataFrame([{**i.as_row(), "whose": _whose(i)} for i in infos]).set_index("id")
+st.dataframe(table, key="runs_table",  # cells are plain text: safe for other people's file names
+             column_order=["date", "whose", "status", "data", "shape", "final_loss", "ari", "checkpoint_epoch",
+                           "settings"],
              column_config={
     "final_loss": st.column_config.NumberColumn("final loss", format="%.4g"),
     "ari": st.column_config.NumberColumn("ARI", format="%.3f"),
@@ -32,27 +57,43 @@ ids = [i.id for i in infos]
 by_id = {i.id: i for i in infos}
 
 
-def _label(run_id: str) -> str:
+def _label(run_id: str) -> str:  # selectbox options are plain text
     i = by_id[run_id]
-    return f"{run_id} · {i.status} · {i.data_name or '?'}"
+    return f"{run_id} · {i.status} · {i.data_name or '?'}" + ("" if view.is_mine(i) else f" · {_whose(i)}")
+
+
+def _run_text(i) -> None:
+    """What a run says about itself, as plain text."""
+    st.text(f"Data: {i.data_name or '?'}" + ("" if view.is_mine(i) else f"\nOwner: {_whose(i)}"))
+    if i.error:
+        st.text(f"Error: {i.error}")
 
 
 st.subheader("Open")
 sel = st.selectbox("Run", ids, key="w.runs.sel", format_func=_label)
 info = by_id[sel]
+mine = view.is_mine(info) or admin_view
+_run_text(info)
 if info.status == "interrupted":
-    st.warning(f"This run was interrupted" + (f"; its checkpoint of epoch {info.last_checkpoint_epoch} can be opened."
-                                               if info.has_checkpoint else " before its first checkpoint."))
+    st.warning("This run was interrupted" + (f"; its checkpoint of epoch {info.last_checkpoint_epoch} can be opened."
+                                              if info.has_checkpoint else " before its first checkpoint."))
 if info.error:
-    st.error(f"This run failed: {info.error}")
-c1, c2, _ = st.columns([1, 1, 3])
+    st.error("This run failed; its message is shown above.")
+c1, c2, c3, _ = st.columns([1, 1, 1, 2])
 can_open = info.status in ("done", "stopped") or info.has_checkpoint
 if c1.button("Open in Explore", key="w.runs.open", type="primary", disabled=not can_open or info.status == "running"):
-    if widgets.open_run(sel, store=store):
+    if widgets.open_run(sel, store=view):
         st.switch_page("pages/explore.py")
+if mine and info.status != "running":
+    label = "Stop sharing" if info.shared else "Share with the lab"
+    if c3.button(label, key="w.runs.share", help="Shared runs can be listed and opened (not deleted) by everyone."):
+        if widgets.safe_call(view.share, sel, shared=not info.shared, what="Could not change sharing") is not None:
+            state.push_notice("success", f"Run {sel} is {'no longer ' if info.shared else ''}shared.")
+            st.rerun()
 pending = st.session_state.get("w.runs.pending_delete")
 if pending != sel:
-    if c2.button("Delete…", key="w.runs.delete", disabled=info.status == "running"):
+    if c2.button("Delete…", key="w.runs.delete", disabled=info.status == "running" or not mine,
+                 help=None if mine else "Only its owner can delete a run."):
         st.session_state["w.runs.pending_delete"] = sel
         st.rerun()
 else:
@@ -61,10 +102,12 @@ else:
     if y.button("Yes, delete", key="w.runs.confirm", type="primary"):
         st.session_state.pop("w.runs.pending_delete", None)
         try:
-            store.delete(sel)
+            view.delete(sel)
             state.push_notice("success", f"Deleted run {sel}.")
         except Exception as exc:  # noqa: BLE001
-            state.push_notice("error", f"Could not delete run {sel}: {widgets.error_message(exc)}")
+            st.error(f"Could not delete run {sel}:")
+            st.text(widgets.error_message(exc))
+            st.stop()
         st.rerun()
     if n.button("Cancel", key="w.runs.cancel"):
         st.session_state.pop("w.runs.pending_delete", None)
@@ -86,10 +129,11 @@ if len(diff):
 for rid, col in zip(pair, (a_col, b_col)):
     with col:
         i = by_id[rid]
-        st.markdown(f"**{rid}** · {i.status} · {i.data_name or '?'}  \nfinal loss "
-                    f"{i.final_loss if i.final_loss is not None else '–'} · ARI {i.ari if i.ari is not None else '–'}")
+        st.markdown(f"**{rid}** · {i.status} · final loss {i.final_loss if i.final_loss is not None else '–'} · "
+                    f"ARI {i.ari if i.ari is not None else '–'}")
+        _run_text(i)
         try:
-            run = store.open(rid)
+            run = view.open(rid)
             files = run.record.get("files") or {}
             if files.get("latent"):
                 lat = run.load_latent()
@@ -103,4 +147,5 @@ for rid, col in zip(pair, (a_col, b_col)):
                 st.plotly_chart(plots.loss_curves(run.load_history(), title=None, height=260),
                                 key=f"cmp_loss_{rid}_{col is a_col}", config=widgets.PLOTLY_CONFIG)
         except Exception as exc:  # noqa: BLE001
-            st.error(f"Cannot show run {rid}: {widgets.error_message(exc)}")
+            st.error(f"Cannot show run {rid}:")
+            st.text(widgets.error_message(exc))

@@ -1,0 +1,223 @@
+"""Who is using the app: one owner key per *person*, not per browser tab.
+
+Runs and jobs belong to an owner key.  The session id of
+:func:`dhaka.ui.state.get_session_id` changes with every tab and reload, so
+people could not find their own runs after a reload; the key here does not.
+
+Two ways to know the person, chosen by settings:
+
+* **Behind a login proxy** (``DHAKA_OWNER_HEADER``, e.g. ``X-Forwarded-User``):
+  the user name the proxy puts in that request header, read from
+  ``st.context.headers``.  The key is ``"user:<name>"``.  Only safe when the
+  Streamlit port is reachable *only* through the proxy and the proxy
+  overwrites the header (docs/deploy.md).
+* **Otherwise**: a random token (``secrets.token_urlsafe``) kept in the
+  page's address as ``?owner=<token>``.  Streamlit keeps query parameters
+  over reloads, and clears them when the page changes (sidebar navigation,
+  ``st.switch_page``), so the token is also kept in the session and written
+  back into the address on every run.  Bookmark the address to come back to
+  your runs from another browser; anyone given that address sees them too.
+  A value that is not a token of the expected form is ignored and a fresh
+  token minted.  The key is ``"anon:<first 32 hex of sha256(token)>"``, so
+  run records on disk and admin pages never show the token itself.
+
+A cookie would be invisible in shared links, but Streamlit can read cookies
+(``st.context.cookies``) and not set them without a custom component; the
+query parameter needs nothing extra.
+
+Lab admins see every run: proxy user names listed in ``DHAKA_ADMIN_USERS``
+(comma-separated), or anyone who enters ``DHAKA_ADMIN_TOKEN`` (at least 16
+characters) on the Runs page (:func:`unlock_admin`).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Mapping
+
+import streamlit as st
+
+__all__ = [
+    "OWNER_PARAM",
+    "admin_token_configured",
+    "is_admin",
+    "key_for_token",
+    "key_for_user",
+    "lock_admin",
+    "new_token",
+    "owner_header",
+    "owner_key",
+    "owner_label",
+    "proxy_user",
+    "unlock_admin",
+    "user_from_headers",
+    "valid_token",
+]
+
+log = logging.getLogger(__name__)
+
+#: The query parameter holding the browser's owner token.
+OWNER_PARAM = "owner"
+#: Session-state key of the token (kept when navigation clears the address's parameters).
+TOKEN_KEY = "dhaka.owner_token"
+#: Session-state flag set by :func:`unlock_admin`.
+ADMIN_KEY = "dhaka.admin_unlocked"
+#: Shortest ``DHAKA_ADMIN_TOKEN`` accepted.
+MIN_ADMIN_TOKEN = 16
+
+_TOKEN_BYTES = 24  # token_urlsafe(24): 32 characters, 192 random bits
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
+_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+
+
+# ------------------------------------------------------------------ pure helpers
+def new_token() -> str:
+    """A fresh random browser token (32 URL-safe characters)."""
+    return secrets.token_urlsafe(_TOKEN_BYTES)
+
+
+def valid_token(value: object) -> bool:
+    """``True`` for a string of the form :func:`new_token` makes."""
+    return isinstance(value, str) and bool(_TOKEN_RE.match(value))
+
+
+def key_for_token(token: str) -> str:
+    """The owner key of a browser token (a digest: the token itself is never stored)."""
+    if not valid_token(token):
+        raise ValueError("not an owner token")
+    return "anon:" + hashlib.sha256(token.encode("ascii")).hexdigest()[:32]
+
+
+def key_for_user(user: str) -> str:
+    """The owner key of a user name set by the login proxy."""
+    return f"user:{user}"
+
+
+def user_from_headers(headers: Mapping[str, str] | None, header: str) -> str | None:
+    """The user name in ``header`` (case-insensitive), or ``None`` if absent or not a plain name.
+
+    Names are 1-128 characters of letters, digits and ``. _ @ + -``, starting
+    with a letter or digit (user names and e-mail addresses); anything else
+    is refused rather than trusted.
+    """
+    if not headers or not header:
+        return None
+    wanted = header.strip().lower()
+    value = None
+    for name, v in headers.items():
+        if str(name).lower() == wanted:
+            value = v
+            break
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not _USER_RE.match(value):
+        log.warning("ignoring %s header that is not a plain user name", header)
+        return None
+    return value
+
+
+def owner_label(key: str | None) -> str:
+    """How to show an owner key to people: the user name, or a short anonymous tag (never a token)."""
+    if not key:
+        return "nobody (made outside the app)"
+    if key.startswith("user:"):
+        return key[5:]
+    if key.startswith("anon:"):
+        return f"anonymous {key[5:11]}"
+    return f"session {hashlib.sha256(key.encode()).hexdigest()[:6]}"
+
+
+def owner_header() -> str | None:
+    """The request header carrying the proxy's user name (``DHAKA_OWNER_HEADER``), or ``None``."""
+    return os.environ.get("DHAKA_OWNER_HEADER", "").strip() or None
+
+
+def _admin_users() -> set[str]:
+    return {u for u in re.split(r"[,\s]+", os.environ.get("DHAKA_ADMIN_USERS", "")) if u}
+
+
+def _admin_token() -> str | None:
+    token = os.environ.get("DHAKA_ADMIN_TOKEN", "").strip()
+    if not token:
+        return None
+    if len(token) < MIN_ADMIN_TOKEN:
+        log.warning("DHAKA_ADMIN_TOKEN is shorter than %d characters; the admin view stays locked",
+                    MIN_ADMIN_TOKEN)
+        return None
+    return token
+
+
+# ------------------------------------------------------------------ streamlit side
+def proxy_user() -> str | None:
+    """The user name the login proxy set, when ``DHAKA_OWNER_HEADER`` says to read one."""
+    header = owner_header()
+    if header is None:
+        return None
+    try:
+        headers = st.context.headers
+    except Exception:  # noqa: BLE001 - no request context (bare script, tests)
+        headers = None
+    return user_from_headers(headers, header)
+
+
+def _browser_token() -> str:
+    ss = st.session_state
+    token = ss.get(TOKEN_KEY)
+    if not valid_token(token):
+        token = st.query_params.get(OWNER_PARAM)
+        if not valid_token(token):
+            token = new_token()
+        ss[TOKEN_KEY] = token
+    if st.query_params.get(OWNER_PARAM) != token:
+        st.query_params[OWNER_PARAM] = token  # back into the address after navigation cleared it
+    return token
+
+
+def owner_key() -> str:
+    """This person's owner key: ``"user:<name>"`` behind a login proxy, else ``"anon:<digest>"``.
+
+    Call it on every run of the app (it also puts the browser token back
+    into the address).  With ``DHAKA_OWNER_HEADER`` set but the header
+    missing (someone reached Streamlit without the proxy), the browser token
+    is used: that person gets an anonymous space of their own, never a
+    proxy user's runs.
+    """
+    user = proxy_user()
+    if user is not None:
+        return key_for_user(user)
+    if owner_header() is not None:
+        log.warning("DHAKA_OWNER_HEADER=%s is set but the request has no valid user in it; "
+                    "using an anonymous browser owner", owner_header())
+    return key_for_token(_browser_token())
+
+
+def admin_token_configured() -> bool:
+    """``True`` when ``DHAKA_ADMIN_TOKEN`` is set (and long enough) to unlock the admin view."""
+    return _admin_token() is not None
+
+
+def unlock_admin(token: str) -> bool:
+    """Unlock the admin view for this session if ``token`` is ``DHAKA_ADMIN_TOKEN``."""
+    expected = _admin_token()
+    ok = expected is not None and isinstance(token, str) and hmac.compare_digest(
+        token.strip().encode("utf-8"), expected.encode("utf-8"))
+    st.session_state[ADMIN_KEY] = bool(ok)
+    return bool(ok)
+
+
+def lock_admin() -> None:
+    """Leave the admin view."""
+    st.session_state.pop(ADMIN_KEY, None)
+
+
+def is_admin() -> bool:
+    """``True`` for a lab admin: a proxy user in ``DHAKA_ADMIN_USERS``, or a session unlocked with the token."""
+    user = proxy_user()
+    if user is not None and user in _admin_users():
+        return True
+    return _admin_token() is not None and st.session_state.get(ADMIN_KEY) is True
