@@ -15,7 +15,11 @@ Supported formats
 * delimited text: ``.csv``, ``.tsv``, ``.txt``, ``.tab`` (optionally ``.gz``),
   delimiter sniffed (comma, tab, semicolon, pipe or runs of spaces), either
   orientation (auto-detected, or forced with ``orientation=``);
-* ``.h5ad`` (the HDF5 signature is checked first; nothing is ever unpickled);
+* ``.h5ad`` (the HDF5 signature is checked first; nothing is ever unpickled;
+  external storage, external links, soft links that dangle and virtual datasets
+  are refused anywhere in the file before anything is read; only ``X`` (or the
+  chosen ``layer``) and the ``obs`` / ``var`` tables are loaded, never ``uns``,
+  ``obsm``, ``varm``, ``obsp``, ``raw`` ...);
 * a 10x Genomics folder or ``.zip`` (``matrix.mtx[.gz]`` + ``barcodes.tsv[.gz]``
   + ``features.tsv[.gz]`` or ``genes.tsv[.gz]``, optionally with a common
   prefix such as ``GSM123_``; in a Cell Ranger ``outs/`` folder the filtered
@@ -31,9 +35,21 @@ and refused everywhere, never unpickled.
 
 The limits below guard against hostile or broken files; change them on the
 module (``dhaka.io.MAX_UNCOMPRESSED_BYTES = ...``) if you need to.
+
+Memory: text tables, MatrixMarket and 10x input are parsed as streams (straight
+from the file, the upload's bytes or the gzip/zip stream, in blocks), never as
+a whole decoded text, so reading peaks at about twice the resulting float32
+matrix (``bench/io_memory.py`` measures it per format).
+
+Writing: every text table the library writes goes through
+:func:`safe_text_frame`, which neutralises spreadsheet formulas (text cells
+beginning with ``=``, ``+``, ``-``, ``@``, tab or carriage return get a leading
+single quote, the OWASP rule); use it (or :func:`to_csv_safe`) for any CSV
+offered for download.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
@@ -48,7 +64,7 @@ import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, Literal, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -62,10 +78,14 @@ __all__ = [
     "read",
     "read_metadata",
     "write_latent_csv",
+    "safe_text_frame",
+    "neutralize_formula",
+    "to_csv_safe",
     "to_h5ad_bytes",
     "zip_dir",
     "unzip_safe",
     "fingerprint",
+    "check_hdf5_safety",
     "MIN_CELLS",
     "MIN_FEATURES",
 ]
@@ -91,6 +111,16 @@ MAX_DIM = 20_000_000
 MAX_NNZ = 2**31 - 1
 #: Largest number of values a dense matrix may declare (rows * cols).
 MAX_DENSE_ENTRIES = 500_000_000
+#: Every row and column of a matrix gets a name in memory, so a sparse matrix may
+#: declare at most this many more rows + columns than twice its stored entries:
+#: a 73-byte file declaring a 2,000,000 x 2,000,000 matrix with one entry is
+#: refused rather than costing half a gigabyte of names.
+MAX_EMPTY_NAMES = 1_000_000
+#: Largest total of declared bytes of what is loaded from an .h5ad (X or the
+#: layer, obs and var); variable-length strings count 64 bytes each.
+MAX_H5AD_BYTES = 4 * 2**30
+#: Values per parsed block when streaming text tables and MatrixMarket entries.
+_BLOCK_VALUES = 1 << 22
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -138,35 +168,180 @@ def _looks_numeric(token: str) -> bool:
     return _is_number(t) or t in _INF_TOKENS or (t in _NAN_TOKENS and t != "")
 
 
+class _GzipStream(io.RawIOBase):
+    """A gzip stream decompressed on the fly, refusing bombs, truncation and corruption.
+
+    Errors are raised as :class:`DataError` from ``readinto`` and remembered in
+    ``error`` (a parser that swallows the exception cannot hide it).
+    """
+
+    def __init__(self, raw: IO[bytes], name: str, compressed_size: int):
+        self._raw = raw
+        self._g = gzip.GzipFile(fileobj=raw, mode="rb")
+        self._name = name
+        self._compressed = max(int(compressed_size), 1)
+        self._limit = MAX_UNCOMPRESSED_BYTES
+        self.total = 0
+        self.error: DataError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.error is not None:
+            raise self.error
+        name = self._name
+        try:
+            n = self._g.readinto(b)
+        except EOFError:
+            err = DataError(
+                f"{name}: gzip stream is truncated (ended before the end-of-stream marker); "
+                "the file was probably cut short during download or upload"
+            )
+        except DataError as e:  # from a guarded inner stream (a zip member)
+            err = e
+        except (OSError, zlib.error) as e:
+            err = DataError(f"{name}: corrupt gzip data ({e})")
+        else:
+            self.total += n
+            if self.total > self._limit:
+                err = DataError(
+                    f"{name}: decompresses to more than {self._limit:,} bytes (limit); "
+                    "refusing a possible gzip bomb"
+                )
+            else:
+                try:
+                    _check_ratio(name, self._compressed, self.total)
+                    return n
+                except DataError as e:
+                    err = e
+        self.error = err
+        raise err
+
+    def close(self) -> None:
+        try:
+            self._g.close()
+            self._raw.close()
+        finally:
+            super().close()
+
+
+class _GuardedStream(io.RawIOBase):
+    """A stream whose read errors (a corrupt zip member, say) become one :class:`DataError`."""
+
+    def __init__(self, fh: IO[bytes], describe: Callable[[Exception], str]):
+        self._fh = fh
+        self._describe = describe
+        self.error: DataError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.error is not None:
+            raise self.error
+        try:
+            data = self._fh.read(len(b))
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of the underlying stream
+            self.error = DataError(self._describe(e))
+            raise self.error from None
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            super().close()
+
+
 class _Input:
-    """Raw input: a name, a size, and bytes read at most once."""
+    """Raw input: a name and a way to stream its bytes (again) from the start.
+
+    Backed by a path, by bytes already in memory, or by an ``opener`` (a gzip
+    stream, a zip member) that returns a fresh raw stream each time.  ``data``
+    loads everything at once and is only used by the formats that need it
+    (.npy, .npz, an .h5ad given as bytes).
+    """
 
     def __init__(self, *, name: str, data: bytes | None = None, path: Path | None = None,
-                 max_bytes: int | None = None):
+                 max_bytes: int | None = None, opener: Callable[[], IO[bytes]] | None = None,
+                 size: int | None = None):
         self.name = name
         self.max_bytes = max_bytes
         self.path = path
         self._data = data
+        self._opener = opener
+        self._size = size
+
+    @property
+    def on_disk(self) -> bool:
+        """True for a plain file on disk (not a gzip or zip stream, not bytes)."""
+        return self.path is not None and self._data is None and self._opener is None
+
+    def _cannot(self, e: OSError) -> DataError:
+        return DataError(f"{self.name}: cannot read file ({e.strerror or e})")
+
+    def open(self) -> IO[bytes]:
+        """A fresh buffered binary stream positioned at the start."""
+        if self._data is not None:
+            return io.BytesIO(self._data)
+        if self._opener is not None:
+            return io.BufferedReader(self._opener(), 1 << 20)
+        assert self.path is not None
+        try:
+            return open(self.path, "rb")
+        except OSError as e:
+            raise self._cannot(e) from None
 
     @property
     def data(self) -> bytes:
         if self._data is None:
-            assert self.path is not None
-            try:
-                self._data = self.path.read_bytes()
-            except OSError as e:
-                raise DataError(f"{self.name}: cannot read file ({e.strerror or e})") from None
+            if self.on_disk:
+                try:
+                    self._data = self.path.read_bytes()
+                except OSError as e:
+                    raise self._cannot(e) from None
+            else:
+                with self.open() as fh:
+                    self._data = fh.read()
+            self._size = len(self._data)
         return self._data
 
     def head(self, n: int = 4096) -> bytes:
         if self._data is not None:
             return self._data[:n]
-        assert self.path is not None
-        try:
-            with open(self.path, "rb") as fh:
+        with self.open() as fh:
+            try:
                 return fh.read(n)
-        except OSError as e:
-            raise DataError(f"{self.name}: cannot read file ({e.strerror or e})") from None
+            except OSError as e:
+                raise self._cannot(e) from None
+
+    def size(self) -> int:
+        """Size in bytes (for a gzip stream: decompressed, counted by one streaming pass)."""
+        if self._size is None:
+            if self._data is not None:
+                self._size = len(self._data)
+            elif self.on_disk:
+                self._size = self.path.stat().st_size
+            else:
+                total = 0
+                with self.open() as fh:
+                    while chunk := fh.read(1 << 20):
+                        total += len(chunk)
+                self._size = total
+        return self._size
+
+    def gunzipped(self) -> "_Input":
+        """The decompressed stream of this (gzip) input, with the bomb limits."""
+        compressed = self.size()
+        return _Input(name=self.name, opener=lambda: _GzipStream(self.open(), self.name, compressed))
+
+    def maybe_gunzipped(self) -> "_Input":
+        return self.gunzipped() if self.head(2) == _GZIP_MAGIC else self
 
 
 def _open_source(source: Source, filename: str | None, max_bytes: int | None) -> _Input:
@@ -319,6 +494,7 @@ def read(
     orientation: Orientation = "auto",
     expect: Expect = "any",
     max_bytes: int | None = None,
+    layer: str | None = None,
 ) -> "anndata.AnnData":
     """Read a matrix file into a validated cells x features AnnData.
 
@@ -344,6 +520,10 @@ def read(
     max_bytes
         Refuse inputs larger than this many bytes (as stored, before
         decompression).
+    layer
+        ``.h5ad`` only: read this entry of ``layers`` (``"counts"``,
+        ``"state"``, ...) as the matrix instead of ``X``.  Other formats have no
+        layers and refuse it.
 
     Returns
     -------
@@ -362,9 +542,11 @@ def read(
         raise ValueError(f"orientation must be 'auto', 'cells_x_genes' or 'genes_x_cells', not {orientation!r}")
     if expect not in ("any", "counts", "nonnegative"):
         raise ValueError(f"expect must be 'any', 'counts' or 'nonnegative', not {expect!r}")
+    if layer is not None and not isinstance(layer, str):
+        raise ValueError(f"layer must be None or a layer name (str), not {type(layer).__name__}")
     inp = _open_source(source, filename, max_bytes)
     try:
-        return _read(inp, orientation=orientation, expect=expect)
+        return _read(inp, orientation=orientation, expect=expect, layer=layer)
     except DataError:
         raise
     except MemoryError:
@@ -373,53 +555,56 @@ def read(
         raise DataError(f"{inp.name}: could not read file ({type(e).__name__}: {e})") from e
 
 
-def _read(inp: _Input, *, orientation: Orientation, expect: Expect):
+def _read(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str | None = None):
     if inp.path is not None and inp.path.is_dir():
+        _no_layer(inp.name, layer, "a 10x folder")
         return _read_10x_dir(inp, orientation=orientation, expect=expect)
     ext, _ = _split_ext(inp.name)
     head = inp.head(64)
-    if not head and (inp.path is None or inp.path.stat().st_size == 0):
+    if not head:
         raise DataError(f"{inp.name}: file is empty")
     if head.startswith(_GZIP_MAGIC) and ext not in (".zip", ".npz"):
-        data = _gunzip(inp.data, inp.name)
-        if not data:
+        inp = inp.gunzipped()
+        head = inp.head(64)
+        if not head:
             raise DataError(f"{inp.name}: file is empty (after decompression)")
-        inp = _Input(name=inp.name, data=data)
-        head = data[:64]
     if _is_pickle(head):
         raise DataError(
             f"{inp.name}: this is a Python pickle; pickles can run arbitrary code, so they are "
             "refused (never unpickled). Save the matrix as .h5ad, .npz (scipy.sparse.save_npz) or CSV"
         )
-    if ext == ".h5ad":
-        return _read_h5ad(inp, orientation=orientation, expect=expect)
+    if ext == ".h5ad" or (ext not in _TABLE_EXTS | {".zip", ".npz", ".npy", ".mtx", ".h5", ".hdf5", ".loom"}
+                          and head.startswith(_HDF5_MAGIC)):
+        return _read_h5ad(inp, orientation=orientation, expect=expect, layer=layer)
+    _no_layer(inp.name, layer, "this format")
     if ext == ".zip":
         return _read_zip(inp, orientation=orientation, expect=expect)
     if ext == ".npz":
         return _read_npz(inp, orientation=orientation, expect=expect)
-    data = inp.data
     if ext == ".npy":
-        return _read_npy(data, inp.name, orientation=orientation, expect=expect)
+        return _read_npy(inp.data, inp.name, orientation=orientation, expect=expect)
     if ext == ".mtx":
-        return _read_mtx_file(data, inp.name, orientation=orientation, expect=expect)
+        return _read_mtx_file(inp, orientation=orientation, expect=expect)
     if ext in (".h5", ".hdf5", ".loom"):
         raise DataError(
             f"{inp.name}: {ext} files are not supported; use .h5ad, a 10x matrix.mtx folder/zip, .npz or CSV"
         )
     if ext in _TABLE_EXTS:
-        return _read_table(data, inp.name, ext=ext, orientation=orientation, expect=expect)
+        return _read_table(inp, ext=ext, orientation=orientation, expect=expect)
     # unknown extension: sniff
-    h = data[:64]
-    if h.startswith(_HDF5_MAGIC):
-        return _read_h5ad(_Input(name=inp.name, data=data), orientation=orientation, expect=expect)
-    if h.startswith(_ZIP_MAGICS):
-        return _read_zip(_Input(name=inp.name, data=data), orientation=orientation, expect=expect)
-    if h.startswith(_NPY_MAGIC):
-        return _read_npy(data, inp.name, orientation=orientation, expect=expect)
-    if h.lower().startswith(_MM_MAGIC):
-        return _read_mtx_file(data, inp.name, orientation=orientation, expect=expect)
+    if head.startswith(_ZIP_MAGICS):
+        return _read_zip(inp, orientation=orientation, expect=expect)
+    if head.startswith(_NPY_MAGIC):
+        return _read_npy(inp.data, inp.name, orientation=orientation, expect=expect)
+    if head.lower().startswith(_MM_MAGIC):
+        return _read_mtx_file(inp, orientation=orientation, expect=expect)
     # unknown or missing extension and not a known binary signature: try a text table
-    return _read_table(data, inp.name, ext=ext, orientation=orientation, expect=expect)
+    return _read_table(inp, ext=ext, orientation=orientation, expect=expect)
+
+
+def _no_layer(name: str, layer: str | None, what: str) -> None:
+    if layer is not None:
+        raise DataError(f"{name}: layer={layer!r} was given, but {what} has no layers (only .h5ad files do)")
 
 
 # --------------------------------------------------------------------------- #
@@ -447,11 +632,29 @@ def _first_where(X, mask_fn) -> tuple[int, int, float] | None:
         k = int(bad[0])
         r = int(np.searchsorted(Xc.indptr, k, side="right") - 1)
         return r, int(Xc.indices[k]), float(Xc.data[k])
-    bad = np.argwhere(mask_fn(X))
-    if bad.size == 0:
-        return None
-    r, c = (int(v) for v in bad[0])
-    return r, c, float(X[r, c])
+    for start, block in _row_blocks(X):
+        bad = np.argwhere(mask_fn(block))
+        if bad.size:
+            r, c = (int(v) for v in bad[0])
+            return start + r, c, float(block[r, c])
+    return None
+
+
+def _row_blocks(X: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, block) over a dense matrix, about ``_BLOCK_VALUES`` values a block.
+
+    Checks over blocks need temporaries (masks, rounded copies) the size of a
+    block, not of the matrix.
+    """
+    step = max(1, _BLOCK_VALUES // max(X.shape[1], 1))
+    for start in range(0, X.shape[0], step):
+        yield start, X[start:start + step]
+
+
+def _count(X, mask_fn) -> int:
+    if sp.issparse(X):
+        return int(mask_fn(X.data).sum())
+    return sum(int(mask_fn(b).sum()) for _, b in _row_blocks(X))
 
 
 def _validate_values(X, obs_names, var_names, *, expect: Expect, name: str) -> None:
@@ -459,23 +662,25 @@ def _validate_values(X, obs_names, var_names, *, expect: Expect, name: str) -> N
         r, c, v = hit
         return f"cell {_q(obs_names[r])}, feature {_q(var_names[c])} (row {r + 1}, column {c + 1})"
 
-    vals = X.data if sp.issparse(X) else X
-    if not np.isfinite(vals).all():
-        hit = _first_where(X, lambda a: ~np.isfinite(a))
+    blocks = [X.data] if sp.issparse(X) else [b for _, b in _row_blocks(X)]
+    if not all(np.isfinite(b).all() for b in blocks):
+        not_finite = lambda a: ~np.isfinite(a)  # noqa: E731
+        hit = _first_where(X, not_finite)
         kind = "NaN (missing value)" if math.isnan(hit[2]) else "infinite value (or beyond float32 range)"
-        n_bad = int((~np.isfinite(vals)).sum())
+        n_bad = _count(X, not_finite)
         raise DataError(
             f"{name}: {kind} at {where(hit)}; {_plural(n_bad, 'non-finite value')} in total "
             "(NaN/inf are not allowed)"
         )
-    if expect in ("counts", "nonnegative") and vals.size and vals.min() < 0:
-        hit = _first_where(X, lambda a: a < 0)
-        n_bad = int((vals < 0).sum())
+    if expect in ("counts", "nonnegative") and any(b.size and b.min() < 0 for b in blocks):
+        negative = lambda a: a < 0  # noqa: E731
+        hit = _first_where(X, negative)
+        n_bad = _count(X, negative)
         raise DataError(
             f"{name}: negative value {hit[2]:g} at {where(hit)}; {_plural(n_bad, 'negative value')} "
             f"in total, but expect={expect!r} requires non-negative values"
         )
-    if expect == "counts" and vals.size and not np.array_equal(vals, np.round(vals)):
+    if expect == "counts" and not all(np.array_equal(b, np.round(b)) for b in blocks):
         hit = _first_where(X, lambda a: a != np.round(a))
         raise DataError(
             f"{name}: non-integer value {hit[2]:g} at {where(hit)}, but expect='counts' requires "
@@ -524,6 +729,8 @@ def _finish(
             f"(read as {file_orientation.replace('_x_', ' x ')}); at least {MIN_CELLS} cells and "
             f"{MIN_FEATURES} genes/features are needed (the minimum is {MIN_CELLS}x{MIN_FEATURES})"
         )
+    given = obs_names is not None, var_names is not None
+    # generated names are unique by construction: no need to check them
     obs_names = [f"cell_{i}" for i in range(n_obs)] if obs_names is None else [str(s) for s in obs_names]
     var_names = [f"gene_{j}" for j in range(n_var)] if var_names is None else [str(s) for s in var_names]
     if len(obs_names) != n_obs or len(var_names) != n_var:
@@ -531,8 +738,10 @@ def _finish(
             f"{name}: {len(obs_names)} cell ids and {len(var_names)} feature names for a "
             f"{n_obs} x {n_var} matrix"
         )
-    _check_names(obs_names, "cell", name)
-    _check_names(var_names, "gene", name)
+    if given[0]:
+        _check_names(obs_names, "cell", name)
+    if given[1]:
+        _check_names(var_names, "gene", name)
     X = _to_float32(X, name)
     _validate_values(X, obs_names, var_names, expect=expect, name=name)
     obs = pd.DataFrame(index=pd.Index(obs_names, dtype=object)) if obs is None else obs
@@ -715,7 +924,7 @@ _NUM_PAT = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 
 
 def _diagnose_table(
-    text: str, delim: str | None, *, start_line: int, n_fields: int, has_index: bool,
+    lines: Iterable[str], delim: str | None, *, start_line: int, n_fields: int, has_index: bool,
     col_names: Sequence[str] | None, name: str,
 ) -> None:
     """Walk the data rows and raise a DataError at the first problem found.
@@ -732,7 +941,7 @@ def _diagnose_table(
         first = rf"[^{d}\"]*" if has_index else rf"\s*{_NUM_PAT}\s*"
         pat = first + rf"(?:{d}\s*{_NUM_PAT}\s*){{{n_rest}}}"
     well_formed = re.compile(pat).fullmatch
-    for line_no, line in enumerate(text.split("\n"), 1):
+    for line_no, line in enumerate(lines, 1):
         if line_no <= start_line or not line.strip() or well_formed(line):
             continue
         if delim is None:
@@ -779,10 +988,89 @@ def _check_fields(
             raise DataError(f"{name}: value {tok} at {at} is too large (beyond float32 range, infinite)")
 
 
-def _read_table(data: bytes, name: str, *, ext: str, orientation: Orientation, expect: Expect):
-    text = _normalize_newlines(_decode_text(data, name))
-    if not text.strip():
+def _text_encoding(inp: _Input) -> str:
+    """Refuse binary data and pick the encoding of a text input, in one streaming pass.
+
+    UTF-16 (with a byte-order mark) and UTF-8 (BOM optional) are decoded as such;
+    text that is not valid UTF-8 but has few control characters is read as
+    latin-1; anything else is binary data.  Also refuses text that is only blanks.
+    """
+    name = inp.name
+    sample = inp.head(65536)
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
+        enc = "utf-16"
+    else:
+        what = _describe_magic(sample)
+        if what is not None and what != "a MatrixMarket file":
+            raise DataError(f"{name}: this is {what}, not a text table (binary data)")
+        if b"\x00" in sample:
+            raise DataError(f"{name}: binary data (contains NUL bytes), not a text table")
+        enc = "utf-8-sig"
+    dec = codecs.getincrementaldecoder(enc)()
+    offset, blank = 0, True
+    with inp.open() as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            try:
+                text = dec.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                if enc == "utf-16":
+                    raise DataError(f"{name}: invalid UTF-16 text") from None
+                ctrl = sum(1 for b in sample if b < 9 or 13 < b < 32 or b == 127)
+                if ctrl > 0.01 * max(len(sample), 1) or ctrl > 20:
+                    at = offset - (len(e.object) - len(chunk)) + e.start
+                    raise DataError(
+                        f"{name}: binary data, not a text table (invalid UTF-8 at byte {at})"
+                    ) from None
+                enc = "latin-1"
+                blank = blank and not chunk.strip()
+                while blank and (chunk := fh.read(1 << 20)):
+                    blank = not chunk.strip()
+                break
+            blank = blank and not text.strip()
+            offset += len(chunk)
+            if not chunk:
+                break
+    if blank:
         raise DataError(f"{name}: file is empty (no text)")
+    return enc
+
+
+def _open_text(inp: _Input, enc: str) -> IO[str]:
+    """The input as text with universal newlines (CRLF and CR become LF)."""
+    return io.TextIOWrapper(inp.open(), encoding=enc, newline=None)
+
+
+def _text_lines(inp: _Input, enc: str) -> Iterator[str]:
+    """Every line of the text (without its line end), streamed."""
+    with _open_text(inp, enc) as fh:
+        for line in fh:
+            yield line[:-1] if line.endswith("\n") else line
+
+
+def _read_head(fh: IO[str], *, max_chars: int = 1 << 20, want: int = 30) -> str:
+    """The first lines of a text stream: ``want`` non-blank lines, or about
+    ``max_chars`` characters once at least 4 non-blank lines are in."""
+    parts, n_chars, n_lines = [], 0, 0
+    while True:
+        line = fh.readline()
+        if not line:
+            break
+        parts.append(line)
+        n_chars += len(line)
+        if line.strip():
+            n_lines += 1
+            if n_lines >= want or (n_chars >= max_chars and n_lines >= 4):
+                break
+    return "".join(parts)
+
+
+def _read_table(inp: _Input, *, ext: str, orientation: Orientation, expect: Expect):
+    """Read a delimited text table as a stream, in blocks of rows, into float32."""
+    name = inp.name
+    enc = _text_encoding(inp)
+    with _open_text(inp, enc) as fh:
+        text = _read_head(fh)
     lines = _first_lines(text)
     try:
         delim = _sniff_delimiter(lines, ext)
@@ -803,19 +1091,18 @@ def _read_table(data: bytes, name: str, *, ext: str, orientation: Orientation, e
     )
     if not has_header:
         data_rows = [first] + [t[1] for t in (second, third) if t is not None]
-        header = None
         header_end_line = first_line - 1
         n_fields = len(first)
         has_index = any(not _looks_numeric(r[0]) for r in data_rows)
         col_names = None
     else:
-        header = first
         header_end_line = first_line
         if second is None:
             raise DataError(
                 f"{name}: header only: line {first_line} looks like a header "
                 f"({_plural(len(first), 'field')}) but there are no data rows"
             )
+        header = first
         data_first = second[1]
         if len(header) == len(data_first) - 1:  # R write.table style: no corner cell
             n_fields = len(data_first)
@@ -830,56 +1117,56 @@ def _read_table(data: bytes, name: str, *, ext: str, orientation: Orientation, e
                 or not _looks_numeric(data_first[0])
             )
             col_names = header[1:] if has_index else header
+    del text, rows, lines
     n_values = n_fields - (1 if has_index else 0)
     if n_values < 1:
         raise DataError(
             f"{name}: has only one column (an id column and no values); a matrix file needs an "
             "id column and at least 2 value columns"
         )
-    # fast path: pandas' C parser, refused on any oddity (then we diagnose)
-    offset = 0
-    for _ in range(header_end_line):
-        nxt = text.find("\n", offset)
-        offset = len(text) if nxt < 0 else nxt + 1
-    body = text[offset:]
     dtypes = {i: np.float32 for i in range(1 if has_index else 0, n_fields)}
     if has_index:
         dtypes[0] = str
     kwargs: dict[str, Any] = dict(
         header=None, names=list(range(n_fields)), index_col=0 if has_index else None,
         dtype=dtypes, na_filter=False, engine="c", skipinitialspace=True,
+        sep=r"\s+" if delim is None else delim,
     )
-    if delim is None:
-        kwargs["sep"] = r"\s+"
-    else:
-        kwargs["sep"] = delim
     diag = dict(start_line=header_end_line, n_fields=n_fields, has_index=has_index,
                 col_names=col_names, name=name)
-    try:
-        with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            df = pd.read_csv(io.StringIO(body), **kwargs)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{name}: header only: no data rows after line {header_end_line}") from None
-    except Exception as e:  # noqa: BLE001
-        _diagnose_table(text, delim, **diag)
-        raise DataError(f"{name}: could not parse as a numeric table ({e})") from None
-    if df.shape[1] != n_values:
-        _diagnose_table(text, delim, **diag)
-        raise DataError(f"{name}: expected {n_values} value columns, parsed {df.shape[1]}")
-    X = df.to_numpy(dtype=np.float32, copy=False)
-    if not np.isfinite(X).all():
-        _diagnose_table(text, delim, **diag)
-    row_names = [str(s).strip().strip('"') for s in df.index] if has_index else None
+
+    def diagnose() -> None:
+        _diagnose_table(_text_lines(inp, enc), delim, **diag)
+
+    # the text is streamed in blocks of lines: only one block of text and its float32
+    # values are in memory at a time; a block pandas cannot parse is diagnosed
+    blocks: list[np.ndarray] = []
+    row_names: list[str] | None = [] if has_index else None
+    with _open_text(inp, enc) as fh:
+        for _ in range(header_end_line):
+            fh.readline()
+        for lines in _line_blocks(fh):
+            got = _parse_block_fast(lines, delim, has_index=has_index, n_values=n_values)
+            if got is None:
+                got = _parse_block(lines, kwargs, n_values=n_values, diagnose=diagnose, name=name)
+            block, names = got
+            if not np.isfinite(block).all():
+                diagnose()
+            blocks.append(block)
+            if row_names is not None:
+                row_names.extend(names)
+            del block, names, got, lines
+    n_rows = sum(b.shape[0] for b in blocks)
+    if n_rows == 0:
+        raise DataError(f"{name}: header only: no data rows after line {header_end_line}")
     col_names = [str(s).strip().strip('"') for s in col_names] if col_names is not None else None
     file_orient, reason = _decide_orientation(
-        orientation, row_names=row_names, col_names=col_names, shape=X.shape,
+        orientation, row_names=row_names, col_names=col_names, shape=(n_rows, n_values),
         corner=corner if (has_header and has_index) else None,
     )
     transposed = file_orient == "genes_x_cells"
     obs_names, var_names = (col_names, row_names) if transposed else (row_names, col_names)
-    if transposed:
-        X = _transpose(X)
+    X = _stack_blocks(blocks, n_rows, n_values, transpose=transposed)
     fmt = {".tsv": "tsv", ".tab": "tsv", ".txt": "txt", ".csv": "csv"}.get(ext, "text")
     return _finish(
         X, obs_names, var_names, name=name, fmt=fmt, file_orientation=file_orient,
@@ -888,17 +1175,137 @@ def _read_table(data: bytes, name: str, *, ext: str, orientation: Orientation, e
     )
 
 
+def _line_blocks(fh: IO[str], size: int = 1 << 22) -> Iterator[list[str]]:
+    """Non-blank lines of a text stream in blocks of about ``size`` characters."""
+    carry: list[str] = []
+    while True:
+        chunk = fh.read(size)
+        if not chunk:
+            tail = "".join(carry)
+            if tail.strip():
+                yield [ln for ln in tail.split("\n") if ln.strip()]
+            return
+        cut = chunk.rfind("\n")
+        if cut < 0:  # a line longer than the block: keep reading
+            carry.append(chunk)
+            continue
+        text = "".join(carry) + chunk[:cut]
+        carry = [chunk[cut + 1:]]
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        del text
+        if lines:
+            yield lines
+
+
+_ONE_FIELD_SEP = "\x1f"  # ASCII unit separator: never in a table we accept the fast way
+
+
+def _parse_block_fast(lines: list[str], delim: str | None, *, has_index: bool, n_values: int):
+    """(float32 block, row names) of well-formed lines, or None to take the careful path.
+
+    Every value goes on its own line and pandas' C parser reads one float32
+    column: no per-column cost (a DataFrame of 100,000 columns a block would
+    take minutes).  Any oddity (quotes around a delimiter, a missing or extra
+    field, a non-number) returns None.
+    """
+    if not lines:
+        return np.empty((0, n_values), dtype=np.float32), []
+    text = "\n".join(lines)
+    if _ONE_FIELD_SEP in text:
+        return None
+    names: list[str] = []
+    if has_index:
+        rest = []
+        for ln in lines:
+            parts = ln.split(delim, 1) if delim is not None else ln.split(None, 1)
+            if len(parts) != 2:
+                return None
+            names.append(parts[0].strip().strip('"'))
+            rest.append(parts[1])
+        text = "\n".join(rest)
+        del rest
+    if delim is None:
+        text = text.replace(" ", "\n").replace("\t", "\n")
+    else:
+        text = text.replace(delim, "\n")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            col = pd.read_csv(
+                io.BytesIO(text.encode("utf-8")), header=None, names=[0], sep=_ONE_FIELD_SEP,
+                dtype=np.float32, na_filter=False, engine="c", skipinitialspace=True,
+            )[0].to_numpy()
+    except Exception:  # noqa: BLE001 - the careful path says what is wrong
+        return None
+    if col.size != len(lines) * n_values or col.dtype != np.float32:
+        return None
+    return col.reshape(len(lines), n_values), names
+
+
+def _parse_block(lines: list[str], kwargs: dict, *, n_values: int, diagnose: Callable[[], None], name: str):
+    """(float32 block, row names) through pandas' full CSV parser (quotes and all)."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            df = pd.read_csv(io.StringIO("\n".join(lines)), **kwargs)
+    except Exception as e:  # noqa: BLE001
+        diagnose()
+        raise DataError(f"{name}: could not parse as a numeric table ({e})") from None
+    if df.shape[1] != n_values:
+        diagnose()
+        raise DataError(f"{name}: expected {n_values} value columns, parsed {df.shape[1]}")
+    names = [str(s).strip().strip('"') for s in df.index] if kwargs.get("index_col") == 0 else []
+    return df.to_numpy(dtype=np.float32), names
+
+
+def _stack_blocks(blocks: list[np.ndarray], n_rows: int, n_cols: int, *, transpose: bool) -> np.ndarray:
+    """One C-contiguous float32 matrix (transposed if asked) from row blocks.
+
+    Blocks are released as they are copied, so the peak is one matrix plus the
+    blocks (about twice the matrix), never three copies.
+    """
+    if len(blocks) == 1 and not transpose:
+        return np.ascontiguousarray(blocks.pop(), dtype=np.float32)
+    out = np.empty((n_cols, n_rows) if transpose else (n_rows, n_cols), dtype=np.float32)
+    pos = 0
+    blocks.reverse()
+    while blocks:
+        b = blocks.pop()
+        k = b.shape[0]
+        if transpose:
+            out[:, pos:pos + k] = b.T
+        else:
+            out[pos:pos + k] = b
+        pos += k
+        del b
+    return out
+
+
 # --------------------------------------------------------------------------- #
 # MatrixMarket
 # --------------------------------------------------------------------------- #
-def _parse_mtx(data: bytes, name: str):
-    """Parse MatrixMarket bytes into a csr_matrix (sparse) or ndarray (array format).
+class _MtxHeader:
+    """What a MatrixMarket banner and size line declare (checked against the limits)."""
 
-    The declared shape and entry count are checked against limits and the file's
-    size before anything is allocated.
+    def __init__(self, *, layout: str, field: str, symmetry: str, n_rows: int, n_cols: int,
+                 nnz: int, line_no: int, header_bytes: int):
+        self.layout, self.field, self.symmetry = layout, field, symmetry
+        self.n_rows, self.n_cols, self.nnz = n_rows, n_cols, nnz
+        self.line_no, self.header_bytes = line_no, header_bytes
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_rows, self.n_cols
+
+
+def _mtx_header(fh: IO[bytes], name: str, size: int) -> _MtxHeader:
+    """Read and check the banner and size line of a MatrixMarket stream.
+
+    The declared shape and entry count are checked against the limits and the
+    stream's size before anything is allocated.
     """
-    nl = data.find(b"\n")
-    banner = (data if nl < 0 else data[:nl]).decode("latin-1").strip().split()
+    first = fh.readline()
+    banner = first.decode("latin-1").strip().split()
     if not banner or banner[0].lower() != "%%matrixmarket":
         raise DataError(f"{name}: not a MatrixMarket file (first line must start with %%MatrixMarket)")
     if len(banner) != 5 or banner[1].lower() != "matrix":
@@ -913,14 +1320,15 @@ def _parse_mtx(data: bytes, name: str):
     if layout == "array" and (field == "pattern" or symmetry != "general"):
         raise DataError(f"{name}: MatrixMarket array layout must be 'real/integer general'")
     # skip comments to the size line
-    pos, line_no = (len(data) if nl < 0 else nl + 1), 1
+    pos, line_no = len(first), 1
     size_line = None
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        end = len(data) if end < 0 else end
-        line = data[pos:end].strip()
+    while True:
+        raw = fh.readline()
+        if not raw:
+            break
         line_no += 1
-        pos = end + 1
+        pos += len(raw)
+        line = raw.strip()
         if line and not line.startswith(b"%"):
             size_line = line.decode("latin-1")
             break
@@ -934,12 +1342,14 @@ def _parse_mtx(data: bytes, name: str):
             f"(expected {want} non-negative integers)"
         )
     n_rows, n_cols = int(parts[0]), int(parts[1])
-    body = data[pos:]
+    body = max(size - pos, 0)
     if n_rows > MAX_DIM or n_cols > MAX_DIM:
         raise DataError(
             f"{name}: header declares a {n_rows:,} x {n_cols:,} matrix; the limit is {MAX_DIM:,} "
             "rows or columns (refusing before allocating anything)"
         )
+    hdr = dict(layout=layout, field=field, symmetry=symmetry, n_rows=n_rows, n_cols=n_cols,
+               line_no=line_no, header_bytes=pos)
     if layout == "array":
         total = n_rows * n_cols
         if total > MAX_DENSE_ENTRIES:
@@ -947,15 +1357,12 @@ def _parse_mtx(data: bytes, name: str):
                 f"{name}: header declares a dense {n_rows:,} x {n_cols:,} matrix ({total:,} values), "
                 f"above the limit of {MAX_DENSE_ENTRIES:,}"
             )
-        if total * 2 > len(body) + 1:
+        if total * 2 > body + 1:
             raise DataError(
-                f"{name}: header declares {total:,} values but the file holds only {len(body):,} bytes "
+                f"{name}: header declares {total:,} values but the file holds only {body:,} bytes "
                 "after the header (truncated or wrong size line)"
             )
-        vals = _mm_numbers(body, name, ncol=1, start_line=line_no)
-        if vals.shape[0] != total:
-            raise DataError(f"{name}: header declares {total:,} values, the file has {vals.shape[0]:,}")
-        return np.asarray(vals[:, 0], dtype=np.float64).reshape((n_cols, n_rows)).T
+        return _MtxHeader(nnz=total, **hdr)
     nnz = int(parts[2])
     if nnz > MAX_NNZ or nnz > n_rows * n_cols:
         raise DataError(
@@ -963,85 +1370,163 @@ def _parse_mtx(data: bytes, name: str):
             f"(more than fit, or above the limit of {MAX_NNZ:,})"
         )
     min_bytes = 4 if field == "pattern" else 6  # "1 1\n" / "1 1 1\n"
-    if nnz * min_bytes > len(body) + 1:
+    if nnz * min_bytes > body + 1:
         raise DataError(
-            f"{name}: header declares {nnz:,} entries but the file holds only {len(body):,} bytes of "
+            f"{name}: header declares {nnz:,} entries but the file holds only {body:,} bytes of "
             "entries (truncated file or wrong size line)"
         )
-    ncol = 2 if field == "pattern" else 3
-    arr = _mm_numbers(body, name, ncol=ncol, start_line=line_no)
-    if arr.shape[0] != nnz:
+    _check_names_budget(n_rows, n_cols, nnz, name)
+    return _MtxHeader(nnz=nnz, **hdr)
+
+
+def _check_names_budget(n_rows: int, n_cols: int, nnz: int, name: str) -> None:
+    """Refuse a nearly empty sparse matrix whose declared shape alone would cost a fortune in names."""
+    if n_rows + n_cols > 2 * nnz + MAX_EMPTY_NAMES:
         raise DataError(
-            f"{name}: header declares {nnz:,} entries but the file has {arr.shape[0]:,} "
+            f"{name}: header declares a {n_rows:,} x {n_cols:,} matrix with only {_plural(nnz, 'stored entry')}"
+            f"; every row and column gets a name in memory ({n_rows + n_cols:,} names), more than the "
+            f"limit of 2 x entries + {MAX_EMPTY_NAMES:,} (MAX_EMPTY_NAMES); refusing a nearly empty "
+            "matrix with an absurd declared shape"
+        )
+
+
+def _mtx_blocks(inp: _Input, hdr: _MtxHeader, name: str, ncol: int) -> Iterator[np.ndarray]:
+    """The numbers after the size line as float64 blocks of shape (k, ncol), streamed."""
+    with inp.open() as fh:
+        _skip_bytes(fh, hdr.header_bytes)
+        reader = None
+        try:
+            reader = pd.read_csv(
+                fh, sep=r"\s+", header=None, comment="%", names=list(range(ncol)),
+                dtype=np.float64, engine="c", na_filter=False, chunksize=max(1, (1 << 20)),
+            )
+            for df in reader:
+                arr = df.to_numpy(dtype=np.float64)
+                if not np.isfinite(arr).all():
+                    break
+                yield arr
+            else:
+                return
+        except DataError:
+            raise
+        except pd.errors.EmptyDataError:
+            return
+        except Exception:  # noqa: BLE001 - locate the problem below
+            raw = getattr(fh, "raw", None)
+            if isinstance(getattr(raw, "error", None), DataError):
+                raise raw.error from None
+    _diagnose_mtx(inp, hdr, name, ncol)
+
+
+def _skip_bytes(fh: IO[bytes], n: int) -> None:
+    while n > 0:
+        chunk = fh.read(min(n, 1 << 20))
+        if not chunk:
+            break
+        n -= len(chunk)
+
+
+def _diagnose_mtx(inp: _Input, hdr: _MtxHeader, name: str, ncol: int) -> None:
+    """Walk the entry lines and raise a DataError at the first bad one."""
+    with inp.open() as fh:
+        _skip_bytes(fh, hdr.header_bytes)
+        for i, raw in enumerate(fh, hdr.line_no + 1):
+            s = raw.decode("latin-1").strip()
+            if not s or s.startswith("%"):
+                continue
+            fields = s.split()
+            if len(fields) != ncol:
+                raise DataError(f"{name}: line {i} has {len(fields)} fields, expected {ncol} ({s[:60]!r})")
+            for f in fields:
+                if f.lower() in _NAN_TOKENS:
+                    raise DataError(f"{name}: NaN at line {i}")
+                if f.lower() in _INF_TOKENS:
+                    raise DataError(f"{name}: infinite value at line {i}")
+                if not _is_number(f):
+                    raise DataError(f"{name}: non-numeric value {_q(f)} at line {i}")
+    raise DataError(f"{name}: could not parse MatrixMarket entries")
+
+
+def _mtx_body(inp: _Input, hdr: _MtxHeader, name: str, *, transpose: bool):
+    """Stream the entries into a csr_matrix (or an ndarray for the array layout).
+
+    Entries go straight into preallocated int32 / float32 arrays (the count is
+    known from the header, checked against the file size), so parsing costs
+    about 12 bytes an entry plus one block; the result is transposed on the way
+    when ``transpose`` (10x files are features x cells).
+    """
+    n_rows, n_cols, nnz = hdr.n_rows, hdr.n_cols, hdr.nnz
+    if hdr.layout == "array":
+        vals = np.empty(nnz, dtype=np.float32)
+        k = 0
+        for arr in _mtx_blocks(inp, hdr, name, 1):
+            m = arr.shape[0]
+            if k + m <= nnz:
+                vals[k:k + m] = arr[:, 0]
+            k += m
+        if k != nnz:
+            raise DataError(f"{name}: header declares {nnz:,} values, the file has {k:,}")
+        cols_major = vals.reshape((n_cols, n_rows))  # column-major values: row j is column j
+        return cols_major if transpose else cols_major.T
+    pattern = hdr.field == "pattern"
+    ncol = 2 if pattern else 3
+    rows = np.empty(nnz, dtype=np.int32)
+    cols = np.empty(nnz, dtype=np.int32)
+    vals = np.ones(nnz, dtype=np.float32) if pattern else np.empty(nnz, dtype=np.float32)
+    k = 0
+    for arr in _mtx_blocks(inp, hdr, name, ncol):
+        m = arr.shape[0]
+        if k + m > nnz:
+            k += m
+            continue  # keep counting for the message
+        r, c = arr[:, 0], arr[:, 1]
+        if not np.array_equal(r, np.round(r)) or not np.array_equal(c, np.round(c)):
+            raise DataError(f"{name}: MatrixMarket row/column indices must be integers")
+        bad = np.flatnonzero((r < 1) | (r > n_rows) | (c < 1) | (c > n_cols))
+        if bad.size:
+            j = int(bad[0])
+            raise DataError(
+                f"{name}: entry {k + j + 1} ({int(r[j])}, {int(c[j])}) is outside the declared "
+                f"{n_rows} x {n_cols} shape (indices are 1-based)"
+            )
+        rows[k:k + m] = r - 1
+        cols[k:k + m] = c - 1
+        if not pattern:
+            with np.errstate(over="ignore"):
+                vals[k:k + m] = arr[:, 2]
+        k += m
+    if k != nnz:
+        raise DataError(
+            f"{name}: header declares {nnz:,} entries but the file has {k:,} "
             "(truncated file or wrong size line)"
         )
-    rows_f, cols_f = arr[:, 0], arr[:, 1]
-    if nnz and (
-        not np.array_equal(rows_f, np.round(rows_f)) or not np.array_equal(cols_f, np.round(cols_f))
-    ):
-        raise DataError(f"{name}: MatrixMarket row/column indices must be integers")
-    rows = rows_f.astype(np.int64) - 1
-    cols = cols_f.astype(np.int64) - 1
-    bad = np.flatnonzero((rows < 0) | (rows >= n_rows) | (cols < 0) | (cols >= n_cols))
-    if bad.size:
-        k = int(bad[0])
-        raise DataError(
-            f"{name}: entry {k + 1} ({rows[k] + 1}, {cols[k] + 1}) is outside the declared "
-            f"{n_rows} x {n_cols} shape (indices are 1-based)"
-        )
-    vals = np.ones(nnz, dtype=np.float64) if field == "pattern" else arr[:, 2]
-    if symmetry == "symmetric":
+    if hdr.symmetry == "symmetric":
         off = rows != cols
         rows, cols, vals = (
             np.concatenate([rows, cols[off]]),
             np.concatenate([cols, rows[off]]),
             np.concatenate([vals, vals[off]]),
         )
-    X = sp.coo_matrix((vals, (rows, cols)), shape=(n_rows, n_cols)).tocsr()
+    if transpose:
+        rows, cols, shape = cols, rows, (n_cols, n_rows)
+    else:
+        shape = (n_rows, n_cols)
+    X = sp.csr_matrix((vals, (rows, cols)), shape=shape)
+    del rows, cols, vals
     return X
 
 
-def _mm_numbers(body: bytes, name: str, *, ncol: int, start_line: int) -> np.ndarray:
-    """Whitespace-separated numbers, ``ncol`` per line, as float64 (n, ncol)."""
-    if not body.strip():
-        return np.zeros((0, ncol))
-    try:
-        df = pd.read_csv(
-            io.BytesIO(body), sep=r"\s+", header=None, comment="%", names=list(range(ncol)),
-            dtype=np.float64, engine="c", na_filter=False,
-        )
-        arr = df.to_numpy(dtype=np.float64)
-        if np.isfinite(arr).all():
-            return arr
-    except Exception:  # noqa: BLE001 - locate the problem below
-        pass
-    for i, line in enumerate(body.decode("latin-1").split("\n"), start_line + 1):
-        s = line.strip()
-        if not s or s.startswith("%"):
-            continue
-        fields = s.split()
-        if len(fields) != ncol:
-            raise DataError(f"{name}: line {i} has {len(fields)} fields, expected {ncol} ({s[:60]!r})")
-        for f in fields:
-            if f.lower() in _NAN_TOKENS:
-                raise DataError(f"{name}: NaN at line {i}")
-            if f.lower() in _INF_TOKENS:
-                raise DataError(f"{name}: infinite value at line {i}")
-            if not _is_number(f):
-                raise DataError(f"{name}: non-numeric value {_q(f)} at line {i}")
-    raise DataError(f"{name}: could not parse MatrixMarket entries")
-
-
-def _read_mtx_file(data: bytes, name: str, *, orientation: Orientation, expect: Expect):
-    X = _parse_mtx(data, name)
+def _read_mtx_file(inp: _Input, *, orientation: Orientation, expect: Expect):
+    name = inp.name
+    with inp.open() as fh:
+        hdr = _mtx_header(fh, name, inp.size())
     file_orient, reason = _decide_orientation(
-        orientation, row_names=None, col_names=None, shape=X.shape, default="genes_x_cells"
+        orientation, row_names=None, col_names=None, shape=hdr.shape, default="genes_x_cells"
     )
     if orientation == "auto":
         reason = "MatrixMarket 10x convention (features x cells)"
     transposed = file_orient == "genes_x_cells"
-    if transposed:
-        X = _transpose(X)
+    X = _mtx_body(inp, hdr, name, transpose=transposed)
     return _finish(X, None, None, name=name, fmt="mtx", file_orientation=file_orient,
                    transposed=transposed, expect=expect, reason=reason)
 
@@ -1052,24 +1537,43 @@ def _read_mtx_file(data: bytes, name: str, *, orientation: Orientation, expect: 
 _MTX_RE = re.compile(r"^(.*?)matrix\.mtx(\.gz)?$", re.IGNORECASE)
 
 
-def _tsv_lines(data: bytes, name: str) -> list[list[str]]:
-    if data.startswith(_GZIP_MAGIC):
-        data = _gunzip(data, name)
-    text = _decode_text(data, name)
-    return [ln.rstrip("\r").split("\t") for ln in text.split("\n") if ln.strip()]
+def _tsv_lines(inp: _Input, *, max_lines: int) -> list[list[str]]:
+    """Tab-separated non-blank lines of a (possibly gzipped) barcodes/features file.
+
+    Stops after ``max_lines`` lines: the caller knows how many the matrix allows,
+    so a huge names file costs no more than that.
+    """
+    inp = inp.maybe_gunzipped()
+    enc = _text_encoding(inp)
+    out: list[list[str]] = []
+    with io.TextIOWrapper(inp.open(), encoding=enc, newline="\n") as fh:
+        for line in fh:
+            line = line.rstrip("\n").rstrip("\r")
+            if line.strip():
+                out.append(line.split("\t"))
+                if len(out) >= max_lines:
+                    break
+    return out
 
 
 def _assemble_10x(
-    mtx: bytes, barcodes: bytes, features: bytes, *, names: tuple[str, str, str], label: str,
+    mtx: _Input, barcodes: _Input, features: _Input, *, names: tuple[str, str, str], label: str,
     fmt: str, orientation: Orientation, expect: Expect,
 ):
     mtx_name, bc_name, ft_name = names
-    if mtx.startswith(_GZIP_MAGIC):
-        mtx = _gunzip(mtx, mtx_name)
-    X = _parse_mtx(mtx, f"{label}: {mtx_name}")
-    bc = [r[0].strip() for r in _tsv_lines(barcodes, f"{label}: {bc_name}")]
-    ft = _tsv_lines(features, f"{label}: {ft_name}")
-    n_rows, n_cols = X.shape
+    mtx_label = f"{label}: {mtx_name}"
+    mtx = _Input(name=mtx_label, opener=mtx.open, size=mtx.size() if mtx.on_disk else mtx._size)
+    mtx = mtx.maybe_gunzipped()
+    with mtx.open() as fh:
+        hdr = _mtx_header(fh, mtx_label, mtx.size())
+    n_rows, n_cols = hdr.shape
+    cap = max(n_rows, n_cols) + 1  # one more than any match needs: enough to report a mismatch
+    bc = [r[0].strip() for r in _tsv_lines(_renamed(barcodes, f"{label}: {bc_name}"), max_lines=cap)]
+    ft = _tsv_lines(_renamed(features, f"{label}: {ft_name}"), max_lines=cap)
+
+    def count(lst):
+        return f"more than {len(lst) - 1:,}" if len(lst) >= cap else f"{len(lst):,}"
+
     if orientation == "auto":
         if len(ft) == n_rows and len(bc) == n_cols:
             file_orient = "genes_x_cells"
@@ -1078,7 +1582,7 @@ def _assemble_10x(
         else:
             raise DataError(
                 f"{label}: {mtx_name} is {n_rows:,} x {n_cols:,} but {bc_name} lists "
-                f"{len(bc):,} barcodes and {ft_name} {len(ft):,} features; they must match "
+                f"{count(bc)} barcodes and {ft_name} {count(ft)} features; they must match "
                 "(features x barcodes)"
             )
         reason = "matched barcode/feature counts"
@@ -1088,7 +1592,7 @@ def _assemble_10x(
         if len(bc) != n_cells or len(ft) != n_feat:
             raise DataError(
                 f"{label}: {mtx_name} read as {file_orient} has {n_cells:,} cells x {n_feat:,} features "
-                f"but {bc_name} lists {len(bc):,} and {ft_name} {len(ft):,}"
+                f"but {bc_name} lists {count(bc)} and {ft_name} {count(ft)}"
             )
     ids = [r[0].strip() for r in ft]
     symbols = [(r[1] if len(r) > 1 else r[0]).strip() for r in ft]
@@ -1096,14 +1600,18 @@ def _assemble_10x(
     var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(var_names, dtype=object))
     if any(len(r) > 2 for r in ft):
         var["feature_types"] = [r[2].strip() if len(r) > 2 else "" for r in ft]
+    del ft
     transposed = file_orient == "genes_x_cells"
-    if transposed:
-        X = _transpose(X)
+    X = _mtx_body(mtx, hdr, mtx_label, transpose=transposed)
     return _finish(
         X, bc, var_names, name=label, fmt=fmt, file_orientation=file_orient, transposed=transposed,
         expect=expect, reason=reason, var=var,
         extra={"var_names_from": "symbols" if var_names is symbols else "gene_ids"},
     )
+
+
+def _renamed(inp: _Input, name: str) -> _Input:
+    return _Input(name=name, opener=inp.open, size=inp._size)
 
 
 def _usable_member(n: str) -> bool:
@@ -1168,8 +1676,8 @@ def _read_10x_dir(inp: _Input, *, orientation: Orientation, expect: Expect):
         )
     if total > MAX_UNCOMPRESSED_BYTES:
         raise DataError(f"{inp.name}: 10x files total {total:,} bytes, above the limit")
-    blobs = [(root / n).read_bytes() for n in (m, bc, ft)]
-    return _assemble_10x(*blobs, names=(m, bc, ft), label=inp.name, fmt="10x",
+    parts = [_Input(name=n, path=root / n) for n in (m, bc, ft)]
+    return _assemble_10x(*parts, names=(m, bc, ft), label=inp.name, fmt="10x",
                          orientation=orientation, expect=expect)
 
 
@@ -1189,46 +1697,71 @@ def _check_member_name(info: zipfile.ZipInfo, label: str) -> None:
         raise DataError(f"{label}: zip member {_q(n)} is encrypted; not supported")
 
 
-def _open_zip(data: bytes, label: str, *, max_total_bytes: int | None = None) -> zipfile.ZipFile:
-    """Open and vet a zip archive: names, symlinks, entry count, sizes."""
+def _open_zip(source: "bytes | _Input", label: str, *, max_total_bytes: int | None = None) -> zipfile.ZipFile:
+    """Open and vet a zip archive: names, symlinks, entry count, sizes.
+
+    ``source`` is the archive's bytes or an input; a file on disk is read in
+    place (members are streamed from it, the archive is never loaded whole).
+    """
     limit = MAX_UNCOMPRESSED_BYTES if max_total_bytes is None else max_total_bytes
-    if not data:
+    if isinstance(source, _Input):
+        head = source.head(16)
+        fileobj: Any = source.path if source.on_disk else io.BytesIO(source.data)
+    else:
+        head = source[:16]
+        fileobj = io.BytesIO(source)
+    if not head:
         raise DataError(f"{label}: zip file is empty")
-    if not data.startswith(_ZIP_MAGICS):
-        what = _describe_magic(data[:16])
+    if not head.startswith(_ZIP_MAGICS):
+        what = _describe_magic(head)
         raise DataError(
             f"{label}: not a zip archive (bad signature" + (f"; this is {what})" if what else ")")
         )
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
+        zf = zipfile.ZipFile(fileobj)
         infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
         raise DataError(f"{label}: corrupt or invalid zip archive ({e})") from None
     if len(infos) > MAX_ZIP_ENTRIES:
+        zf.close()
         raise DataError(f"{label}: zip has {len(infos):,} members, above the limit of {MAX_ZIP_ENTRIES:,}")
     total = 0
-    for info in infos:
-        _check_member_name(info, label)
-        total += info.file_size
-        if not info.is_dir():
-            _check_ratio(f"{label}: {info.filename}", info.compress_size, info.file_size)
-    if total > limit:
-        raise DataError(
-            f"{label}: zip members total {total:,} bytes uncompressed, above the limit of {limit:,} "
-            "bytes; refusing a possible zip bomb"
-        )
+    try:
+        for info in infos:
+            _check_member_name(info, label)
+            total += info.file_size
+            if not info.is_dir():
+                _check_ratio(f"{label}: {info.filename}", info.compress_size, info.file_size)
+        if total > limit:
+            raise DataError(
+                f"{label}: zip members total {total:,} bytes uncompressed, above the limit of {limit:,} "
+                "bytes; refusing a possible zip bomb"
+            )
+    except DataError:
+        zf.close()
+        raise
     return zf
 
 
-def _zip_member(zf: zipfile.ZipFile, name: str, label: str) -> bytes:
-    try:
-        return zf.read(name)
-    except (zipfile.BadZipFile, OSError, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
-        raise DataError(f"{label}: corrupt zip member {_q(name)} ({e})") from None
+def _zip_input(zf: zipfile.ZipFile, name: str, label: str, *, display: str | None = None) -> _Input:
+    """A zip member as an input streamed from the archive (decompressed on the fly)."""
+    info = zf.getinfo(name)
+
+    def describe(e: Exception) -> str:
+        return f"{label}: corrupt zip member {_q(name)} ({e})"
+
+    def opener() -> IO[bytes]:
+        try:
+            fh = zf.open(info)
+        except (zipfile.BadZipFile, OSError, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            raise DataError(describe(e)) from None
+        return _GuardedStream(fh, describe)
+
+    return _Input(name=display or name, opener=opener, size=info.file_size)
 
 
 def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect):
-    zf = _open_zip(inp.data, inp.name)
+    zf = _open_zip(inp, inp.name)
     with zf:
         names = [i.filename for i in zf.infolist() if not i.is_dir()]
         usable = [n for n in names if _usable_member(n)]
@@ -1237,12 +1770,12 @@ def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect):
             member = usable[0]
             ext, _ = _split_ext(member)
             if ext in _TABLE_EXTS | {".h5ad", ".npz", ".npy", ".mtx"}:
-                inner = _Input(name=f"{inp.name}/{member}", data=_zip_member(zf, member, inp.name))
+                inner = _zip_input(zf, member, inp.name, display=f"{inp.name}/{member}")
                 return _read(inner, orientation=orientation, expect=expect)
         m, bc, ft = _find_10x(names, inp.name)
-        blobs = [_zip_member(zf, n, inp.name) for n in (m, bc, ft)]
-    return _assemble_10x(*blobs, names=(m, bc, ft), label=inp.name, fmt="10x-zip",
-                         orientation=orientation, expect=expect)
+        parts = [_zip_input(zf, n, inp.name) for n in (m, bc, ft)]
+        return _assemble_10x(*parts, names=(m, bc, ft), label=inp.name, fmt="10x-zip",
+                             orientation=orientation, expect=expect)
 
 
 # --------------------------------------------------------------------------- #
@@ -1332,7 +1865,7 @@ def _read_npz(inp: _Input, *, orientation: Orientation, expect: Expect):
             f"{name}: not a valid .npz archive (an .npz is a zip file"
             + (f"; this is {what})" if what else ")")
         )
-    zf = _open_zip(data, name)
+    zf = _open_zip(inp, name)
     with zf:
         members = {i.filename for i in zf.infolist()}
         for info in zf.infolist():
@@ -1441,65 +1974,251 @@ def _hdf5_signature_ok(head: bytes, size: int) -> bool:
     return False
 
 
-def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect):
-    import anndata
+def _h5_path(parent: str, key: str) -> str:
+    return f"{parent.rstrip('/')}/{key}"
+
+
+def check_hdf5_safety(source: Any, *, name: str | None = None) -> None:
+    """Refuse an HDF5 file that reaches outside itself, before anything is read.
+
+    Walks every link of every group (``h5py`` ``visititems_links``, which sees
+    links without following them) and raises :class:`DataError`, naming the
+    problem and the object path, for
+
+    * an external link (``h5py.ExternalLink``) to another file;
+    * a soft link whose target does not resolve inside the file (dangling or
+      looping);
+    * a dataset with external storage (``create_dataset(..., external=[...])``:
+      its bytes live in another file, such as ``/etc/passwd``);
+    * a virtual dataset (it maps data from other files).
+
+    Parameters
+    ----------
+    source
+        An open ``h5py.File`` (or group), a path or a binary file-like object.
+    name
+        File name for messages.
+    """
+    import h5py
+
+    if isinstance(source, (h5py.File, h5py.Group)):
+        f = source
+        _check_hdf5_links(f, name or os.path.basename(f.file.filename) or "<hdf5>")
+        return
+    with h5py.File(source, "r") as f:
+        _check_hdf5_links(f, name or os.path.basename(str(getattr(source, "name", source))))
+
+
+def _check_hdf5_links(f, name: str) -> None:
+    import h5py
+
+    links: list[tuple[str, Any]] = []
+    f.visititems_links(lambda path, link: links.append(("/" + path, link)))
+    # external links first: nothing below may resolve a path through one
+    for path, link in links:
+        if isinstance(link, h5py.ExternalLink):
+            raise DataError(
+                f"{name}: HDF5 external link at {path!r} points to {link.path!r} in another file "
+                f"({link.filename!r}); links to other files are refused (they could read any file "
+                "on the server)"
+            )
+    for path, link in links:
+        if isinstance(link, h5py.SoftLink):
+            target = link.path if link.path.startswith("/") else _h5_path(path.rsplit("/", 1)[0] or "/", link.path)
+            try:
+                ok = f.get(target) is not None
+            except Exception:  # noqa: BLE001 - loops and broken paths alike
+                ok = False
+            if not ok:
+                raise DataError(
+                    f"{name}: HDF5 soft link at {path!r} points to {link.path!r}, which does not resolve "
+                    "inside the file (dangling or looping link); refused"
+                )
+        elif not isinstance(link, h5py.HardLink):
+            raise DataError(f"{name}: HDF5 link at {path!r} is of an unsupported kind ({type(link).__name__}); refused")
+    for path, link in links:
+        if not isinstance(link, h5py.HardLink):
+            continue
+        obj = f.get(path)
+        if not isinstance(obj, h5py.Dataset):
+            continue
+        if obj.is_virtual:
+            try:
+                sources = sorted({m.file_name for m in obj.virtual_sources()})
+            except Exception:  # noqa: BLE001
+                sources = []
+            shown = ", ".join(repr(x) for x in sources[:3]) or "other files"
+            raise DataError(
+                f"{name}: HDF5 dataset {path!r} is a virtual dataset mapping data from {shown}; "
+                "virtual datasets are refused (they could read any file on the server)"
+            )
+        ext = obj.external
+        if ext:
+            files = ", ".join(repr(e[0] if isinstance(e[0], str) else e[0].decode("utf-8", "replace"))
+                              for e in ext[:3])
+            raise DataError(
+                f"{name}: HDF5 dataset {path!r} keeps its data in an external file ({files}); "
+                "external storage is refused (it could read any file on the server)"
+            )
+
+
+def _h5_declared_bytes(obj) -> int:
+    """Bytes the datasets under ``obj`` declare (variable-length strings count 64 bytes each)."""
+    import h5py
+
+    total = 0
+
+    def add(ds) -> None:
+        nonlocal total
+        item = ds.dtype.itemsize
+        sd = h5py.check_string_dtype(ds.dtype)
+        if ds.dtype.kind == "O" or (sd is not None and sd.length is None):
+            item = max(item, 64)
+        total += int(ds.size) * item
+
+    if isinstance(obj, h5py.Dataset):
+        add(obj)
+    else:
+        obj.visititems(lambda _n, o: add(o) if isinstance(o, h5py.Dataset) else None)
+    return total
+
+
+def _h5_matrix(elem, path: str, name: str):
+    """Read X (or a layer) from the h5ad: dense dataset or csr/csc group, straight to float32.
+
+    Declared shapes and sizes are checked against the limits first.
+    """
+    import h5py
+
+    if isinstance(elem, h5py.Dataset):
+        if elem.ndim != 2:
+            raise DataError(f"{name}: {path} must be 2-D, got shape {elem.shape}")
+        if elem.dtype.kind not in "biuf":
+            raise DataError(f"{name}: {path} has non-numeric dtype {elem.dtype}")
+        n = int(elem.shape[0]) * int(elem.shape[1])
+        if n > MAX_DENSE_ENTRIES:
+            raise DataError(
+                f"{name}: {path} declares a dense {elem.shape[0]:,} x {elem.shape[1]:,} matrix ({n:,} values), "
+                f"above the limit of {MAX_DENSE_ENTRIES:,}"
+            )
+        return elem.astype(np.float32)[()]
+    if not isinstance(elem, h5py.Group):
+        raise DataError(f"{name}: {path} is not a matrix")
+    attrs = elem.attrs
+    enc = attrs.get("encoding-type", attrs.get("h5sparse_format", ""))
+    enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+    fmt = {"csr_matrix": "csr", "csc_matrix": "csc", "csr": "csr", "csc": "csc"}.get(enc)
+    if fmt is None or not all(k in elem and isinstance(elem[k], h5py.Dataset) for k in ("data", "indices", "indptr")):
+        raise DataError(
+            f"{name}: {path} is not a dense or csr/csc sparse matrix (encoding {enc or 'unknown'!r}); "
+            "not supported"
+        )
+    shape = attrs.get("shape", attrs.get("h5sparse_shape"))
+    try:
+        n_rows, n_cols = (int(v) for v in np.asarray(shape).ravel())
+    except Exception:  # noqa: BLE001
+        raise DataError(f"{name}: {path} has no valid 'shape' attribute") from None
+    data, indices, indptr = elem["data"], elem["indices"], elem["indptr"]
+    nnz = int(data.size)
+    if n_rows < 0 or n_cols < 0 or n_rows > MAX_DIM or n_cols > MAX_DIM:
+        raise DataError(
+            f"{name}: {path} declares a {n_rows:,} x {n_cols:,} matrix; the limit is {MAX_DIM:,} rows or columns"
+        )
+    if nnz > MAX_NNZ or indices.size != nnz or data.ndim != 1 or indices.ndim != 1:
+        raise DataError(f"{name}: {path} declares {nnz:,} stored entries with {indices.size:,} indices "
+                        f"(they must agree, and at most {MAX_NNZ:,})")
+    n_major = n_rows if fmt == "csr" else n_cols
+    if indptr.ndim != 1 or indptr.size != n_major + 1:
+        raise DataError(f"{name}: {path}/indptr has {indptr.size:,} entries for {n_major:,} {fmt} rows/columns")
+    _check_names_budget(n_rows, n_cols, nnz, f"{name}: {path}")
+    if data.dtype.kind not in "biuf":
+        raise DataError(f"{name}: {path}/data has non-numeric dtype {data.dtype}")
+    # straight to the result's dtypes (HDF5 converts while reading: no second copy); an
+    # index beyond int32 is clamped by the conversion, and check_format refuses it
+    idx = np.int32 if max(n_rows, n_cols, nnz) < 2**31 - 1 else np.int64
+    try:
+        arrays = (data.astype(np.float32)[()], indices.astype(idx)[()], indptr.astype(idx)[()])
+        cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+        X = cls(arrays, shape=(n_rows, n_cols))
+        X.check_format(full_check=True)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: {path} is an inconsistent sparse matrix ({e})") from None
+    return X
+
+
+def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str | None = None):
+    """Read X (or ``layer``), obs and var of an .h5ad, after the HDF5 safety checks.
+
+    Nothing else (uns, obsm, varm, obsp, raw, other layers) is read, whatever its size.
+    """
+    import h5py
+    from anndata.io import read_elem
 
     name = inp.name
     head = inp.head(1 << 16)
-    size = inp.path.stat().st_size if inp.path is not None and inp._data is None else len(inp.data)
-    if not _hdf5_signature_ok(head, size):
+    if not _hdf5_signature_ok(head, inp.size()):
         what = _describe_magic(head[:16])
         raise DataError(
             f"{name}: not an HDF5 file (bad signature), so not a valid .h5ad"
             + (f"; this is {what}" if what else "")
         )
-    tmp = None
+    src: Any = str(inp.path) if inp.on_disk else io.BytesIO(inp.data)
     try:
-        if inp.path is not None and inp._data is None:
-            path = inp.path
+        f = h5py.File(src, "r")
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: cannot read .h5ad ({type(e).__name__}: {e})") from None
+    with f:
+        _check_hdf5_links(f, name)
+        if layer is None:
+            path = "/X"
         else:
-            fd, tmp = tempfile.mkstemp(suffix=".h5ad")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(inp.data)
-            path = Path(tmp)
-        try:
-            adata = anndata.read_h5ad(path)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{name}: cannot read .h5ad ({type(e).__name__}: {e})") from None
-    finally:
-        if tmp is not None:
+            layers = f.get("layers")
+            keys = sorted(layers.keys()) if isinstance(layers, h5py.Group) else []
+            if layer not in keys:
+                raise DataError(
+                    f"{name}: .h5ad has no layer {layer!r} (layers: {', '.join(map(repr, keys)) or 'none'})"
+                )
+            path = f"/layers/{layer}"
+        elem = f.get(path)
+        if elem is None:
+            raise DataError(f"{name}: .h5ad has no X matrix (not an AnnData file?)")
+        for part in ("obs", "var"):
+            if not isinstance(f.get(part), (h5py.Group, h5py.Dataset)):
+                raise DataError(f"{name}: .h5ad has no {part} table (not an AnnData file?)")
+        declared = sum(_h5_declared_bytes(f[p]) for p in (path, "obs", "var"))
+        if declared > MAX_H5AD_BYTES:
+            raise DataError(
+                f"{name}: X, obs and var declare {declared:,} bytes, above the limit of "
+                f"{MAX_H5AD_BYTES:,} bytes (MAX_H5AD_BYTES); refusing before reading"
+            )
+        X = _h5_matrix(elem, path.lstrip("/"), name)
+        tables = {}
+        for part in ("obs", "var"):
             try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    X = adata.X
-    if X is None:
-        raise DataError(f"{name}: .h5ad has no X matrix")
-    if not sp.issparse(X) and not isinstance(X, np.ndarray):
-        try:
-            X = np.asarray(X)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{name}: unsupported X of type {type(X).__name__} ({e})") from None
-    if not sp.issparse(X) and X.ndim != 2:
-        raise DataError(f"{name}: X must be 2-D, got shape {X.shape}")
+                tables[part] = read_elem(f[part])
+            except Exception as e:  # noqa: BLE001
+                raise DataError(f"{name}: cannot read {part} of the .h5ad ({type(e).__name__}: {e})") from None
+            if not isinstance(tables[part], pd.DataFrame):
+                raise DataError(f"{name}: {part} of the .h5ad is not a table")
+    obs, var = tables["obs"], tables["var"]
+    if X.shape != (len(obs), len(var)):
+        raise DataError(
+            f"{name}: {path.lstrip('/')} is {X.shape[0]:,} x {X.shape[1]:,} but obs has {len(obs):,} "
+            f"rows and var {len(var):,}"
+        )
     file_orient = "cells_x_genes" if orientation == "auto" else orientation
     reason = "AnnData convention (cells x genes)" if orientation == "auto" else "given"
     transposed = file_orient == "genes_x_cells"
-    obs, var = adata.obs.copy(), adata.var.copy()
     if transposed:
         X = _transpose(X)
         obs, var = var, obs
-    uns = {k: v for k, v in adata.uns.items() if k != "dhaka_io"}
-    out = _finish(
+    extra = {"layer": layer} if layer is not None else None
+    return _finish(
         X, list(obs.index), list(var.index), name=name, fmt="h5ad", file_orientation=file_orient,
-        transposed=transposed, expect=expect, reason=reason, obs=obs, var=var, uns=uns,
+        transposed=transposed, expect=expect, reason=reason, obs=obs, var=var, extra=extra,
     )
-    if not transposed:
-        for k in adata.obsm.keys():
-            out.obsm[k] = adata.obsm[k]
-        for k in adata.varm.keys():
-            out.varm[k] = adata.varm[k]
-    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -1613,6 +2332,64 @@ def _coerce_column(col: pd.Series) -> pd.Series:
 # --------------------------------------------------------------------------- #
 # writers and utilities
 # --------------------------------------------------------------------------- #
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize_formula(value: Any) -> Any:
+    """One cell made safe for spreadsheets (the OWASP CSV-injection rule).
+
+    Text beginning with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets
+    a leading single quote, so Excel, LibreOffice or Google Sheets show it as
+    text instead of running it as a formula (``=HYPERLINK(...)``).  Text that is
+    a plain number (``-1.5``, ``+3``) and every non-text value are returned
+    unchanged.
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUM_RE.match(value.strip()):
+        return "'" + value
+    return value
+
+
+def _neutralize_index(index: pd.Index) -> pd.Index:
+    if isinstance(index, pd.MultiIndex):
+        return pd.MultiIndex.from_arrays(
+            [_neutralize_index(index.get_level_values(i)) for i in range(index.nlevels)], names=index.names
+        )
+    if index.dtype.kind in "biufcmM":
+        return index
+    return pd.Index([neutralize_formula(v) for v in index], dtype=object, name=neutralize_formula(index.name))
+
+
+def safe_text_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` that is safe to write as CSV/TSV for a spreadsheet.
+
+    Every text cell (object, string or categorical columns), the row index
+    (cell names, say) and the column labels (gene names) go through
+    :func:`neutralize_formula`: text beginning with ``=``, ``+``, ``-``, ``@``,
+    tab or carriage return gets a leading ``'``.  Numeric, boolean and date
+    columns are untouched (numbers stay numbers).  Call it on every table offered
+    for download: ``safe_text_frame(df).to_csv(...)`` (or :func:`to_csv_safe`).
+    """
+    out = df.copy(deep=False)
+    for j in range(out.shape[1]):
+        col = out.iloc[:, j]
+        if col.dtype.kind in "biufcmM" or pd.api.types.is_bool_dtype(col.dtype):
+            continue
+        out.isetitem(j, col.astype(object).map(neutralize_formula))
+    out.index = _neutralize_index(out.index)
+    out.columns = _neutralize_index(out.columns)
+    return out
+
+
+def to_csv_safe(df: pd.DataFrame, path_or_buf=None, **kwargs) -> str | None:
+    """``df.to_csv(path_or_buf, **kwargs)`` after :func:`safe_text_frame`.
+
+    For downloads: ``to_csv_safe(table, index=False).encode()``.
+    """
+    return safe_text_frame(df).to_csv(path_or_buf, **kwargs)
+
+
 def write_latent_csv(
     path_or_buf,
     Z,
@@ -1622,6 +2399,9 @@ def write_latent_csv(
     extra: dict[str, Sequence] | pd.DataFrame | None = None,
 ) -> str | None:
     """Write a latent embedding as CSV: ``cell, dhaka_1..dhaka_d[, cluster][, extra...]``.
+
+    Text cells (cell ids, text labels, text extra columns) are neutralised
+    against spreadsheet formulas (:func:`safe_text_frame`).
 
     Parameters
     ----------
@@ -1663,6 +2443,7 @@ def write_latent_csv(
             if k in df.columns:
                 raise ValueError(f"extra column {k!r} clashes with an existing column")
             df[str(k)] = v
+    df = safe_text_frame(df)  # cell names, labels and text columns: no live formulas
     if path_or_buf is None:
         return df.to_csv()
     if isinstance(path_or_buf, (str, os.PathLike)):
