@@ -14,6 +14,8 @@ from dhaka import plots
 from dhaka.runs import RunStore
 from dhaka.ui import owner, state, widgets
 
+widgets.require_entrypoint()
+
 st.title("Runs")
 me = owner.owner_key()
 store = RunStore()
