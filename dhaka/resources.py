@@ -17,6 +17,12 @@ buffers.  Python, torch and Streamlit themselves (a few hundred MB, already
 resident) are not in the estimate; pass what the process already uses as
 ``used=`` to :func:`check_memory` (see :func:`process_rss`).
 
+What is free *now* (:func:`available_memory`: the machine's
+``MemAvailable``, the cgroup's limit less its use, ``DHAKA_MEMORY_LIMIT``
+less this process's resident memory, whichever is smallest) is what
+:class:`dhaka.jobs.JobManager` checks a job's estimate against when the job
+starts, less the estimates of the jobs already running.
+
 Measured peak (above an idle process with torch imported) against the
 estimate, one thread, batch 256, latent 3::
 
