@@ -119,8 +119,11 @@ MAX_EMPTY_NAMES = 1_000_000
 #: Largest total of declared bytes of what is loaded from an .h5ad (X or the
 #: layer, obs and var); variable-length strings count 64 bytes each.
 MAX_H5AD_BYTES = 4 * 2**30
-#: Values per parsed block when streaming text tables and MatrixMarket entries.
+#: Values per block when checking dense matrices; characters per block of text
+#: and lines per block of MatrixMarket entries when streaming.
 _BLOCK_VALUES = 1 << 22
+_TEXT_BLOCK_CHARS = 1 << 22
+_MTX_BLOCK_LINES = 1 << 20
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -1175,8 +1178,9 @@ def _read_table(inp: _Input, *, ext: str, orientation: Orientation, expect: Expe
     )
 
 
-def _line_blocks(fh: IO[str], size: int = 1 << 22) -> Iterator[list[str]]:
+def _line_blocks(fh: IO[str], size: int | None = None) -> Iterator[list[str]]:
     """Non-blank lines of a text stream in blocks of about ``size`` characters."""
+    size = _TEXT_BLOCK_CHARS if size is None else size
     carry: list[str] = []
     while True:
         chunk = fh.read(size)
@@ -1398,7 +1402,7 @@ def _mtx_blocks(inp: _Input, hdr: _MtxHeader, name: str, ncol: int) -> Iterator[
         try:
             reader = pd.read_csv(
                 fh, sep=r"\s+", header=None, comment="%", names=list(range(ncol)),
-                dtype=np.float64, engine="c", na_filter=False, chunksize=max(1, (1 << 20)),
+                dtype=np.float64, engine="c", na_filter=False, chunksize=_MTX_BLOCK_LINES,
             )
             for df in reader:
                 arr = df.to_numpy(dtype=np.float64)

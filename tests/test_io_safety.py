@@ -1,0 +1,460 @@
+"""Hostile files cannot reach outside themselves, blow up memory or plant formulas (issue 11).
+
+Every attack file is generated here, at test time, with h5py / plain bytes: no
+binary of an attack is committed.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import dhaka.io as dio
+from dhaka.io import DataError, neutralize_formula, read, safe_text_frame, to_csv_safe, write_latent_csv
+
+h5py = pytest.importorskip("h5py")
+anndata = pytest.importorskip("anndata")
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = b"root:x:0:0:root:/root:/bin/bash\nsecret-token-1234567890\n"
+
+
+# --------------------------------------------------------------------------- #
+# crafted .h5ad files
+# --------------------------------------------------------------------------- #
+def _good_h5ad(path: Path, *, n_obs: int = 6, n_var: int = 4, dense: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, size=(n_obs, n_var)).astype(np.float32)
+    a = anndata.AnnData(
+        X=X if dense else sp.csr_matrix(X),
+        obs=pd.DataFrame({"label": list("ab" * (n_obs // 2))}, index=[f"c{i}" for i in range(n_obs)]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(n_var)]),
+    )
+    a.layers["counts"] = X * 2
+    a.write_h5ad(path)
+    return path
+
+
+@pytest.fixture
+def passwd(tmp_path) -> Path:
+    """Stands in for /etc/passwd: a file of the server the uploader must never see."""
+    p = tmp_path / "server" / "passwd"
+    p.parent.mkdir()
+    p.write_bytes(SECRET)
+    return p
+
+
+def _replace_x(path: Path, make) -> None:
+    with h5py.File(path, "a") as f:
+        attrs = dict(f["X"].attrs)
+        del f["X"]
+        make(f)
+        if isinstance(f.get("X", getlink=True), h5py.HardLink):
+            for k, v in attrs.items():
+                f["X"].attrs[k] = v
+
+
+def _refused(path: Path, *keywords: str) -> str:
+    """read() refuses the file from a path and as upload bytes, naming every keyword."""
+    msgs = []
+    with pytest.raises(DataError) as err:
+        read(path)
+    msgs.append(str(err.value))
+    with pytest.raises(DataError) as err:
+        read(path.read_bytes(), filename=path.name)
+    msgs.append(str(err.value))
+    for msg in msgs:
+        for k in keywords:
+            assert k.lower() in msg.lower(), f"{k!r} missing from {msg!r}"
+        assert path.name in msg
+        assert "secret-token" not in msg
+    return msgs[0]
+
+
+def test_external_storage_x_is_refused(tmp_path, passwd):
+    path = _good_h5ad(tmp_path / "ext_storage.h5ad")
+    size = len(SECRET) // 4 * 4
+    _replace_x(path, lambda f: f.create_dataset("X", shape=(size // 4 // 2, 2), dtype="<f4",
+                                                external=[(str(passwd), 0, size)]))
+    # h5py itself would happily hand over the file's bytes: the attack is real
+    with h5py.File(path, "r") as f:
+        assert f["X"].external and f["X"][()].tobytes() == SECRET[:size]
+    _refused(path, "external storage", "'/X'", "external file")
+
+
+def test_external_storage_anywhere_is_refused(tmp_path, passwd):
+    path = _good_h5ad(tmp_path / "ext_uns.h5ad")
+    with h5py.File(path, "a") as f:
+        f["uns"].create_dataset("deep/leak", shape=(len(SECRET),), dtype="u1", external=[(str(passwd), 0, len(SECRET))])
+    _refused(path, "external storage", "/uns/deep/leak")
+
+
+def test_external_link_is_refused(tmp_path):
+    other = _good_h5ad(tmp_path / "someone_elses_run.h5ad")
+    path = _good_h5ad(tmp_path / "ext_link.h5ad")
+    _replace_x(path, lambda f: f.__setitem__("X", h5py.ExternalLink(str(other), "/X")))
+    _refused(path, "external link", "'/X'", "someone_elses_run.h5ad")
+    deep = _good_h5ad(tmp_path / "ext_link_deep.h5ad")
+    with h5py.File(deep, "a") as f:
+        f["obs"]["sneaky"] = h5py.ExternalLink(str(other), "/obs")
+    _refused(deep, "external link", "/obs/sneaky")
+
+
+def test_soft_links_that_dangle_or_leave_the_file_are_refused(tmp_path):
+    other = _good_h5ad(tmp_path / "other.h5ad")
+    dangling = _good_h5ad(tmp_path / "dangling.h5ad")
+    with h5py.File(dangling, "a") as f:
+        f["uns"]["s"] = h5py.SoftLink("/nowhere/at/all")
+    _refused(dangling, "soft link", "/uns/s", "dangling")
+    through = _good_h5ad(tmp_path / "through_external.h5ad")
+    with h5py.File(through, "a") as f:
+        f["uns"]["door"] = h5py.ExternalLink(str(other), "/")
+        f["uns"]["s"] = h5py.SoftLink("/uns/door/X")
+    _refused(through, "external link", "/uns/door")
+    # a soft link inside the file is fine
+    ok = _good_h5ad(tmp_path / "inside.h5ad")
+    with h5py.File(ok, "a") as f:
+        f["uns"]["alias"] = h5py.SoftLink("/obs")
+    assert read(ok).shape == (6, 4)
+
+
+def test_virtual_dataset_is_refused(tmp_path):
+    src = tmp_path / "server_data.h5"
+    with h5py.File(src, "w") as f:
+        f["data"] = np.arange(12, dtype=np.float32).reshape(6, 2)
+    path = _good_h5ad(tmp_path / "virtual.h5ad", n_var=2)
+
+    def make(f):
+        layout = h5py.VirtualLayout(shape=(6, 2), dtype="f4")
+        layout[:] = h5py.VirtualSource(str(src), "data", shape=(6, 2))
+        f.create_virtual_dataset("X", layout)
+
+    _replace_x(path, make)
+    with h5py.File(path, "r") as f:
+        assert f["X"].is_virtual
+    _refused(path, "virtual dataset", "'/X'", "server_data.h5")
+
+
+def test_refused_before_anndata_reads_anything(tmp_path, passwd, monkeypatch):
+    path = _good_h5ad(tmp_path / "ext_storage.h5ad")
+    _replace_x(path, lambda f: f.create_dataset("X", shape=(2, 2), dtype="<f4", external=[(str(passwd), 0, 16)]))
+    import anndata.io
+
+    def boom(*a, **k):  # pragma: no cover - failing here is the bug
+        raise AssertionError("anndata read something before the safety check")
+
+    monkeypatch.setattr(anndata, "read_h5ad", boom)
+    monkeypatch.setattr(anndata.io, "read_elem", boom)
+    with pytest.raises(DataError, match="external storage"):
+        read(path)
+    with pytest.raises(DataError, match="external storage"):
+        dio.check_hdf5_safety(path)
+
+
+def test_check_hdf5_safety_accepts_a_plain_h5ad(tmp_path):
+    path = _good_h5ad(tmp_path / "fine.h5ad", dense=False)
+    dio.check_hdf5_safety(path)
+    with h5py.File(path, "r") as f:
+        dio.check_hdf5_safety(f, name="fine.h5ad")
+
+
+# --------------------------------------------------------------------------- #
+# only X (or a layer), obs and var are loaded
+# --------------------------------------------------------------------------- #
+def _with_unused_payload(path: Path, n_values: int) -> Path:
+    """Add a big (declared) dataset in uns plus obsm/varm/obsp/raw entries Dhaka never uses."""
+    with h5py.File(path, "a") as f:
+        f["uns"].create_dataset("huge", shape=(n_values,), dtype="<f4", chunks=(min(n_values, 1 << 20),),
+                                compression="gzip", fillvalue=0.0)
+        f["uns"]["huge"][:1] = 1.0  # one chunk written; the rest is declared and costs nothing on disk
+    return path
+
+
+def test_unused_elements_are_not_read(tmp_path, monkeypatch):
+    a = anndata.read_h5ad(_good_h5ad(tmp_path / "base.h5ad"))
+    a.obsm["X_pca"] = np.ones((6, 3), dtype=np.float32)
+    a.varm["loadings"] = np.ones((4, 3), dtype=np.float32)
+    a.obsp["distances"] = sp.eye(6, format="csr")
+    a.uns["colors"] = ["red", "blue"]
+    a.raw = a
+    path = tmp_path / "full.h5ad"
+    a.write_h5ad(path)
+    _with_unused_payload(path, 100_000_000)
+    read_paths = []
+    real_getitem = h5py.Dataset.__getitem__
+
+    def spy(self, *args, **kwargs):
+        read_paths.append(self.name)
+        return real_getitem(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    out = read(path)
+    assert out.shape == (6, 4)
+    assert list(out.obs["label"]) == list("ababab")
+    assert not any(p.startswith(("/uns", "/obsm", "/varm", "/obsp", "/raw", "/layers")) for p in read_paths), read_paths
+    assert set(out.uns) == {"dhaka_io"}
+    assert len(out.obsm) == 0 and len(out.varm) == 0 and out.raw is None
+
+
+def test_unused_400mb_dataset_in_uns_costs_no_memory(tmp_path):
+    """The issue's 23 KB file with a 400 MB dataset in uns: read in a fresh process, peak memory stays small."""
+    path = _with_unused_payload(_good_h5ad(tmp_path / "uns_bomb.h5ad"), 100_000_000)
+    assert path.stat().st_size < 200_000
+    code = textwrap.dedent(f"""
+        import resource, dhaka.io as dio, anndata, h5py, scipy.sparse
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        a = dio.read({str(path)!r})
+        assert a.shape == (6, 4)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) < 100, out.stdout  # MB; reading uns would cost 400
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_layer_keyword(tmp_path, dense):
+    path = _good_h5ad(tmp_path / "layers.h5ad", dense=dense)
+    x = read(path)
+    c = read(path, layer="counts")
+    np.testing.assert_array_equal(np.asarray(sp.csr_matrix(c.X).todense()), 2 * np.asarray(sp.csr_matrix(x.X).todense()))
+    assert c.uns["dhaka_io"]["layer"] == "counts"
+    assert list(c.obs_names) == list(x.obs_names)
+    with pytest.raises(DataError, match=r"no layer 'state'.*'counts'"):
+        read(path, layer="state")
+    with pytest.raises(DataError, match="layer"):
+        read(b"cell,g1,g2\nc1,1,2\nc2,3,4\n", filename="m.csv", layer="counts")
+    with pytest.raises(ValueError, match="layer"):
+        read(path, layer=3)
+
+
+def test_declared_sizes_are_capped(tmp_path, monkeypatch):
+    path = _good_h5ad(tmp_path / "sizes.h5ad")
+    monkeypatch.setattr(dio, "MAX_H5AD_BYTES", 64)
+    with pytest.raises(DataError, match=r"(?i)declare.*bytes.*limit"):
+        read(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(dio, "MAX_DENSE_ENTRIES", 10)
+    with pytest.raises(DataError, match=r"(?i)declares a dense 6 x 4"):
+        read(path)
+
+
+def test_h5ad_nearly_empty_huge_sparse_shape_is_refused(tmp_path):
+    path = _good_h5ad(tmp_path / "wide.h5ad", dense=False)
+    with h5py.File(path, "a") as f:
+        f["X"].attrs["shape"] = np.array([6, 3_000_000])
+    with pytest.raises(DataError, match=r"(?i)declares a 6 x 3,000,000 matrix"):
+        read(path)
+
+
+def test_h5ad_inconsistent_sparse_x_is_a_data_error(tmp_path):
+    path = _good_h5ad(tmp_path / "bad_sparse.h5ad", dense=False)
+    with h5py.File(path, "a") as f:
+        idx = f["X"]["indices"][()]
+        idx[0] = 99
+        f["X"]["indices"][...] = idx
+    with pytest.raises(DataError, match="inconsistent sparse"):
+        read(path)
+
+
+# --------------------------------------------------------------------------- #
+# memory bombs in text and MatrixMarket
+# --------------------------------------------------------------------------- #
+HUGE_MTX = b"%%MatrixMarket matrix coordinate integer general\n2000000 2000000 1\n1 1 1\n"
+
+
+def test_tiny_mtx_declaring_a_huge_empty_matrix_is_refused():
+    assert len(HUGE_MTX) == 73
+    with pytest.raises(DataError) as err:
+        read(HUGE_MTX, filename="huge.mtx")
+    msg = str(err.value)
+    for k in ("huge.mtx", "declares", "2,000,000 x 2,000,000", "1 stored entry", "names", "MAX_EMPTY_NAMES"):
+        assert k in msg
+    # a sparse but sane matrix still loads
+    ok = b"%%MatrixMarket matrix coordinate integer general\n3000 500 2\n1 1 1\n2 2 5\n"
+    assert read(ok, filename="m.mtx").shape == (500, 3000)
+
+
+def test_tiny_10x_zip_declaring_a_huge_empty_matrix_is_refused():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("matrix.mtx.gz", gzip.compress(HUGE_MTX))
+        zf.writestr("barcodes.tsv", b"AAAC-1\n")
+        zf.writestr("features.tsv", b"G1\tG1\n")
+    with pytest.raises(DataError, match=r"declares a 2,000,000 x 2,000,000 matrix with only 1 stored entry"):
+        read(buf.getvalue(), filename="tiny.zip")
+
+
+def test_huge_names_file_is_not_read_beyond_the_matrix():
+    mtx = b"%%MatrixMarket matrix coordinate integer general\n3 2 3\n1 1 1\n2 2 4\n3 1 2\n"
+    many = b"".join(b"AAAC%07d-1\n" % i for i in range(200_000))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("matrix.mtx", mtx)
+        zf.writestr("barcodes.tsv", many)
+        zf.writestr("features.tsv", b"A\tA\nB\tB\nC\tC\n")
+    with pytest.raises(DataError, match=r"more than 3 barcodes.*must match"):
+        read(buf.getvalue(), filename="names.zip")
+
+
+def _peak_mb(code: str) -> float:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def test_gzip_csv_of_zeros_parses_within_the_memory_bound(tmp_path):
+    """1000 x 10000 zeros as .csv.gz (tens of KB): peak <= 3 x the float32 matrix + 200 MB."""
+    n_cells, n_genes = 1000, 10_000
+    row = ("," + ",".join(["0"] * n_genes)).encode()
+    with gzip.open(tmp_path / "zeros.csv.gz", "wb", compresslevel=6) as g:
+        g.write(("cell," + ",".join(f"g{j}" for j in range(n_genes)) + "\n").encode())
+        for i in range(n_cells):
+            g.write(b"c%d" % i + row + b"\n")
+    peak = _peak_mb(f"""
+        import resource, dhaka.io as dio, anndata, h5py, scipy.sparse
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        a = dio.read({str(tmp_path / 'zeros.csv.gz')!r})
+        assert a.shape == ({n_cells}, {n_genes}) and not a.X.any()
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    """)
+    matrix_mb = n_cells * n_genes * 4 / 2**20
+    assert peak <= 3 * matrix_mb + 200, (peak, matrix_mb)
+
+
+# --------------------------------------------------------------------------- #
+# streaming parser edge cases (block boundaries, careful path)
+# --------------------------------------------------------------------------- #
+def test_line_blocks_keep_every_line_across_block_boundaries():
+    lines = ["a" * n for n in (1, 5, 40, 2, 0, 3, 100, 1)]
+    text = "\n".join(lines) + "\n\n  \nlast"
+    got = [ln for block in dio._line_blocks(io.StringIO(text), size=7) for ln in block]
+    assert got == [ln for ln in lines if ln] + ["last"]
+
+
+@pytest.mark.parametrize("orientation", ["cells_x_genes", "genes_x_cells"])
+def test_many_small_blocks_give_the_same_matrix(monkeypatch, orientation):
+    rng = np.random.default_rng(1)
+    X = rng.poisson(1.0, size=(57, 23)).astype(np.float32)
+    cells, genes = [f"cell_{i}" for i in range(57)], [f"Gene{j}" for j in range(23)]
+    if orientation == "cells_x_genes":
+        df = pd.DataFrame(X, index=pd.Index(cells, name="cell"), columns=genes)
+    else:
+        df = pd.DataFrame(X.T, index=pd.Index(genes, name="gene"), columns=cells)
+    data = df.to_csv(float_format="%g").encode()
+    whole = read(data, filename="m.csv")
+    monkeypatch.setattr(dio, "_TEXT_BLOCK_CHARS", 50)
+    monkeypatch.setattr(dio, "_BLOCK_VALUES", 7)
+    small = read(data, filename="m.csv")
+    for a in (whole, small):
+        np.testing.assert_array_equal(a.X, X)
+        assert list(a.obs_names) == cells and list(a.var_names) == genes
+
+
+def test_quoted_names_with_delimiters_take_the_careful_path():
+    text = 'cell,"g,1",g2\n"c,1",1,2\n"c 2",3,4\n'
+    a = read(text.encode(), filename="q.csv")
+    assert list(a.obs_names) == ["c,1", "c 2"] and list(a.var_names) == ["g,1", "g2"]
+    np.testing.assert_array_equal(a.X, [[1, 2], [3, 4]])
+
+
+def test_bad_value_late_in_a_big_file_is_found_with_its_line(monkeypatch):
+    monkeypatch.setattr(dio, "_TEXT_BLOCK_CHARS", 64)
+    rows = ["cell,g1,g2,g3"] + [f"c{i},1,2,3" for i in range(200)]
+    rows[150] = "c149,1,oops,3"
+    with pytest.raises(DataError, match=r"non-numeric value 'oops' at line 151"):
+        read(("\n".join(rows) + "\n").encode(), filename="late.csv")
+
+
+def test_hexadecimal_is_not_a_number():
+    with pytest.raises(DataError, match="non-numeric value '0x1A'"):
+        read(b"cell,g1,g2\nc1,0x1A,2\nc2,3,4\n", filename="hex.csv")
+
+
+def test_mtx_in_many_blocks(monkeypatch):
+    X = sp.random(40, 30, density=0.2, random_state=0, format="coo", dtype=np.float64)
+    X.data = np.round(X.data * 10) + 1
+    import scipy.io
+
+    buf = io.BytesIO()
+    scipy.io.mmwrite(buf, X)
+    whole = read(buf.getvalue(), filename="m.mtx")
+    monkeypatch.setattr(dio, "_MTX_BLOCK_LINES", 7)
+    small = read(gzip.compress(buf.getvalue()), filename="m.mtx.gz")
+    np.testing.assert_array_equal(whole.X.toarray(), X.T.toarray())
+    np.testing.assert_array_equal(small.X.toarray(), X.T.toarray())
+
+
+# --------------------------------------------------------------------------- #
+# formula (CSV) injection
+# --------------------------------------------------------------------------- #
+EVIL = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
+
+
+@pytest.mark.parametrize("value", EVIL)
+def test_neutralize_formula_prefixes_a_quote(value):
+    assert neutralize_formula(value) == "'" + value
+
+
+@pytest.mark.parametrize("value", ["normal", "", "-1.5", "+3", "1e5", "a=b", 3, -2.5, None, np.nan])
+def test_neutralize_formula_leaves_other_values(value):
+    out = neutralize_formula(value)
+    assert out is value or (isinstance(value, float) and np.isnan(value) and np.isnan(out))
+
+
+def test_safe_text_frame_covers_index_columns_and_text_cells():
+    df = pd.DataFrame(
+        {"=GENE": [1.0, -2.0, 3.0], "label": ["=cmd()", "ok", "-x"],
+         "cat": pd.Categorical(["@a", "b", "@a"]), "n": [-1, 2, 3], "flag": [True, False, True]},
+        index=pd.Index(["+cell", "cell2", "\tcell3"], name="=name"),
+    )
+    before = df.copy()
+    out = safe_text_frame(df)
+    pd.testing.assert_frame_equal(df, before)  # the input is not modified
+    assert list(out.index) == ["'+cell", "cell2", "'\tcell3"] and out.index.name == "'=name"
+    assert list(out.columns) == ["'=GENE", "label", "cat", "n", "flag"]
+    assert list(out["label"]) == ["'=cmd()", "ok", "'-x"]
+    assert list(out["cat"]) == ["'@a", "b", "'@a"]
+    assert out["'=GENE"].tolist() == [1.0, -2.0, 3.0] and out["n"].dtype.kind == "i"  # numbers stay numbers
+    assert out["flag"].tolist() == [True, False, True]
+    text = to_csv_safe(df)
+    back = pd.read_csv(io.StringIO(text), index_col=0)
+    assert not any(str(c).startswith(("=", "+", "-", "@")) for c in back.columns)
+    assert back.loc["'+cell", "n"] == -1
+
+
+def test_write_latent_csv_neutralises_names_labels_and_text_extras(tmp_path):
+    Z = np.array([[-1.0, 2.0], [3.0, -4.0], [0.5, 0.25]])
+    names = ["=HYPERLINK(\"http://evil\",\"click\")", "@cell", "plain"]
+    text = write_latent_csv(None, Z, obs_names=names, labels=["=1+1", "b", "c"],
+                            extra={"note": ["-cmd", "ok", "+x"], "score": [-1.0, 2.0, 3.0]})
+    df = pd.read_csv(io.StringIO(text), index_col=0, keep_default_na=False)
+    assert list(df.index) == ["'" + names[0], "'@cell", "plain"]
+    assert list(df["cluster"]) == ["'=1+1", "b", "c"]
+    assert list(df["note"]) == ["'-cmd", "ok", "'+x"]
+    np.testing.assert_allclose(df[["dhaka_1", "dhaka_2"]].to_numpy(), Z)  # negative numbers stay numbers
+    assert df["score"].tolist() == [-1.0, 2.0, 3.0]
+    for line in text.splitlines():
+        for cell in line.split(","):
+            assert not cell.startswith(("=", "@", "+", "\t", "\r")) and not cell.startswith("-c")
+    path = tmp_path / "latent.csv"
+    write_latent_csv(path, Z, obs_names=names)
+    written = path.read_text()
+    assert "'=HYPERLINK" in written and "\n=" not in written and '\n"=' not in written
+
+
+def test_no_import_of_streamlit():
+    out = subprocess.run([sys.executable, "-c", "import sys, dhaka.io; print('streamlit' in sys.modules)"],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ}, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
