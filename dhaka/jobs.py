@@ -732,7 +732,7 @@ class JobManager:
 
     def _admit_locked(self, job: Job) -> tuple[Literal["start", "wait", "fail"], str | None]:
         need = job.memory_bytes or 0
-        room, available, reserved = self._headroom_locked()
+        room, _available, reserved = self._headroom_locked()
         if room is None or need <= room:
             return "start", None
         if not self._running and self._trim is not None:
@@ -740,7 +740,7 @@ class JobManager:
                 self._trim()  # freed heap back to the system, then measure again
             except Exception:  # noqa: BLE001
                 pass
-            room, available, reserved = self._headroom_locked()
+            room, _available, reserved = self._headroom_locked()
             if room is None or need <= room:
                 return "start", None
         what = f"about {format_bytes(need)}" if job.memory_bytes else "some memory"
