@@ -38,8 +38,9 @@ module (``dhaka.io.MAX_UNCOMPRESSED_BYTES = ...``) if you need to.
 
 Memory: text tables, MatrixMarket and 10x input are parsed as streams (straight
 from the file, the upload's bytes or the gzip/zip stream, in blocks), never as
-a whole decoded text, so reading peaks at about twice the resulting float32
-matrix (``bench/io_memory.py`` measures it per format).
+a whole decoded text; only X (or a layer), obs and var of an .h5ad are read.
+Reading stays within 3x the resulting float32 matrix + 200 MB
+(``bench/io_memory.py`` measures it per format).
 
 Writing: every text table the library writes goes through
 :func:`safe_text_frame`, which neutralises spreadsheet formulas (text cells
@@ -2006,18 +2007,29 @@ def check_hdf5_safety(source: Any, *, name: str | None = None) -> None:
     import h5py
 
     if isinstance(source, (h5py.File, h5py.Group)):
-        f = source
-        _check_hdf5_links(f, name or os.path.basename(f.file.filename) or "<hdf5>")
+        _check_hdf5_links(source, name or os.path.basename(source.file.filename) or "<hdf5>")
         return
-    with h5py.File(source, "r") as f:
-        _check_hdf5_links(f, name or os.path.basename(str(getattr(source, "name", source))))
+    name = name or os.path.basename(str(getattr(source, "name", source))) or "<hdf5>"
+    try:
+        f = h5py.File(source, "r")
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: cannot open as HDF5 ({type(e).__name__}: {e})") from None
+    with f:
+        _check_hdf5_links(f, name)
 
 
 def _check_hdf5_links(f, name: str) -> None:
     import h5py
 
     links: list[tuple[str, Any]] = []
-    f.visititems_links(lambda path, link: links.append(("/" + path, link)))
+    if hasattr(f, "visititems_links"):  # h5py >= 3.11: every link, none followed
+        f.visititems_links(lambda path, link: links.append(("/" + path, link)))
+    else:  # pragma: no cover - older h5py: the links of every group reached by hard links
+        groups = [""]
+        f.visititems(lambda path, obj: groups.append(path) if isinstance(obj, h5py.Group) else None)
+        for g in groups:
+            grp = f[g] if g else f
+            links += [(f"/{g}/{k}" if g else f"/{k}", grp.get(k, getlink=True)) for k in grp.keys()]
     # external links first: nothing below may resolve a path through one
     for path, link in links:
         if isinstance(link, h5py.ExternalLink):

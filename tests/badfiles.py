@@ -9,8 +9,9 @@ Reusable by the library tests and the app tests::
         ...   # read(path, **kwargs) raises DataError whose message contains every keyword
               # (case-insensitive), except names in LOADS_OK, which load fine.
 
-Everything is generated from fixed bytes or a fixed seed, so the corpus is the
-same on every run; generating it takes a few milliseconds.
+Everything is generated from fixed bytes or a fixed seed (the hostile .h5ad
+files with h5py, at run time: no attack binary is committed), so the corpus is
+the same on every run; generating it takes a fraction of a second.
 """
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ EXPECTED: dict[str, tuple[tuple[str, ...], dict]] = {
     "mtx_no_banner": (("matrixmarket",), {}),
     "npy_forged_shape": (("declares shape",), {}),
     "too_large": (("max_bytes",), {"max_bytes": 16}),
+    # files that reach outside themselves or declare absurd sizes (issue 11)
+    "h5ad_external_storage": (("external storage", "'/X'"), {}),
+    "h5ad_external_link": (("external link", "'/X'"), {}),
+    "h5ad_virtual_dataset": (("virtual dataset", "'/X'"), {}),
+    "h5ad_dangling_soft_link": (("soft link", "dangling", "/uns/ghost"), {}),
+    "mtx_absurd_shape": (("declares", "2,000,000 x 2,000,000", "names"), {}),
 }
 
 #: corpus entries that must load (they sit exactly at a limit)
@@ -104,6 +111,58 @@ def _forge_declared_size(zip_data: bytes, size: int) -> bytes:
         b[pos + 24: pos + 28] = size.to_bytes(4, "little")
         pos += 4
     return bytes(b)
+
+
+def _hostile_h5ads(server: Path) -> dict[str, tuple[str, bytes]]:
+    """.h5ad files whose X reads another file of the server (built with h5py at run time).
+
+    ``server`` receives the files they point at (a stand-in for /etc/passwd and
+    another user's data); those are not corpus entries.
+    """
+    import anndata
+    import h5py
+    import pandas as pd
+
+    server.mkdir(parents=True, exist_ok=True)
+    secret = server / "passwd"
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n" * 4)
+    other = server / "other_user.h5"
+    with h5py.File(other, "w") as f:
+        f["X"] = np.arange(8, dtype=np.float32).reshape(4, 2)
+    base = server / "base.h5ad"
+    anndata.AnnData(X=np.ones((4, 2), dtype=np.float32), obs=pd.DataFrame(index=list("abcd")),
+                    var=pd.DataFrame(index=["g1", "g2"])).write_h5ad(base)
+
+    def variant(make) -> bytes:
+        path = server / "variant.h5ad"
+        path.write_bytes(base.read_bytes())
+        with h5py.File(path, "a") as f:
+            make(f)
+        return path.read_bytes()
+
+    def external_storage(f):
+        del f["X"]
+        f.create_dataset("X", shape=(4, 2), dtype="<f4", external=[(str(secret), 0, 32)])
+
+    def external_link(f):
+        del f["X"]
+        f["X"] = h5py.ExternalLink(str(other), "/X")
+
+    def virtual(f):
+        del f["X"]
+        layout = h5py.VirtualLayout(shape=(4, 2), dtype="f4")
+        layout[:] = h5py.VirtualSource(str(other), "X", shape=(4, 2))
+        f.create_virtual_dataset("X", layout)
+
+    def dangling(f):
+        f["uns"]["ghost"] = h5py.SoftLink("/nowhere")
+
+    return {
+        "h5ad_external_storage": ("external_storage.h5ad", variant(external_storage)),
+        "h5ad_external_link": ("external_link.h5ad", variant(external_link)),
+        "h5ad_virtual_dataset": ("virtual.h5ad", variant(virtual)),
+        "h5ad_dangling_soft_link": ("dangling.h5ad", variant(dangling)),
+    }
 
 
 def make_bad_corpus(tmpdir) -> dict[str, Path]:
@@ -186,6 +245,10 @@ def make_bad_corpus(tmpdir) -> dict[str, Path]:
     forged = new + raw[header_end:]
     put("npy_forged_shape", "forged.npy", forged)
     put("too_large", "too_large.csv", good)
+    put("mtx_absurd_shape", "absurd.mtx",  # 73 bytes; would cost 4M names
+        "%%MatrixMarket matrix coordinate integer general\n2000000 2000000 1\n1 1 1\n")
+    for name, (filename, data) in _hostile_h5ads(d / "server").items():
+        put(name, filename, data)
 
     missing = set(EXPECTED) - set(files)
     assert not missing, f"corpus entries without files: {missing}"
