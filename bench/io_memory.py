@@ -1,0 +1,275 @@
+"""Peak memory of ``dhaka.io.read`` per input format and size (issue 11).
+
+    python bench/io_memory.py                      # 10,000 and 100,000 cells x 2,000 genes
+    python bench/io_memory.py --cells 10000 --formats csv h5ad
+    python bench/io_memory.py --write              # also write the table into bench/RESULTS.md
+
+For each size, one matrix of sparse counts (``--genes`` genes, ``--density`` of the
+entries non-zero, values 1..9) is written to a temporary folder as CSV, gzipped
+CSV, TSV, a bare MatrixMarket ``.mtx``, a 10x folder (``matrix.mtx.gz`` +
+``barcodes.tsv.gz`` + ``features.tsv.gz``), the same 10x files zipped, and
+``.h5ad``.  Each file is read by ``dhaka.io.read`` in a fresh Python process,
+which reports its peak resident memory (``VmHWM`` of ``/proc/self/status``)
+minus its resident memory after the imports (the baseline, ``VmRSS``).
+(``getrusage``'s ``ru_maxrss`` is not used: on Linux it survives ``exec``, so a
+child started from this big parent process would report the parent's size.)
+
+The bound (issue 11) is **3 x the resulting float32 matrix + 200 MB**, where the
+matrix is what ``read`` returns: dense float32 for text tables (cells x genes x
+4 bytes), CSR (data + indices + indptr bytes) for mtx, 10x and h5ad, so the
+sparse formats are held to a tighter bound than their dense size would give.
+
+Text files hold counts 0..9 (one character a value) so that a 100,000 x 2,000
+dense CSV (an 800 MB float32 matrix, 400 MB of text) is written in seconds;
+``--text-genes`` uses fewer genes for the text formats if that is still too slow.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FORMATS = ("csv", "csv.gz", "tsv", "mtx", "10x-dir", "10x-zip", "h5ad")
+
+_CHILD = r"""
+import json, resource, sys, time
+import numpy as np, pandas, scipy.sparse as sp, anndata, h5py, anndata.io
+import dhaka.io as dio
+
+
+def status_kb(key):
+    # VmRSS (resident now) or VmHWM (peak resident) of this process, in kB; not ru_maxrss,
+    # which on Linux survives exec (a child of a big parent would report the parent's size)
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(key + " not found")
+
+
+base = status_kb("VmRSS")  # resident memory after the imports
+t = time.perf_counter()
+a = dio.read(sys.argv[1])
+seconds = time.perf_counter() - t
+peak = status_kb("VmHWM")
+X = a.X
+if sp.issparse(X):
+    nbytes, kind = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes, "csr"
+else:
+    nbytes, kind = X.nbytes, "dense"
+print(json.dumps({"shape": list(a.shape), "nnz": int(X.nnz) if sp.issparse(X) else int(np.count_nonzero(X)),
+                  "matrix_bytes": int(nbytes), "kind": kind, "dtype": str(X.dtype),
+                  "peak_mb": (peak - base) / 1024, "baseline_mb": base / 1024, "seconds": seconds}))
+"""
+
+
+# --------------------------------------------------------------------------- data
+def counts(n_cells: int, n_genes: int, density: float, seed: int = 0) -> sp.csr_matrix:
+    """Sparse counts 1..9 (cells x genes), about ``density`` of the entries non-zero."""
+    rng = np.random.default_rng(seed)
+    nnz = int(round(n_cells * n_genes * density))
+    flat = np.unique(rng.integers(0, n_cells * n_genes, size=nnz, dtype=np.int64))
+    rows, cols = np.divmod(flat, n_genes)
+    vals = np.minimum(rng.geometric(0.5, size=flat.size), 9).astype(np.float32)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n_cells, n_genes))
+
+
+def cell_names(n: int) -> list[str]:
+    return [f"AAACCTGA{i:08d}-1" for i in range(n)]
+
+
+def gene_names(n: int) -> list[str]:
+    return [f"Gene{j:05d}" for j in range(n)]
+
+
+def write_text(path: Path, X: sp.csr_matrix, *, sep: str, gz: bool = False) -> None:
+    """Cells x genes text table, one character a value (counts 0..9), written block by block."""
+    n_cells, n_genes = X.shape
+    opener = (lambda p: gzip.open(p, "wb", compresslevel=1)) if gz else (lambda p: open(p, "wb"))
+    s = ord(sep)
+    names = cell_names(n_cells)
+    with opener(path) as out:
+        out.write(("cell" + sep + sep.join(gene_names(n_genes)) + "\n").encode())
+        step = max(1, 4_000_000 // n_genes)
+        for a in range(0, n_cells, step):
+            dense = X[a:a + step].toarray().astype(np.uint8)
+            buf = np.empty((dense.shape[0], 2 * n_genes), dtype=np.uint8)
+            buf[:, 0::2] = dense + ord("0")
+            buf[:, 1::2] = s
+            buf[:, -1] = ord("\n")
+            out.write(b"".join(names[a + i].encode() + bytes([s]) + buf[i].tobytes() for i in range(dense.shape[0])))
+
+
+def write_mtx(path: Path, X: sp.csr_matrix) -> None:
+    """Bare MatrixMarket, 10x convention (features x cells)."""
+    import scipy.io
+
+    scipy.io.mmwrite(str(path), sp.coo_matrix(X.T).astype(np.int64), field="integer")
+
+
+def write_10x(folder: Path, X: sp.csr_matrix, mtx: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(mtx, "rb") as src, gzip.open(folder / "matrix.mtx.gz", "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    with gzip.open(folder / "barcodes.tsv.gz", "wb") as f:
+        f.write(("\n".join(cell_names(X.shape[0])) + "\n").encode())
+    with gzip.open(folder / "features.tsv.gz", "wb") as f:
+        f.write("".join(f"ENSG{j:011d}\t{g}\tGene Expression\n" for j, g in enumerate(gene_names(X.shape[1]))).encode())
+
+
+def write_10x_zip(path: Path, folder: Path) -> None:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f"sample/{f.name}")
+
+
+def write_h5ad(path: Path, X: sp.csr_matrix) -> None:
+    import anndata
+    import pandas as pd
+
+    a = anndata.AnnData(X=X.astype(np.float32), obs=pd.DataFrame(index=cell_names(X.shape[0])),
+                        var=pd.DataFrame(index=gene_names(X.shape[1])))
+    a.write_h5ad(path)
+
+
+def make_files(folder: Path, n_cells: int, n_genes: int, text_genes: int, density: float,
+               formats: tuple[str, ...]) -> dict[str, Path]:
+    X = counts(n_cells, n_genes, density)
+    Xt = X if text_genes == n_genes else X[:, :text_genes].tocsr()
+    out: dict[str, Path] = {}
+    if "csv" in formats:
+        write_text(folder / "m.csv", Xt, sep=",")
+        out["csv"] = folder / "m.csv"
+    if "csv.gz" in formats:
+        write_text(folder / "m.csv.gz", Xt, sep=",", gz=True)
+        out["csv.gz"] = folder / "m.csv.gz"
+    if "tsv" in formats:
+        write_text(folder / "m.tsv", Xt, sep="\t")
+        out["tsv"] = folder / "m.tsv"
+    if {"mtx", "10x-dir", "10x-zip"} & set(formats):
+        write_mtx(folder / "matrix.mtx", X)
+        if "mtx" in formats:
+            out["mtx"] = folder / "matrix.mtx"
+        if {"10x-dir", "10x-zip"} & set(formats):
+            write_10x(folder / "tenx", X, folder / "matrix.mtx")
+            if "10x-dir" in formats:
+                out["10x-dir"] = folder / "tenx"
+            if "10x-zip" in formats:
+                write_10x_zip(folder / "tenx.zip", folder / "tenx")
+                out["10x-zip"] = folder / "tenx.zip"
+    if "h5ad" in formats:
+        write_h5ad(folder / "m.h5ad", X)
+        out["h5ad"] = folder / "m.h5ad"
+    return {f: out[f] for f in formats if f in out}
+
+
+# --------------------------------------------------------------------------- measure
+def measure(path: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reading {path} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def run(cells: list[int], *, genes: int, text_genes: int, density: float, formats: tuple[str, ...],
+        tmp: str | None) -> list[dict]:
+    rows = []
+    for n in cells:
+        folder = Path(tempfile.mkdtemp(prefix=f"io_memory_{n}_", dir=tmp))
+        try:
+            t = time.perf_counter()
+            files = make_files(folder, n, genes, text_genes, density, formats)
+            print(f"# {n:,} cells: files written in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            for fmt, path in files.items():
+                r = measure(path)
+                matrix_mb = r["matrix_bytes"] / 2**20
+                bound = 3 * matrix_mb + 200
+                rows.append({
+                    "format": fmt, "cells": r["shape"][0], "genes": r["shape"][1],
+                    "file MB": f"{size_on_disk(path) / 2**20:.1f}",
+                    "result": r["kind"],
+                    "matrix float32 MB": f"{matrix_mb:.1f}",
+                    "peak MB": f"{r['peak_mb']:.1f}",
+                    "bound MB": f"{bound:.1f}",
+                    "peak / matrix": f"{r['peak_mb'] / max(matrix_mb, 1e-9):.2f}",
+                    "seconds": f"{r['seconds']:.1f}",
+                    "pass": "pass" if r["peak_mb"] <= bound else "FAIL",
+                })
+                print(_row_line(rows[-1]), file=sys.stderr)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def _row_line(r: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in r.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--text-genes", type=int, default=None,
+                   help="genes in the text formats (csv, csv.gz, tsv); default --genes")
+    p.add_argument("--density", type=float, default=0.07)
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    p.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
+    p.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
+    args = p.parse_args(argv)
+    text_genes = args.text_genes or args.genes
+    t0 = time.perf_counter()
+    rows = run(args.cells, genes=args.genes, text_genes=text_genes, density=args.density,
+               formats=tuple(args.formats), tmp=args.tmp)
+    from bench.common import machine_description, markdown_table, write_section
+
+    table = markdown_table(rows)
+    print(table)
+    ok = all(r["pass"] == "pass" for r in rows)
+    print("all within the bound" if ok else "SOME FORMATS EXCEED THE BOUND")
+    if args.write:
+        cmd = "python bench/io_memory.py --cells " + " ".join(map(str, args.cells))
+        if args.genes != 2000:
+            cmd += f" --genes {args.genes}"
+        if text_genes != args.genes:
+            cmd += f" --text-genes {text_genes}"
+        text = (
+            f"## Reading memory per format (issue 11; `{cmd} --write`)\n\n"
+            f"Machine: {machine_description()}. Whole run: {(time.perf_counter() - t0) / 60:.1f} min.\n\n"
+            f"Data: sparse counts, {args.genes:,} genes ({text_genes:,} in the text formats), "
+            f"{args.density:.0%} of entries non-zero, values 1..9; each file read by `dhaka.io.read` in a "
+            "fresh process; peak = the child's peak resident memory (VmHWM) after the read minus its resident "
+            "memory (VmRSS) after the imports. "
+            "Matrix = what `read` returns (dense float32 for text tables, CSR data + indices + indptr "
+            "for mtx / 10x / h5ad). Bound (issue 11): 3 x matrix + 200 MB.\n\n"
+            + table + "\n" + ("Every format is within the bound.\n" if ok else "**Some formats exceed the bound.**\n")
+        )
+        write_section("io-memory", text)
+        print("wrote bench/RESULTS.md (section io-memory)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
