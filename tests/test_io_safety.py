@@ -458,3 +458,46 @@ def test_no_import_of_streamlit():
     out = subprocess.run([sys.executable, "-c", "import sys, dhaka.io; print('streamlit' in sys.modules)"],
                          capture_output=True, text=True, cwd=ROOT, env={**os.environ}, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# --------------------------------------------------------------------------- #
+# memory estimate from headers (for admission before parsing)
+# --------------------------------------------------------------------------- #
+def test_estimate_read_memory_per_format(tmp_path):
+    import scipy.io
+
+    rng = np.random.default_rng(2)
+    X = sp.random(300, 40, density=0.1, random_state=3, format="csr", dtype=np.float64)
+    X.data = np.round(X.data * 9) + 1
+    dense = X.toarray().astype(np.float32)
+    df = pd.DataFrame(dense, index=[f"cell{i}" for i in range(300)], columns=[f"G{j}" for j in range(40)])
+    (tmp_path / "m.csv").write_text(df.to_csv(float_format="%g"))
+    est = dio.estimate_read_memory(tmp_path / "m.csv")
+    assert est["dense"] and not est["exact"] and est["shape"][1] == 40
+    assert 0.8 * 300 <= est["shape"][0] <= 1.25 * 300
+    assert est["peak_bytes"] >= 2 * est["matrix_bytes"]
+    gz = dio.estimate_read_memory(gzip.compress((tmp_path / "m.csv").read_bytes()), filename="m.csv.gz")
+    assert gz["shape"] == est["shape"]
+
+    buf = io.BytesIO()
+    scipy.io.mmwrite(buf, X.T.tocoo())
+    m = dio.estimate_read_memory(buf.getvalue(), filename="matrix.mtx")
+    assert m["exact"] and not m["dense"] and m["shape"] == (40, 300)
+    assert m["matrix_bytes"] >= X.nnz * 8
+    a = read(buf.getvalue(), filename="matrix.mtx")
+    assert a.X.data.nbytes + a.X.indices.nbytes + a.X.indptr.nbytes <= m["matrix_bytes"]
+
+    h = _good_h5ad(tmp_path / "s.h5ad", dense=False)
+    e = dio.estimate_read_memory(h)
+    assert e["format"] == "h5ad" and e["shape"] == (6, 4) and not e["dense"]
+    e = dio.estimate_read_memory(_good_h5ad(tmp_path / "d.h5ad"), layer="counts")
+    assert e["dense"] and e["matrix_bytes"] == 6 * 4 * 4
+
+
+def test_estimate_read_memory_refuses_what_read_refuses(tmp_path, passwd):
+    with pytest.raises(DataError, match="declares a 2,000,000 x 2,000,000"):
+        dio.estimate_read_memory(HUGE_MTX, filename="huge.mtx")
+    path = _good_h5ad(tmp_path / "ext.h5ad")
+    _replace_x(path, lambda f: f.create_dataset("X", shape=(2, 2), dtype="<f4", external=[(str(passwd), 0, 16)]))
+    with pytest.raises(DataError, match="external storage"):
+        dio.estimate_read_memory(path)
