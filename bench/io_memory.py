@@ -4,6 +4,10 @@
     python bench/io_memory.py --cells 10000 --formats csv h5ad
     python bench/io_memory.py --write              # also write the table into bench/RESULTS.md
 
+It also reads the three memory bombs of issue 11 (a 97 KB csv.gz of 3000 x
+10000 zeros, a 73-byte mtx declaring 2,000,000 x 2,000,000, a small .h5ad with
+a 400 MB dataset in ``uns``); ``--no-attacks`` skips them.
+
 For each size, one matrix of sparse counts (``--genes`` genes, ``--density`` of the
 entries non-zero, values 1..9) is written to a temporary folder as CSV, gzipped
 CSV, TSV, a bare MatrixMarket ``.mtx``, a 10x folder (``matrix.mtx.gz`` +
@@ -64,7 +68,12 @@ def status_kb(key):
 
 base = status_kb("VmRSS")  # resident memory after the imports
 t = time.perf_counter()
-a = dio.read(sys.argv[1])
+try:
+    a = dio.read(sys.argv[1])
+except dio.DataError as e:
+    print(json.dumps({"refused": str(e), "peak_mb": (status_kb("VmHWM") - base) / 1024,
+                      "seconds": time.perf_counter() - t}))
+    sys.exit(0)
 seconds = time.perf_counter() - t
 peak = status_kb("VmHWM")
 X = a.X
@@ -145,6 +154,50 @@ def write_h5ad(path: Path, X: sp.csr_matrix) -> None:
     a = anndata.AnnData(X=X.astype(np.float32), obs=pd.DataFrame(index=cell_names(X.shape[0])),
                         var=pd.DataFrame(index=gene_names(X.shape[1])))
     a.write_h5ad(path)
+
+
+def attack_files(folder: Path) -> dict[str, Path]:
+    """The three memory bombs of issue 11, at the sizes it reports."""
+    n_cells, n_genes = 3000, 10_000
+    with gzip.open(folder / "zeros.csv.gz", "wb", compresslevel=9) as g:
+        g.write(("cell," + ",".join(gene_names(n_genes)) + "\n").encode())
+        row = ("," + ",".join(["0"] * n_genes) + "\n").encode()
+        for name in cell_names(n_cells):
+            g.write(name.encode() + row)
+    (folder / "huge.mtx").write_bytes(b"%%MatrixMarket matrix coordinate integer general\n2000000 2000000 1\n1 1 1\n")
+    import h5py
+
+    write_h5ad(folder / "uns_bomb.h5ad", counts(50, 20, 0.3))
+    with h5py.File(folder / "uns_bomb.h5ad", "a") as f:
+        f["uns"].create_dataset("unused", shape=(100_000_000,), dtype="<f4", chunks=(1 << 20,),
+                                compression="gzip", fillvalue=0.0)
+        f["uns"]["unused"][:1] = 1.0
+    return {"csv.gz of zeros (3000 x 10000)": folder / "zeros.csv.gz",
+            "mtx declaring 2M x 2M, 1 entry": folder / "huge.mtx",
+            "h5ad with 400 MB unused in uns": folder / "uns_bomb.h5ad"}
+
+
+def run_attacks(tmp: str | None) -> list[dict]:
+    folder = Path(tempfile.mkdtemp(prefix="io_memory_attacks_", dir=tmp))
+    rows = []
+    try:
+        for what, path in attack_files(folder).items():
+            r = measure(path)
+            if "refused" in r:
+                outcome, bound = "refused: " + r["refused"].split(": ", 1)[1][:70] + "...", 200.0
+            else:
+                matrix_mb = r["matrix_bytes"] / 2**20
+                bound = 3 * matrix_mb + 200
+                outcome = f"read {r['shape'][0]} x {r['shape'][1]} ({r['kind']}, {matrix_mb:.1f} MB)"
+            size = size_on_disk(path)
+            rows.append({"file": what, "size": f"{size:,} B" if size < 10_000 else f"{size / 1024:,.0f} KB",
+                         "outcome": outcome,
+                         "peak MB": f"{r['peak_mb']:.1f}", "bound MB": f"{bound:.1f}",
+                         "seconds": f"{r['seconds']:.1f}", "pass": "pass" if r["peak_mb"] <= bound else "FAIL"})
+            print(_row_line(rows[-1]), file=sys.stderr)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
 
 
 def make_files(folder: Path, n_cells: int, n_genes: int, text_genes: int, density: float,
@@ -237,17 +290,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--density", type=float, default=0.07)
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     p.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
+    p.add_argument("--no-attacks", action="store_true", help="skip the three memory bombs of issue 11")
     p.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     args = p.parse_args(argv)
     text_genes = args.text_genes or args.genes
     t0 = time.perf_counter()
     rows = run(args.cells, genes=args.genes, text_genes=text_genes, density=args.density,
                formats=tuple(args.formats), tmp=args.tmp)
+    attacks = [] if args.no_attacks else run_attacks(args.tmp)
     from bench.common import machine_description, markdown_table, write_section
 
     table = markdown_table(rows)
     print(table)
-    ok = all(r["pass"] == "pass" for r in rows)
+    if attacks:
+        print(markdown_table(attacks))
+    ok = all(r["pass"] == "pass" for r in rows + attacks)
     print("all within the bound" if ok else "SOME FORMATS EXCEED THE BOUND")
     if args.write:
         cmd = "python bench/io_memory.py --cells " + " ".join(map(str, args.cells))
@@ -264,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
             "memory (VmRSS) after the imports. "
             "Matrix = what `read` returns (dense float32 for text tables, CSR data + indices + indptr "
             "for mtx / 10x / h5ad). Bound (issue 11): 3 x matrix + 200 MB.\n\n"
-            + table + "\n" + ("Every format is within the bound.\n" if ok else "**Some formats exceed the bound.**\n")
+            + table + "\n"
+            + ("The memory bombs of issue 11 (before this change: about 1 GB, 0.5 GB and 0.4 GB); "
+               "the bound of a refused file is the 200 MB allowance:\n\n" + markdown_table(attacks) + "\n"
+               if attacks else "")
+            + ("Every format is within the bound.\n" if ok else "**Some formats exceed the bound.**\n")
         )
         write_section("io-memory", text)
         print("wrote bench/RESULTS.md (section io-memory)")
