@@ -121,6 +121,8 @@ MAX_EMPTY_NAMES = 1_000_000
 #: Largest total of declared bytes of what is loaded from an .h5ad (X or the
 #: layer, obs and var); variable-length strings count 64 bytes each.
 MAX_H5AD_BYTES = 4 * 2**30
+#: Most links (groups, datasets, soft and external links) an HDF5 file may hold.
+MAX_HDF5_LINKS = 100_000
 #: Values per block when checking dense matrices; characters per block of text
 #: and lines per block of MatrixMarket entries when streaming.
 _BLOCK_VALUES = 1 << 22
@@ -536,7 +538,10 @@ def read(
         ``X`` is float32 (``csr_matrix`` for sparse input, ``ndarray`` for
         dense), ``obs_names`` are cell ids and ``var_names`` feature names.
         ``uns["dhaka_io"]`` records ``filename``, ``format``, ``orientation``
-        (of the file), ``transposed`` and ``orientation_reason``.
+        (of the file), ``transposed`` and ``orientation_reason`` (and
+        ``layer`` when one was read).  From an ``.h5ad`` only ``X`` (or the
+        layer) and ``obs`` / ``var`` are read: ``uns``, ``obsm``, ``varm``,
+        ``obsp``, ``raw`` and other layers are left in the file.
 
     Raises
     ------
@@ -1217,7 +1222,7 @@ def _parse_block_fast(lines: list[str], delim: str | None, *, has_index: bool, n
     if not lines:
         return np.empty((0, n_values), dtype=np.float32), []
     text = "\n".join(lines)
-    if _ONE_FIELD_SEP in text:
+    if _ONE_FIELD_SEP in text or '""' in text:  # (doubled quotes: an escaped quote in a name)
         return None
     names: list[str] = []
     if has_index:
@@ -2023,14 +2028,24 @@ def _check_hdf5_links(f, name: str) -> None:
     import h5py
 
     links: list[tuple[str, Any]] = []
+
+    def collect(path: str, link: Any):
+        links.append(("/" + path, link))
+        return True if len(links) > MAX_HDF5_LINKS else None  # anything but None stops the walk
+
     if hasattr(f, "visititems_links"):  # h5py >= 3.11: every link, none followed
-        f.visititems_links(lambda path, link: links.append(("/" + path, link)))
+        f.visititems_links(collect)
     else:  # pragma: no cover - older h5py: the links of every group reached by hard links
         groups = [""]
         f.visititems(lambda path, obj: groups.append(path) if isinstance(obj, h5py.Group) else None)
         for g in groups:
             grp = f[g] if g else f
             links += [(f"/{g}/{k}" if g else f"/{k}", grp.get(k, getlink=True)) for k in grp.keys()]
+    if len(links) > MAX_HDF5_LINKS:
+        raise DataError(
+            f"{name}: HDF5 file holds more than {MAX_HDF5_LINKS:,} objects/links (MAX_HDF5_LINKS); "
+            "an .h5ad has a few hundred at most; refused"
+        )
     # external links first: nothing below may resolve a path through one
     for path, link in links:
         if isinstance(link, h5py.ExternalLink):

@@ -501,3 +501,18 @@ def test_estimate_read_memory_refuses_what_read_refuses(tmp_path, passwd):
     _replace_x(path, lambda f: f.create_dataset("X", shape=(2, 2), dtype="<f4", external=[(str(passwd), 0, 16)]))
     with pytest.raises(DataError, match="external storage"):
         dio.estimate_read_memory(path)
+
+
+def test_escaped_quotes_in_names_are_unescaped():
+    a = read(b'cell,g1,g2\n"a""b",1,2\nc2,3,4\n', filename="q.csv")
+    assert list(a.obs_names) == ['a"b', "c2"]
+
+
+def test_hdf5_with_too_many_objects_is_refused(tmp_path, monkeypatch):
+    path = _good_h5ad(tmp_path / "many.h5ad")
+    with h5py.File(path, "a") as f:
+        for i in range(30):
+            f["uns"].create_group(f"g{i}")
+    monkeypatch.setattr(dio, "MAX_HDF5_LINKS", 25)
+    with pytest.raises(DataError, match="more than 25 objects"):
+        read(path)
