@@ -516,3 +516,28 @@ def test_hdf5_with_too_many_objects_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(dio, "MAX_HDF5_LINKS", 25)
     with pytest.raises(DataError, match="more than 25 objects"):
         read(path)
+
+
+@pytest.mark.parametrize("member", ["matrix.mtx", "data.csv"])
+def test_corrupt_zip_member_is_a_data_error(member):
+    rng = np.random.default_rng(4)
+    if member == "matrix.mtx":
+        lines = "".join(f"{rng.integers(1, 300)} {rng.integers(1, 200)} 1\n" for _ in range(5000))
+        members = {"matrix.mtx": f"%%MatrixMarket matrix coordinate integer general\n300 200 5000\n{lines}",
+                   "barcodes.tsv": "".join(f"b{i}\n" for i in range(200)),
+                   "features.tsv": "".join(f"g{i}\tG{i}\n" for i in range(300))}
+    else:
+        members = {"data.csv": "cell," + ",".join(f"g{j}" for j in range(50)) + "\n"
+                   + "".join(f"c{i}," + ",".join(str(v) for v in rng.integers(0, 99, 50)) + "\n" for i in range(2000))}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, text in members.items():
+            zf.writestr(n, text)
+    data = bytearray(buf.getvalue())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = zf.getinfo(member)
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    mid = start + info.compress_size // 2
+    data[mid:mid + 64] = bytes(64)  # damage the middle of the compressed member
+    with pytest.raises(DataError, match=rf"damaged.zip: corrupt zip member '{member}'"):
+        read(bytes(data), filename="damaged.zip")
