@@ -121,6 +121,8 @@ MAX_EMPTY_NAMES = 1_000_000
 #: Largest total of declared bytes of what is loaded from an .h5ad (X or the
 #: layer, obs and var); variable-length strings count 64 bytes each.
 MAX_H5AD_BYTES = 4 * 2**30
+#: A metadata table may have at most this many rows per cell of the dataset (+ 1,000).
+MAX_METADATA_ROWS_PER_CELL = 10
 #: Most links (groups, datasets, soft and external links) an HDF5 file may hold.
 MAX_HDF5_LINKS = 100_000
 #: Values per block when checking dense matrices; characters per block of text
@@ -2422,24 +2424,32 @@ def read_metadata(source: Source, adata, *, filename: str | None = None):
     inp = _open_source(source, filename, None)
     name = inp.name
     try:
-        data = inp.data
-        if not data:
+        if not inp.head(1):
             raise DataError(f"{name}: file is empty")
-        if data.startswith(_GZIP_MAGIC):
-            data = _gunzip(data, name)
-        text = _normalize_newlines(_decode_text(data, name))
-        if not text.strip():
-            raise DataError(f"{name}: file is empty (no text)")
+        inp = inp.maybe_gunzipped()
+        enc = _text_encoding(inp)  # binary data and blank files refused, streaming
+        with _open_text(inp, enc) as fh:
+            head = _read_head(fh)
         ext, _ = _split_ext(name)
         try:
-            delim = _sniff_delimiter(_first_lines(text), ext)
+            delim = _sniff_delimiter(_first_lines(head), ext)
         except DataError:
             delim = ","  # a one-column metadata file is just a list of ids; caught below
+        # streamed from the file; rows far beyond the dataset's cells are refused, not parsed
+        max_rows = MAX_METADATA_ROWS_PER_CELL * adata.n_obs + 1000
         try:
-            df = pd.read_csv(io.StringIO(text), sep=r"\s+" if delim is None else delim, dtype=str,
-                             keep_default_na=False, skipinitialspace=True)
+            with _open_text(inp, enc) as fh:
+                df = pd.read_csv(fh, sep=r"\s+" if delim is None else delim, dtype=str,
+                                 keep_default_na=False, skipinitialspace=True, nrows=max_rows + 1)
+        except DataError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise DataError(f"{name}: cannot parse metadata table ({e})") from None
+        if len(df) > max_rows:
+            raise DataError(
+                f"{name}: metadata has more than {max_rows:,} rows for a dataset of {adata.n_obs:,} cells "
+                f"(limit: {MAX_METADATA_ROWS_PER_CELL} x cells + 1,000); refused"
+            )
         if df.shape[1] < 2:
             raise DataError(f"{name}: metadata needs an id column and at least one annotation column")
         if df.shape[0] == 0:

@@ -541,3 +541,13 @@ def test_corrupt_zip_member_is_a_data_error(member):
     data[mid:mid + 64] = bytes(64)  # damage the middle of the compressed member
     with pytest.raises(DataError, match=rf"damaged.zip: corrupt zip member '{member}'"):
         read(bytes(data), filename="damaged.zip")
+
+
+def test_metadata_far_longer_than_the_dataset_is_refused(monkeypatch):
+    a = read(b"cell,g1,g2\nc1,1,2\nc2,3,4\n", filename="m.csv")
+    monkeypatch.setattr(dio, "MAX_METADATA_ROWS_PER_CELL", 1)
+    rows = "".join(f"x{i},v\n" for i in range(1100))
+    with pytest.raises(DataError, match=r"more than 1,002 rows for a dataset of 2 cells"):
+        dio.read_metadata(("id,label\nc1,a\n" + rows).encode(), a, filename="meta.csv")
+    ok = dio.read_metadata(gzip.compress(b"id,label\nc1,a\nc2,b\n"), a, filename="meta.csv.gz")
+    assert list(ok.obs["label"]) == ["a", "b"]
