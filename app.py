@@ -12,7 +12,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from dhaka.ui import cached, demos, state, widgets
+from dhaka.runs import start_maintenance
+from dhaka.ui import cached, demos, owner, state, widgets
 
 HERE = Path(__file__).resolve().parent
 
@@ -20,7 +21,9 @@ st.set_page_config(page_title="Dhaka Explorer", page_icon=":material/scatter_plo
                    initial_sidebar_state="expanded")
 
 state.init_state()
-cached.umap_warmup()  # once per server process, in a background thread
+cached.job_manager().touch(owner.owner_key())  # this person is here: their jobs are not abandoned
+start_maintenance()  # run-store clean-up: once per server process at start-up, then daily
+cached.views_worker()  # once per server process: compiles UMAP in a low-priority process
 
 if state.get_dataset() is None and not st.session_state.get("dhaka.default_loaded"):
     st.session_state["dhaka.default_loaded"] = True
@@ -62,7 +65,8 @@ with st.sidebar:
                + ("Fast demo mode (DHAKA_DEMO_FAST)." if demos.demo_fast() else ""))
 widgets.show_notices()
 try:
-    page.run()
+    with widgets.entrypoint():
+        page.run()
 except Exception as exc:  # noqa: BLE001 - last line of defence: a message, never a traceback, in the UI
     if os.environ.get("DHAKA_RAISE_ERRORS", "").strip().lower() in ("1", "true", "yes", "on"):
         raise  # tests: an error on any page is a failure, not a banner

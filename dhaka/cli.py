@@ -47,20 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-model", metavar="DIR", help="write the trained model directory here")
     e.add_argument("--preset", choices=["default", "paper", "fast"], default="default",
                    help="named settings; 'paper' reproduces the publication's (collapses on count data)")
-    e.add_argument("--mode", choices=["expression", "cnv"], default="expression")
-    e.add_argument("--latent-dim", type=int)
-    e.add_argument("--structure", help="'deep' (1024,512,256), 'shallow' (1024) or widths like '512,128'")
-    e.add_argument("--n-genes", help="number of selected genes, 'auto' or 'all'")
-    e.add_argument("--gene-selection", choices=["cv", "entropy", "mean", "variance", "dispersion"])
-    e.add_argument("--epochs", type=int)
-    e.add_argument("--batch-size", help="minibatch size or 'auto'")
-    e.add_argument("--lr", type=float)
-    e.add_argument("--clip-norm", type=float)
-    e.add_argument("--n-starts", type=int, help="random starts; the best silhouette is kept")
-    e.add_argument("--refine", help="rounds of latent-guided gene refinement: 'auto' (2 for expression, 0 for "
-                                    "cnv) or a number; 0 = the paper's single fit")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _add_estimator_options(e)
     e.add_argument("--distributed", action="store_true",
                    help="data-parallel training; launch with torchrun --nproc_per_node=N -m dhaka embed ...")
     e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -83,32 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_estimator_options(p: argparse.ArgumentParser) -> None:
+    """One option per parameter of :class:`dhaka.Dhaka`, from :data:`dhaka.params.PARAMS`."""
+    from dhaka.params import PARAMS
+
+    group = p.add_argument_group("model and training settings (default: the estimator's, or the preset's)")
+    for prm in PARAMS:
+        words = [tok for tok, _ in prm.special.values()]
+        if prm.kind == "choice":
+            words += [str(c).lower() if isinstance(c, bool) else str(c) for c in prm.choices]
+        if prm.kind == "bool":
+            words = ["true", "false"]
+        metavar = "{" + ",".join(words) + "}" if prm.kind in ("choice", "bool") else (
+            "/".join([*words, prm.kind.upper()]) if words else prm.kind.upper())
+        default = prm.default
+        shown = prm.special[default][0] if prm.is_special(default) else default
+        group.add_argument(prm.flag, dest=prm.name, metavar=metavar, default=argparse.SUPPRESS,
+                           help=f"{prm.help} (default: {shown})")
+
+
 def _estimator_params(args: argparse.Namespace) -> dict:
-    params: dict = {"mode": args.mode, "seed": args.seed}
-    for key in ("latent_dim", "structure", "gene_selection", "epochs", "lr", "clip_norm", "n_starts", "device"):
-        val = getattr(args, key)
-        if val is not None:
-            params[key] = val
-    if args.n_genes is not None:
-        params["n_genes"] = {"auto": "auto", "all": None}.get(args.n_genes) if args.n_genes in ("auto", "all") \
-            else _int_option(args.n_genes, "--n-genes")
-    if args.refine is not None:
-        params["refine"] = "auto" if args.refine == "auto" else _int_option(
-            args.refine, "--refine", minimum=0, allowed="'auto' or a whole number")
-    if args.batch_size is not None:
-        params["batch_size"] = "auto" if args.batch_size == "auto" else _int_option(args.batch_size, "--batch-size")
-    return params
+    """The settings given on the command line, each parsed and checked by its :class:`dhaka.params.Param`."""
+    from dhaka.params import PARAMS
 
-
-def _int_option(text: str, flag: str, *, minimum: int = 1, allowed: str = "a whole number") -> int:
-    """``text`` as an int of at least ``minimum``; the message names ``flag`` and what it accepts."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{flag} must be {allowed}, got {text!r}") from None
-    if value < minimum:
-        raise ValueError(f"{flag} must be at least {minimum}, got {value}")
-    return value
+    return {p.name: p.parse(getattr(args, p.name)) for p in PARAMS if hasattr(args, p.name)}
 
 
 def _read(args: argparse.Namespace):
@@ -141,7 +126,7 @@ def _cluster_and_write(args, Z, adata, *, extra_meta: dict) -> None:
     from dhaka import io
     from dhaka.cluster import gmm_bic
 
-    res = gmm_bic(Z, k_max=args.k_max, seed=getattr(args, "seed", 0), merge=args.merge)
+    res = gmm_bic(Z, k_max=args.k_max, seed=int(getattr(args, "seed", 0)), merge=args.merge)
     io.write_latent_csv(args.out, Z, obs_names=list(adata.obs_names), labels=res.labels)
     skipped = f" (skipped k: {', '.join(map(str, res.skipped))})" if res.skipped else ""
     print(f"wrote {args.out}: {Z.shape[0]} cells x {Z.shape[1]} latent dims, GMM-BIC chose k={res.k}{skipped}",
@@ -160,7 +145,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     params = _estimator_params(args)  # check the settings before reading a large file
     adata = _read(args)
-    if args.mode == "cnv" and not args.merge:
+    if params.get("mode") == "cnv" and not args.merge:
         args.merge = True  # BIC over-splits heavy-tailed copy-number clouds (docs: dhaka.cluster.gmm_bic)
     est = Dhaka.from_preset(args.preset, **params)
     if args.distributed:
@@ -173,6 +158,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             return 0
     else:
         est.fit(adata, callback=_progress(args.quiet))
+    args.seed = int(est.seed)
     Z = est.transform(adata)
     if args.save_model:
         est.save(args.save_model)
@@ -215,8 +201,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         X = adata.X.toarray() if sp.issparse(adata.X) else adata.X
         sep = "\t" if out.suffix in (".tsv", ".txt") else ","
-        pd.DataFrame(X, index=adata.obs_names, columns=adata.var_names).to_csv(out, sep=sep)
-        adata.obs.to_csv(out.with_name(out.name.split(".")[0] + ".obs.csv"))
+        io.to_csv_safe(pd.DataFrame(X, index=adata.obs_names, columns=adata.var_names), out, sep=sep)
+        io.to_csv_safe(adata.obs, out.with_name(out.name.split(".")[0] + ".obs.csv"))
     print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} features ({args.kind}, seed {args.seed})",
           file=sys.stderr)
     return 0

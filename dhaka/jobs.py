@@ -292,8 +292,14 @@ class Job:
         """``True`` once the job is done, cancelled or failed."""
         return self._done.is_set()
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, *, history: bool = True) -> dict[str, Any]:
         """A consistent copy of the job's state, safe to read from any thread.
+
+        Parameters
+        ----------
+        history
+            Copy the history rows too (``False`` leaves ``history`` empty: a page polling the
+            progress every second need not copy every epoch's row each time).
 
         Returns
         -------
@@ -301,7 +307,7 @@ class Job:
             A fresh dict (mutating it does not touch the job) with keys
             ``id, owner, name, kind, status, queue_position`` (1-based, or
             ``None`` when not queued), ``progress`` (dict of the reported
-            fields), ``history`` (list of row dicts), ``error``,
+            fields), ``history`` (list of row dicts), ``n_history`` (its length), ``error``,
             ``created, started, finished`` (epoch seconds or ``None``),
             ``elapsed`` (seconds running so far, or ``None``),
             ``stop_requested``, ``memory_bytes`` (declared) and
@@ -310,7 +316,8 @@ class Job:
         status, position = self._manager._status_and_position(self)
         with self._lock:
             progress = dict(self._progress)
-            history = [dict(row) for row in self._history]
+            rows = [dict(row) for row in self._history] if history else []
+            n_history = len(self._history)
             started, finished = self.started, self.finished
         elapsed = None
         if started is not None:
@@ -323,7 +330,8 @@ class Job:
             "status": status,
             "queue_position": position,
             "progress": progress,
-            "history": history,
+            "history": rows,
+            "n_history": n_history,
             "error": self.error,
             "created": self.created,
             "started": started,
@@ -710,6 +718,24 @@ class JobManager:
                           key=lambda j: j._seq)
         for job in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job.id]
+
+    def check_memory(self, estimate: int, *, what: str) -> None:
+        """Refuse work done outside the queue (e.g. parsing an upload) that would not fit now.
+
+        Counts what is free now and what running jobs declared, as admission does at a job's start.
+
+        Raises
+        ------
+        dhaka.resources.ResourceError
+            Naming ``what``, the need and the room left.
+        """
+        with self._lock:
+            room, _available, reserved = self._headroom_locked()
+        if room is not None and int(estimate) > room:
+            raise ResourceError(
+                f"{what} would need about {format_bytes(estimate)} but only {format_bytes(max(room, 0))} is free "
+                f"now ({format_bytes(reserved)} held by {len(self._running)} running job(s)); try again when "
+                "they have finished, or upload a smaller or sparse file (.h5ad, .mtx, 10x).")
 
     def _headroom_locked(self) -> tuple[int | None, int | None, int]:
         """(bytes a new job may take now or None if unknown, available now, declared by running jobs)."""

@@ -142,9 +142,11 @@ class Param:
                 return self.check(float(word))
             except ValueError:
                 pass
-        elif self.kind == "structure":
-            return self.check(word if word in ("deep", "shallow") else word)
-        else:
+        elif self.kind == "choice":
+            for choice in self.choices:
+                if word.lower() == str(choice).lower():
+                    return choice
+        else:  # structure, str
             return self.check(word)
         raise ValueError(f"{self.flag} must be {self._allowed()}, got {text!r}")
 

@@ -735,7 +735,7 @@ class Run:
             files["model"] = "model"
         if latent is not None:
             buf = io.StringIO()
-            latent.to_csv(buf, index=True)
+            latent.to_csv(buf, index=True)  # internal: read back by load_latent, names kept exact
             atomic_write_bytes(self.path / "latent.csv", buf.getvalue().encode("utf-8"))
             files["latent"] = "latent.csv"
         rows: list[dict[str, Any]] | None = None

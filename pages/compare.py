@@ -5,7 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from dhaka.analysis import structures
-from dhaka.ui import cached, demos, state, widgets
+from dhaka.io import to_csv_safe
+from dhaka.ui import cached, demos, owner, state, widgets
 
 widgets.require_entrypoint()
 
@@ -77,7 +78,7 @@ if st.button("Compare", type="primary", key="w.cmp.start", icon=":material/play_
                                            stop_event=ctx.stop_event)
         return key, df
 
-    new = widgets.safe_call(cached.job_manager().submit, task, owner=state.get_session_id(),
+    new = widgets.safe_call(cached.job_manager().submit, task, owner=owner.owner_key(),
                             name=f"structure comparison on {info.get('name')}", kind="analysis",
                             what="Could not start the comparison")
     if new is not None:
@@ -113,5 +114,5 @@ if table.attrs.get("stopped"):
 st.dataframe(table, hide_index=True, key="cmp_table",
              column_config={"seconds": st.column_config.NumberColumn(format="%.1f s")})
 st.plotly_chart(structures.figure_structures(table), key="cmp_bar", config=widgets.PLOTLY_CONFIG)
-st.download_button("Table as CSV", table.to_csv(index=False).encode(), file_name="structures.csv",
+st.download_button("Table as CSV", to_csv_safe(table, index=False).encode(), file_name="structures.csv",
                    mime="text/csv", key="w.cmp.csv", icon=":material/download:")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from dhaka import plots
 from dhaka.analysis import copy_number, projection
+from dhaka.io import to_csv_safe
 from dhaka.ui import cached, demos, state, tasks, widgets
 
 widgets.require_entrypoint()
@@ -136,5 +137,5 @@ st.dataframe(proj.fractions, hide_index=True, key="cnv_fractions",
                                                                                 format="percent")})
 out = pd.DataFrame(proj.latent, columns=[f"dhaka_{i + 1}" for i in range(proj.latent.shape[1])],
                    index=proj.obs_names).assign(cluster=proj.labels)
-st.download_button("Projected cells as CSV", out.to_csv(index_label="cell").encode(), file_name="projected.csv",
+st.download_button("Projected cells as CSV", to_csv_safe(out, index_label="cell").encode(), file_name="projected.csv",
                    mime="text/csv", key="w.cnv.csv", icon=":material/download:")

@@ -47,8 +47,18 @@ with upload_tab:
     if st.button("Load file", key="w.data.load_file", type="primary", disabled=up is None):
         from dhaka import io
 
-        adata = widgets.safe_call(io.read, up.getvalue(), filename=up.name, orientation=orientation,
-                                  what="Could not read the file")
+        def admit() -> bool:  # parsing counts against the memory that running jobs hold, as a job would
+            try:
+                need = io.estimate_read_memory(up.getvalue(), filename=up.name)
+            except Exception:  # noqa: BLE001 - a file it cannot size is refused by io.read with its own message
+                return True
+            cached.job_manager().check_memory(need["peak_bytes"], what=f"Reading {up.name}")
+            return True
+
+        adata = None
+        if widgets.safe_call(admit, what="Could not read the file"):
+            adata = widgets.safe_call(io.read, up.getvalue(), filename=up.name, orientation=orientation,
+                                      what="Could not read the file")
         if adata is not None and meta is not None:
             adata = widgets.safe_call(io.read_metadata, meta.getvalue(), adata, filename=meta.name,
                                       what="Could not read the metadata")

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dhaka.analysis import differential
+from dhaka.io import to_csv_safe
 from dhaka.ui import state, widgets
 
 widgets.require_entrypoint()
@@ -140,9 +141,9 @@ v1.dataframe(df.sort_values("padj", kind="stable"), hide_index=True, key="de_tab
 v2.plotly_chart(differential.figure_volcano(df, title=f"{res['label_a']} vs {res['label_b']}"), key="de_volcano",
                 config=widgets.PLOTLY_CONFIG)
 d1, d2 = st.columns(2)
-d1.download_button("All genes as CSV", df.to_csv(index=False).encode(), file_name="differential_expression.csv",
+d1.download_button("All genes as CSV", to_csv_safe(df, index=False).encode(), file_name="differential_expression.csv",
                    mime="text/csv", key="w.de.csv", icon=":material/download:")
 ids = pd.DataFrame({"cell": np.r_[obs_names[res["a"]], obs_names[res["b"]]],
                     "group": [res["label_a"]] * len(res["a"]) + [res["label_b"]] * len(res["b"])})
-d2.download_button("Cell ids of both groups (CSV)", ids.to_csv(index=False).encode(), file_name="de_groups.csv",
+d2.download_button("Cell ids of both groups (CSV)", to_csv_safe(ids, index=False).encode(), file_name="de_groups.csv",
                    mime="text/csv", key="w.de.ids", icon=":material/download:")

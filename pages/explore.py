@@ -87,9 +87,9 @@ if model_input is None and state.get_estimator() is not None:
         state.set_model_input(aligned[0], tasks.digest(aligned[0]))
         model_input = state.get_model_input()
 
-warm = cached.umap_warmup()
-umap_note = ("" if warm.done else f" (UMAP is still compiling in the background, started "
-             f"{int(time.time() - warm.started)} s ago; the first UMAP waits for it)")
+worker = cached.views_worker()
+umap_note = ("" if worker.warm else f" (UMAP is still compiling in the background, started "
+             f"{int(time.time() - worker.started)} s ago; the first UMAP waits for it)")
 
 
 def compute(methods: list[str]) -> None:
@@ -107,8 +107,11 @@ def compute(methods: list[str]) -> None:
         st.rerun()
 
 
+widgets.views_progress()
+views_job = state.get_views_job()
+background = views_job is not None and not views_job[0].done and views_job[1].n_components == dims
 missing = [m for m in METHODS if f"{m}_{dims}d" not in emb]
-if missing and model_input is not None:
+if missing and model_input is not None and not background:
     if o4.button(f"Compute {', '.join(METHODS[m] for m in missing)}", key="w.exp.compute_all", type="primary",
                  help="PCA, t-SNE and UMAP of the matrix the model was trained on; cached, so colour changes "
                       "and later visits are instant." + umap_note):
@@ -127,6 +130,9 @@ for (method, label), cell in zip(METHODS.items(), cells):
     with cell:
         if name in emb:
             draw(emb[name], f"{label} ({dims}-D)", method, f"fig_{name}")
+            continue
+        if background and method in views_job[1].methods:
+            st.markdown(f"**{label} ({dims}-D)** — computing in the background…")
             continue
         st.markdown(f"**{label} ({dims}-D)** — not computed yet")
         if model_input is None:

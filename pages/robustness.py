@@ -7,7 +7,8 @@ import streamlit as st
 
 from dhaka import plots
 from dhaka.analysis import robustness
-from dhaka.ui import cached, demos, state, widgets
+from dhaka.io import to_csv_safe
+from dhaka.ui import cached, demos, owner, state, widgets
 
 widgets.require_entrypoint()
 
@@ -63,7 +64,7 @@ if st.button("Run dropout study", type="primary", key="w.rob.start", disabled=ac
                                          progress=progress, stop_event=ctx.stop_event)
         return key, study
 
-    new = widgets.safe_call(cached.job_manager().submit, task, owner=state.get_session_id(),
+    new = widgets.safe_call(cached.job_manager().submit, task, owner=owner.owner_key(),
                             name=f"dropout study on {info.get('name')}", kind="analysis",
                             what="Could not start the study")
     if new is not None:
@@ -104,7 +105,7 @@ f1.plotly_chart(robustness.figure_curve(table, metric=metric), key="rob_curve", 
 f2.plotly_chart(robustness.figure_curve(table, metric="n_clusters"), key="rob_k", config=widgets.PLOTLY_CONFIG)
 show = table.assign(method=table["method"].map(METHOD_LABELS).fillna(table["method"]))
 st.dataframe(show, hide_index=True, column_config={"level": st.column_config.NumberColumn(format="percent")})
-st.download_button("Table as CSV", show.to_csv(index=False).encode(), file_name="dropout_curve.csv",
+st.download_button("Table as CSV", to_csv_safe(show, index=False).encode(), file_name="dropout_curve.csv",
                    mime="text/csv", key="w.rob.csv", icon=":material/download:")
 
 st.subheader("Dropout before and after injection, with the matching latent spaces")

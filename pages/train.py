@@ -4,11 +4,12 @@ from __future__ import annotations
 import streamlit as st
 
 from dhaka import plots
-from dhaka.ui import cached, demos, state, tasks, widgets
+from dhaka.ui import cached, demos, owner, state, tasks, widgets
 
 widgets.require_entrypoint()
 
-POLL_SECONDS = 0.75
+POLL_SECONDS = 1.0  # progress bar and ETA
+CHART_SECONDS = 4.0  # loss curves
 
 st.title("Train")
 adata = state.require_dataset()
@@ -51,8 +52,8 @@ if start:
     if ok is not None:
         task = tasks.make_train_task(adata, full, data_name=str(info.get("name")), dataset_key=info.get("key"),
                                      fingerprint=info.get("fingerprint"), truth=state.get_truth_labels())
-        new = widgets.safe_call(cached.job_manager().submit, task, owner=state.get_session_id(),
-                                name=f"train on {info.get('name')}", kind="train",
+        new = widgets.safe_call(cached.job_manager().submit, task, owner=owner.owner_key(),
+                                name=f"train on {info.get('name')}", kind="train", memory_bytes=ok,
                                 what="Could not start training")
         if new is not None:
             state.set_job(new)
@@ -61,17 +62,19 @@ if start:
 
 @st.fragment(run_every=POLL_SECONDS if active else None)
 def live_progress() -> None:
-    """Progress bar, ETA and loss curves, redrawn every POLL_SECONDS while the job runs."""
+    """Progress bar and ETA (every POLL_SECONDS while the job runs); the whole page reruns when it ends."""
     j = state.get_job()
     if j is None:
         st.info("No training yet in this session: set the options above and press **Start training**.")
         return
-    snap = j.snapshot()
+    j.touch()  # the person is still here
+    snap = j.snapshot(history=False)
     prog = snap.get("progress") or {}
     status = snap["status"]
     if status == "queued":
-        st.info(f"Queued: position {snap.get('queue_position') or '?'} — other trainings are using the "
-                "server's training slots; this one starts when a slot frees up.", icon=":material/hourglass:")
+        why = f" ({snap['waiting_for']})" if snap.get("waiting_for") else ""
+        st.info(f"Queued: position {snap.get('queue_position') or '?'}{why} — this training starts when a "
+                "training slot frees up.", icon=":material/hourglass:")
         st.button("Cancel", key="w.train.cancel", on_click=j.cancel)
     elif status == "running":
         ep, n = prog.get("epoch"), prog.get("n_epochs")
@@ -89,24 +92,35 @@ def live_progress() -> None:
             st.button("Stop", key="w.train.stop", on_click=j.cancel, icon=":material/stop:",
                       help="Ends training within one epoch; the model is kept as it is.")
     elif status == "done":
-        n_fits = len({r.get("start", 0) for r in snap["history"]})
+        n_epochs, n_fits = snap["n_history"], int(prog.get("n_fits") or 1)
         fits = f" over {n_fits} fits (gene refinement / warm starts)" if n_fits > 1 else ""
-        st.success(f"Finished: {len(snap['history'])} epochs{fits} in {_fmt_seconds(snap.get('elapsed'))} "
+        st.success(f"Finished: {n_epochs} epochs{fits} in {_fmt_seconds(snap.get('elapsed'))} "
                    f"(run {prog.get('run_id', '?')}).", icon=":material/check_circle:")
     elif status == "cancelled":
-        st.warning(f"Stopped after {len(snap['history'])} epochs; the model as it was is kept "
+        st.warning(f"Stopped after {snap['n_history']} epochs; the model as it was is kept "
                    f"(run {prog.get('run_id', '?')}).")
     else:
         st.error(f"Training failed: {snap.get('error')}")
+    if active and status not in ("queued", "running"):
+        st.rerun()  # the whole app: collect the result, switch the polling off
+
+
+@st.fragment(run_every=CHART_SECONDS if active else None)
+def live_chart() -> None:
+    """Loss curves, redrawn every CHART_SECONDS while the job runs (building the figure is the costly part
+    of watching: it holds the GIL the training thread needs, so it is drawn less often than the progress)."""
+    j = state.get_job()
+    if j is None:
+        return
+    snap = j.snapshot()
     if snap["history"]:
         fig = plots.loss_curves(snap["history"])
         st.plotly_chart(fig, key="train_loss", config=widgets.PLOTLY_CONFIG)
-        if status not in ("queued", "running"):
+        if snap["status"] not in ("queued", "running"):
             widgets.figure_downloads(fig, "training-loss", key="dl_fig_loss")
-    if active and status not in ("queued", "running"):
-        st.rerun()  # the whole app: collect the result, switch the fragment's polling off
 
 
 live_progress()
+live_chart()
 if not active and state.results_match_dataset():
     st.page_link("pages/explore.py", label="Explore the latent space", icon=":material/arrow_forward:")

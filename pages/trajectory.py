@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dhaka.analysis import pseudotime
+from dhaka.io import to_csv_safe
 from dhaka.ui import state, tasks, widgets
 
 widgets.require_entrypoint()
@@ -68,5 +69,5 @@ st.plotly_chart(pseudotime.figure_pseudotime(Z, pt, root=roots, hover=obs_names)
 out = pd.DataFrame({"cell": obs_names, "pseudotime": pt})
 if clusters is not None:
     out["cluster"] = clusters
-st.download_button("Pseudotime as CSV", out.to_csv(index=False).encode(), file_name="pseudotime.csv",
+st.download_button("Pseudotime as CSV", to_csv_safe(out, index=False).encode(), file_name="pseudotime.csv",
                    mime="text/csv", key="w.traj.csv", icon=":material/download:")

@@ -6,6 +6,9 @@ import os
 import numpy as np
 import pytest
 
+# In tests an error on any page fails the test: app.py re-raises instead of showing its catch-all banner
+# (AppTest reports it as an exception; the browser test's server shows Streamlit's exception box).
+os.environ.setdefault("DHAKA_RAISE_ERRORS", "1")
 os.environ.setdefault("DHAKA_HOME", os.path.join(os.path.dirname(__file__), "..", "test-output", "dhaka-runs"))
 
 

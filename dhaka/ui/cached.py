@@ -4,7 +4,7 @@
 server process, so only two kinds of things are cached here:
 
 * public data (the built-in demos) and process-wide services (the job
-  manager, the UMAP warm-up thread);
+  manager, the views worker process);
 * results that are a pure function of array *content* (embeddings, GMM
   calls): the cache key is a digest of the array, passed as ``digest``;
   the array itself is passed as ``_X`` / ``_Z`` so Streamlit does not hash
@@ -27,8 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import anndata
 
     from dhaka.jobs import JobManager
+    from dhaka.ui.views_worker import ViewsWorker
 
-__all__ = ["job_manager", "UmapWarmup", "umap_warmup", "load_demo", "embedding", "gmm_bic", "gmm_fixed_k",
+__all__ = ["job_manager", "views_worker", "load_demo", "embedding", "gmm_bic", "gmm_fixed_k",
            "qc_stats"]
 
 
@@ -40,52 +41,20 @@ def job_manager() -> JobManager:
     return get_manager()
 
 
-class UmapWarmup:
-    """State of the background UMAP warm-up (numba compilation), readable from any thread."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.finished: float | None = None
-        self.error: str | None = None
-        self.thread: threading.Thread | None = None
-
-    @property
-    def done(self) -> bool:
-        """``True`` once the warm-up returned (successfully or not)."""
-        return self.finished is not None
-
-    def _run(self) -> None:
-        try:
-            import torch  # noqa: F401  - a few seconds, better spent before the first Start than after it
-
-            from dhaka.reduce import warmup_umap
-
-            warmup_umap()
-        except Exception as exc:  # noqa: BLE001 - the first real UMAP call will then pay the cost
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.finished = time.time()
-
-
 @st.cache_resource(show_spinner=False)
-def umap_warmup() -> UmapWarmup:
-    """Start compiling UMAP's numba code in a background thread, once per process.
+def views_worker() -> ViewsWorker:
+    """The process-wide worker process for t-SNE / UMAP (:mod:`dhaka.ui.views_worker`), started once.
 
-    The first UMAP fit in a process spends 45-60 s compiling; doing it at
-    start-up while the user loads data and trains hides that cost. The thread
-    is a daemon and never touches streamlit. ``DHAKA_UMAP_WARMUP=0`` turns it
-    off (tests; machines that never use UMAP).
+    It compiles UMAP at low priority from start-up, so the first UMAP view takes seconds instead of a
+    minute without stalling trainings. ``DHAKA_UMAP_WARMUP=0`` skips the compilation ahead (tests;
+    machines that never use UMAP).
     """
     import os
 
-    w = UmapWarmup()
-    if os.environ.get("DHAKA_UMAP_WARMUP", "1").strip().lower() in ("0", "false", "no", "off"):
-        w.finished = w.started
-        w.error = "disabled by DHAKA_UMAP_WARMUP=0"
-        return w
-    w.thread = threading.Thread(target=w._run, name="dhaka-umap-warmup", daemon=True)
-    w.thread.start()
-    return w
+    from dhaka.ui.views_worker import ViewsWorker
+
+    warm = os.environ.get("DHAKA_UMAP_WARMUP", "1").strip().lower() not in ("0", "false", "no", "off")
+    return ViewsWorker(warm=warm)
 
 
 @st.cache_data(show_spinner="Loading demo dataset…", max_entries=8)
@@ -105,11 +74,16 @@ def embedding(
     n_components: int,
     random_state: int = 0,
 ) -> np.ndarray:
-    """PCA / t-SNE / UMAP of ``_X``, cached by ``(digest, method, n_components, random_state)``."""
-    from dhaka import reduce
+    """PCA / t-SNE / UMAP of ``_X``, cached by ``(digest, method, n_components, random_state)``.
 
-    fn = {"pca": reduce.pca, "tsne": reduce.tsne, "umap": reduce.umap}[method]
-    return np.asarray(fn(_X, n_components=n_components, random_state=random_state))
+    PCA runs here; t-SNE and UMAP in the :func:`views_worker` process (UMAP's numba code is compiled
+    there, and neither holds the server's GIL while trainings run).
+    """
+    if method == "pca":
+        from dhaka import reduce
+
+        return np.asarray(reduce.pca(_X, n_components=n_components, random_state=random_state))
+    return views_worker().run(method, _X, n_components=n_components, random_state=random_state)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -43,12 +43,12 @@ __all__ = [
     # keys
     "SESSION_ID", "DATASET", "DATASET_INFO", "SECOND_DATASET", "PREPROCESS", "TRAIN_PARAMS", "JOB",
     "ESTIMATOR", "LATENT", "GMM", "CLUSTERS", "CLUSTER_K", "EMBEDDINGS", "MODEL_INPUT", "RESULT_INFO",
-    "TRUTH_COLUMN", "NOTICE", "COLLECTED_JOB",
+    "TRUTH_COLUMN", "NOTICE", "COLLECTED_JOB", "VIEWS_JOB",
     # functions
     "init_state", "get_session_id", "get_dataset", "get_dataset_info", "get_dataset_key", "get_second_dataset",
     "set_dataset", "get_preprocess", "set_preprocess", "get_train_params", "set_train_params",
     "get_estimator_params", "get_job", "set_job", "get_estimator", "get_latent", "get_gmm", "get_clusters",
-    "get_cluster_k", "set_clusters", "get_embeddings", "set_embedding", "get_model_input", "set_model_input",
+    "get_cluster_k", "set_clusters", "get_embeddings", "set_embedding", "get_views_job", "set_views_job", "get_model_input", "set_model_input",
     "get_result_info", "set_result", "clear_results", "results_match_dataset", "get_truth_column",
     "set_truth_column", "get_truth_labels", "push_notice", "pop_notices", "require_dataset",
     "require_latent",
@@ -96,7 +96,10 @@ COLLECTED_JOB = _P + "collected_job"
 #: list[tuple[str, str]]: one-shot messages (level, text) shown on the next page draw.
 NOTICE = _P + "notices"
 
-_RESULT_KEYS = (ESTIMATOR, LATENT, GMM, CLUSTERS, CLUSTER_K, EMBEDDINGS, MODEL_INPUT, RESULT_INFO)
+#: tuple[dhaka.jobs.Job, dhaka.ui.tasks.ViewsTask]: the background job computing the comparison views.
+VIEWS_JOB = _P + "views_job"
+
+_RESULT_KEYS = (ESTIMATOR, LATENT, GMM, CLUSTERS, CLUSTER_K, EMBEDDINGS, MODEL_INPUT, RESULT_INFO, VIEWS_JOB)
 
 
 def init_state() -> None:
@@ -107,7 +110,8 @@ def init_state() -> None:
     for key, empty in ((DATASET, None), (DATASET_INFO, {}), (SECOND_DATASET, None), (PREPROCESS, {}),
                        (TRAIN_PARAMS, {}), (JOB, None), (ESTIMATOR, None), (LATENT, None), (GMM, None),
                        (CLUSTERS, None), (CLUSTER_K, None), (EMBEDDINGS, {}), (MODEL_INPUT, None),
-                       (RESULT_INFO, {}), (TRUTH_COLUMN, None), (NOTICE, []), (COLLECTED_JOB, None)):
+                       (RESULT_INFO, {}), (TRUTH_COLUMN, None), (NOTICE, []), (COLLECTED_JOB, None),
+                       (VIEWS_JOB, None)):
         if key not in ss:
             ss[key] = empty
 
@@ -281,6 +285,16 @@ def set_embedding(name: str, coords: np.ndarray) -> None:
     st.session_state[EMBEDDINGS] = emb
 
 
+def get_views_job() -> tuple[Job, Any] | None:
+    """``(job, task)`` of the background comparison views of the result in use, or ``None``."""
+    return _get(VIEWS_JOB)
+
+
+def set_views_job(job: Job, task: Any) -> None:
+    """Remember the job computing the comparison views (``task.results`` fills as views finish)."""
+    st.session_state[VIEWS_JOB] = (job, task)
+
+
 def get_model_input() -> tuple[Any, str] | None:
     """``(matrix, digest)``: the preprocessed, gene-selected matrix the model saw, or ``None``."""
     return _get(MODEL_INPUT)
@@ -343,6 +357,9 @@ def set_result(
 def clear_results(*, keep_estimator: bool = False) -> None:
     """Forget the latent space, clusters and embeddings (optionally keep the fitted estimator)."""
     ss = st.session_state
+    views = ss.get(VIEWS_JOB)
+    if views is not None:
+        views[0].cancel()  # its views belong to the result being forgotten
     for key in _RESULT_KEYS:
         if keep_estimator and key == ESTIMATOR:
             continue

@@ -50,7 +50,12 @@ __all__ = [
     "latent_csv_bytes",
     "h5ad_bytes",
     "model_zip_bytes",
+    "VIEW_METHODS",
+    "ViewsTask",
 ]
+
+#: The comparison views of the Explore page, in the order they are computed (cheapest first).
+VIEW_METHODS = ("pca", "tsne", "umap")
 
 
 @dataclass
@@ -263,7 +268,8 @@ def make_train_task(
         try:
             est.fit(adata, callback=on_epoch, stop_event=ctx.stop_event, checkpoint=on_checkpoint,
                     checkpoint_every=checkpoint_every)
-            ctx.report(phase="embedding", message="Embedding cells and calling clusters")
+            ctx.report(phase="embedding", message="Embedding cells and calling clusters",
+                       n_fits=len({row.get("start", 0) for row in history}) or 1)
             Z = np.asarray(est.transform(adata))
             try:
                 from threadpoolctl import threadpool_limits
@@ -298,6 +304,44 @@ def make_train_task(
                             model_input_digest=digest(S), latent_digest=digest(Z), metrics=metrics)
 
     return task
+
+
+class ViewsTask:
+    """A job that computes the comparison views (PCA, t-SNE, UMAP) of the model's input.
+
+    Each finished view is put in :attr:`results` at once (``{"tsne_2d": coords, ...}``), so the
+    Explore page shows the views one by one while the rest still run; ``ctx.report`` says which
+    one is running. Views already known (``done``) are skipped. ``run(method, X, n_components=,
+    random_state=)`` computes t-SNE and UMAP elsewhere (the app's worker process); PCA runs here.
+    """
+
+    def __init__(self, X: Any, *, digest: str, n_components: int = 2, seed: int = 0,
+                 methods: tuple[str, ...] = VIEW_METHODS, done: tuple[str, ...] = (),
+                 run: Callable[..., np.ndarray] | None = None) -> None:
+        self.X = X
+        self.run = run
+        self.digest = digest
+        self.n_components = int(n_components)
+        self.seed = int(seed)
+        self.methods = tuple(m for m in methods if f"{m}_{int(n_components)}d" not in done)
+        self.results: dict[str, np.ndarray] = {}
+
+    def __call__(self, ctx: JobContext) -> dict[str, np.ndarray]:
+        from dhaka import reduce
+
+        fns = {"pca": reduce.pca, "tsne": reduce.tsne, "umap": reduce.umap}
+        for i, method in enumerate(self.methods):
+            if ctx.stopped:
+                break
+            ctx.report(done=i, total=len(self.methods), method=method,
+                       message=f"Computing {method.upper() if method == 'pca' else method} ({self.n_components}-D)")
+            if self.run is None or method == "pca":
+                coords = fns[method](self.X, n_components=self.n_components, random_state=self.seed)
+            else:
+                coords = self.run(method, self.X, n_components=self.n_components, random_state=self.seed)
+            self.results[f"{method}_{self.n_components}d"] = np.asarray(coords, dtype=np.float32)
+        ctx.report(done=len(self.methods), total=len(self.methods), message="done")
+        return dict(self.results)
 
 
 # ------------------------------------------------------------------ downloads

@@ -9,8 +9,11 @@ widgets that a page does not draw).
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+from pathlib import Path
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import streamlit as st
@@ -23,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["safe_call", "error_message", "preprocess_form", "train_form", "ColorChoice", "color_control",
            "figure_downloads", "PNG_NOTE", "sidebar", "collect_finished_job", "show_notices", "job_is_active",
-           "STRUCTURE_PRESETS", "PLOTLY_CONFIG", "require_entrypoint", "navigation"]
+           "STRUCTURE_PRESETS", "PLOTLY_CONFIG", "require_entrypoint", "entrypoint", "navigation",
+           "start_views", "views_progress"]
 REFINE_CHOICES: list[Any] = ["auto", 0, 1, 2, 3]  # rounds of latent-guided gene refinement
 
 T = TypeVar("T")
@@ -41,6 +45,14 @@ ACTIVE = ("queued", "running")
 
 
 # ------------------------------------------------------------------- errors
+def plain(text: Any) -> str:
+    """``text`` with Markdown's special characters escaped, for names and messages that come from files
+    or other people (shown by ``st.error`` / ``st.caption``, which render Markdown)."""
+    import re
+
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", str(text))
+
+
 def error_message(exc: BaseException) -> str:
     """A one-line user-facing message for an exception (no traceback)."""
     msg = str(exc).strip()
@@ -334,6 +346,7 @@ def analysis_job_status(job: Any, *, key: str, what: str, start_message: str = "
     Returns the job's snapshot so the page can add what is its own (rows so far, results).
     Widget keys are ``f"{key}.cancel"`` and ``f"{key}.stop"``.
     """
+    job.touch()  # the person is still here
     snap = job.snapshot()
     prog = snap.get("progress") or {}
     if snap["status"] == "queued":
@@ -368,6 +381,11 @@ def collect_finished_job() -> None:
     snap = job.snapshot()
     status = snap["status"]
     out = job.result
+    if status == "done" and out is None:  # freed while the person was away (dhaka.jobs abandoned sweep)
+        run_id = (snap.get("progress") or {}).get("run_id", "?")
+        state.push_notice("info", f"Training finished while you were away; its result is stored as run {run_id} "
+                                  "(open it from the Runs page).")
+        return
     if status == "failed" or out is None:
         msg = snap.get("error") or "training stopped before a model was made"
         state.push_notice("error", f"Training failed: {msg}")
@@ -379,12 +397,70 @@ def collect_finished_job() -> None:
     state.set_result(out.estimator, out.latent, gmm=out.gmm, run_id=out.run_id, source="job",
                      status=out.status, latent_digest=out.latent_digest, obs_names=out.obs_names)
     state.set_model_input(out.model_input, out.model_input_digest)
+    start_views()
     if out.status == "stopped":
         state.push_notice("warning", f"Training stopped early; the model as it was is kept (run {out.run_id}).")
     else:
         k = out.metrics.get("k")
         extra = f", {k} GMM clusters" if k else ""
         state.push_notice("success", f"Training finished (run {out.run_id}{extra}). Open Explore to see it.")
+
+
+def start_views(*, n_components: int = 2) -> None:
+    """Compute the comparison views (PCA, t-SNE, UMAP) of the result in use in a background job.
+
+    Explore shows each view as soon as it is ready (:func:`views_progress`); a view already
+    computed is not computed again.
+    """
+    from dhaka.ui import cached, tasks
+
+    model_input = state.get_model_input()
+    if model_input is None:
+        return
+    seed = int(state.get_estimator_params().get("seed", 0))
+    task = tasks.ViewsTask(model_input[0], digest=model_input[1], n_components=n_components, seed=seed,
+                           done=tuple(state.get_embeddings()), run=cached.views_worker().run)
+    if not task.methods:
+        return
+    try:
+        from dhaka.ui import owner
+
+        job = cached.job_manager().submit(task, owner=owner.owner_key(), name="comparison views", kind="views")
+    except Exception as exc:  # noqa: BLE001 - the views can still be computed from the Explore page
+        state.push_notice("warning", f"The comparison views were not started ({error_message(exc)}); "
+                                     "compute them on the Explore page.")
+        return
+    state.set_views_job(job, task)
+
+
+def views_progress() -> None:
+    """Take finished background views into the session; say what is still running (Explore page)."""
+    views = state.get_views_job()
+    if views is None:
+        return
+    job, task = views
+    running = not job.done
+
+    @st.fragment(run_every=1.0 if running else None)
+    def _poll() -> None:
+        have = state.get_embeddings()
+        new = {k: v for k, v in list(task.results.items()) if k not in have}
+        for name, coords in new.items():
+            state.set_embedding(name, coords)
+        snap = job.snapshot()
+        if new or (running and job.done):
+            st.rerun()  # the whole page: draw the new views (and stop polling when the job has ended)
+        if snap["status"] in ("queued", "running"):
+            prog = snap.get("progress") or {}
+            names = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+            left = [names[m] for m in task.methods if f"{m}_{task.n_components}d" not in have]
+            what = prog.get("message") if snap["status"] == "running" else "Waiting for a free job slot"
+            st.info(f"{what}… still to come: {', '.join(left)}. The views appear here as they finish.",
+                    icon=":material/hourglass:")
+        elif snap["status"] == "failed":
+            st.warning(f"The comparison views failed: {snap.get('error')}. Use the Compute buttons below.")
+
+    _poll()
 
 
 def show_notices() -> None:
@@ -407,20 +483,40 @@ def _job_line(snap: dict[str, Any]) -> str:
             "failed": "Last training: failed"}.get(status, status)
 
 
+_ENTRY = threading.local()
+#: The app's entry script (``streamlit run app.py``).
+APP_SCRIPT = Path(__file__).resolve().parents[2] / "app.py"
+
+
+@contextlib.contextmanager
+def entrypoint() -> Iterator[None]:
+    """``app.py`` runs the selected page inside this: :func:`require_entrypoint` then lets it through."""
+    _ENTRY.active = True
+    try:
+        yield
+    finally:
+        _ENTRY.active = False
+
+
 def require_entrypoint() -> None:
     """First line of every page: make sure the page runs inside ``app.py``'s navigation.
 
-    Streamlit runs the first session of a server process in its legacy ``pages/`` mode (the
-    class flag ``PagesManager.uses_pages_directory`` starts as "a pages/ folder exists" and
-    only ``st.navigation`` clears it). A URL such as ``/train`` then runs ``pages/train.py``
-    on its own, without the app's state, sidebar and job hand-over. Here such a run clears the
-    flag and reruns, which goes through ``app.py`` like every later run.
+    Streamlit runs a session in its legacy ``pages/`` mode while its class flag
+    ``PagesManager.uses_pages_directory`` is set (it starts as "a pages/ folder exists" on a server's
+    first session, and AppTest sets it again on every run); only ``st.navigation`` clears it. A URL
+    such as ``/train`` then runs ``pages/train.py`` on its own, without the app's state, sidebar and
+    job hand-over. Such a run (one not inside :func:`entrypoint`) runs ``app.py`` in its place, in
+    the same script run, so that widget events of this run (a button click) are not lost, and stops.
     """
+    if getattr(_ENTRY, "active", False):
+        return
+    import runpy
+
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    PagesManager.uses_pages_directory = False
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+    st.stop()
 
 
 def navigation(pages: dict[str, list[Any]]) -> None:
@@ -456,6 +552,7 @@ def sidebar(pages: dict[str, list[Any]] | None = None) -> None:
             j = state.get_job()
             if j is None:
                 return
+            j.touch()  # the person is still here (the sidebar polls on every page)
             snap = j.snapshot()
             line = _job_line(snap)
             if job_is_active(snap):
@@ -487,9 +584,9 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
     """
     from dhaka.estimator import Dhaka
     from dhaka.runs import RunError, RunStore
-    from dhaka.ui import cached, demos, tasks
+    from dhaka.ui import cached, demos, owner, tasks
 
-    store = store if store is not None else RunStore()
+    store = store if store is not None else RunStore().view(owner.owner_key())
     try:
         run = store.open(run_id)
         record = run.record
@@ -503,7 +600,7 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
                                   mode=demo.mode, second=second)
         adata = state.get_dataset()
         if adata is None:
-            st.error(f"Run {run_id} was trained on {data.get('name')!r}: load that dataset first (Data page).")
+            st.error(f"Run {run_id} was trained on {plain(repr(data.get('name')))}: load that dataset first (Data page).")
             return False
         est = Dhaka.load(run.model_dir())
         files = record.get("files") or {}
@@ -512,7 +609,7 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
             lat = run.load_latent()
             lat.index = lat.index.astype(str)
             if set(lat.index) != set(cell_ids) or len(lat) != len(cell_ids):
-                st.error(f"Run {run_id} was trained on {data.get('name')!r} "
+                st.error(f"Run {run_id} was trained on {plain(repr(data.get('name')))} "
                          f"({len(lat):,} cells); the loaded dataset has other cells. Load that dataset first.")
                 return False
             lat = lat.loc[cell_ids]
@@ -521,7 +618,7 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
             fp = data.get("fingerprint") or {}
             mine = tasks.data_fingerprint(adata)
             if fp.get("sha256") and fp.get("sha256") != mine.get("sha256"):
-                st.error(f"Run {run_id} was trained on {data.get('name')!r} with shape {fp.get('shape')}; "
+                st.error(f"Run {run_id} was trained on {plain(repr(data.get('name')))} with shape {fp.get('shape')}; "
                          "the loaded dataset differs. Load that dataset first.")
                 return False
             Z = np.asarray(est.transform(adata))
@@ -532,6 +629,7 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
                          latent_digest=z_digest, obs_names=cell_ids)
         S, _ = est.align(adata)
         state.set_model_input(S, tasks.digest(S))
+        start_views()
         state.push_notice("success", f"Opened run {run_id} ({run.status}"
                           + (f", checkpoint of epoch {record.get('last_checkpoint_epoch')}" if not files.get("model")
                              else "") + ").")

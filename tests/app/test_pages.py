@@ -32,8 +32,11 @@ def env(tmp_path_factory):
     mp.undo()
 
 
-def new_app() -> AppTest:
+def new_app(owner_token: str | None = None) -> AppTest:
+    """A fresh session; with ``owner_token``, opened from an address carrying that person's ``?owner=``."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if owner_token is not None:
+        at.query_params["owner"] = owner_token
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -236,19 +239,33 @@ def test_explore_shows_latent_clusters_scores_and_downloads(trained):
     assert not at.exception and not at.error
 
 
-def test_embeddings_computed_on_demand_and_scored(trained):
+def wait_for_views(at: AppTest, timeout: float = 240.0) -> None:
+    """Wait for the background comparison views of the result in use, then rerun to show them."""
+    views = at.session_state["dhaka.views_job"]
+    assert views is not None, "no background views were started after training"
+    assert views[0].wait(timeout), "the comparison views did not finish"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_views_are_computed_in_the_background_and_scored(trained):
     at, _ = trained
     at.switch_page("pages/explore.py").run()
-    n_charts = len(at.get("plotly_chart"))
-    at.button(key="w.exp.compute.pca_2d").click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.session_state["dhaka.embeddings"]["pca_2d"].shape == (200, 2)
-    assert len(at.get("plotly_chart")) == n_charts + 1
-    assert "PCA 2D" in at.dataframe[0].value.index
-    # switching the colour keeps the embedding (no recomputation needed)
-    before = at.session_state["dhaka.embeddings"]["pca_2d"]
+    wait_for_views(at)
+    assert not at.error, [e.value for e in at.error]
+    emb = at.session_state["dhaka.embeddings"]
+    assert {k: v.shape for k, v in emb.items()} == {"pca_2d": (200, 2), "tsne_2d": (200, 2), "umap_2d": (200, 2)}
+    assert len(at.get("plotly_chart")) == 5  # Dhaka 3-D, PCA, t-SNE, UMAP, BIC curve
+    assert {"Dhaka", "PCA 2D", "t-SNE 2D", "UMAP 2D"} <= set(at.dataframe[0].value.index)
+    # switching the colour keeps the embeddings (no recomputation needed)
+    before = emb["pca_2d"]
     at.selectbox(key="w.colour").set_value("obs: group").run()
     assert at.session_state["dhaka.embeddings"]["pca_2d"] is before
+    # 3-D views are computed on demand
+    at.segmented_control(key="w.exp.dims").set_value(3).run()
+    at.button(key="w.exp.compute.pca_3d").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["dhaka.embeddings"]["pca_3d"].shape == (200, 3)
 
 
 def test_k_override_changes_the_clusters_in_use(trained):
@@ -300,7 +317,7 @@ def test_runs_page_lists_opens_compares_and_deletes(trained):
     assert run_id in table.index and table.loc[run_id, "status"] == "done"
 
     # open the run into a fresh session: the demo is loaded and the latent space restored
-    other = new_app()
+    other = new_app(at.query_params["owner"])  # the same person in another tab (same address)
     other.switch_page("pages/runs.py").run()
     other.selectbox(key="w.runs.sel").set_value(run_id).run()
     other.button(key="w.runs.open").click().run()
@@ -320,7 +337,7 @@ def test_runs_page_lists_opens_compares_and_deletes(trained):
     other.button(key="w.runs.confirm").click().run()
     from dhaka.runs import RunStore
 
-    ids = [i.id for i in RunStore().list()]
+    ids = [i.id for i in RunStore().list(admin=True)]
     assert run2 not in ids and run_id in ids
 
 
@@ -333,12 +350,15 @@ def test_interrupted_run_is_listed_and_its_checkpoint_opens(env):
     adata, _ = demos.load("paper")
     est = Dhaka(structure="shallow", epochs=1, batch_size=64, kl_warmup=0, val_fraction=0.0, patience=None)
     est.fit(adata)
-    run = RunStore().create(settings=est.get_params(),
+    from dhaka.ui import owner
+
+    token = owner.new_token()
+    run = RunStore().create(settings=est.get_params(), owner=owner.key_for_token(token),
                             data={"name": demos.get("paper").title, "fingerprint": tasks.data_fingerprint(adata)})
     run.write_checkpoint(est.save, 1)
     run.close()  # the writer goes away without finishing: what a server crash leaves behind
 
-    at = new_app()
+    at = new_app(token)
     at.switch_page("pages/runs.py").run()
     assert at.dataframe[0].value.loc[run.id, "status"] == "interrupted"
     at.selectbox(key="w.runs.sel").set_value(run.id).run()
@@ -366,6 +386,7 @@ def test_failures_show_a_message_never_a_traceback(trained, monkeypatch):
 
     monkeypatch.undo()
     monkeypatch.setattr(widgets, "color_control", boom)  # anything else: the app-level guard
+    monkeypatch.setenv("DHAKA_RAISE_ERRORS", "0")  # as served (the tests' default re-raises)
     at.run()
     assert not at.exception
     assert any("Something went wrong on this page: colour vector broken" in e.value for e in at.error)

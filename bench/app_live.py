@@ -1,0 +1,185 @@
+"""Training while watched: the real app in Chromium against a plain library fit, same data, same run.
+
+What a new user does, timed:
+
+1. ``streamlit run app.py`` on the real defaults (no fast mode, UMAP warm-up on), a fresh run store;
+2. headless Chromium opens the app (the default demo loads), goes to Train, presses **Start training**
+   on the form as it comes and keeps the page open (live curves polling) until "Finished";
+3. goes to Explore and waits until the Dhaka 3-D view and the PCA, t-SNE and UMAP views are drawn.
+
+In the same run, a plain process (no Streamlit, no browser) does the same work the training job does
+on the same demo with the same settings: ``Dhaka(**settings).fit``, ``transform``, ``gmm_bic``.
+
+Printed (and with ``--write`` recorded in bench/RESULTS.md): the plain time, the app's time from
+Start to Finished, their **ratio** (target <= 1.2), and the time from launching the server to the
+trained 3-D view with the comparison views beside it (target <= 60 s).
+
+Run: ``python bench/app_live.py [--repeats 1] [--write]``. Needs /usr/bin/chromium and playwright.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+PLAIN = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from dhaka import Dhaka
+from dhaka.cluster import gmm_bic
+from dhaka.ui import demos
+demo = demos.get(demos.DEFAULT_DEMO)
+adata, _ = demos.load(demo.key)
+settings = {"mode": demo.mode}  # the app's form as it comes: the estimator's defaults
+t1 = time.perf_counter()
+est = Dhaka(**settings).fit(adata)
+Z = np.asarray(est.transform(adata))
+gmm = gmm_bic(Z, k_max=10, seed=int(est.seed))
+t2 = time.perf_counter()
+print(json.dumps({"seconds": t2 - t1, "imports_and_load": t1 - t0, "k": int(gmm.k),
+                  "fits": len(est.refinement_)}))
+"""
+
+# Plotly 6+ ships arrays base64-encoded: read the decoded traces (_fullData).
+VIEWS = """() => {
+  const out = {scatter3d: 0, views: []};
+  for (const el of document.querySelectorAll('.js-plotly-plot')) {
+    const d = el._fullData || [];
+    if (!d.length) continue;
+    if (d[0].type === 'scatter3d' && el.querySelector('.gl-container canvas')) out.scatter3d += 1;
+    const title = (el.layout && el.layout.title && (el.layout.title.text || el.layout.title)) || '';
+    out.views.push(String(title));
+  }
+  return out;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def plain_fit() -> dict:
+    """The training job's work in a plain process (imports and demo loading not timed)."""
+    out = subprocess.run([sys.executable, "-c", PLAIN], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def app_run(timeout: float = 900.0, env_extra: dict | None = None) -> dict:
+    """Launch the app, train the default demo from the Train page, open Explore; times in seconds."""
+    from playwright.sync_api import expect, sync_playwright
+
+    port = _free_port()
+    home = tempfile.mkdtemp(prefix="dhaka-app-live-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DHAKA_")}
+    env["DHAKA_HOME"] = home
+    env.update(env_extra or {})
+    log = open(Path(home) / "server.log", "w")
+    t_launch = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    res: dict = {}
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.2)
+            if proc.poll() is not None or time.perf_counter() - t_launch > 120:
+                raise RuntimeError(f"the server did not start; see {log.name}")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            expect(page.get_by_text("Training matrix:")).to_be_visible(timeout=120_000)
+            res["launch_to_data_s"] = time.perf_counter() - t_launch
+            page.get_by_role("link", name="Train", exact=True).click()
+            start = page.get_by_role("button", name="Start training")
+            expect(start).to_be_enabled(timeout=60_000)
+            start.click()
+            t_click = time.perf_counter()
+            expect(page.get_by_text("Finished:")).to_be_visible(timeout=timeout * 1000)
+            res["app_s"] = time.perf_counter() - t_click
+            page.get_by_role("link", name="Explore", exact=True).click()
+            deadline = time.perf_counter() + timeout
+            info: dict = {}
+            while time.perf_counter() < deadline:
+                info = page.evaluate(VIEWS)
+                if info["scatter3d"] and "launch_to_3d_s" not in res:
+                    res["launch_to_3d_s"] = time.perf_counter() - t_launch
+                if info["scatter3d"] and all(any(m in v for v in info["views"]) for m in ("PCA", "t-SNE", "UMAP")):
+                    res["launch_to_views_s"] = time.perf_counter() - t_launch
+                    break
+                time.sleep(0.25)
+            res["views_drawn"] = info.get("views", [])
+            page.screenshot(path=str(Path(home) / "explore.png"))
+            banners = page.get_by_text("Something went wrong").count()
+            if banners:
+                raise RuntimeError(f"error banner on the page; see {home}")
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    res["home"] = home
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.common import machine_description, markdown_table, write_section
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=1, help="plain/app pairs, alternated")
+    ap.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
+    ap.add_argument("--app-only", action="store_true", help="skip the plain fit (for trying server settings)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment of the server (for trying settings; not for recorded figures)")
+    args = ap.parse_args(argv)
+    machine = machine_description()
+    rows = []
+    for i in range(args.repeats):
+        plain = {"seconds": float("nan"), "fits": "", "k": ""} if args.app_only else plain_fit()
+        app = app_run(env_extra=dict(e.split("=", 1) for e in args.env))
+        row = {"pair": i + 1, "plain fit s": round(plain["seconds"], 1), "app Start->Finished s": round(app["app_s"], 1),
+               "ratio": round(app["app_s"] / plain["seconds"], 2),
+               "launch->3-D view s": round(app.get("launch_to_3d_s", float("nan")), 1),
+               "launch->all views s": round(app.get("launch_to_views_s", float("nan")), 1),
+               "fits": plain["fits"], "k": plain["k"]}
+        rows.append(row)
+        print(markdown_table([row]), flush=True)
+        print(f"(server log and Explore screenshot in {app['home']})", flush=True)
+    table = markdown_table(rows)
+    print(table)
+    if args.write:
+        write_section("app_live", "## Training while watched: app vs plain fit (issue 10)\n\n"
+                      "`python bench/app_live.py --repeats %d --write`. Real defaults, default demo; the app time "
+                      "runs from pressing Start to the \"Finished\" message with the Train page open in headless "
+                      "Chromium (live curves polling); the plain time is fit + transform + GMM in a plain process "
+                      "on the same data and settings. Targets: ratio <= 1.2; launch -> 3-D view with the PCA, "
+                      "t-SNE and UMAP views <= 60 s.\n\nMachine: %s\n\n%s" % (args.repeats, machine, table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

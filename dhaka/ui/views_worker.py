@@ -1,0 +1,176 @@
+"""A worker process for the Explore page's t-SNE and UMAP views, compiled ahead and run at low priority.
+
+Why a process and not a thread of the server: UMAP's first call in a process compiles numba code for
+30-70 s (29 s for the small-data path on this project's 2-core machine, 70 s with the large-data
+path). Numba's compiler is pure Python and holds the GIL all along, so a warm-up *thread* in the
+server stalled every training thread behind it (py-spy --gil: half of the GIL samples in
+``warmup_umap`` while a training was watched). In a process of its own, started ``nice``-d with the
+server, the compilation uses only CPU time that training and the pages leave idle, and the server's
+GIL stays free. The views are then computed in the same, already compiled, process.
+
+Why not ``multiprocessing``: its spawn and forkserver starts re-import the parent's ``__main__`` in the
+child, and while Streamlit runs a page that is ``app.py`` (the child would start a second app). The
+worker is therefore a plain ``python -m dhaka.ui.views_worker`` talking over an authenticated
+``multiprocessing.connection`` socket.
+
+Nothing here imports streamlit; :func:`dhaka.ui.cached.views_worker` keeps one per server.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Client, Listener
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ViewsWorker", "NICE"]
+
+#: Niceness of the worker process (0 = as the server, 19 = only idle CPU).
+NICE = 10
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _warm() -> float:
+    """Compile UMAP's small-data path (exact neighbours, below 4096 cells)."""
+    from dhaka.reduce import umap
+
+    t0 = time.perf_counter()
+    X = np.random.default_rng(0).standard_normal((300, 20)).astype(np.float32)
+    umap(X, n_components=2, random_state=0)
+    return time.perf_counter() - t0
+
+
+def _embed(method: str, X: Any, n_components: int, random_state: int) -> np.ndarray:
+    from dhaka import reduce
+
+    fn = {"pca": reduce.pca, "tsne": reduce.tsne, "umap": reduce.umap}[method]
+    return np.asarray(fn(X, n_components=n_components, random_state=random_state), dtype=np.float32)
+
+
+class ViewsWorker:
+    """One ``nice``-d worker process computing embeddings (:meth:`run`), UMAP compiled ahead.
+
+    Parameters
+    ----------
+    warm
+        Compile UMAP as the worker's first task (``False`` in tests: it compiles on first use).
+    nice
+        Niceness of the worker.
+    """
+
+    def __init__(self, *, warm: bool = True, nice: int = NICE) -> None:
+        self.started = time.time()
+        self._warm_wanted = bool(warm)
+        self._nice = int(nice)
+        self._lock = threading.Lock()  # one request at a time on the connection
+        self._warm_done = not warm
+        self._start()
+
+    def _start(self) -> None:
+        key = secrets.token_bytes(32)
+        self._listener = Listener(family="AF_UNIX", authkey=key)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "dhaka.ui.views_worker", str(self._listener.address), str(self._nice),
+             "1" if self._warm_wanted and not self._warm_done else "0"],
+            stdin=subprocess.PIPE, cwd=str(_ROOT), env=env)
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(key.hex().encode() + b"\n")  # the key never appears in argv or the environment
+        self._proc.stdin.close()
+        self._conn = None
+
+    def _connection(self):
+        if self._conn is None:
+            self._conn = self._listener.accept()
+        return self._conn
+
+    @property
+    def warm(self) -> bool:
+        """``True`` once UMAP is compiled in the worker (or no warm-up was asked for); never blocks."""
+        if self._warm_done or not self._lock.acquire(blocking=False):
+            return self._warm_done
+        try:
+            conn = self._connection()
+            if conn.poll(0):
+                conn.recv()  # ("warm", seconds)
+                self._warm_done = True
+        except (EOFError, OSError):
+            pass
+        finally:
+            self._lock.release()
+        return self._warm_done
+
+    def run(self, method: str, X: Any, *, n_components: int, random_state: int = 0) -> np.ndarray:
+        """``method`` ("pca", "tsne", "umap") of ``X`` computed in the worker; blocks until done.
+
+        A worker that died is started again once; errors in the computation are raised here as
+        ``RuntimeError`` with the worker's message.
+        """
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    conn = self._connection()
+                    if not self._warm_done:
+                        conn.recv()  # the warm-up's ("warm", seconds): UMAP is compiled
+                        self._warm_done = True
+                    conn.send((method, X, int(n_components), int(random_state)))
+                    status, value = conn.recv()
+                    break
+                except (EOFError, OSError, BrokenPipeError):
+                    if attempt == 2:
+                        raise RuntimeError("the views worker process stopped; see the server log") from None
+                    self.shutdown()
+                    self._warm_done = True  # a restarted worker compiles on first use
+                    self._start()
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+    def shutdown(self) -> None:
+        """Stop the worker process."""
+        try:
+            if self._conn is not None:
+                self._conn.close()
+            self._listener.close()
+        except OSError:
+            pass
+        if self._proc.poll() is None:
+            self._proc.terminate()
+
+
+def _serve(address: str, nice: int, warm: bool) -> None:
+    key = bytes.fromhex(sys.stdin.readline().strip())
+    try:
+        conn = Client(address, family="AF_UNIX", authkey=key)
+    except OSError:
+        return  # the server ended before it took the connection
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # pragma: no cover - not permitted: run at normal priority
+            pass
+    if warm:
+        try:
+            seconds = _warm()
+        except Exception:  # noqa: BLE001 - the first real UMAP then compiles
+            seconds = float("nan")
+        conn.send(("warm", seconds))
+    while True:
+        try:
+            method, X, n_components, random_state = conn.recv()
+        except (EOFError, OSError):
+            return  # the server went away
+        try:
+            conn.send(("ok", _embed(method, X, n_components, random_state)))
+        except Exception as exc:  # noqa: BLE001 - reported to the page, the worker keeps serving
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1")
