@@ -23,10 +23,14 @@ starts), the most trainings seen running at once (from the runs' created /
 finished times; must not exceed ``max_jobs``); per session also the time from
 opening the app to a ready Train page, and from the run being stored to the
 page showing it.  Checked: exactly N runs, all ``done``, N distinct owners,
-each run id shown by exactly one session, with the requested number of epochs,
-and each session's Runs page with "Only runs started in this browser session"
-offers that session's run alone (the unfiltered list is the shared workspace,
-visible to all by design).
+each run id shown by exactly one session and stored under that session's owner
+key, with the requested number of epochs, and each session's Runs page (which
+lists the person's own runs plus runs others shared; none are shared here)
+offers that session's run alone.  A session's owner key is
+:func:`dhaka.ui.owner.key_for_token` of its browser token: in AppTest mode the
+token in ``st.session_state["dhaka.owner_token"]``, in browser mode the
+``?owner=`` part of the page's address.  The store is read as a lab admin
+(``RunStore.list(admin=True)``) to see every session's run.
 
 Run: ``python -m bench.load_test --sessions 4 --epochs 3`` (writes the ``load``
 section of ``bench/RESULTS.md``; ``--no-write`` to only print; ``--max-jobs 1 2``
@@ -66,6 +70,7 @@ _EPOCH = re.compile(r"Epoch (\d+)/(\d+)")
 _FAILED = re.compile(r"Training failed: ([^\n]{0,200})")
 _MAIN_TEXT = """() => { const m = document.querySelector('[data-testid="stMain"]'); return m ? m.textContent : ''; }"""
 _STOPPED = re.compile(r"Stopped after (\d+) epochs")
+_OWNER_IN_URL = """() => new URLSearchParams(window.location.search).get('owner')"""
 
 
 # ----------------------------------------------------------------------------- results
@@ -94,10 +99,11 @@ class SessionResult:
     saw_running
         ``True`` when the page showed an "Epoch i/n" progress line.
     owner
-        The session id (AppTest mode only; a browser cannot see it).
+        The session's owner key (:func:`dhaka.ui.owner.key_for_token` of its token: the
+        session state's in AppTest mode, the address's ``?owner=`` in browser mode).
     runs_listed
-        Browser mode: the run ids the Runs page offers with "Only runs started in this
-        browser session" on (should be exactly :attr:`run_id`).
+        The run ids the session's Runs page offers (its own runs plus shared ones; should
+        be exactly :attr:`run_id`).
     page_error
         Browser mode: an exception while driving the page (element not found, time-out).
     ready_s
@@ -297,8 +303,8 @@ def stored_runs(home: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
     store = RunStore(home)
     out = {}
-    for info in store.list():
-        rec = dict(store.open(info.id).record)
+    for info in store.list(admin=True):  # every session's run: read as a lab admin
+        rec = dict(store.open(info.id, admin=True).record)
         rec["status"] = info.status  # effective status (interrupted when the writer died)
         # "finished" is stored to the second; run.json is last written (atomically) by finish(),
         # so its modification time is the finish to the microsecond
@@ -348,7 +354,9 @@ def check(result: LoadResult) -> list[str]:
         rec = result.runs.get(r.run_id or "")
         if rec is None:
             continue
-        if r.owner is not None and rec.get("owner") != r.owner:
+        if r.owner is None:
+            problems.append(f"session {r.index}: its owner key is unknown, so its run's owner cannot be checked")
+        elif rec.get("owner") != r.owner:
             problems.append(f"session {r.index} was shown run {r.run_id} of another owner")
         if r.runs_listed is not None and r.runs_listed != [r.run_id]:
             problems.append(f"session {r.index}: its own-runs list shows {r.runs_listed}, expected [{r.run_id}]")
@@ -472,7 +480,8 @@ async def _browser_session(browser: Any, url: str, res: SessionResult, *, epochs
     try:
         await page.goto(url)
         await expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible(timeout=timeout * 1000)
-        await page.get_by_role("link", name="Train").click()
+        res.owner = await _owner_from_url(page, timeout)
+        await page.get_by_role("link", name="Train", exact=True).click()
         await expect(page.get_by_role("heading", name="Train", exact=True)).to_be_visible(timeout=timeout * 1000)
         box = page.get_by_label("Epochs", exact=True)
         await box.fill(str(epochs))
@@ -506,6 +515,9 @@ async def _browser_session(browser: Any, url: str, res: SessionResult, *, epochs
             res.runs_listed = await _own_runs_listed(page, res.run_id, timeout)
             if shots is not None:
                 await page.screenshot(path=shots / f"session-{res.index}-runs.png")
+            owner_now = await _owner_from_url(page, timeout)
+            if owner_now != res.owner:
+                raise RuntimeError(f"the address's owner changed from {res.owner} to {owner_now} during the session")
     except Exception as exc:  # noqa: BLE001 - reported as this session's failure
         res.page_error = f"{type(exc).__name__}: " + " ".join(str(exc).split())[:300]
         if shots is not None:
@@ -518,28 +530,43 @@ async def _browser_session(browser: Any, url: str, res: SessionResult, *, epochs
         await context.close()
 
 
-async def _own_runs_listed(page: Any, run_id: str | None, timeout: float) -> list[str]:
-    """Runs page, "Only runs started in this browser session": the run ids its picker offers.
+async def _owner_from_url(page: Any, timeout: float) -> str:
+    """The owner key of the browser token in the page's address (``?owner=<token>``).
 
-    The toggle's rerun takes a moment (longer on a busy server), and until it lands the
-    page shows the whole workspace, which every user may see by design; so the picker is
-    read until it offers just ``run_id`` or ``timeout`` (capped at 60 s) passes, and the
-    last list read is returned.
+    The app writes the token into the address on every run (page changes clear it
+    first), so the address is read until it carries a valid token or ``timeout``
+    (capped at 60 s) passes.
+    """
+    from dhaka.ui.owner import key_for_token, valid_token
+
+    token = None
+    deadline = time.time() + min(timeout, 60.0)
+    while True:
+        with contextlib.suppress(Exception):  # the page is redrawing; try again
+            token = await page.evaluate(_OWNER_IN_URL)
+        if valid_token(token):
+            return key_for_token(token)
+        if time.time() > deadline:
+            raise RuntimeError(f"the page's address carries no owner token (owner={token!r}): {page.url}")
+        await asyncio.sleep(0.2)
+
+
+async def _own_runs_listed(page: Any, run_id: str | None, timeout: float) -> list[str]:
+    """Runs page: the run ids its picker offers (the person's own runs plus shared ones).
+
+    The picker is read until it can be read (it is drawn once the page's rerun lands) and
+    offers ``run_id`` or anything else, or ``timeout`` (capped at 60 s) passes; a list with
+    any other run in it is returned at once, and the last list read otherwise.
     """
     from playwright.async_api import expect
 
-    await page.get_by_role("link", name="Runs").click()
+    await page.get_by_role("link", name="Runs", exact=True).click()
     await expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible(timeout=timeout * 1000)
     await _settle(page, timeout)
-    toggle = page.get_by_role("switch", name="Only runs started in this browser session")
     options = page.get_by_role("option")
     seen: list[str] = []
     deadline = time.time() + min(timeout, 60.0)
     while time.time() < deadline:
-        if not await toggle.is_checked():  # a click during a rerun can be lost: click until it stays on
-            await page.get_by_text("Only runs started in this browser session").click()
-            await _settle(page, timeout)
-            continue
         await page.get_by_role("combobox", name="Run", exact=True).click()
         try:
             await expect(options.first).to_be_visible(timeout=5_000)
@@ -547,7 +574,7 @@ async def _own_runs_listed(page: Any, run_id: str | None, timeout: float) -> lis
         except AssertionError:
             pass
         await page.keyboard.press("Escape")
-        if seen == [run_id]:
+        if seen and (seen == [run_id] or any(r != run_id for r in seen)):
             break
         await asyncio.sleep(1.0)
     return seen
@@ -677,6 +704,7 @@ def run_apptest(sessions: int, *, epochs: int, home: str | os.PathLike[str], tim
     results = [SessionResult(i) for i in range(sessions)]
     with _env(DHAKA_HOME=str(home), DHAKA_DEMO_FAST="1", DHAKA_UMAP_WARMUP="0"):
         from dhaka.jobs import get_manager
+        from dhaka.ui import owner
 
         max_jobs = get_manager().max_running
         cpu0 = process_cpu_seconds()
@@ -689,7 +717,7 @@ def run_apptest(sessions: int, *, epochs: int, home: str | os.PathLike[str], tim
             at.number_input(key="w.train.epochs").set_value(epochs).run()
             if at.exception:
                 raise RuntimeError(f"session {r.index}: {[e.value for e in at.exception]}")
-            r.owner = at.session_state["dhaka.session_id"]
+            r.owner = owner.key_for_token(at.session_state[owner.TOKEN_KEY])  # the person's key, as the app has it
             r.ready_s = time.time() - t0
             apps.append(at)
         for r, at in zip(results, apps):
@@ -698,6 +726,12 @@ def run_apptest(sessions: int, *, epochs: int, home: str | os.PathLike[str], tim
             at.run()
         deadline = time.time() + timeout
         pending = set(range(sessions))
+        for i, (r, at) in enumerate(zip(results, apps)):
+            if "dhaka.job" not in at.session_state or at.session_state["dhaka.job"] is None:
+                # the page refused the start (memory check, queue full, ...): say why, do not wait it out
+                shown = [str(e.value) for e in at.exception] + [str(e.value) for e in at.error]
+                r.outcome, r.message = "failed", "no job after Start: " + ("; ".join(shown) or "nothing shown")
+                pending.discard(i)
         while pending and time.time() < deadline:
             for i in sorted(pending):
                 at, r = apps[i], results[i]
@@ -717,17 +751,21 @@ def run_apptest(sessions: int, *, epochs: int, home: str | os.PathLike[str], tim
             results[i].outcome, results[i].message = "timeout", f"no end of training within {timeout:.0f} s"
         cpu = process_cpu_seconds() - cpu0
         for r, at in zip(results, apps):
-            # a manager-level view of isolation: each owner holds exactly its own job
-            jobs = get_manager().jobs(r.owner) if r.owner else []
+            # a manager-level view of isolation: each owner holds exactly its own training job (the app
+            # may also run other jobs for it after a training, e.g. the background "comparison views")
+            jobs = [j for j in get_manager().jobs(r.owner) if j.kind == "train"] if r.owner else []
             if len(jobs) != 1:
-                r.message = (r.message or "") + f" manager lists {len(jobs)} jobs for this session"
-            if r.outcome == "done":  # the user's view: the Runs page, own runs only
+                r.message = (r.message or "") + f" manager lists {len(jobs)} training jobs for this session"
+            if r.outcome == "done":  # the user's view: the Runs page lists the person's own (and shared) runs
                 at.switch_page("pages/runs.py").run()
-                at.toggle(key="w.runs.mine").set_value(True).run()
                 if at.exception:
                     r.page_error = str([e.value for e in at.exception])
                 else:
-                    r.runs_listed = [str(o).split("·")[0].strip() for o in at.selectbox(key="w.runs.sel").options]
+                    try:
+                        options = at.selectbox(key="w.runs.sel").options
+                    except KeyError:  # no picker: the page lists no run at all
+                        options = []
+                    r.runs_listed = [str(o).split("·")[0].strip() for o in options]
         _wait_runs_settled(home, sessions, timeout=30)
         result = LoadResult("apptest", sessions, max_jobs, epochs, home, results, stored_runs(home),
                             server_cpu_s=cpu)
@@ -815,8 +853,8 @@ def main(argv: list[str] | None = None) -> int:
             "AppTest mode: the same flow with `streamlit.testing` sessions in one process. "
             "Queue wait = the run's creation in the store (the job starting) minus the click; "
             "max running at once from the runs' created/finished times. Checked: N runs stored, all done, "
-            "N distinct owners, each session's page named its own run, and its Runs page with "
-            "\"Only runs started in this browser session\" listed that run alone.\n\n"
+            "N distinct owners, each session's page named its own run, stored under the session's owner key "
+            "(from its `?owner=` token), and its Runs page (own runs plus shared ones) listed that run alone.\n\n"
             f"Machine: {machine}\n\n{text}")
         write_section(SECTION, body)
         print(f"wrote the '{SECTION}' section of bench/RESULTS.md")

@@ -5,7 +5,8 @@
   Chromium contexts; skipped when Chromium is missing unless ``DHAKA_REQUIRE_E2E=1``.
 
 Each asserts every run was stored and done, every session saw only its own run
-(its Train page named it, its "only my runs" list holds it alone) and no more
+(its Train page named it, the run is stored under the session's owner key, and
+its Runs page, which lists the person's own runs, holds it alone) and no more
 trainings ran at once than the server allows. The checker itself is tested on
 made-up results, so a broken check cannot pass silently.
 """
@@ -30,8 +31,8 @@ def _assert_all_stored(result: LoadResult, n: int) -> None:
         assert r.outcome == "done"
         assert r.runs_listed == [r.run_id]
         assert result.runs[r.run_id]["settings"]["epochs"] == result.epochs
-        if r.owner is not None:  # AppTest mode knows the session id
-            assert result.runs[r.run_id]["owner"] == r.owner
+        assert r.owner is not None  # AppTest: the session's token; browser: the address's ?owner=
+        assert result.runs[r.run_id]["owner"] == r.owner
     assert 1 <= result.max_concurrent() <= result.max_jobs
     assert result.n_done == n and result.failures == 0
 
@@ -84,6 +85,7 @@ def test_check_passes_a_good_result_and_computes_figures():
     (lambda r: setattr(r.results[1], "run_id", "r0"), "same run"),
     (lambda r: setattr(r.results[0], "runs_listed", ["r0", "r1"]), "own-runs list"),
     (lambda r: setattr(r.results[1], "owner", "a"), "another owner"),
+    (lambda r: setattr(r.results[1], "owner", None), "owner key is unknown"),
     (lambda r: r.runs["r0"].update(finished="2026-01-01T00:00:07+00:00"), "at once"),
     (lambda r: setattr(r.results[0], "outcome", "timeout"), "ended as timeout"),
     (lambda r: r.runs["r0"]["settings"].update(epochs=15), "epochs=15"),

@@ -14,79 +14,19 @@ Run: ``python -m pytest tests/e2e -m e2e -q``.
 """
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.server import CHROMIUM, CHROMIUM_ARGS, OUT, run_server
+
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "test-output" / "e2e"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--enable-unsafe-swiftshader"]
-
-
-def _require_browser() -> None:
-    problems = []
-    if not Path(CHROMIUM).exists():
-        problems.append(f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problems.append("the playwright package is not installed")
-    if problems:
-        msg = "end-to-end browser test needs a browser: " + "; ".join(problems)
-        if os.environ.get("DHAKA_REQUIRE_E2E") == "1":
-            pytest.fail(msg + " (DHAKA_REQUIRE_E2E=1)")
-        pytest.skip(msg)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _require_browser()
-    port = _free_port()
-    home = tmp_path_factory.mktemp("dhaka-home")
-    env = {**os.environ, "DHAKA_DEMO_FAST": "1", "DHAKA_HOME": str(home), "OMP_NUM_THREADS": "1",
-           "DHAKA_UMAP_WARMUP": "0"}
-    OUT.mkdir(parents=True, exist_ok=True)
-    log = open(OUT / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited early; see {OUT / 'server.log'}")
-    else:
-        proc.terminate()
-        pytest.fail("streamlit did not become healthy within 60 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with run_server(tmp_path_factory.mktemp("dhaka-home"), fast=True) as url:
+        yield url
 
 
 # Plotly 6+ ships arrays base64-encoded, so count points on the decoded traces (_fullData).
@@ -127,7 +67,7 @@ def test_demo_train_explore_download(server):
             page.screenshot(path=OUT / "01-data.png")
 
             # 2. train with many epochs so the curve is seen growing; stop once it has
-            page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Train").click()
+            page.get_by_role("link", name="Train", exact=True).click()
             expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=30_000)
             epochs = page.get_by_label("Epochs", exact=True)
             epochs.fill("400")
@@ -152,7 +92,7 @@ def test_demo_train_explore_download(server):
             page.screenshot(path=OUT / "03-stopped.png")
 
             # 3. the latent space renders as a WebGL 3-D scatter
-            page.get_by_test_id("stSidebarNavItems").get_by_role("link", name="Explore").click()
+            page.get_by_role("link", name="Explore", exact=True).click()
             expect(page.get_by_role("heading", name="Explore")).to_be_visible(timeout=30_000)
             info = None
             deadline = time.time() + 60
