@@ -59,7 +59,7 @@ pages = {
     ],
 }
 page = st.navigation(pages, position="hidden")
-widgets.sidebar(pages)
+widgets.sidebar(pages, job_status=page.title != "Train")
 with st.sidebar:
     st.caption("Dhaka: Rashid, Shah & Pandya, *Bioinformatics* 2019. "
                + ("Fast demo mode (DHAKA_DEMO_FAST)." if demos.demo_fast() else ""))

@@ -151,19 +151,15 @@ class Param:
         raise ValueError(f"{self.flag} must be {self._allowed()}, got {text!r}")
 
     def _number(self, value: Any) -> int | float | None:
-        if isinstance(value, bool):
-            return None
-        try:
-            import numbers
+        """``value`` as the parameter's number type, or ``None`` when it is not one (bools are not)."""
+        import numbers
 
-            if self.kind == "int":
-                if isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer()):
-                    return int(value)
-                return None
-            if isinstance(value, numbers.Real):
-                return float(value)
-        except (TypeError, ValueError):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return None
+        if self.kind == "float":
+            return float(value)
+        if isinstance(value, numbers.Integral) or float(value).is_integer():
+            return int(value)
         return None
 
     def _allowed(self) -> str:

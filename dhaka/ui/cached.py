@@ -57,9 +57,16 @@ def views_worker() -> ViewsWorker:
     return ViewsWorker(warm=warm)
 
 
-@st.cache_data(show_spinner="Loading demo dataset…", max_entries=8)
 def load_demo(key: str) -> tuple[anndata.AnnData, anndata.AnnData | None]:
     """A built-in demo ``(adata, second)`` (public data: safe to share; callers get copies)."""
+    from dhaka.ui import demos
+
+    return _load_demo(key, fast=demos.demo_fast())
+
+
+@st.cache_data(show_spinner="Loading demo dataset…", max_entries=8)
+def _load_demo(key: str, *, fast: bool) -> tuple[anndata.AnnData, anndata.AnnData | None]:
+    """:func:`load_demo`, cached per demo and per demo size (``DHAKA_DEMO_FAST`` shrinks some demos)."""
     from dhaka.ui import demos
 
     return demos.load(key)

@@ -56,6 +56,7 @@ __all__ = [
 
 #: The comparison views of the Explore page, in the order they are computed (cheapest first).
 VIEW_METHODS = ("pca", "tsne", "umap")
+VIEW_LABELS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 
 
 @dataclass
@@ -334,7 +335,7 @@ class ViewsTask:
             if ctx.stopped:
                 break
             ctx.report(done=i, total=len(self.methods), method=method,
-                       message=f"Computing {method.upper() if method == 'pca' else method} ({self.n_components}-D)")
+                       message=f"Computing {VIEW_LABELS[method]} ({self.n_components}-D)")
             if self.run is None or method == "pca":
                 coords = fns[method](self.X, n_components=self.n_components, random_state=self.seed)
             else:

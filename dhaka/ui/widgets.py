@@ -435,6 +435,8 @@ def start_views(*, n_components: int = 2) -> None:
 
 def views_progress() -> None:
     """Take finished background views into the session; say what is still running (Explore page)."""
+    from dhaka.ui import tasks
+
     views = state.get_views_job()
     if views is None:
         return
@@ -447,13 +449,12 @@ def views_progress() -> None:
         new = {k: v for k, v in list(task.results.items()) if k not in have}
         for name, coords in new.items():
             state.set_embedding(name, coords)
-        snap = job.snapshot()
+        snap = job.snapshot(history=False)
         if new or (running and job.done):
             st.rerun()  # the whole page: draw the new views (and stop polling when the job has ended)
-        if snap["status"] in ("queued", "running"):
+        left = [tasks.VIEW_LABELS[m] for m in task.methods if f"{m}_{task.n_components}d" not in task.results]
+        if snap["status"] in ("queued", "running") and left:
             prog = snap.get("progress") or {}
-            names = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
-            left = [names[m] for m in task.methods if f"{m}_{task.n_components}d" not in have]
             what = prog.get("message") if snap["status"] == "running" else "Waiting for a free job slot"
             st.info(f"{what}… still to come: {', '.join(left)}. The views appear here as they finish.",
                     icon=":material/hourglass:")
@@ -513,6 +514,11 @@ def require_entrypoint() -> None:
     import runpy
 
     from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or Path(ctx.pages_manager.main_script_path).resolve() != APP_SCRIPT:
+        return  # the page itself is the script being run (a test of one page), not a page of the app
 
     PagesManager.uses_pages_directory = False
     runpy.run_path(str(APP_SCRIPT), run_name="__main__")
@@ -527,8 +533,12 @@ def navigation(pages: dict[str, list[Any]]) -> None:
             st.page_link(p, label=p.title, icon=p.icon)
 
 
-def sidebar(pages: dict[str, list[Any]] | None = None) -> None:
-    """The shared sidebar: page links, current dataset and this session's job status (live while it runs)."""
+def sidebar(pages: dict[str, list[Any]] | None = None, *, job_status: bool = True) -> None:
+    """The shared sidebar: page links, current dataset and this session's job status (live while it runs).
+
+    ``job_status=False`` leaves the job line out (the Train page shows the job itself, and a second
+    poll would only slow the training down).
+    """
     with st.sidebar:
         if pages:
             navigation(pages)
@@ -546,8 +556,10 @@ def sidebar(pages: dict[str, list[Any]] | None = None) -> None:
                        + (f" · {state.get_cluster_k()} clusters" if state.get_cluster_k() else ""))
         job = state.get_job()
         active = job is not None and not job.done
+        if not job_status:
+            return
 
-        @st.fragment(run_every=2.0 if active else None)
+        @st.fragment(run_every=5.0 if active else None)
         def _status() -> None:
             j = state.get_job()
             if j is None:

@@ -30,10 +30,11 @@ def server(tmp_path_factory):
 
 
 # Plotly 6+ ships arrays base64-encoded, so count points on the decoded traces (_fullData).
+# Every pass (gene-refinement fit) has its own "total ..." line: count the points of all of them.
 LOSS_POINTS = """() => {
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
-    const t = (el._fullData || []).find(t => t.name === 'total');
-    if (t) return t._length || 0;
+    const ts = (el._fullData || []).filter(t => String(t.name || '').startsWith('total'));
+    if (ts.length) return ts.reduce((a, t) => a + (t._length || 0), 0);
   }
   return 0;
 }"""

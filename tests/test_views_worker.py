@@ -1,0 +1,66 @@
+"""The views worker process (t-SNE / UMAP off the server's GIL) and the background views task."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dhaka.ui.tasks import ViewsTask
+from dhaka.ui.views_worker import ViewsWorker
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = ViewsWorker(warm=False)
+    yield w
+    w.shutdown()
+
+
+def _blobs(n=90, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 8, size=(3, d))
+    return (centres[np.arange(n) % 3] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_worker_computes_the_same_embedding_as_the_library(worker):
+    from dhaka import reduce
+
+    X = _blobs()
+    out = worker.run("pca", X, n_components=2, random_state=0)
+    np.testing.assert_allclose(out, reduce.pca(X, n_components=2, random_state=0), rtol=1e-4, atol=1e-4)
+    assert worker.run("tsne", X, n_components=2, random_state=0).shape == (90, 2)
+    assert worker.warm
+
+
+def test_worker_reports_errors_and_survives_a_crash(worker):
+    with pytest.raises(RuntimeError, match="KeyError"):
+        worker.run("nope", _blobs(), n_components=2)
+    worker._proc.kill()
+    worker._proc.wait()
+    assert worker.run("pca", _blobs(), n_components=2).shape == (90, 2)  # started again
+
+
+class _Ctx:
+    def __init__(self):
+        self.reports = []
+        self.stopped = False
+
+    def report(self, **fields):
+        self.reports.append(fields)
+
+
+def test_views_task_fills_results_one_by_one_and_skips_known_views(worker):
+    X = _blobs()
+    task = ViewsTask(X, digest="x", n_components=2, seed=0, done=("pca_2d",), run=worker.run,
+                     methods=("pca", "tsne"))
+    assert task.methods == ("tsne",)
+    ctx = _Ctx()
+    out = task(ctx)
+    assert set(out) == {"tsne_2d"} and out["tsne_2d"].shape == (90, 2)
+    assert ctx.reports[0]["message"] == "Computing t-SNE (2-D)" and ctx.reports[-1]["done"] == 1
+
+
+def test_views_task_stops_when_cancelled():
+    task = ViewsTask(_blobs(), digest="x", methods=("pca", "tsne"))
+    ctx = _Ctx()
+    ctx.stopped = True
+    assert task(ctx) == {}
