@@ -9,8 +9,9 @@ from dhaka.ui import cached, demos, owner, state, tasks, widgets
 widgets.require_entrypoint()
 
 # Every poll is a fragment rerun whose Python work competes with the training thread for the GIL (and the
-# browser's redraw for the CPU): measured with bench/app_live.py, polling the progress every 1 s cost +22 %
-# training time and redrawing the loss curves every 4 s +32 %; every 2 s and 10 s cost about 10-15 % together.
+# browser's redraw for the CPU). Measured on the default demo, 2 cores, page open vs closed (closed = a plain
+# fit, 74-76 s): the progress polled every 1 s alone cost +16 s, the loss curves every 4 s alone +24 s; with
+# 2 s and 10 s and no sidebar poll, 86-100 s (noisy). bench/app_live.py keeps the end-to-end ratio.
 POLL_SECONDS = 2.0  # progress bar and ETA
 CHART_SECONDS = 10.0  # loss curves
 

@@ -259,10 +259,10 @@ def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) ->
                 params[p.name] = _param_widget(p, cur[p.name])
     with st.expander("Advanced"):
         advanced = [p for p in PARAMS if p.group == "advanced"]
+        devices = ["auto", "cpu"] + (["cuda"] if cuda else [])
         cols = st.columns(3)
         for i, p in enumerate(advanced):
             with cols[i * 3 // len(advanced)]:
-                devices = ["auto", "cpu"] + (["cuda"] if cuda else [])
                 params[p.name] = _param_widget(p, cur[p.name], options=devices if p.name == "device" else None)
 
     preset_structure = STRUCTURE_PRESETS[label]
