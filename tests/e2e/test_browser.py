@@ -71,7 +71,7 @@ def test_demo_train_explore_download(server):
             page.get_by_role("link", name="Train", exact=True).click()
             expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=30_000)
             epochs = page.get_by_label("Epochs", exact=True)
-            epochs.fill("400")
+            epochs.fill("3000")  # long enough to outlast the wait for the curve to grow (redrawn every 10 s)
             epochs.press("Enter")
             time.sleep(1.0)
             page.get_by_role("button", name="Start training").click()
