@@ -138,16 +138,8 @@ def default_max_per_owner() -> int:
 
 def default_abandon_grace_s() -> float:
     """Seconds an owner may go unseen: ``DHAKA_ABANDON_GRACE_S`` (positive) or :data:`ABANDON_GRACE_S`."""
-    env = os.environ.get("DHAKA_ABANDON_GRACE_S", "").strip()
-    if not env:
-        return ABANDON_GRACE_S
-    try:
-        value = float(env)
-    except ValueError:
-        value = -1.0
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"DHAKA_ABANDON_GRACE_S must be a positive number of seconds, got {env!r}")
-    return value
+    value = resources.env_positive_float("DHAKA_ABANDON_GRACE_S", unit="seconds")
+    return ABANDON_GRACE_S if value is None else value
 
 
 def default_max_running() -> int:

@@ -35,6 +35,7 @@ estimate, one thread, batch 256, latent 3::
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -82,6 +83,23 @@ _UNITS = {
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def env_positive_float(name: str, *, unit: str = "") -> float | None:
+    """The environment setting ``name`` as a positive finite number, or ``None`` when unset.
+
+    Raises ``ValueError`` naming the setting (and ``unit``, e.g. ``"seconds"``) for anything else.
+    """
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return None
+    try:
+        value = float(env)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number{' of ' + unit if unit else ''}, got {env!r}")
+    return value
 
 
 def parse_size(text: str | int) -> int:

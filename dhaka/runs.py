@@ -1507,17 +1507,7 @@ class Retention:
         ValueError
             If a setting is not a positive number; the message names it.
         """
-        def number(name: str) -> float | None:
-            env = os.environ.get(name, "").strip()
-            if not env:
-                return None
-            try:
-                value = float(env)
-            except ValueError:
-                value = -1.0
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {env!r}")
-            return value
+        from dhaka.resources import env_positive_float as number
 
         days = number("DHAKA_RETENTION_DAYS")
         gb = number("DHAKA_RETENTION_MAX_GB")
