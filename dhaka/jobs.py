@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import math
 import logging
 import os
 import threading
