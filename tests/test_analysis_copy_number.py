@@ -81,3 +81,63 @@ def test_heatmap_subsamples_and_averages_bins():
     assert z.shape[1] == 100
     with pytest.raises(ValueError, match="cluster labels"):
         figure_heatmap(X, clusters=[0, 1])
+
+
+# ----------------------------------------------------------------------------- ploidy (issue 12)
+def _two_clones_half_doubled(seed=0, n=120, bins=200):
+    rng = np.random.default_rng(seed)
+    a = np.full(bins, 2.0)
+    a[20:60] = 3
+    b = np.full(bins, 2.0)
+    b[120:170] = 1
+    clone = rng.integers(0, 2, size=n)
+    X = np.stack([a if c == 0 else b for c in clone])
+    doubled = (clone == 0) & (rng.random(n) < 0.5)
+    X[doubled] *= 2
+    noise = rng.random(X.shape) < 0.02
+    X[noise] = np.maximum(X[noise] + rng.choice([-1, 1], size=int(noise.sum())), 0)
+    return X, clone, doubled
+
+
+@pytest.mark.parametrize("method", ["mean", "modal"])
+def test_relative_ploidy_puts_doubled_cells_with_their_clone_and_calls_the_doubling(method):
+    from dhaka.analysis.copy_number import relative_ploidy
+
+    X, clone, doubled = _two_clones_half_doubled()
+    res = relative_ploidy(X, method=method)
+    assert np.array_equal(res.doubled, doubled)
+    assert res.ratio[doubled].min() > 1.8 and res.ratio[~doubled].max() < 1.4
+    # in relative states a doubled cell is nearer its own clone's undoubled cells than the other clone's
+    a_plain = res.relative[(clone == 0) & ~doubled].mean(0)
+    b_plain = res.relative[clone == 1].mean(0)
+    for row in res.relative[doubled]:
+        assert np.linalg.norm(row - a_plain) < np.linalg.norm(row - b_plain)
+    # and raw states do not: a doubled cell is far from every undoubled cell
+    raw_a = X[(clone == 0) & ~doubled].mean(0)
+    assert np.linalg.norm(X[doubled][0] - raw_a) > np.linalg.norm(res.relative[doubled][0] - a_plain) * 3
+
+
+def test_relative_ploidy_without_doubling_calls_none_and_keeps_a_diploid_scale():
+    from dhaka.analysis.copy_number import relative_ploidy
+
+    X, clone, _ = _two_clones_half_doubled()
+    X = X.copy()
+    X[X > 3] = X[X > 3] / 2  # undo the doubling
+    res = relative_ploidy(X, method="modal")
+    assert not res.doubled.any()
+    assert res.reference == 2.0
+    assert np.allclose(res.relative, X)  # modal ploidy 2 everywhere: states unchanged
+
+
+def test_relative_ploidy_bad_input_says_why():
+    from dhaka.analysis.copy_number import cell_ploidy, relative_ploidy
+
+    with pytest.raises(ValueError, match="negative"):
+        relative_ploidy(np.array([[1.0, -0.5], [2.0, 2.0]]))
+    with pytest.raises(ValueError, match="method"):
+        cell_ploidy(np.ones((3, 4)), method="median")
+    with pytest.raises(ValueError, match="doubling_ratio"):
+        relative_ploidy(np.ones((3, 4)), doubling_ratio=1.0)
+    # a cell with every bin lost does not divide by zero
+    out = relative_ploidy(np.array([[0.0, 0.0], [2.0, 2.0], [2.0, 3.0]]))
+    assert np.all(np.isfinite(out.relative))

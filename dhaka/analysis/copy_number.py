@@ -9,6 +9,7 @@ their file order, after the placed ones.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
@@ -17,7 +18,8 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
-__all__ = ["parse_bins", "genome_order", "cluster_order", "call_clones", "figure_heatmap"]
+__all__ = ["parse_bins", "genome_order", "cluster_order", "call_clones", "figure_heatmap", "PloidyResult",
+           "cell_ploidy", "relative_ploidy"]
 
 _BIN_RE = re.compile(
     r"^(?:chr)?(?P<chrom>[0-9]{1,2}|X|Y|M|MT)[:_\-](?P<start>\d+)(?:[\-_](?P<end>\d+))?$",
@@ -221,6 +223,130 @@ def call_clones(
     kw = {} if merge_tol is None else {"merge_tol": float(merge_tol)}
     return gmm_bic(np.asarray(Z, dtype=np.float64), k_max=k_max, seed=seed, merge=True,
                    min_cluster_size=min_cluster_size, **kw)
+
+
+# ----------------------------------------------------------------------------- ploidy
+@dataclass
+class PloidyResult:
+    """Outcome of :func:`relative_ploidy`.
+
+    Attributes
+    ----------
+    relative
+        The profiles rescaled to the common ``baseline`` ploidy: ``profiles * baseline / ploidy``
+        (float64, cells x bins). A doubled cell and its undoubled sister get the same profile.
+    ploidy
+        Each cell's ploidy: its mean or modal state (see ``method``).
+    ratio
+        ``ploidy`` relative to the sample's reference ploidy (the median ploidy of the cells not
+        called doubled); about 2 for a whole-genome-doubled cell.
+    doubled
+        Cells called whole-genome doubled (bool).
+    reference
+        The reference ploidy.
+    method
+        ``"mean"`` or ``"modal"``.
+    """
+
+    relative: np.ndarray
+    ploidy: np.ndarray
+    ratio: np.ndarray
+    doubled: np.ndarray
+    reference: float
+    method: str
+
+
+def cell_ploidy(profiles, *, method: Literal["mean", "modal"] = "mean") -> np.ndarray:
+    """Ploidy of every cell: the mean state over bins, or the most common (rounded) state.
+
+    ``"modal"`` is the usual definition for integer state calls; ``"mean"`` varies smoothly with
+    the events a cell carries and never jumps between two near-equal modes. A cell whose ploidy is
+    0 (every bin lost: a failed cell) gets the smallest positive ploidy of the sample, so it is
+    not divided by zero.
+    """
+    import scipy.sparse as sp
+
+    X = profiles.toarray() if sp.issparse(profiles) else np.asarray(profiles, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] == 0:
+        raise ValueError(f"profiles must be cells x bins with at least one bin, got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("profiles contain NaN or infinite states")
+    if np.any(X < 0):
+        raise ValueError("copy-number states cannot be negative; relative ploidy needs absolute states, "
+                         "not log ratios")
+    if method == "mean":
+        pl = X.mean(axis=1)
+    elif method == "modal":
+        R = np.rint(X).astype(np.int64)
+        top = int(R.max()) + 1 if R.size else 1
+        counts = np.apply_along_axis(lambda r: np.bincount(r, minlength=top), 1, R)
+        counts[:, 0] = 0  # a cell is never "mostly nullisomic"; ignore 0 when a positive state exists
+        pl = np.where(counts.max(axis=1) > 0, counts.argmax(axis=1), 0).astype(np.float64)
+    else:
+        raise ValueError(f"method must be 'mean' or 'modal', got {method!r}")
+    positive = pl[pl > 0]
+    floor = float(positive.min()) if positive.size else 1.0
+    return np.where(pl > 0, pl, floor)
+
+
+def relative_ploidy(
+    profiles,
+    *,
+    method: Literal["mean", "modal"] = "mean",
+    baseline: float = 2.0,
+    doubling_ratio: float = 1.5,
+) -> PloidyResult:
+    """Copy-number states relative to each cell's ploidy, and whole-genome doubling as its own call.
+
+    A whole-genome doubling multiplies every state of a cell by two, which moves the cell far from
+    its clone in any embedding of the raw states: a clone caller then reports "doubled cells" and
+    "undoubled cells" as two clones, or mixes doubled cells of different clones. Dividing each
+    profile by the cell's ploidy (and multiplying by ``baseline``) removes that shift while keeping
+    every relative gain and loss; the doubling is reported separately (``doubled``, ``ratio``).
+
+    Doubling call: cells whose ploidy exceeds ``doubling_ratio`` x the reference ploidy, where
+    the reference is found from the data: the log2 ploidies are split at their widest gap; when
+    that gap exceeds ``log2(doubling_ratio) / 2`` and the upper side is at least
+    ``doubling_ratio`` x the lower side's median, the reference is the lower side's median, else
+    the median of all cells (nobody doubled unless far above it).
+
+    Parameters
+    ----------
+    profiles
+        Cells x bins absolute copy-number states (non-negative; dense or sparse).
+    method
+        Ploidy of a cell: ``"mean"`` state (default) or ``"modal"`` state (:func:`cell_ploidy`).
+    baseline
+        Ploidy the relative profiles are expressed in (2: a diploid scale).
+    doubling_ratio
+        Ploidy ratio from which a cell is called doubled.
+
+    Returns
+    -------
+    PloidyResult
+    """
+    import scipy.sparse as sp
+
+    if not baseline > 0:
+        raise ValueError(f"baseline must be positive, got {baseline}")
+    if not doubling_ratio > 1:
+        raise ValueError(f"doubling_ratio must be above 1, got {doubling_ratio}")
+    X = profiles.toarray() if sp.issparse(profiles) else np.asarray(profiles, dtype=np.float64)
+    pl = cell_ploidy(X, method=method)
+    lp = np.log2(pl)
+    ref = float(np.median(pl))
+    if pl.size >= 2:
+        order = np.sort(lp)
+        gaps = np.diff(order)
+        i = int(np.argmax(gaps))
+        lower = order[: i + 1]
+        if gaps[i] > np.log2(doubling_ratio) / 2 and order[i + 1] - np.median(lower) >= np.log2(doubling_ratio):
+            ref = float(2.0 ** np.median(lower))
+    ratio = pl / ref
+    doubled = ratio >= doubling_ratio
+    relative = X * (baseline / pl)[:, None]
+    return PloidyResult(relative=relative, ploidy=pl, ratio=ratio, doubled=doubled, reference=ref,
+                        method=method)
 
 
 def _subsample(n: int, clusters: np.ndarray | None, max_cells: int, seed: int) -> np.ndarray:
