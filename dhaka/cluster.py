@@ -19,7 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy.special import logsumexp
 
-__all__ = ["GMMResult", "gmm_bic", "gmm_fixed_k", "merge_components", "ari", "nmi", "silhouette"]
+__all__ = ["GMMResult", "gmm_bic", "gmm_fixed_k", "merge_components", "nesting_offset", "ridge_ratio", "ari", "nmi",
+           "silhouette"]
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 
@@ -219,12 +220,27 @@ def ridge_ratio(w1, m1, S1, w2, m2, S2, *, n_points: int = 200) -> float:
     return float(np.exp(min(lo - second, 0.0)))
 
 
+def nesting_offset(m1, S1, m2, S2) -> float:
+    """Mahalanobis distance of the narrower component's mean from the wider one's, in the wider metric.
+
+    The wider of ``N(m1, S1)`` and ``N(m2, S2)`` is the one with the larger covariance determinant.
+    About 0 for a heavy tail wrapped around a core; about the separation in standard deviations
+    for two side-by-side groups.
+    """
+    m1, m2 = np.asarray(m1, float), np.asarray(m2, float)
+    S1, S2 = np.asarray(S1, float), np.asarray(S2, float)
+    wide = S1 if np.linalg.slogdet(S1)[1] >= np.linalg.slogdet(S2)[1] else S2
+    diff = m1 - m2
+    return float(np.sqrt(max(diff @ np.linalg.lstsq(wide, diff, rcond=None)[0], 0.0)))
+
+
 def merge_components(
     model,
     Z,
     *,
     tol: float = 0.9,
     min_cluster_size: int | float | None = None,
+    max_offset: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Merge the components of a fitted Gaussian mixture into clusters.
 
@@ -243,6 +259,12 @@ def merge_components(
        their cells are most likely (mean log density). Clusters owning no cell are
        always folded in.
 
+    With ``max_offset`` a unimodal pair is joined only when it is *nested*: the mean of the
+    narrower component (smaller covariance determinant) lies within ``max_offset`` Mahalanobis
+    units of the wider one's mean, in the wider one's metric (:func:`nesting_offset`). A heavy
+    tail is a wide component around a cluster's core (offset near 0); a small group on the
+    flank of a large one can leave no density dip (a "shoulder") yet sits off its centre.
+
     Parameters
     ----------
     model
@@ -253,6 +275,8 @@ def merge_components(
         Ridgeline ratio from which two components are one cluster.
     min_cluster_size
         Smallest cluster kept, or ``None``.
+    max_offset
+        Largest nesting offset of a joined pair, or ``None`` (unimodality alone decides).
 
     Returns
     -------
@@ -277,13 +301,17 @@ def merge_components(
             i = parent[i]
         return i
 
+    O = np.zeros((K, K))
     if tol <= 1.0:
         for i in range(K):
             for j in range(i + 1, K):
                 R[i, j] = R[j, i] = ridge_ratio(w[i], m[i], S[i], w[j], m[j], S[j])
+                O[i, j] = O[j, i] = nesting_offset(m[i], S[i], m[j], S[j])
         for i, j in sorted(((i, j) for i in range(K) for j in range(i + 1, K)), key=lambda p: -R[p]):
-            if R[i, j] >= tol and find(i) != find(j):
-                steps.append({"rule": "unimodal", "components": [i, j], "ridge_ratio": float(R[i, j])})
+            nested = max_offset is None or O[i, j] <= max_offset
+            if R[i, j] >= tol and nested and find(i) != find(j):
+                steps.append({"rule": "unimodal", "components": [i, j], "ridge_ratio": float(R[i, j]),
+                              "offset": float(O[i, j])})
                 parent[find(j)] = find(i)
     roots = sorted({find(i) for i in range(K)})
     groups: list[list[int]] = [[j for j in range(K) if find(j) == r] for r in roots]
@@ -328,7 +356,8 @@ def merge_components(
     for c, g in enumerate(groups):
         cmap[g] = c
     info = {"method": "ridgeline", "n_components": K, "groups": groups, "steps": steps, "tol": tol,
-            "min_cluster_size": min_cluster_size, "ridge_ratio": R.tolist()}
+            "min_cluster_size": min_cluster_size, "max_offset": max_offset, "ridge_ratio": R.tolist(),
+            "offset": O.tolist()}
     return cmap, info
 
 
@@ -342,6 +371,7 @@ def gmm_bic(
     min_cluster_size: int | float | Literal["auto"] | None = "auto",
     merge: bool = True,
     merge_tol: float = 0.9,
+    merge_offset: float | None = None,
     criterion: Literal["bic", "icl"] = "bic",
     max_fit_cells: int = 20000,
     n_init: int = 3,
@@ -414,6 +444,11 @@ def gmm_bic(
         Merge components whose union is unimodal (see above).
     merge_tol
         Ridgeline ratio (:func:`ridge_ratio`) from which two components are one cluster.
+    merge_offset
+        Join a unimodal pair only when it is nested (:func:`nesting_offset` at most this);
+        ``None`` (default): unimodality alone decides. Not the default because on
+        ``simulate.cnv_pair`` heavy-tail components of one clone sat 1-20 units apart
+        (issue 12, bench/RESULTS.md "Independent data").
     criterion
         ``"bic"`` (the paper) or ``"icl"`` (BIC plus twice the classification
         entropy, which penalises overlapping components).
@@ -486,7 +521,7 @@ def gmm_bic(
         icl[k - 1] = b + 2.0 * _entropy(gm, Zf)
     ks = sorted(models)
     params = dict(k_max=k_max, seed=seed, covariance_type=covariance_type, min_cluster_size=min_cluster_size,
-                  merge=merge, merge_tol=merge_tol, criterion=criterion, max_fit_cells=max_fit_cells,
+                  merge=merge, merge_tol=merge_tol, merge_offset=merge_offset, criterion=criterion, max_fit_cells=max_fit_cells,
                   n_init=n_init, reg_covar=reg_covar)
     skipped = sorted(skip_reasons)
     if not ks:  # nothing could be fitted (e.g. a single point): one cluster
@@ -500,17 +535,18 @@ def gmm_bic(
         frac = min_cluster_size if min_cluster_size < 1 else min_cluster_size / n
         mcs_fit = max(1, int(np.ceil(frac * nf)))
     return _finish(Z, Zf, models[best], bic=bic, icl=icl, ks=ks, skipped=skipped, skip_reasons=skip_reasons,
-                   merge=merge, merge_tol=merge_tol, min_cluster_size=mcs_fit,
-                   criterion=criterion, params=params)
+                   merge=bool(merge), merge_tol=merge_tol, min_cluster_size=mcs_fit,
+                   criterion=criterion, params=params, max_offset=merge_offset)
 
 
 def _finish(Z, Zf, gm, *, bic, icl, ks, skipped, skip_reasons, merge, merge_tol, min_cluster_size,
-            criterion, params) -> GMMResult:
+            criterion, params, max_offset: float | None = None) -> GMMResult:
     K = gm.n_components
     cmap = np.arange(K, dtype=np.int64)
     merged = None
     if merge or min_cluster_size is not None:
-        cmap, info = merge_components(gm, Zf, tol=merge_tol if merge else 2.0, min_cluster_size=min_cluster_size)
+        cmap, info = merge_components(gm, Zf, tol=merge_tol if merge else 2.0, min_cluster_size=min_cluster_size,
+                                      max_offset=max_offset)
         if len(info["groups"]) < K:
             merged = info
     k = int(cmap.max()) + 1

@@ -210,3 +210,26 @@ def test_silhouette_defined_and_undefined():
     assert np.isnan(cluster.silhouette(bad, y))
     s_sub = cluster.silhouette(Z, y, sample_size=50, seed=1)
     assert 0.4 < s_sub <= 1.0
+
+
+def test_nesting_offset_tells_a_tail_from_a_side_by_side_group():
+    I = np.eye(2)
+    assert cluster.nesting_offset([0, 0], I, [0.5, 0], 9 * I) < 0.5        # wide tail around a core
+    assert cluster.nesting_offset([0, 0], I, [3, 0], I) == pytest.approx(3.0)
+
+
+def test_merge_offset_keeps_a_shoulder_group_that_unimodality_alone_would_join():
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(400, 2))
+    small = rng.normal(size=(60, 2)) * 0.6 + [2.2, 0]                     # a shoulder: no density dip
+    Z = np.vstack([big, small])
+    plain = cluster.gmm_bic(Z, k_max=4, seed=0, merge=False, min_cluster_size=None)
+    assert plain.n_components == 2
+    cmap_uni, info = cluster.merge_components(plain.model, Z, tol=0.9)
+    cmap_nest, _ = cluster.merge_components(plain.model, Z, tol=0.9, max_offset=1.0)
+    off = np.array(info["offset"])[0, 1]
+    assert off > 1.0
+    assert cmap_uni.max() + 1 == (1 if np.array(info["ridge_ratio"])[0, 1] >= 0.9 else 2)
+    assert cmap_nest.max() + 1 == 2
+    r = cluster.gmm_bic(Z, k_max=4, seed=0, merge=True, merge_offset=1.0)
+    assert r.k == 2 and r.params["merge_offset"] == 1.0
