@@ -362,25 +362,21 @@ def h5ad_bytes(
     labels: np.ndarray | None = None,
     embeddings: dict[str, np.ndarray] | None = None,
     run_id: str | None = None,
+    params: dict[str, Any] | None = None,
+    gmm: Any = None,
+    annotations: Any = None,
 ) -> bytes:
-    """An .h5ad of the dataset with ``obsm["X_dhaka"]``, computed embeddings and ``obs["dhaka_cluster"]``.
+    """An .h5ad of the dataset with the run's results (built by :func:`dhaka.tl.to_anndata`).
 
-    Embeddings named ``"pca_2d"``, ``"tsne_3d"`` and so on are stored as
-    ``obsm["X_pca"]``, ``obsm["X_tsne"]`` (the last one computed of each method
-    wins), which scanpy and cellxgene understand.
+    ``obsm["X_dhaka"]`` and every computed embedding (``X_pca``, ``X_tsne``, ``X_umap``;
+    ``X_umap_3d`` when both 2-D and 3-D exist), ``obs["dhaka_cluster"]`` and the hand-made
+    ``annotations`` as categorical columns, ``uns["dhaka"]`` with settings, versions and seed.
     """
-    import pandas as pd
-
-    out = adata.copy()
-    out.obsm["X_dhaka"] = np.asarray(latent, dtype=np.float32)
-    for name, coords in (embeddings or {}).items():
-        method = name.split("_")[0]
-        out.obsm[f"X_{method}"] = np.asarray(coords, dtype=np.float32)
-    if labels is not None:
-        out.obs["dhaka_cluster"] = pd.Categorical(np.asarray(labels).astype(int).astype(str))
-    out.uns["dhaka"] = {"run_id": run_id or ""}
     from dhaka.io import to_h5ad_bytes
+    from dhaka.tl import to_anndata
 
+    out = to_anndata(adata, latent=latent, clusters=labels, embeddings=embeddings, annotations=annotations,
+                     params=params, gmm=gmm, extra={"run_id": run_id or ""})
     return to_h5ad_bytes(out)
 
 
