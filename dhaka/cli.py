@@ -12,7 +12,6 @@ names the problem (no traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -132,10 +131,11 @@ def _cluster_and_write(args, Z, adata, *, extra_meta: dict) -> None:
     print(f"wrote {args.out}: {Z.shape[0]} cells x {Z.shape[1]} latent dims, GMM-BIC chose k={res.k}{skipped}",
           file=sys.stderr)
     if args.h5ad:
-        out = adata.copy()
-        out.obsm["X_dhaka"] = Z
-        out.obs["dhaka_cluster"] = [str(v) for v in res.labels]
-        out.uns["dhaka"] = json.loads(json.dumps({**extra_meta, "gmm_k": int(res.k)}, default=str))
+        from dhaka.tl import to_anndata
+
+        meta = dict(extra_meta)
+        out = to_anndata(adata, latent=Z, clusters=res.labels, params=meta.pop("params", None), gmm=res,
+                         extra={**meta, "gmm_k": int(res.k)})
         Path(args.h5ad).write_bytes(io.to_h5ad_bytes(out))
         print(f"wrote {args.h5ad}", file=sys.stderr)
 

@@ -177,3 +177,17 @@ def test_import_dhaka_tl_is_lazy():
             "print(','.join(m for m in ('anndata', 'torch', 'streamlit', 'scanpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_cli_h5ad_carries_the_uns_record(adata, tmp_path):
+    from dhaka.cli import main
+
+    src = tmp_path / "counts.csv"
+    pd.DataFrame(adata.X.astype(int), index=adata.obs_names, columns=adata.var_names).to_csv(src)
+    h5 = tmp_path / "out.h5ad"
+    assert main(["embed", str(src), "--out", str(tmp_path / "z.csv"), "--epochs", "2", "--structure", "16",
+                 "--seed", "4", "--h5ad", str(h5), "--quiet"]) == 0
+    back = anndata.read_h5ad(h5)
+    rec = back.uns["dhaka"]
+    assert rec["seed"] == 4 and tl.params_from_uns(back)["epochs"] == 2 and "torch" in rec["versions"]
+    assert isinstance(back.obs["dhaka_cluster"].dtype, pd.CategoricalDtype) and "X_dhaka_dims23" in back.obsm
