@@ -524,7 +524,7 @@ class FigureExportError(RuntimeError):
 
 def figure_filename(name: str, settings: Mapping[str, Any] | None = None, fmt: str = "svg", *,
                     max_length: int = 150) -> str:
-    """A file name carrying the figure's settings: ``dhaka-latent_k-4_seed-0.svg``.
+    """A file name carrying the figure's settings: ``dhaka-latent_k-4_seed-0_latent_dim-3.svg``.
 
     Parameters
     ----------
@@ -540,7 +540,7 @@ def figure_filename(name: str, settings: Mapping[str, Any] | None = None, fmt: s
     import re
 
     def slug(v: Any) -> str:
-        return re.sub(r"[^A-Za-z0-9.+-]+", "-", _fmt_value(v)).strip("-.") or "x"
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", _fmt_value(v)).strip("-._") or "x"
 
     stem = slug(name)
     for key, value in (settings or {}).items():
@@ -835,7 +835,8 @@ def _mpl_bytes(fig: go.Figure, fmt: str, width: float, height: float, scale: flo
         mfig.legend(list(seen.values()), list(seen.keys()), loc="center left", bbox_to_anchor=(box[2] + 0.01, 0.5),
                     frameon=False, fontsize=8, title=leg_title or None, markerscale=1.5)
     buf = io.BytesIO()
-    mfig.savefig(buf, format=fmt, dpi=96.0 * scale)
+    mfig.savefig(buf, format=fmt, dpi=96.0 * scale,
+                 metadata={"Software": None} if fmt == "png" else None)  # ours goes in by _png_with_meta
     return buf.getvalue()
 
 
