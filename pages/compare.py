@@ -6,7 +6,7 @@ import streamlit as st
 
 from dhaka.analysis import structures
 from dhaka.io import to_csv_safe
-from dhaka.ui import cached, demos, owner, state, widgets
+from dhaka.ui import cached, demos, figures, owner, state, widgets
 
 widgets.require_entrypoint()
 
@@ -113,6 +113,6 @@ if table.attrs.get("stopped"):
     st.warning("The comparison was stopped; only the finished rows are shown.")
 st.dataframe(table, hide_index=True, key="cmp_table",
              column_config={"seconds": st.column_config.NumberColumn(format="%.1f s")})
-st.plotly_chart(structures.figure_structures(table), key="cmp_bar", config=widgets.PLOTLY_CONFIG)
+figures.chart(structures.figure_structures(table), "structures", key="cmp_bar")
 st.download_button("Table as CSV", to_csv_safe(table, index=False).encode(), file_name="structures.csv",
                    mime="text/csv", key="w.cmp.csv", icon=":material/download:")

@@ -8,7 +8,7 @@ import streamlit as st
 from dhaka import plots
 from dhaka.analysis import copy_number, projection
 from dhaka.io import to_csv_safe
-from dhaka.ui import cached, demos, state, tasks, widgets
+from dhaka.ui import cached, demos, figures, state, tasks, widgets
 
 widgets.require_entrypoint()
 
@@ -85,7 +85,7 @@ with st.spinner("Ordering cells…"):
 if heat is not None:
     if not np.isfinite(copy_number.parse_bins(adata.var)["rank"]).any():
         st.caption("Bin names carry no chromosome and position (e.g. chr1:100-200): file order is used.")
-    st.plotly_chart(heat, key="cnv_heat", config=widgets.PLOTLY_CONFIG)
+    figures.chart(heat, "copy-number-heatmap", key="cnv_heat")
 
 # ---------------------------------------------------------- latent + second
 Z = state.require_latent()
@@ -94,7 +94,7 @@ st.subheader("Latent space")
 truth = state.get_truth_labels()
 fig = plots.scatter(Z, color=None if labels is None else labels.astype(str), color_name="clone call",
                     color_type="categorical", cell_ids=[str(o) for o in adata.obs_names], title="Dhaka latent space")
-st.plotly_chart(fig, key="cnv_latent", config=widgets.PLOTLY_CONFIG)
+figures.chart(fig, "copy-number-latent", key="cnv_latent")
 if truth is not None and labels is not None:
     st.caption("Clone calls against the known labels:")
     st.dataframe(pd.crosstab(pd.Series(truth, name="truth"), pd.Series(labels, name="call")), key="cnv_cross")
@@ -130,7 +130,7 @@ st.caption(f"Projected {len(proj.labels):,} cells of {src}; {proj.n_matched} of 
 if proj.missing:
     st.warning(f"{len(proj.missing)} bins of the model are missing from the second sample and were filled with "
                f"the training mean: {', '.join(proj.missing[:10])}{' …' if len(proj.missing) > 10 else ''}")
-st.plotly_chart(projection.figure_projection(Z, labels, proj), key="cnv_proj", config=widgets.PLOTLY_CONFIG)
+figures.chart(projection.figure_projection(Z, labels, proj), "projection", key="cnv_proj")
 st.dataframe(proj.fractions, hide_index=True, key="cnv_fractions",
              column_config={"fraction": st.column_config.NumberColumn("fraction of second sample", format="percent"),
                             "reference_fraction": st.column_config.NumberColumn("fraction of first sample",

@@ -7,7 +7,7 @@ import streamlit as st
 from dhaka import plots
 from dhaka.estimator import Dhaka
 from dhaka.preprocess import detect_kind
-from dhaka.ui import cached, demos, state, widgets
+from dhaka.ui import cached, demos, figures, state, widgets
 
 widgets.require_entrypoint()
 
@@ -104,8 +104,8 @@ with st.expander("Preview", expanded=False):
 
 if qc is not None:
     q1, q2 = st.columns(2)
-    q1.plotly_chart(plots.library_size_hist(qc["library_size"]), key="qc_lib", config=widgets.PLOTLY_CONFIG)
-    q2.plotly_chart(plots.dropout_hist(qc["dropout"]), key="qc_drop", config=widgets.PLOTLY_CONFIG)
+    figures.chart(plots.library_size_hist(qc["library_size"]), "qc-library-size", key="qc_lib", container=q1)
+    figures.chart(plots.dropout_hist(qc["dropout"]), "qc-dropout", key="qc_drop", container=q2)
 
 st.subheader("Preprocessing")
 prep = widgets.preprocess_form(adata, detected=kind.kind if kind is not None else None)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from dhaka.analysis import differential
 from dhaka.io import to_csv_safe
-from dhaka.ui import state, widgets
+from dhaka.ui import figures, state, widgets
 
 widgets.require_entrypoint()
 
@@ -69,8 +69,7 @@ else:
     fig.update_layout(dragmode="lasso", template="plotly_white", height=520, showlegend=False,
                       xaxis_title=f"dhaka_{dx + 1}", yaxis_title=f"dhaka_{dy + 1}",
                       title="Draw a box or lasso, then assign the selection to group A or B")
-    st.plotly_chart(fig, key=VIEW_KEY, on_select="rerun", selection_mode=("box", "lasso"),
-                    config=widgets.PLOTLY_CONFIG)
+    figures.chart(fig, "de-selection", key=VIEW_KEY, on_select="rerun", selection_mode=("box", "lasso"))
 
     def _selected() -> np.ndarray:
         ev = st.session_state.get(VIEW_KEY) or {}
@@ -138,8 +137,8 @@ v1, v2 = st.columns([3, 2])
 v1.dataframe(df.sort_values("padj", kind="stable"), hide_index=True, key="de_table", height=460,
              column_config={"pvalue": st.column_config.NumberColumn(format="%.2e"),
                             "padj": st.column_config.NumberColumn(format="%.2e")})
-v2.plotly_chart(differential.figure_volcano(df, title=f"{res['label_a']} vs {res['label_b']}"), key="de_volcano",
-                config=widgets.PLOTLY_CONFIG)
+figures.chart(differential.figure_volcano(df, title=f"{res['label_a']} vs {res['label_b']}"), "volcano",
+              key="de_volcano", container=v2)
 d1, d2 = st.columns(2)
 d1.download_button("All genes as CSV", to_csv_safe(df, index=False).encode(), file_name="differential_expression.csv",
                    mime="text/csv", key="w.de.csv", icon=":material/download:")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dhaka import plots
-from dhaka.ui import cached, state, tasks, widgets
+from dhaka.ui import cached, figures, state, tasks, widgets
 
 widgets.require_entrypoint()
 
@@ -74,8 +74,7 @@ def draw(coords: np.ndarray, title: str, prefix: str, key: str) -> None:
                             seed=0, height=460, what=title)
     if fig is None:
         return
-    st.plotly_chart(fig, key=key, config=widgets.PLOTLY_CONFIG)
-    widgets.figure_downloads(fig, key, key=f"dl_{key}")
+    figures.chart(fig, key.removeprefix("fig_"), {"colour": colour.name}, key=key)
 
 
 # ------------------------------------------------------------------ views
@@ -149,8 +148,7 @@ with b1:
     if gmm is not None:
         fig_bic = plots.bic_curve(np.arange(1, len(gmm.bic) + 1), gmm.bic, best_k=int(gmm.k), chosen_k=state.get_cluster_k(),
                                   skipped=list(getattr(gmm, "skipped", [])))
-        st.plotly_chart(fig_bic, key="fig_bic", config=widgets.PLOTLY_CONFIG)
-        widgets.figure_downloads(fig_bic, "gmm-bic", key="dl_fig_bic")
+        figures.chart(fig_bic, "gmm-bic", key="fig_bic")
 with b2:
     truth_opts = [None] + [str(c) for c in adata.obs.columns]
     cur = state.get_truth_column()

@@ -8,7 +8,7 @@ import streamlit as st
 from dhaka import plots
 from dhaka.analysis import robustness
 from dhaka.io import to_csv_safe
-from dhaka.ui import cached, demos, owner, state, widgets
+from dhaka.ui import cached, demos, figures, owner, state, widgets
 
 widgets.require_entrypoint()
 
@@ -101,8 +101,8 @@ table = study.table
 metric = study.metric
 st.subheader("Scores against dropout")
 f1, f2 = st.columns(2)
-f1.plotly_chart(robustness.figure_curve(table, metric=metric), key="rob_curve", config=widgets.PLOTLY_CONFIG)
-f2.plotly_chart(robustness.figure_curve(table, metric="n_clusters"), key="rob_k", config=widgets.PLOTLY_CONFIG)
+figures.chart(robustness.figure_curve(table, metric=metric), "robustness", {"metric": metric}, key="rob_curve", container=f1)
+figures.chart(robustness.figure_curve(table, metric="n_clusters"), "robustness-k", key="rob_k", container=f2)
 show = table.assign(method=table["method"].map(METHOD_LABELS).fillna(table["method"]))
 st.dataframe(show, hide_index=True, column_config={"level": st.column_config.NumberColumn(format="percent")})
 st.download_button("Table as CSV", to_csv_safe(show, index=False).encode(), file_name="dropout_curve.csv",
@@ -115,8 +115,8 @@ level = v1.select_slider("Level", levels, value=levels[-1], key="w.rob.view_leve
 done_methods = [m for m in METHOD_LABELS if (level, m) in study.embeddings]
 method = v2.selectbox("Method", done_methods or ["-"], key="w.rob.view_method", format_func=lambda m: METHOD_LABELS.get(m, m))
 h1, h2 = st.columns(2)
-h1.plotly_chart(robustness.figure_dropout_histograms(study, levels=sorted({levels[0], level})),
-                key="rob_hist", config=widgets.PLOTLY_CONFIG)
+figures.chart(robustness.figure_dropout_histograms(study, levels=sorted({levels[0], level})), "dropout",
+              {"level": level}, key="rob_hist", container=h1)
 if (level, method) in study.embeddings:
     Z = study.embeddings[(level, method)]
     colour = study.labels if study.labels is not None else study.clusters[(level, method)]
@@ -124,4 +124,4 @@ if (level, method) in study.embeddings:
                         else "GMM cluster", color_type="categorical", cell_ids=[str(o) for o in adata.obs_names]
                         if len(adata.obs_names) == Z.shape[0] else None,
                         title=f"{METHOD_LABELS.get(method, method)} at {level:.0%} extra dropout")
-    h2.plotly_chart(fig, key="rob_latent", config=widgets.PLOTLY_CONFIG)
+    figures.chart(fig, "robustness-latent", {"level": level, "method": method}, key="rob_latent", container=h2)

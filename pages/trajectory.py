@@ -7,7 +7,7 @@ import streamlit as st
 
 from dhaka.analysis import pseudotime
 from dhaka.io import to_csv_safe
-from dhaka.ui import state, tasks, widgets
+from dhaka.ui import figures, state, tasks, widgets
 
 widgets.require_entrypoint()
 
@@ -64,8 +64,7 @@ if "time" in adata.obs.columns and pd.api.types.is_numeric_dtype(adata.obs["time
     rho = float(spearmanr(pt[ok], t[ok])[0]) if ok.sum() > 2 else float("nan")
     st.metric("Spearman correlation with obs['time']", f"{rho:.3f}")
 
-st.plotly_chart(pseudotime.figure_pseudotime(Z, pt, root=roots, hover=obs_names), key="traj_latent",
-                config=widgets.PLOTLY_CONFIG)
+figures.chart(pseudotime.figure_pseudotime(Z, pt, root=roots, hover=obs_names), "pseudotime", key="traj_latent")
 out = pd.DataFrame({"cell": obs_names, "pseudotime": pt})
 if clusters is not None:
     out["cluster"] = clusters
