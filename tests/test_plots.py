@@ -209,3 +209,31 @@ def test_html_download_carries_the_settings():
     fig = plots.bic_curve([1, 2], [2.0, 1.0])
     html = plots.figure_bytes(fig, "html", metadata=plots.figure_metadata("bic", SETTINGS)).decode()
     assert "<title>bic</title>" in html and 'name="dhaka:description"' in html and "&quot;k&quot;: 4" in html
+
+
+def _figures_page():
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from dhaka import plots
+    from dhaka.ui import figures
+
+    fig = plots.scatter(np.random.default_rng(0).normal(size=(30, 3)), title="latent")
+    figures.chart(fig, "latent", {"k": 3}, key="f")
+    figures.chart(go.Figure(go.Pie(values=[1, 2])), "pie", key="p")
+
+
+def test_page_helper_draws_chart_and_lazy_downloads(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
+    at = AppTest.from_function(_figures_page, default_timeout=60).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2
+    buttons = at.get("download_button")
+    assert [b.label for b in buttons] == ["Figure as SVG", "Figure as PNG", "Figure as HTML"] * 2
+    latent, pie = buttons[:3], buttons[3:]
+    assert all(b.proto.deferred_file_id for b in latent)  # built on click, not while the page draws
+    assert not any(b.proto.disabled for b in latent) and "300 dpi" in latent[0].proto.help
+    assert pie[0].proto.disabled and pie[1].proto.disabled and "Chrome or Chromium" in pie[0].proto.help
+    assert not pie[2].proto.disabled  # the interactive HTML always works
