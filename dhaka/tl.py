@@ -381,6 +381,9 @@ def to_anndata(
         raise ValueError(f"latent has shape {Z.shape}, but the dataset has {adata.n_obs} cells; "
                          "was the run trained on this dataset?")
     out = adata.copy()
+    extra = dict(extra or {})
+    if clusters is not None:  # the clusters in use may be a k the user chose, not the BIC's
+        extra.setdefault("n_clusters", int(len(np.unique(np.asarray(clusters).astype(str)))))
     record = uns_record(params=params, gmm=gmm, seed=seed, extra=extra)
     _write(out, key=key, Z=Z, clusters=clusters, record=record)
     if cellxgene_views and Z.shape[1] >= 3:

@@ -181,13 +181,14 @@ with b2:
 # ------------------------------------------------------------------ downloads
 st.subheader("Downloads")
 stem = f"dhaka-{res.get('run_id') or 'result'}"
+params = state.get_estimator().get_params() if state.get_estimator() is not None else state.get_estimator_params()
 d1, d2, d3 = st.columns(3)
 d1.download_button("Latent + clusters (CSV)", key="dl_csv", file_name=f"{stem}-latent.csv", mime="text/csv",
                    data=lambda: tasks.latent_csv_bytes(Z, obs_names, labels=labels), on_click="ignore",
                    icon=":material/download:")
 d2.download_button("AnnData (.h5ad)", key="dl_h5ad", file_name=f"{stem}.h5ad", mime="application/octet-stream",
-                   data=lambda: tasks.h5ad_bytes(adata, latent=Z, labels=labels, embeddings=emb,
-                                                 run_id=res.get("run_id")), on_click="ignore",
+                   data=lambda: tasks.h5ad_bytes(adata, latent=Z, labels=labels, embeddings=emb, params=params,
+                                                 gmm=gmm, run_id=res.get("run_id")), on_click="ignore",
                    icon=":material/download:", help="obsm['X_dhaka'] (+ X_pca / X_tsne / X_umap when computed), "
                                                     "obs['dhaka_cluster']; opens in scanpy and cellxgene.")
 est = state.get_estimator()

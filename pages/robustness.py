@@ -101,7 +101,8 @@ table = study.table
 metric = study.metric
 st.subheader("Scores against dropout")
 f1, f2 = st.columns(2)
-figures.chart(robustness.figure_curve(table, metric=metric), "robustness", {"metric": metric}, key="rob_curve", container=f1)
+figures.chart(robustness.figure_curve(table, metric=metric), "robustness", {"metric": metric}, key="rob_curve",
+              container=f1)
 figures.chart(robustness.figure_curve(table, metric="n_clusters"), "robustness-k", key="rob_k", container=f2)
 show = table.assign(method=table["method"].map(METHOD_LABELS).fillna(table["method"]))
 st.dataframe(show, hide_index=True, column_config={"level": st.column_config.NumberColumn(format="percent")})
