@@ -797,7 +797,7 @@ def _mpl_bytes(fig: go.Figure, fmt: str, width: float, height: float, scale: flo
         {"scatter", "scattergl", "scatter3d", "bar"} for t in traces)
     has_scale = any((t.get("type") == "heatmap" and t.get("showscale", True) is not False)
                     or (t.get("marker") or {}).get("showscale") for t in traces)
-    right = 0.78 if has_legend else 0.88 if has_scale else 0.97
+    right = (0.70 if has_scale else 0.78) if has_legend else 0.88 if has_scale else 0.97
     box = (0.10, 0.12, right, 0.88 if layout.get("title") else 0.95)  # left, bottom, right, top
     axes: dict[str, Any] = {}
 
@@ -816,9 +816,14 @@ def _mpl_bytes(fig: go.Figure, fmt: str, width: float, height: float, scale: flo
             axes[key] = mfig.add_axes(_rect(box, xd, yd))
         return axes[key]
 
-    for t in traces:
+    colorway = _colorway(fig)
+    bars = [i for i, t in enumerate(traces) if t.get("type") == "bar"]
+    for i, t in enumerate(traces):
         ax = panel(t)
-        handle = _mpl_trace(mfig, ax, t, layout)
+        ctx = {"color": colorway[i % len(colorway)],
+               "bar": (bars.index(i), len(bars)) if i in bars and layout.get("barmode", "group") == "group"
+               else (0, 1)}
+        handle = _mpl_trace(mfig, ax, t, layout, ctx)
         if handle is not None and t.get("showlegend", True) is not False and t.get("name"):
             legend_items.append((handle, _plain_text(t["name"])))
     for key, ax in axes.items():
@@ -832,12 +837,23 @@ def _mpl_bytes(fig: go.Figure, fmt: str, width: float, height: float, scale: flo
         for handle, label in legend_items:
             seen.setdefault(label, handle)
         leg_title = _plain_text(((_layout_get(layout, "legend").get("title") or {}).get("text")))
-        mfig.legend(list(seen.values()), list(seen.keys()), loc="center left", bbox_to_anchor=(box[2] + 0.01, 0.5),
+        mfig.legend(list(seen.values()), list(seen.keys()), loc="center left",
+                    bbox_to_anchor=(box[2] + (0.09 if has_scale else 0.01), 0.5),
                     frameon=False, fontsize=8, title=leg_title or None, markerscale=1.5)
     buf = io.BytesIO()
     mfig.savefig(buf, format=fmt, dpi=96.0 * scale,
                  metadata={"Software": None} if fmt == "png" else None)  # ours goes in by _png_with_meta
     return buf.getvalue()
+
+
+def _colorway(fig: go.Figure) -> list[str]:
+    """The colours plotly gives traces without their own (the template's colorway)."""
+    way = getattr(getattr(getattr(fig.layout, "template", None), "layout", None), "colorway", None)
+    if not way:
+        import plotly.express as px
+
+        way = px.colors.qualitative.Plotly
+    return [str(c) for c in way]
 
 
 def _rect(box: tuple[float, float, float, float], xd: Sequence[float], yd: Sequence[float]) -> list[float]:
@@ -855,10 +871,10 @@ def _marker_size(size: Any) -> Any:
     return (arr * 0.75) ** 2
 
 
-def _mpl_trace(mfig: Any, ax: Any, t: Mapping[str, Any], layout: Mapping[str, Any]) -> Any:
+def _mpl_trace(mfig: Any, ax: Any, t: Mapping[str, Any], layout: Mapping[str, Any], ctx: Mapping[str, Any]) -> Any:
     kind = t.get("type") or "scatter"
     if kind in ("scatter", "scattergl", "scatter3d"):
-        return _mpl_scatter(mfig, ax, t)
+        return _mpl_scatter(mfig, ax, t, default_color=ctx["color"])
     if kind == "heatmap":
         z = np.asarray(t.get("z"), dtype=np.float64)
         cmap = _mpl_cmap(t.get("colorscale"))
@@ -886,32 +902,42 @@ def _mpl_trace(mfig: Any, ax: Any, t: Mapping[str, Any], layout: Mapping[str, An
         x = np.asarray(t.get("x"), dtype=np.float64)
         x = x[np.isfinite(x)]
         bins = int(t.get("nbinsx") or 0) or "auto"
-        color = _mpl_color((t.get("marker") or {}).get("color")) or "#636efa"
+        color = _mpl_color((t.get("marker") or {}).get("color")) or _mpl_color(ctx["color"])
         _, _, patches = ax.hist(x, bins=bins, color=color, rwidth=1 - float(layout.get("bargap") or 0))
         return patches[0] if len(patches) else None
     if kind == "bar":
         x, y = t.get("x"), t.get("y")
-        color = (t.get("marker") or {}).get("color") or "#636efa"
+        color = (t.get("marker") or {}).get("color") or ctx["color"]
         color = [_mpl_color(c) for c in color] if isinstance(color, (list, tuple, np.ndarray)) else _mpl_color(color)
-        if t.get("orientation") == "h":
-            cats = [str(v) for v in y]
-            return ax.barh(cats, np.asarray(x, dtype=float), color=color, label=t.get("name"))
-        cats = [str(v) for v in x]
-        return ax.bar(cats, np.asarray(y, dtype=float), color=color, label=t.get("name"))
+        slot, n_slots = ctx["bar"]
+        width = 0.8 / n_slots
+        horizontal = t.get("orientation") == "h"
+        cats = [str(v) for v in (y if horizontal else x)]
+        vals = np.asarray(x if horizontal else y, dtype=float)
+        pos = np.arange(len(cats)) - 0.4 + width * (slot + 0.5)
+        draw = ax.barh if horizontal else ax.bar
+        handle = draw(pos, vals, width, color=color, label=t.get("name"))
+        (ax.set_yticks if horizontal else ax.set_xticks)(np.arange(len(cats)), cats)
+        return handle
     return None
 
 
-def _mpl_scatter(mfig: Any, ax: Any, t: Mapping[str, Any]) -> Any:
+def _mpl_scatter(mfig: Any, ax: Any, t: Mapping[str, Any], *, default_color: str) -> Any:
     mode = str(t.get("mode") or ("lines" if t.get("type") == "scatter" else "markers"))
     x = np.asarray(t.get("x") if t.get("x") is not None else np.arange(len(t.get("y", []))))
     y = np.asarray(t.get("y"))
     xyz = [x, y] + ([np.asarray(t.get("z"))] if t.get("type") == "scatter3d" else [])
     marker = dict(t.get("marker") or {})
     line = dict(t.get("line") or {})
-    handle = None
+    if "text" in mode and t.get("text") is not None and t.get("type") != "scatter3d":
+        texts = np.broadcast_to(np.asarray(t["text"], dtype=object), x.shape)
+        below = str(t.get("textposition") or "").startswith("bottom")
+        for xi, yi, s in zip(x, y, texts):
+            ax.annotate(_plain_text(s), (xi, yi), xytext=(0, -4 if below else 4), textcoords="offset points",
+                        ha="center", va="top" if below else "bottom", fontsize=7)
     if "lines" in mode:
         mc = marker.get("color")
-        color = _mpl_color(line.get("color") or (mc if isinstance(mc, str) else None))
+        color = _mpl_color(line.get("color") or (mc if isinstance(mc, str) else None) or default_color)
         (handle,) = ax.plot(*xyz, color=color, linestyle=_MPL_DASH.get(str(line.get("dash") or "solid"), "-"),
                             linewidth=float(line.get("width") or 2) * 0.75,
                             marker="o" if "markers" in mode else None,
@@ -933,10 +959,11 @@ def _mpl_scatter(mfig: Any, ax: Any, t: Mapping[str, Any]) -> Any:
         colorbar = marker.get("colorbar") if marker.get("showscale", False) else None
     else:
         c = _mpl_color(color) if not isinstance(color, (list, tuple, np.ndarray)) else [_mpl_color(v) for v in color]
+        c = c if c is not None else _mpl_color(default_color)
         if hollow:
-            kw.update(facecolors="none", edgecolors=c if c is not None else "#636efa")
+            kw.update(facecolors="none", edgecolors=c)
         else:
-            kw.update(color=c if c is not None else "#636efa")
+            kw.update(color=c)
     if t.get("type") == "scatter3d":
         kw["depthshade"] = False
     handle = ax.scatter(*xyz, **kw)
