@@ -626,6 +626,40 @@ def test_fingerprint():
     assert fingerprint(ad) == fingerprint(ad.X)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fingerprint_of_an_h5ad_file_matches_the_matrix_in_memory(tmp_path, sparse):
+    import anndata
+
+    X = _matrix(9, 6, sparse=sparse)
+    path = tmp_path / "d.h5ad"
+    anndata.AnnData(X=X, obs=pd.DataFrame(index=_names(9, "c")), var=pd.DataFrame(index=_names(6, "g"))).write_h5ad(path)
+    on_disk = fingerprint(path)
+    assert on_disk == fingerprint(X)  # streamed from the file, same bytes hashed as in memory
+    assert fingerprint(str(path), block=7) == on_disk  # block size does not matter
+    Y = _dense(X).copy()
+    Y[2, 3] += 1
+    anndata.AnnData(X=sp.csr_matrix(Y) if sparse else Y).write_h5ad(tmp_path / "e.h5ad")
+    assert fingerprint(tmp_path / "e.h5ad")["sha256"] != on_disk["sha256"]
+    with pytest.raises(DataError, match="layers/none"):
+        fingerprint(path, group="layers/none")
+    with pytest.raises(DataError, match="not found"):
+        fingerprint(tmp_path / "missing.h5ad")
+
+
+def test_one_fingerprint_behind_the_ui_digest_and_the_backed_cache_key(tmp_path):
+    import anndata
+
+    from dhaka.backed import file_fingerprint
+    from dhaka.ui.tasks import digest
+
+    X = _matrix(8, 5, sparse=True)
+    assert digest(X) == fingerprint(X)["sha256"]
+    anndata.AnnData(X=X).write_h5ad(tmp_path / "x.h5ad")
+    assert file_fingerprint(tmp_path / "x.h5ad") == digest(X)
+    labels = np.array(["a", "b", None, "a"], dtype=object)  # cluster labels: object arrays are hashed too
+    assert digest(labels) == digest(labels.copy()) != digest(np.array(["a", "b", None, "b"], dtype=object))
+
+
 # --------------------------------------------------------------------------- #
 # property tests
 # --------------------------------------------------------------------------- #

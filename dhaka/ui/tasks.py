@@ -23,7 +23,6 @@ checkpoint) and re-raised so the job reports its message.
 """
 from __future__ import annotations
 
-import hashlib
 import io as _io
 import tempfile
 from dataclasses import dataclass, field
@@ -104,21 +103,12 @@ def digest(X: Any) -> str:
     """A content digest of an array or sparse matrix (shape, dtype and values).
 
     Used as the cache key of embeddings and cluster calls, so that cached
-    results are found by content, never by session.
+    results are found by content, never by session.  The ``sha256`` of
+    :func:`dhaka.io.fingerprint`.
     """
-    import scipy.sparse as sp
+    from dhaka.io import fingerprint
 
-    h = hashlib.blake2b(digest_size=16)
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        h.update(f"csr{X.shape}{X.dtype}".encode())
-        for part in (X.indptr, X.indices, X.data):
-            h.update(np.ascontiguousarray(part).data)
-    else:
-        A = np.ascontiguousarray(np.asarray(X))
-        h.update(f"nd{A.shape}{A.dtype}".encode())
-        h.update(A.data if A.dtype != object else repr(A.tolist()).encode())
-    return h.hexdigest()
+    return fingerprint(X)["sha256"]
 
 
 def data_fingerprint(adata: anndata.AnnData) -> dict[str, Any]:
