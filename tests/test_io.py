@@ -411,6 +411,32 @@ def test_mtx_symmetric_and_array_layouts():
     np.testing.assert_array_equal(b.X, D)
 
 
+_MTX_INT = "%%MatrixMarket matrix coordinate integer general\n3 3 3\n1 1 1\n"
+
+
+@pytest.mark.parametrize("where", ["bytes", "gzip", "disk"])
+@pytest.mark.parametrize("body,match", [
+    ("2 2 0x1A\n3 3 1\n", "non-numeric value '0x1A' at line 4"),  # mmread alone would read 0
+    ("2 2 1.5\n3 3 1\n", "non-integer value '1.5' at line 4"),  # ... would truncate to 1
+    ("2 2 1 5\n3 3 1\n", "line 4 has 4 fields, expected 3"),  # ... would drop the 5
+    ("2 2 4\n% note\n3 3 1\n", "line 5 is a comment among the entries"),
+    ("2 2 nan\n3 3 1\n", "NaN at line 4"),
+    ("2 9 1\n3 3 1\n", r"entry 2 \(2, 9\) is outside the declared 3 x 3 shape"),
+    ("2 2 1000000\n", "declares 3 entries but the file has 2"),
+])
+def test_mtx_entries_mmread_would_misread_are_refused_at_their_line(tmp_path, where, body, match):
+    data = (_MTX_INT + body).encode()
+    if where == "disk":  # mmread parses a plain file from its path, after the checking pass
+        (tmp_path / "m.mtx").write_bytes(data)
+        source, name = tmp_path / "m.mtx", None
+    else:
+        source, name = (gzip.compress(data), "m.mtx.gz") if where == "gzip" else (data, "m.mtx")
+    with pytest.raises(DataError, match=match):
+        read(source, filename=name)
+    good = read(_MTX_INT.encode() + b"2 2 4\n\n3 1 2  \r\n", filename="m.mtx", orientation="cells_x_genes")
+    np.testing.assert_array_equal(good.X.toarray(), [[1, 0, 0], [0, 4, 0], [2, 0, 0]])
+
+
 @pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
 def test_npz_sparse_round_trip(fmt, tmp_path):
     X = _matrix(8, 5, sparse=True).asformat(fmt)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 from pathlib import Path, PurePosixPath
-from typing import IO, Iterator, Sequence
+from typing import IO, Sequence
 
 import numpy as np
 import pandas as pd
@@ -117,32 +118,109 @@ def _mtx_header(fh: IO[bytes], name: str, size: int) -> _MtxHeader:
     return _MtxHeader(nnz=nnz, **hdr)
 
 
-def _mtx_blocks(inp: _Input, hdr: _MtxHeader, name: str, ncol: int) -> Iterator[np.ndarray]:
-    """The numbers after the size line as float64 blocks of shape (k, ncol), streamed."""
+#: Bytes a number of each MatrixMarket field may be written with (besides whitespace):
+#: anything else in the entries (a letter of NaN / inf / 0x1A, a comment) is looked at line by line.
+_FIELD_BYTES = {
+    "integer": b"0123456789+-",
+    "pattern": b"0123456789+-",
+    "real": b"0123456789+-.eE",
+    "double": b"0123456789+-.eE",
+}
+_GUARD_BLOCK = 4 << 20
+
+
+class _EntryGuard(io.RawIOBase):
+    """The entries of a MatrixMarket stream, checked in blocks as ``scipy.io.mmread`` reads them.
+
+    ``mmread`` (fast_matrix_market) is lenient where this reader refuses: it reads
+    ``0x1A`` as 0, ``1.5`` in an integer file as 1 and ignores a fourth field.  So
+    every block of entries (after the ``skip`` bytes of header) is checked for a
+    byte no number of the declared field holds, and its whitespace-separated
+    tokens are counted (``tokens``); ``suspect`` is set on the first odd byte.
+    Both checks run at C speed (``bytes.translate``, one numpy comparison).
+    """
+
+    def __init__(self, fh: IO[bytes], *, skip: int, field: str):
+        self._fh = fh
+        self._skip = skip
+        self._drop = _FIELD_BYTES[field] + b" \t\r\n"
+        self._buf = memoryview(b"")
+        self._pos = 0
+        self._after_space = True
+        self.tokens = 0
+        self.suspect = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _check(self, data: bytes) -> None:
+        if self._skip:
+            cut = min(self._skip, len(data))
+            data, self._skip = data[cut:], self._skip - cut
+        if not data:
+            return
+        if data.translate(None, self._drop):
+            self.suspect = True
+        space = np.frombuffer(data, dtype=np.uint8) <= 32  # only digits, signs, . e E and blanks are left
+        self.tokens += int(np.count_nonzero(space[:-1] > space[1:])) + int(self._after_space and not space[0])
+        self._after_space = bool(space[-1])
+
+    def _fill(self) -> bool:
+        data = self._fh.read(_GUARD_BLOCK)
+        if not data:
+            return False
+        self._check(data)
+        self._buf, self._pos = memoryview(data), 0
+        return True
+
+    def readinto(self, b) -> int:
+        if self._pos >= len(self._buf) and not self._fill():
+            return 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def drain(self) -> None:
+        """Check whatever the parser left unread (all of it, when it read the file itself)."""
+        self._buf, self._pos = memoryview(b""), 0
+        while self._fill():
+            pass
+
+
+def _mmread(inp: _Input, hdr: _MtxHeader, name: str):
+    """``scipy.io.mmread`` of the whole input, its entries checked on the way (see :class:`_EntryGuard`).
+
+    A plain file on disk is parsed by mmread straight from the path (in parallel)
+    after one checking pass over its bytes; any other input (upload, gzip stream,
+    zip member) is checked as mmread reads it.  Returns mmread's result, or None
+    when the entries need the careful look of :func:`_diagnose_mtx`.
+    """
+    import scipy.io
+
+    ncol = 1 if hdr.layout == "array" else (2 if hdr.field == "pattern" else 3)
     with inp.open() as fh:
-        _skip_bytes(fh, hdr.header_bytes)
-        reader = None
+        guard = _EntryGuard(fh, skip=hdr.header_bytes, field=hdr.field)
+        direct = inp.on_disk and not str(inp.path).lower().endswith((".gz", ".bz2"))
         try:
-            reader = pd.read_csv(
-                fh, sep=r"\s+", header=None, comment="%", names=list(range(ncol)),
-                dtype=np.float64, engine="c", na_filter=False, chunksize=_s._MTX_BLOCK_LINES,
-            )
-            for df in reader:
-                arr = df.to_numpy(dtype=np.float64)
-                if not np.isfinite(arr).all():
-                    break
-                yield arr
+            if direct:
+                guard.drain()
+                if guard.suspect or guard.tokens != hdr.nnz * ncol:
+                    return None
+                out = scipy.io.mmread(str(inp.path))
             else:
-                return
+                out = scipy.io.mmread(guard)
+                guard.drain()
         except DataError:
             raise
-        except pd.errors.EmptyDataError:
-            return
-        except Exception:  # noqa: BLE001 - locate the problem below
-            raw = getattr(fh, "raw", None)
-            if isinstance(getattr(raw, "error", None), DataError):
-                raise raw.error from None
-    _diagnose_mtx(inp, hdr, name, ncol)
+        except Exception:  # noqa: BLE001 - located by the careful pass
+            for stream in (fh, getattr(fh, "raw", None)):
+                if isinstance(getattr(stream, "error", None), DataError):
+                    raise stream.error from None
+            return None
+    if guard.suspect or guard.tokens != hdr.nnz * ncol:
+        return None
+    return out
 
 
 def _skip_bytes(fh: IO[bytes], n: int) -> None:
@@ -153,91 +231,87 @@ def _skip_bytes(fh: IO[bytes], n: int) -> None:
         n -= len(chunk)
 
 
-def _diagnose_mtx(inp: _Input, hdr: _MtxHeader, name: str, ncol: int) -> None:
-    """Walk the entry lines and raise a DataError at the first bad one."""
+def _diagnose_mtx(inp: _Input, hdr: _MtxHeader, name: str) -> None:
+    """Walk the entry lines (``_MTX_BLOCK_LINES`` at a time) and raise a DataError at the first bad one."""
+    array = hdr.layout == "array"
+    ncol = 1 if array else (2 if hdr.field == "pattern" else 3)
+    k = 0
     with inp.open() as fh:
         _skip_bytes(fh, hdr.header_bytes)
-        for i, raw in enumerate(fh, hdr.line_no + 1):
-            s = raw.decode("latin-1").strip()
-            if not s or s.startswith("%"):
-                continue
-            fields = s.split()
-            if len(fields) != ncol:
-                raise DataError(f"{name}: line {i} has {len(fields)} fields, expected {ncol} ({s[:60]!r})")
-            for f in fields:
-                if f.lower() in _NAN_TOKENS:
-                    raise DataError(f"{name}: NaN at line {i}")
-                if f.lower() in _INF_TOKENS:
-                    raise DataError(f"{name}: infinite value at line {i}")
-                if not _is_number(f):
-                    raise DataError(f"{name}: non-numeric value {_q(f)} at line {i}")
+        line_no = hdr.line_no
+        while block := list(itertools.islice(fh, _s._MTX_BLOCK_LINES)):
+            for raw in block:
+                line_no += 1
+                _check_entry_line(raw.decode("latin-1").strip(), line_no, k, hdr, name, ncol)
+                k += bool(raw.strip())
+    if k != hdr.nnz:
+        if array:
+            raise DataError(f"{name}: header declares {hdr.nnz:,} values, the file has {k:,}")
+        raise DataError(
+            f"{name}: header declares {hdr.nnz:,} entries but the file has {k:,} "
+            "(truncated file or wrong size line)"
+        )
     raise DataError(f"{name}: could not parse MatrixMarket entries")
 
 
-def _mtx_body(inp: _Input, hdr: _MtxHeader, name: str, *, transpose: bool):
-    """Stream the entries into a csr_matrix (or an ndarray for the array layout).
-
-    Entries go straight into preallocated int32 / float32 arrays (the count is
-    known from the header, checked against the file size), so parsing costs
-    about 12 bytes an entry plus one block; the result is transposed on the way
-    when ``transpose`` (10x files are features x cells).
-    """
-    n_rows, n_cols, nnz = hdr.n_rows, hdr.n_cols, hdr.nnz
-    if hdr.layout == "array":
-        vals = np.empty(nnz, dtype=np.float32)
-        k = 0
-        for arr in _mtx_blocks(inp, hdr, name, 1):
-            m = arr.shape[0]
-            if k + m <= nnz:
-                vals[k:k + m] = arr[:, 0]
-            k += m
-        if k != nnz:
-            raise DataError(f"{name}: header declares {nnz:,} values, the file has {k:,}")
-        cols_major = vals.reshape((n_cols, n_rows))  # column-major values: row j is column j
-        return cols_major if transpose else cols_major.T
-    pattern = hdr.field == "pattern"
-    ncol = 2 if pattern else 3
-    rows = np.empty(nnz, dtype=np.int32)
-    cols = np.empty(nnz, dtype=np.int32)
-    vals = np.ones(nnz, dtype=np.float32) if pattern else np.empty(nnz, dtype=np.float32)
-    k = 0
-    for arr in _mtx_blocks(inp, hdr, name, ncol):
-        m = arr.shape[0]
-        if k + m > nnz:
-            k += m
-            continue  # keep counting for the message
-        r, c = arr[:, 0], arr[:, 1]
-        if not np.array_equal(r, np.round(r)) or not np.array_equal(c, np.round(c)):
-            raise DataError(f"{name}: MatrixMarket row/column indices must be integers")
-        bad = np.flatnonzero((r < 1) | (r > n_rows) | (c < 1) | (c > n_cols))
-        if bad.size:
-            j = int(bad[0])
-            raise DataError(
-                f"{name}: entry {k + j + 1} ({int(r[j])}, {int(c[j])}) is outside the declared "
-                f"{n_rows} x {n_cols} shape (indices are 1-based)"
-            )
-        rows[k:k + m] = r - 1
-        cols[k:k + m] = c - 1
-        if not pattern:
-            with np.errstate(over="ignore"):
-                vals[k:k + m] = arr[:, 2]
-        k += m
-    if k != nnz:
+def _check_entry_line(s: str, i: int, k: int, hdr: _MtxHeader, name: str, ncol: int) -> None:
+    """Raise a DataError if line ``i`` (entry ``k + 1``) is not a valid entry of the declared matrix."""
+    if not s:
+        return
+    if s.startswith("%"):
         raise DataError(
-            f"{name}: header declares {nnz:,} entries but the file has {k:,} "
-            "(truncated file or wrong size line)"
+            f"{name}: line {i} is a comment among the entries; MatrixMarket comments belong before the size line"
         )
-    if hdr.symmetry == "symmetric":
-        off = rows != cols
-        rows, cols, vals = (
-            np.concatenate([rows, cols[off]]),
-            np.concatenate([cols, rows[off]]),
-            np.concatenate([vals, vals[off]]),
+    fields = s.split()
+    if len(fields) != ncol:
+        raise DataError(f"{name}: line {i} has {len(fields)} fields, expected {ncol} ({s[:60]!r})")
+    for f in fields:
+        if f.lower() in _NAN_TOKENS:
+            raise DataError(f"{name}: NaN at line {i}")
+        if f.lower() in _INF_TOKENS:
+            raise DataError(f"{name}: infinite value at line {i}")
+        if not _is_number(f):
+            raise DataError(f"{name}: non-numeric value {_q(f)} at line {i}")
+    if hdr.field == "integer" and float(fields[-1]) != round(float(fields[-1])):
+        raise DataError(
+            f"{name}: non-integer value {_q(fields[-1])} at line {i}, but the header declares an 'integer' "
+            "matrix (a file of real values says 'real')"
         )
+    if hdr.layout == "array":
+        return
+    r, c = float(fields[0]), float(fields[1])
+    if r != round(r) or c != round(c):
+        raise DataError(f"{name}: MatrixMarket row/column indices must be integers (line {i})")
+    if not (1 <= r <= hdr.n_rows and 1 <= c <= hdr.n_cols):
+        raise DataError(
+            f"{name}: entry {k + 1} ({int(r)}, {int(c)}) is outside the declared "
+            f"{hdr.n_rows} x {hdr.n_cols} shape (indices are 1-based)"
+        )
+
+
+def _mtx_body(inp: _Input, hdr: _MtxHeader, name: str, *, transpose: bool):
+    """The entries as a float32 csr_matrix (an ndarray for the array layout), by ``scipy.io.mmread``.
+
+    The header has been checked against the limits and the file size before;
+    mmread (fast_matrix_market) allocates the declared entries once (int32
+    indices, 64-bit values), the values become float32 before the CSR is built
+    (about 20 bytes an entry at the peak), transposed on the way when
+    ``transpose`` (10x files are features x cells).  A file mmread refuses, or
+    whose entries the guard finds odd, is walked line by line for a message
+    that names the line.
+    """
+    out = _mmread(inp, hdr, name)
+    if out is None:
+        _diagnose_mtx(inp, hdr, name)
+    if isinstance(out, np.ndarray):
+        return out.T if transpose else out
+    shape = out.shape
+    rows, cols = out.row, out.col
+    with np.errstate(over="ignore"):
+        vals = out.data.astype(np.float32)  # beyond float32: inf, refused by the value check
+    del out
     if transpose:
-        rows, cols, shape = cols, rows, (n_cols, n_rows)
-    else:
-        shape = (n_rows, n_cols)
+        rows, cols, shape = cols, rows, shape[::-1]
     X = sp.csr_matrix((vals, (rows, cols)), shape=shape)
     del rows, cols, vals
     return X
