@@ -687,6 +687,79 @@ def test_one_fingerprint_behind_the_ui_digest_and_the_backed_cache_key(tmp_path)
 
 
 # --------------------------------------------------------------------------- #
+# h5ad layers (issue 14)
+# --------------------------------------------------------------------------- #
+def _scdna_h5ad(path):
+    """An scDNA-style file: read counts in X, integer copy-number states in layers['state']."""
+    import anndata
+
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(20, size=(6, 8)).astype(np.float32)
+    state = rng.integers(0, 6, size=(6, 8)).astype(np.int8)
+    a = anndata.AnnData(X=counts, obs=pd.DataFrame(index=_names(6, "cell")),
+                        var=pd.DataFrame(index=[f"1:{i * 500000 + 1}-{(i + 1) * 500000}" for i in range(8)]))
+    a.layers["state"] = state
+    a.layers["copy"] = sp.csr_matrix(state.astype(np.float32) + 0.25)
+    a.write_h5ad(path)
+    return path, counts, state
+
+
+def test_h5ad_layers_are_listed_from_headers_without_reading_them(tmp_path, monkeypatch):
+    import h5py
+
+    path, _, _ = _scdna_h5ad(tmp_path / "cn.h5ad")
+    read_paths = []
+    real_getitem = h5py.Dataset.__getitem__
+
+    def spy(self, *args, **kwargs):
+        read_paths.append(self.name)
+        return real_getitem(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    layers = dio.h5ad_layers(path)
+    assert list(layers) == ["copy", "state"]
+    assert layers["state"] == {"kind": "dense", "shape": (6, 8), "dtype": "int8", "nnz": None}
+    assert layers["copy"]["kind"] == "csr" and layers["copy"]["shape"] == (6, 8)
+    assert layers["copy"]["dtype"] == "float32" and layers["copy"]["nnz"] == 48
+    assert not any(p.startswith(("/layers", "/X")) for p in read_paths), read_paths
+    monkeypatch.undo()
+    # bytes (an upload) and gzip work the same; a file without layers has none
+    assert dio.h5ad_layers(path.read_bytes(), filename="cn.h5ad") == layers
+    assert dio.h5ad_layers(gzip.compress(path.read_bytes()), filename="cn.h5ad.gz") == layers
+    import anndata
+
+    anndata.AnnData(X=_matrix()).write_h5ad(tmp_path / "plain.h5ad")
+    assert dio.h5ad_layers(tmp_path / "plain.h5ad") == {}
+    with pytest.raises(DataError, match="not an HDF5 file"):
+        dio.h5ad_layers(b"cell,g1\nc1,1\n", filename="fake.h5ad")
+
+
+def test_read_a_layer_and_a_clear_message_for_an_unknown_one(tmp_path):
+    path, counts, state = _scdna_h5ad(tmp_path / "cn.h5ad")
+    np.testing.assert_array_equal(read(path).X, counts)
+    a = read(path, layer="state")
+    np.testing.assert_array_equal(a.X, state.astype(np.float32))
+    assert a.uns["dhaka_io"]["layer"] == "state" and a.var_names[0] == "1:1-500000"
+    with pytest.raises(DataError, match=r"no layer 'State' \(layers: 'copy', 'state'; leave the layer out to read X\)"):
+        read(path, layer="State")
+    with pytest.raises(DataError, match=r"no layer 'nope' \(layers: 'copy', 'state'"):
+        dio.estimate_read_memory(path, layer="nope")
+    assert dio.estimate_read_memory(path, layer="copy")["shape"] == (6, 8)
+
+
+def test_cli_reads_the_layer_given_with_dash_dash_layer(tmp_path):
+    from dhaka import cli
+
+    path, _, state = _scdna_h5ad(tmp_path / "cn.h5ad")
+    for command in (["embed", str(path), "--out", "z.csv"], ["project", "model", str(path), "--out", "z.csv"]):
+        args = cli.build_parser().parse_args([*command, "--layer", "state"])
+        np.testing.assert_array_equal(cli._read(args).X, state.astype(np.float32))
+    args = cli.build_parser().parse_args(["embed", str(path), "--out", "z.csv", "--layer", "nope"])
+    with pytest.raises(DataError, match="no layer 'nope'"):
+        cli._read(args)
+
+
+# --------------------------------------------------------------------------- #
 # property tests
 # --------------------------------------------------------------------------- #
 _NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.", min_size=1, max_size=8).filter(

@@ -62,6 +62,7 @@ import types
 from . import safety
 from .estimate import estimate_read_memory
 from .fingerprint import fingerprint
+from .h5ad import h5ad_layers
 from .meta import read_metadata
 from .reading import read
 from .safety import (
@@ -77,6 +78,7 @@ from .writers import to_h5ad_bytes, unzip_safe, write_latent_csv, zip_dir
 __all__ = [
     "DataError",
     "read",
+    "h5ad_layers",
     "read_metadata",
     "write_latent_csv",
     "safe_text_frame",

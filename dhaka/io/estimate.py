@@ -2,12 +2,11 @@
 """
 from __future__ import annotations
 
-import io
 from pathlib import PurePosixPath
-from typing import Any
 
 import numpy as np
 
+from .h5ad import _matrix_path, _open_h5ad
 from .mtx import _MTX_RE, _find_10x, _mtx_header, _usable_member
 from .safety import (
     _GZIP_MAGIC,
@@ -15,7 +14,6 @@ from .safety import (
     _MM_MAGIC,
     _ZIP_MAGICS,
     DataError,
-    _check_hdf5_links,
 )
 from .source import Source, _Input, _open_source, _open_zip, _split_ext, _zip_input
 from .text import _open_text, _read_head, _sniff_delimiter, _text_encoding
@@ -113,16 +111,10 @@ def _estimate_mtx(inp: _Input, fmt: str) -> dict:
 def _estimate_h5ad(inp: _Input, *, layer: str | None) -> dict:
     import h5py
 
-    src: Any = str(inp.path) if inp.on_disk else io.BytesIO(inp.data)
-    try:
-        f = h5py.File(src, "r")
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{inp.name}: cannot read .h5ad ({type(e).__name__}: {e})") from None
-    with f:
-        _check_hdf5_links(f, inp.name)
-        elem = f.get("/X" if layer is None else f"/layers/{layer}")
+    with _open_h5ad(inp) as f:
+        elem = f.get(_matrix_path(f, layer, inp.name))
         if elem is None:
-            raise DataError(f"{inp.name}: .h5ad has no {'X matrix' if layer is None else f'layer {layer!r}'}")
+            raise DataError(f"{inp.name}: .h5ad has no X matrix (not an AnnData file?)")
         if isinstance(elem, h5py.Dataset):
             shape = tuple(int(v) for v in elem.shape)
             matrix = int(np.prod(shape, dtype=np.int64)) * 4

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,10 +19,112 @@ from .safety import (
     _describe_magic,
     _hdf5_signature_ok,
 )
-from .source import _Input
+from .source import Source, _Input, _open_source
+
 
 # --------------------------------------------------------------------------- #
 # h5ad
+# --------------------------------------------------------------------------- #
+def h5ad_layers(source: Source, *, filename: str | None = None) -> dict[str, dict]:
+    """The layers of an ``.h5ad``, described from the file's headers (no matrix is loaded).
+
+    The file passes the same checks as :func:`dhaka.io.read` first (HDF5
+    signature; no external links, external storage or virtual datasets).
+
+    Parameters
+    ----------
+    source
+        Path, bytes or binary file-like object (an upload).
+    filename
+        Name for messages.
+
+    Returns
+    -------
+    dict
+        Layer name -> ``{"kind": "dense" | "csr" | "csc" | "other", "shape":
+        (n_cells, n_features) or None, "dtype": str or None, "nnz": int or
+        None}``, in name order; ``{}`` for a file without layers.  Any layer of
+        kind dense, csr or csc can be read with ``read(source, layer=name)``.
+
+    Raises
+    ------
+    DataError
+        Not an HDF5 file, or one that reaches outside itself.
+    """
+    import h5py
+
+    inp = _open_source(source, filename, None).maybe_gunzipped()
+    try:
+        with _open_h5ad(inp) as f:
+            layers = f.get("layers")
+            if not isinstance(layers, h5py.Group):
+                return {}
+            return {key: _describe_matrix(layers.get(key)) for key in sorted(layers.keys())}
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - input problems raise DataError
+        raise DataError(f"{inp.name}: could not list the layers ({type(e).__name__}: {e})") from e
+
+
+def _describe_matrix(elem) -> dict:
+    """Kind, shape, dtype and stored entries of a dense dataset or a csr/csc group, from its headers."""
+    import h5py
+
+    if isinstance(elem, h5py.Dataset) and elem.ndim == 2:
+        return {"kind": "dense", "shape": tuple(int(v) for v in elem.shape), "dtype": str(elem.dtype), "nnz": None}
+    if isinstance(elem, h5py.Group):
+        attrs = elem.attrs
+        enc = attrs.get("encoding-type", attrs.get("h5sparse_format", ""))
+        enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+        kind = {"csr_matrix": "csr", "csc_matrix": "csc", "csr": "csr", "csc": "csc"}.get(enc)
+        data = elem.get("data")
+        if kind is not None and isinstance(data, h5py.Dataset):
+            shape = attrs.get("shape", attrs.get("h5sparse_shape"))
+            try:
+                shape = tuple(int(v) for v in np.asarray(shape).ravel())
+            except Exception:  # noqa: BLE001 - described as it is; read() refuses it with the reason
+                shape = None
+            return {"kind": kind, "shape": shape, "dtype": str(data.dtype), "nnz": int(data.size)}
+    return {"kind": "other", "shape": None, "dtype": None, "nnz": None}
+
+
+@contextmanager
+def _open_h5ad(inp: _Input) -> Iterator[Any]:
+    """The ``.h5ad`` open for reading (an ``h5py.File``), after its signature and every link are checked."""
+    import h5py
+
+    name = inp.name
+    head = inp.head(1 << 16)
+    if not _hdf5_signature_ok(head, inp.size()):
+        what = _describe_magic(head[:16])
+        raise DataError(
+            f"{name}: not an HDF5 file (bad signature), so not a valid .h5ad"
+            + (f"; this is {what}" if what else "")
+        )
+    src: Any = str(inp.path) if inp.on_disk else io.BytesIO(inp.data)
+    try:
+        f = h5py.File(src, "r")
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{name}: cannot read .h5ad ({type(e).__name__}: {e})") from None
+    with f:
+        _check_hdf5_links(f, name)
+        yield f
+
+
+def _matrix_path(f, layer: str | None, name: str) -> str:
+    """``"/X"``, or ``"/layers/<layer>"`` after checking the file has that layer (naming those it has)."""
+    import h5py
+
+    if layer is None:
+        return "/X"
+    layers = f.get("layers")
+    keys = sorted(layers.keys()) if isinstance(layers, h5py.Group) else []
+    if layer not in keys:
+        raise DataError(
+            f"{name}: .h5ad has no layer {layer!r} (layers: {', '.join(map(repr, keys)) or 'none'}; "
+            "leave the layer out to read X)"
+        )
+    return f"/layers/{layer}"
 
 
 def _h5_declared_bytes(obj) -> int:
@@ -119,30 +222,8 @@ def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect, layer: 
     from anndata.io import read_elem
 
     name = inp.name
-    head = inp.head(1 << 16)
-    if not _hdf5_signature_ok(head, inp.size()):
-        what = _describe_magic(head[:16])
-        raise DataError(
-            f"{name}: not an HDF5 file (bad signature), so not a valid .h5ad"
-            + (f"; this is {what}" if what else "")
-        )
-    src: Any = str(inp.path) if inp.on_disk else io.BytesIO(inp.data)
-    try:
-        f = h5py.File(src, "r")
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{name}: cannot read .h5ad ({type(e).__name__}: {e})") from None
-    with f:
-        _check_hdf5_links(f, name)
-        if layer is None:
-            path = "/X"
-        else:
-            layers = f.get("layers")
-            keys = sorted(layers.keys()) if isinstance(layers, h5py.Group) else []
-            if layer not in keys:
-                raise DataError(
-                    f"{name}: .h5ad has no layer {layer!r} (layers: {', '.join(map(repr, keys)) or 'none'})"
-                )
-            path = f"/layers/{layer}"
+    with _open_h5ad(inp) as f:
+        path = _matrix_path(f, layer, name)
         elem = f.get(path)
         if elem is None:
             raise DataError(f"{name}: .h5ad has no X matrix (not an AnnData file?)")
