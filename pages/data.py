@@ -52,7 +52,9 @@ with demo_tab:
 with upload_tab:
     st.caption(f"Formats: CSV / TSV / TXT (optionally .gz; cells × genes or genes × cells), .h5ad, "
                f"10x Genomics .zip (matrix.mtx + barcodes + features), scipy sparse .npz, .npy, .mtx. "
-               f"Files up to **{limit_mb:,} MB** each.")
+               f"Copy number: HMMcopy / signals long tables (cell_id, chr, start, end, state), Ginkgo segment "
+               f"matrices (CHR, START, END, cells; save SegCopy as .tsv) or bins named chr1:1-500000, all put "
+               f"in genome order. Files up to **{limit_mb:,} MB** each.")
     up = st.file_uploader("Expression or copy-number matrix", type=FORMATS, key="w.data.file")
     meta = st.file_uploader("Cell metadata (optional CSV, first column = cell id)", type=["csv", "tsv", "txt", "gz"],
                             key="w.data.meta")

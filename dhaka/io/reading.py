@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
 
+from .copy_number import CopyNumberFormat, order_named_bins, read_copy_number
 from .h5ad import _read_h5ad
 from .matrix import Expect, Orientation
 from .mtx import (
@@ -45,6 +46,8 @@ def read(
     expect: Expect = "any",
     max_bytes: int | None = None,
     layer: str | None = None,
+    format: CopyNumberFormat = "auto",  # noqa: A002 - the word users know (pandas, anndata)
+    value: str | None = None,
 ) -> "anndata.AnnData":
     """Read a matrix file into a validated cells x features AnnData.
 
@@ -75,6 +78,16 @@ def read(
         ``"state"``, ...) as the matrix instead of ``X``.  Other formats have no
         layers and refuse it.
 
+    format
+        Text tables only: ``"long"`` for a copy-number long table (one row per
+        cell and bin: ``cell_id, chr, start, end, state`` ..., as HMMcopy and
+        signals write them), ``"ginkgo"`` for a Ginkgo segment matrix (bins x
+        cells after ``CHR, START, END`` columns); ``"auto"`` recognises both
+        from the header.  See :mod:`dhaka.io.copy_number`.
+    value
+        Long tables only: the column whose values fill the cells x bins matrix
+        (default ``state``, else ``copy``).
+
     Returns
     -------
     anndata.AnnData
@@ -97,9 +110,14 @@ def read(
         raise ValueError(f"expect must be 'any', 'counts' or 'nonnegative', not {expect!r}")
     if layer is not None and not isinstance(layer, str):
         raise ValueError(f"layer must be None or a layer name (str), not {type(layer).__name__}")
+    if format not in ("auto", "long", "ginkgo"):
+        raise ValueError(f"format must be 'auto', 'long' or 'ginkgo', not {format!r}")
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"value must be None or a column name (str), not {type(value).__name__}")
     inp = _open_source(source, filename, max_bytes)
     try:
-        return _read(inp, orientation=orientation, expect=expect, layer=layer)
+        adata = _read(inp, orientation=orientation, expect=expect, layer=layer, fmt=format, value=value)
+        return order_named_bins(adata, inp.name)
     except DataError:
         raise
     except MemoryError:
@@ -108,9 +126,11 @@ def read(
         raise DataError(f"{inp.name}: could not read file ({type(e).__name__}: {e})") from e
 
 
-def _read(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str | None = None):
+def _read(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str | None = None,
+          fmt: CopyNumberFormat = "auto", value: str | None = None):
     if inp.path is not None and inp.path.is_dir():
         _no_layer(inp.name, layer, "a 10x folder")
+        _text_only(inp.name, fmt, value, "a 10x folder")
         return _read_10x_dir(inp, orientation=orientation, expect=expect)
     ext, _ = _split_ext(inp.name)
     head = inp.head(64)
@@ -128,10 +148,13 @@ def _read(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str |
         )
     if ext == ".h5ad" or (ext not in _TABLE_EXTS | {".zip", ".npz", ".npy", ".mtx", ".h5", ".hdf5", ".loom"}
                           and head.startswith(_HDF5_MAGIC)):
+        _text_only(inp.name, fmt, value, "an .h5ad")
         return _read_h5ad(inp, orientation=orientation, expect=expect, layer=layer)
     _no_layer(inp.name, layer, "this format")
     if ext == ".zip":
-        return _read_zip(inp, orientation=orientation, expect=expect)
+        return _read_zip(inp, orientation=orientation, expect=expect, fmt=fmt, value=value)
+    if ext in (".npz", ".npy", ".mtx", ".h5", ".hdf5", ".loom"):
+        _text_only(inp.name, fmt, value, f"a {ext} file")
     if ext == ".npz":
         return _read_npz(inp, orientation=orientation, expect=expect)
     if ext == ".npy":
@@ -143,16 +166,34 @@ def _read(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str |
             f"{inp.name}: {ext} files are not supported; use .h5ad, a 10x matrix.mtx folder/zip, .npz or CSV"
         )
     if ext in _TABLE_EXTS:
-        return _read_table(inp, ext=ext, orientation=orientation, expect=expect)
+        return _read_text(inp, ext=ext, orientation=orientation, expect=expect, fmt=fmt, value=value)
     # unknown extension: sniff
     if head.startswith(_ZIP_MAGICS):
-        return _read_zip(inp, orientation=orientation, expect=expect)
+        return _read_zip(inp, orientation=orientation, expect=expect, fmt=fmt, value=value)
     if head.startswith(_NPY_MAGIC):
+        _text_only(inp.name, fmt, value, "a .npy array")
         return _read_npy(inp.data, inp.name, orientation=orientation, expect=expect)
     if head.lower().startswith(_MM_MAGIC):
+        _text_only(inp.name, fmt, value, "a MatrixMarket file")
         return _read_mtx_file(inp, orientation=orientation, expect=expect)
     # unknown or missing extension and not a known binary signature: try a text table
+    return _read_text(inp, ext=ext, orientation=orientation, expect=expect, fmt=fmt, value=value)
+
+
+def _read_text(inp: _Input, *, ext: str, orientation: Orientation, expect: Expect, fmt: CopyNumberFormat,
+               value: str | None):
+    """A copy-number long table or Ginkgo matrix when the header says so (or ``fmt``), else a matrix table."""
+    adata = read_copy_number(inp, ext=ext, fmt=fmt, value=value, expect=expect)
+    if adata is not None:
+        return adata
     return _read_table(inp, ext=ext, orientation=orientation, expect=expect)
+
+
+def _text_only(name: str, fmt: CopyNumberFormat, value: str | None, what: str) -> None:
+    if fmt != "auto" or value is not None:
+        given = f"format={fmt!r}" if fmt != "auto" else f"value={value!r}"
+        raise DataError(f"{name}: {given} was given, but {what} is not a text table (copy-number long tables "
+                        "and Ginkgo matrices are CSV/TSV)")
 
 
 def _no_layer(name: str, layer: str | None, what: str) -> None:
@@ -160,7 +201,8 @@ def _no_layer(name: str, layer: str | None, what: str) -> None:
         raise DataError(f"{name}: layer={layer!r} was given, but {what} has no layers (only .h5ad files do)")
 
 
-def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect):
+def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect, fmt: CopyNumberFormat = "auto",
+              value: str | None = None):
     zf = _open_zip(inp, inp.name)
     with zf:
         names = [i.filename for i in zf.infolist() if not i.is_dir()]
@@ -171,7 +213,8 @@ def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect):
             ext, _ = _split_ext(member)
             if ext in _TABLE_EXTS | {".h5ad", ".npz", ".npy", ".mtx"}:
                 inner = _zip_input(zf, member, inp.name, display=f"{inp.name}/{member}")
-                return _read(inner, orientation=orientation, expect=expect)
+                return _read(inner, orientation=orientation, expect=expect, fmt=fmt, value=value)
+        _text_only(inp.name, fmt, value, "a 10x zip")
         m, bc, ft = _find_10x(names, inp.name)
         parts = [_zip_input(zf, n, inp.name) for n in (m, bc, ft)]
         return _assemble_10x(*parts, names=(m, bc, ft), label=inp.name, fmt="10x-zip",

@@ -72,3 +72,18 @@ def test_no_layer_picker_for_files_without_layers(env):
     pd.DataFrame(np.ones((5, 4)), index=[f"c{i}" for i in range(5)], columns=list("abcd")).to_csv(buf)
     _upload(at, "m.csv", buf.getvalue().encode())
     assert not [s for s in at.selectbox if s.key == "w.data.layer"]
+
+
+def test_an_hmmcopy_long_table_upload_becomes_cells_by_genome_ordered_bins(env):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    rng = np.random.default_rng(1)
+    bins = [(c, i * 1_000_000 + 1, (i + 1) * 1_000_000) for c in ("chrX", "chr2", "chr1") for i in range(4)]
+    rows = [(f"cell{k}", c, s, e, int(rng.integers(0, 5))) for k in range(30) for c, s, e in bins]
+    table = pd.DataFrame(rows, columns=["cell_id", "chr", "start", "end", "state"]).to_csv(index=False)
+    _upload(at, "reads.csv", table.encode())
+    at.button(key="w.data.load_file").click().run()
+    assert not at.error, [e.value for e in at.error]
+    loaded = at.session_state["dhaka.dataset"]
+    assert loaded.shape == (30, 12)
+    assert list(dict.fromkeys(loaded.var["chr"])) == ["1", "2", "X"]
