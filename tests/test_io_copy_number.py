@@ -136,3 +136,13 @@ def test_matrix_with_bins_named_chr_start_end_gets_coordinates_and_genome_order(
     assert "bins" not in g.uns["dhaka_io"] and list(g.var.columns) == []
     with pytest.raises(DataError, match="overlap"):
         read(b"cell,chr1:1-100,chr1:50-150\nc1,1,2\nc2,3,4\n", filename="m.csv")
+
+
+def test_a_long_table_read_gives_the_heatmap_its_chromosome_boundaries():
+    from dhaka.analysis.copy_number import figure_heatmap
+
+    a = read(_long_table().to_csv(index=False).encode(), filename="reads.csv")
+    fig = figure_heatmap(a.X, var=a.var, order="none")
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert len(lines) == len(GENOME) - 1  # one boundary between each pair of neighbouring chromosomes
+    assert list(fig.layout.xaxis2.ticktext) == GENOME
