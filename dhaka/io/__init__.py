@@ -27,7 +27,11 @@ Supported formats
 * a bare MatrixMarket ``.mtx[.gz]`` (10x convention: features x cells);
 * ``.npz`` written by :func:`scipy.sparse.save_npz` (or :func:`numpy.savez` of
   one 2-D array, optionally with ``obs_names`` / ``var_names`` arrays) and
-  ``.npy`` (one 2-D array); both loaded with ``allow_pickle=False``.
+  ``.npy`` (one 2-D array); both loaded with ``allow_pickle=False``;
+* copy number (:mod:`dhaka.io.copy_number`): long tables of one row per cell
+  and bin (HMMcopy, signals), Ginkgo segment matrices (bins x cells after
+  CHR / START / END), and any matrix whose features are named
+  ``chr1:1-500000``; bins come in genome order with ``var`` coordinates.
 
 Without a usable extension the format is sniffed from the first bytes (gzip,
 zip, HDF5, ``.npy``, MatrixMarket, else text).  Python pickles are recognised
@@ -51,7 +55,7 @@ offered for download.
 Modules, one concern each: ``safety`` (limits, refusals, HDF5 checks, formula
 guard), ``source`` (inputs and streams), ``reading`` (:func:`read` and format
 dispatch), ``matrix`` (validation, orientation, AnnData assembly), ``text``,
-``mtx`` (MatrixMarket and 10x), ``npz``, ``h5ad``, ``meta`` (metadata join),
+``mtx`` (MatrixMarket and 10x), ``npz``, ``h5ad``, ``copy_number``, ``meta`` (metadata join),
 ``estimate`` (memory estimates), ``writers`` and ``fingerprint``.
 """
 from __future__ import annotations
