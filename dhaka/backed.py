@@ -6,23 +6,25 @@ for a sparse ``X``; a dense ``X`` works too) with h5py, sorted row indices per b
 and densifies only those rows:
 
 1. **Gene statistics in chunks** (:func:`prepare`). Pass 1 reads contiguous row chunks
-   (bounded by a number of stored values, not of rows) for library sizes, the value
-   range and the integer test; pass 2 accumulates per-gene sums, sums of squares and
-   detection counts of the normalised, log-transformed values, in float64. Gene
-   selection (``cv``, ``mean``, ``variance``, ``dispersion``; ``entropy`` needs a
-   third pass over histograms) and the model's input centring come from these sums,
-   following the same rules as :class:`dhaka.Dhaka` (``select_genes``: genes seen in
-   fewer than 3 cells and constant genes are not eligible).
+   (bounded by a number of stored values, not of rows) for library sizes and the value
+   range; a seeded sample of cells decides the input kind. Pass 2 accumulates per-gene
+   sums, sums of squares, detection counts and value ranges of the normalised,
+   log-transformed values, in float64. From these the estimator's own
+   :class:`dhaka.preprocess.Preprocessor` is fitted (``fit_steps`` then ``fit_moments``):
+   the same kind rule, normalisation target, gene-count rule, gene scores and eligibility
+   and input affine as in memory (``entropy`` needs the values, not their moments, and is
+   refused). This module only reads rows; the arithmetic of each step is the
+   preprocessing module's.
 2. **A disk cache of the preprocessed, selected matrix** as CSR in an HDF5 file under
    ``DHAKA_HOME/cache``, keyed by a content digest of the input (streamed over
    ``data``/``indices``/``indptr``) and the preprocessing settings, so a second fit
    with the same data and settings skips both passes. HDF5 rather than ``.npz``
    because a training batch can then read just its rows.
-3. **Training** (:func:`fit_backed`) calls :func:`dhaka.train.fit_vae` (the same loop as
-   the estimator) on the cached matrix: in memory as CSR when it is smaller than
-   ``max_memory_bytes``, otherwise streamed row batch by row batch from the cache
-   file (needs ``fit_vae`` to accept row sources, ``docs/patches/train-speed-hooks.diff``).
-   It returns a fitted :class:`dhaka.Dhaka`, so ``save``/``load``/``transform`` work as usual.
+3. **Training** (:func:`fit_backed`) hands the prepared rows (:class:`Prepared`, a
+   :class:`dhaka.preprocess.PreparedRows`) to ``Dhaka.fit``: in memory as CSR when they are
+   smaller than ``max_memory_bytes``, otherwise a :class:`BackedRows` over the cache file
+   that :func:`dhaka.train.fit_vae` reads batch by batch. It returns the fitted
+   :class:`dhaka.Dhaka`, so ``save``/``load``/``transform`` work as usual.
 4. **Embedding** (:func:`transform_backed`) streams contiguous row chunks of any
    ``.h5ad`` through the fitted estimator's preprocessing and encoder.
 
