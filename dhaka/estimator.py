@@ -525,8 +525,11 @@ class Dhaka(TransformerMixin, BaseEstimator):
 
         Features are matched by name when both the training data and ``X`` have names; features
         absent from ``X`` are filled with the training mean (so they contribute nothing).
+        Prepared rows (:class:`dhaka.preprocess.PreparedRows`) give their columns of the model's genes.
         """
         check_is_fitted(self, "model_")
+        if isinstance(X, PreparedRows):
+            return _prepared_columns(X, self.gene_indices_), []
         M, _, names = _as_matrix(X)
         by_name = self.feature_names_ is not None and names is not None
         M = self._validate(M, reset=None if by_name else False)
@@ -649,6 +652,22 @@ class Dhaka(TransformerMixin, BaseEstimator):
         hist_path = path / "history.json"
         est.history_ = json.loads(hist_path.read_text()) if hist_path.exists() else []
         return est
+
+
+def _prepared_columns(X: PreparedRows, genes: np.ndarray) -> Any:
+    """The columns of prepared rows that hold ``genes`` (feature indices), in that order."""
+    pos = {int(f): i for i, f in enumerate(X.preprocessor.gene_indices_)}
+    missing = [int(f) for f in genes if int(f) not in pos]
+    if missing:
+        raise ValueError(f"the prepared rows lack {len(missing)} of the model's features (e.g. feature "
+                         f"{missing[0]}); transform the original matrix instead")
+    cols = np.array([pos[int(f)] for f in genes], dtype=np.int64)
+    if np.array_equal(cols, np.arange(X.matrix.shape[1])):
+        return X.matrix
+    if not hasattr(X.matrix, "tocsr") and not isinstance(X.matrix, np.ndarray):
+        raise ValueError("these prepared rows are read from disk and hold other genes than the model's; "
+                         "transform the original matrix instead (e.g. dhaka.backed.transform_backed)")
+    return X.matrix[:, cols]
 
 
 def _upgrade_preprocess_json(old: dict[str, Any], cfg: dict[str, Any], model: Any) -> dict[str, Any]:

@@ -258,6 +258,8 @@ def test_fit_on_prepared_rows_equals_fit_on_the_matrix(blobs_counts):
     assert set(est.gene_indices_.tolist()) <= first
     assert est.refinement_[0]["genes"] == mem.refinement_[0]["genes"] == 30
     assert est.transform(X).shape == (X.shape[0], mem.latent_dim)
+    # the prepared rows themselves transform too (the refined genes are among them)
+    np.testing.assert_allclose(est.transform(prepared), est.transform(X), rtol=1e-5, atol=1e-5)
 
 
 def test_the_core_estimator_does_not_import_the_run_store():
