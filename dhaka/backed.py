@@ -45,7 +45,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from dhaka.preprocess import ColumnMoments, PreparedRows, Preprocessor
+from dhaka.preprocess import ColumnMoments, PreparedRows, Preprocessor, library_size
 
 __all__ = ["BackedRows", "Prepared", "prepare", "fit_backed", "transform_backed", "cache_dir",
            "file_fingerprint", "clear_cache"]
@@ -444,7 +444,7 @@ def _library_sizes(raw: BackedRows, path: Path, obs_names: list[str], *, chunk_n
                 row = a + int(np.searchsorted(M.indptr, bad, side="right")) - 1
                 raise ValueError(f"{path}: X has a non-finite value in cell {obs_names[row]!r} (row {row})")
             vmin = min(vmin, float(M.data.min()))
-        lib[a:b] = np.asarray(M.sum(axis=1), dtype=np.float64).ravel()
+        lib[a:b] = library_size(M)
     if raw.nnz < n * g:
         vmin = min(vmin, 0.0)
     return lib, (0.0 if vmin == np.inf else vmin)
@@ -619,7 +619,7 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
 
     check_is_fitted(est, "model_")
     path = Path(path)
-    _, var_names = _names(path)
+    obs_names, var_names = _names(path)
     if est.feature_names_ is not None:
         pos = {nm: i for i, nm in enumerate(var_names)}
         cols = np.array([pos.get(gn, -1) for gn in est.genes_], dtype=np.int64)
@@ -632,13 +632,9 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
     pre = est.preprocessor_
     raw = BackedRows(path)
     try:
-        n = raw.file_shape[0]
         scale = None
         if pre.normalize_:
-            lib = np.zeros(n)
-            for a, b, M in raw.chunks(chunk_nnz=chunk_nnz):
-                lib[a:b] = np.asarray(M.sum(axis=1)).ravel()
-            scale = pre.size_factors(lib)
+            scale = pre.size_factors(_library_sizes(raw, path, obs_names, chunk_nnz=chunk_nnz)[0])
         bounds = raw.chunk_bounds(chunk_nnz=chunk_nnz)
     finally:
         raw.close()
