@@ -21,8 +21,9 @@ benchmarks all call it, and a saved model carries it (:meth:`Preprocessor.to_dic
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp

@@ -16,8 +16,9 @@ import contextlib
 import math
 import threading
 import time
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, ContextManager, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import scipy.sparse as sp
