@@ -47,8 +47,8 @@ def figure_settings(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         out.setdefault("dataset", name)
     if state.get_cluster_k() is not None:
         out.setdefault("k", int(state.get_cluster_k()))
-    est = state.get_estimator()
-    params = est.get_params() if est is not None else state.get_estimator_params()
+    get_params = getattr(state.get_estimator(), "get_params", None)
+    params = get_params() if callable(get_params) else state.get_estimator_params()
     for key, value in params.items():
         out.setdefault(key, list(value) if isinstance(value, tuple) else value)
     return out
