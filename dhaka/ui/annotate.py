@@ -272,7 +272,8 @@ def _name_clusters(clusters: np.ndarray, taken: Sequence[str], *, key: str) -> N
         names = {k: cols[i % 4].text_input(f"Cluster {k} ({int((clusters == k).sum()):,} cells)",
                                            key=f"{key}.c{k}", max_chars=MAX_LABEL_CHARS,
                                            placeholder=str(k)) for i, k in enumerate(ks)}
-        submitted = st.form_submit_button("Save cluster names", type="primary", icon=":material/label:")
+        submitted = st.form_submit_button("Save cluster names", type="primary", icon=":material/label:",
+                                          key=f"{key}.save")
     st.caption("Give clusters the same name to merge them; a cluster left empty keeps its number.")
     if submitted:
         try:

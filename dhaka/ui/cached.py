@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dhaka.ui.views_worker import ViewsWorker
 
 __all__ = ["job_manager", "views_worker", "load_demo", "embedding", "gmm_bic", "gmm_fixed_k",
-           "qc_stats"]
+           "qc_stats", "view_scores", "pseudotime_root", "pseudotime"]
 
 
 @st.cache_resource(show_spinner=False)
@@ -151,3 +151,20 @@ def view_scores(_coords: np.ndarray, _labels: np.ndarray, _truth: Any, *, key: s
 
     with threadpool_limits(1, user_api="blas"):
         return cluster_metrics(_coords, _labels, _truth)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def pseudotime_root(_Z: np.ndarray, _clusters: np.ndarray, cluster: Any, *, digest: str, clusters_digest: str) -> int:
+    """The root cell of ``cluster`` (``dhaka.analysis.pseudotime.root_from_cluster``), cached by the digests
+    of the latent space and the cluster labels (a rerun of the Trajectory page costs nothing)."""
+    from dhaka.analysis.pseudotime import root_from_cluster
+
+    return int(root_from_cluster(_Z, _clusters, cluster))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def pseudotime(_Z: np.ndarray, *, digest: str, root: int, n_neighbors: int, method: str) -> np.ndarray:
+    """Diffusion (or shortest-path) pseudotime of every cell from ``root``, cached by latent digest and settings."""
+    from dhaka.analysis.pseudotime import diffusion_pseudotime
+
+    return np.asarray(diffusion_pseudotime(_Z, root=int(root), n_neighbors=int(n_neighbors), method=method))
