@@ -22,23 +22,10 @@ from dhaka.ui import state
 if TYPE_CHECKING:  # pragma: no cover
     from dhaka.jobs import Job, JobContext
 
-__all__ = ["AnalysisJob", "POLL_SECONDS", "progress_reporter"]
+__all__ = ["AnalysisJob", "POLL_SECONDS"]
 
 #: Seconds between two polls of a running analysis job.
 POLL_SECONDS = 1.0
-
-
-def progress_reporter(ctx: JobContext) -> Callable[[dict[str, Any]], None]:
-    """The ``progress=`` callback of the analysis functions, reporting into a job.
-
-    The analyses (``compare_structures``, ``dropout_study``) call ``progress({"row", "done", "total",
-    "message"})`` after each finished unit; the row goes into the job's history (the rows-so-far table).
-    """
-    def progress(p: dict[str, Any]) -> None:
-        ctx.report(history_row=p.get("row"), done=p.get("done", 0), total=p.get("total"),
-                   message=p.get("message", ""))
-
-    return progress
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ __all__ = [
     "model_zip_bytes",
     "VIEW_METHODS",
     "ViewsTask",
+    "progress_reporter",
     "structures_task",
     "dropout_task",
     "de_task",
@@ -349,6 +350,19 @@ class ViewsTask:
 
 
 # ------------------------------------------------------------- analysis tasks
+def progress_reporter(ctx: JobContext) -> Callable[[dict[str, Any]], None]:
+    """The ``progress=`` callback of the analyses, reporting into a job.
+
+    ``compare_structures`` and ``dropout_study`` call ``progress({"row", "done", "total", "message"})``
+    after each finished unit; the row goes into the job's history (the page's rows-so-far table).
+    """
+    def progress(p: dict[str, Any]) -> None:
+        ctx.report(history_row=p.get("row"), done=p.get("done", 0), total=p.get("total"),
+                   message=p.get("message", ""))
+
+    return progress
+
+
 def structures_task(adata: anndata.AnnData, *, structures: tuple[Any, ...], include_tsne: bool, include_pca: bool,
                     labels: Any, estimator_params: dict[str, Any]) -> Callable[[JobContext], pd.DataFrame]:
     """The job of the Compare page: :func:`dhaka.analysis.structures.compare_structures`, row by row.
@@ -360,7 +374,6 @@ def structures_task(adata: anndata.AnnData, *, structures: tuple[Any, ...], incl
 
     def task(ctx: JobContext) -> pd.DataFrame:
         from dhaka.analysis import structures as _structures
-        from dhaka.ui.analysis_job import progress_reporter
 
         return _structures.compare_structures(adata, structures=tuple(structures), include_tsne=include_tsne,
                                               include_pca=include_pca, labels=labels, estimator_params=params,
@@ -377,7 +390,6 @@ def dropout_task(adata: anndata.AnnData, *, levels: tuple[float, ...], methods: 
 
     def task(ctx: JobContext) -> Any:
         from dhaka.analysis import robustness
-        from dhaka.ui.analysis_job import progress_reporter
 
         return robustness.dropout_study(adata, levels=tuple(levels), methods=tuple(methods), labels=labels,
                                         estimator_params=params, k_max=int(k_max), seed=int(seed),
