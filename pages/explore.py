@@ -57,18 +57,7 @@ with left:
     draw(Z[:, :3] if Z.shape[1] >= 3 else Z, "Dhaka latent space", "dhaka", "fig_dhaka")
 for cell, col in zip(cells, [right, *st.columns(2)]):
     with col:
-        if cell.status == "ready":
-            draw(cell.coords, f"{cell.label} ({dims}-D)", cell.method, f"fig_{cell.name}")
-        elif cell.status == "background":
-            st.markdown(f"**{cell.label} ({dims}-D)** — computing in the background…")
-        elif cell.status == "no_input":
-            st.markdown(f"**{cell.label} ({dims}-D)** — not computed yet")
-            st.caption("Needs the data the model was trained on (load the matching dataset).")
-        else:
-            st.markdown(f"**{cell.label} ({dims}-D)** — not computed yet")
-            if st.button(f"Compute {cell.label}", key=f"w.exp.compute.{cell.name}", help="Cached: later reruns are "
-                         "instant." + (views.umap_note() if cell.method == "umap" else "")):
-                views.compute_views([cell.method], dims=dims, seed=seed)
+        views.view_cell(cell, dims=dims, seed=seed, draw=draw)
 
 # ------------------------------------------------------------------ scores
 st.subheader("Clusters and scores")
@@ -80,17 +69,7 @@ if gmm is not None:
         st.plotly_chart(fig_bic, key="fig_bic", config=widgets.PLOTLY_CONFIG)
         widgets.figure_downloads(fig_bic, "gmm-bic", key="dl_fig_bic")
 with b2:
-    truth_opts = [None] + [str(c) for c in adata.obs.columns]
-    cur = state.get_truth_column()
-    truth_col = st.selectbox("True labels for ARI / NMI", truth_opts, index=truth_opts.index(cur) if cur in truth_opts
-                             else 0, format_func=lambda v: "none" if v is None else v, key="w.exp.truth")
-    state.set_truth_column(truth_col)
-    st.dataframe(views.scores_table(Z, labels, k_max=k_max, seed=seed, truth_col=truth_col), key="scores",
-                 column_config={"silhouette": st.column_config.NumberColumn("silhouette", help="undefined (empty) "
-                                                                            "for a single cluster"),
-                                "ari": st.column_config.NumberColumn("ARI"), "nmi": st.column_config.NumberColumn("NMI")})
-    st.caption("Each view's own GMM clusters (BIC); Dhaka uses the clusters above. "
-               + ("ARI / NMI against " + truth_col + "." if truth_col else "Pick true labels to see ARI / NMI."))
+    views.scores_panel(Z, labels, k_max=k_max, seed=seed)
 
 st.subheader("Annotations")
 annotate.panel(clusters=labels, views=views.selection_views(Z), obs_names=obs_names,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = ["ClusterChoice", "choose_clusters", "cluster_controls", "ViewCell", "plan_views", "model_input",
-           "compute_views", "scores_table", "selection_views"]
+           "compute_views", "view_cell", "scores_table", "scores_panel", "selection_views"]
 
 METHODS = tasks.VIEW_LABELS
 
@@ -178,6 +178,38 @@ def scores_table(Z: np.ndarray, labels: np.ndarray | None, *, k_max: int, seed: 
         rows.append({"view": view, "k": int(len(np.unique(lab))),
                      **{k: sc.get(k) for k in ("silhouette", "ari", "nmi") if k in sc}})
     return pd.DataFrame(rows).set_index("view").apply(pd.to_numeric, errors="coerce").round(3)
+
+
+def view_cell(cell: ViewCell, *, dims: int, seed: int, draw: Any) -> None:
+    """One comparison view's place on the page: the figure (``draw(coords, title, prefix, key)``), or why not yet."""
+    if cell.status == "ready":
+        draw(cell.coords, f"{cell.label} ({dims}-D)", cell.method, f"fig_{cell.name}")
+        return
+    if cell.status == "background":
+        st.markdown(f"**{cell.label} ({dims}-D)** — computing in the background…")
+        return
+    st.markdown(f"**{cell.label} ({dims}-D)** — not computed yet")
+    if cell.status == "no_input":
+        st.caption("Needs the data the model was trained on (load the matching dataset).")
+    elif st.button(f"Compute {cell.label}", key=f"w.exp.compute.{cell.name}",
+                   help="Cached: later reruns are instant." + (umap_note() if cell.method == "umap" else "")):
+        compute_views([cell.method], dims=dims, seed=seed)
+
+
+def scores_panel(Z: np.ndarray, labels: np.ndarray | None, *, k_max: int, seed: int) -> None:
+    """The true-labels picker and the scores table (:func:`scores_table`) of the Explore page."""
+    adata = state.get_dataset()
+    opts = [None] + [str(c) for c in adata.obs.columns]
+    cur = state.get_truth_column()
+    truth_col = st.selectbox("True labels for ARI / NMI", opts, index=opts.index(cur) if cur in opts else 0,
+                             format_func=lambda v: "none" if v is None else v, key="w.exp.truth")
+    state.set_truth_column(truth_col)
+    st.dataframe(scores_table(Z, labels, k_max=k_max, seed=seed, truth_col=truth_col), key="scores",
+                 column_config={"silhouette": st.column_config.NumberColumn(
+                     "silhouette", help="undefined (empty) for a single cluster"),
+                     "ari": st.column_config.NumberColumn("ARI"), "nmi": st.column_config.NumberColumn("NMI")})
+    st.caption("Each view's own GMM clusters (BIC); Dhaka uses the clusters above. "
+               + (f"ARI / NMI against {widgets.plain(truth_col)}." if truth_col else "Pick true labels to see ARI / NMI."))
 
 
 def selection_views(Z: np.ndarray) -> dict[str, tuple[np.ndarray, tuple[str, str]]]:

@@ -115,3 +115,24 @@ def test_box_selection_goes_to_group_a(small_paper):
     at.button(key="w.de.to_a").click().run()
     assert not at.exception
     assert at.session_state["dhaka.analysis.de.selection_a"].tolist() == [3, 4, 5]
+
+
+def test_de_task_is_a_plain_job_function(small_paper):
+    """The page's test runs as a background job: the task needs no Streamlit and reports its progress."""
+    from dhaka.jobs import JobManager
+    from dhaka.ui import tasks
+
+    groups = small_paper.obs["group"].astype(str).to_numpy()
+    a = groups == groups[0]
+    manager = JobManager(1, sweep_interval_s=None)
+    try:
+        job = manager.submit(tasks.de_task(small_paper.X, a, None, genes=list(map(str, small_paper.var_names)),
+                                           mode="expression", method="welch", label_a="first", label_b="rest"),
+                             owner="someone", name="de", kind="analysis")
+        assert job.wait(60) and job.error is None, job.error
+    finally:
+        manager.shutdown()
+    res = job.result
+    assert len(res["df"]) == small_paper.n_vars and (res["df"]["padj"] < 0.05).any()
+    assert res["a"].tolist() == np.flatnonzero(a).tolist() and res["b"].tolist() == np.flatnonzero(~a).tolist()
+    assert job.snapshot()["progress"]["done"] == 1
