@@ -238,3 +238,22 @@ def test_opening_a_run_brings_its_annotations_back(small_paper, home, tmp_path):
     if views is not None:
         views[0].cancel()
         assert views[0].wait(300)  # the job slot is free for the next test
+
+
+def test_run_store_keeps_annotations_only_for_the_owner_of_a_finished_run(home):
+    from dhaka.runs import RunError, RunPermissionError
+
+    me, other = owner.key_for_token(TOKEN), owner.key_for_user("bob")
+    running = home.create(settings={}, data={"name": NAME}, owner=me)
+    table = annotate.to_frame({"kind": np.array(["a", None, "b"], dtype=object)}, ["c1", "c2", "c3"])
+    with pytest.raises(RunError, match="still running"):
+        home.save_annotations(running.id, table, owner=me)
+    running.finish(status="done")
+    with pytest.raises(RunPermissionError, match="only its owner"):
+        home.save_annotations(running.id, table, owner=other)
+    home.view(me).save_annotations(running.id, table)
+    back = home.open(running.id, owner=me).load_annotations()
+    assert back.index.tolist() == ["c1", "c2", "c3"] and back["kind"].isna().tolist() == [False, True, False]
+    home.view(me).save_annotations(running.id, table.iloc[:, :0])  # no columns: the annotations are removed
+    assert home.open(running.id, owner=me).load_annotations().empty
+    assert not (home.runs_dir / running.id / "annotations.csv").exists()
