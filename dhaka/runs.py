@@ -10,6 +10,7 @@ Layout under the workspace root (``DHAKA_HOME``, default ``./dhaka-runs``)::
           e0005-1f2e/       # the checkpoint named in run.json (a model folder)
         model/              # final model (a model folder, see MODEL_FILES)
         latent.csv          # cells x dhaka_1..dhaka_d (+ cluster)
+        annotations.csv     # cells x the person's labels (written after training, by its owner)
         history.json        # one row per epoch
         metrics.json        # final loss, ARI if known, ...
 
@@ -680,6 +681,18 @@ class Run:
         with open(self._file("metrics"), "rb") as fh:
             return json.load(fh)
 
+    def load_annotations(self) -> pd.DataFrame:
+        """The labels kept with the run (index = cell ids, one text column per annotation).
+
+        Unlabelled cells are missing values. A run without annotations gives an empty table.
+        """
+        import pandas as pd
+
+        if not (self._record.get("files") or {}).get("annotations"):
+            return pd.DataFrame(index=pd.Index([], name="cell", dtype=object))
+        return pd.read_csv(self._file("annotations"), index_col=0, dtype=str, keep_default_na=False,
+                           na_values=[""])
+
 
 class RunStore:
     """The folder of runs under ``root`` (``DHAKA_HOME`` or ``./dhaka-runs``).
@@ -819,7 +832,7 @@ class RunStore:
         return owner
 
     def _check(self, run_id: str, record: Mapping[str, Any], owner: str | None, *,
-               action: Literal["open", "delete", "share"]) -> None:
+               action: Literal["open", "delete", "share", "annotate"]) -> None:
         if owner is None:  # admin
             return
         if record.get("owner") == owner:
@@ -977,6 +990,52 @@ class RunStore:
             record["shared"] = bool(shared)
             atomic_write_json(path / RUN_FILE, record)
         return Run(path).info()
+
+    def save_annotations(self, run_id: str, table: pd.DataFrame, *, owner: str | None = None,
+                         admin: bool = False) -> None:
+        """Keep a person's labels with a finished run (``annotations.csv``), replacing the previous ones.
+
+        Parameters
+        ----------
+        run_id
+            The run's id.
+        table
+            One row per cell (index = cell ids), one text column per annotation; missing values are
+            unlabelled cells. An empty table (no columns) removes the annotations.
+        owner
+            Who asks: only the run's owner may annotate it (sharing gives read access only).
+        admin
+            Annotate any run.
+
+        Raises
+        ------
+        RunPermissionError
+            If ``owner`` is not the run's owner.
+        RunError
+            For an unknown run, or one still being written.
+        """
+        asker = self._asker(owner, admin, "annotate")
+        path = self._path(run_id)
+        if not path.is_dir():
+            raise RunError(f"No run {run_id!r} under {self.runs_dir}.")
+        run = Run(path)
+        self._check(run.id, run._record, asker, action="annotate")
+        with _quiet(path, run._record) as quiet:
+            if not quiet:
+                raise RunError(f"Run {run_id} is still running; annotate it once it has finished.")
+            record = Run(path).record  # re-read under the lock
+            files = dict(record.get("files") or {})
+            if len(table.columns):
+                buf = io.StringIO()
+                table.rename_axis("cell").to_csv(buf, index=True)  # internal: read back by load_annotations
+                atomic_write_bytes(path / "annotations.csv", buf.getvalue().encode("utf-8"))
+                files["annotations"] = "annotations.csv"
+            else:
+                files.pop("annotations", None)
+            record["files"] = files
+            atomic_write_json(path / RUN_FILE, record)
+            if "annotations" not in files:
+                (path / "annotations.csv").unlink(missing_ok=True)
 
     def view(self, owner: str | None = None, *, admin: bool = False) -> RunStoreView:
         """This store seen by one person (or an admin): ``list()``, ``open(id)``, ... without repeating who asks.
@@ -1169,6 +1228,10 @@ class RunStoreView:
     def share(self, run_id: str, *, shared: bool = True) -> RunInfo:
         """See :meth:`RunStore.share`."""
         return self.store.share(run_id, owner=self.owner, admin=self.admin, shared=shared)
+
+    def save_annotations(self, run_id: str, table: pd.DataFrame) -> None:
+        """See :meth:`RunStore.save_annotations`."""
+        self.store.save_annotations(run_id, table, owner=self.owner, admin=self.admin)
 
     def is_mine(self, info: RunInfo) -> bool:
         """``True`` when this view's owner owns the run (admins own none; they may still delete)."""

@@ -237,3 +237,9 @@ def test_page_helper_draws_chart_and_lazy_downloads(monkeypatch):
     assert not any(b.proto.disabled for b in latent) and "300 dpi" in latent[0].proto.help
     assert pie[0].proto.disabled and pie[1].proto.disabled and "Chrome or Chromium" in pie[0].proto.help
     assert not pie[2].proto.disabled  # the interactive HTML always works
+
+
+def test_selection_scatter_with_legend_only_traces_exports():
+    fig = plots.selection_scatter(np.random.default_rng(0).normal(size=(50, 2)),
+                                  groups=np.where(np.arange(50) < 10, "A", None))
+    _svg_root(plots.figure_bytes(fig, "svg"))
