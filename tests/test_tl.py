@@ -161,7 +161,8 @@ def test_app_export_uses_to_anndata(adata):
 
     Z = np.random.default_rng(0).normal(size=(adata.n_obs, 3))
     data = tasks.h5ad_bytes(adata, latent=Z, labels=np.zeros(adata.n_obs, int),
-                            embeddings={"umap_2d": Z[:, :2]}, run_id="abc", params={"seed": 3, "patience": None})
+                            embeddings={"umap_2d": Z[:, :2]}, run_id="abc", params={"seed": 3, "patience": None},
+                            annotations={"cell type": np.where(np.arange(adata.n_obs) < 5, "T cell", None)})
     import io
 
     import h5py
@@ -170,6 +171,9 @@ def test_app_export_uses_to_anndata(adata):
         back = anndata.io.read_elem(f["uns"])["dhaka"]
         assert set(f["obsm"].keys()) >= {"X_dhaka", "X_umap"}
     assert back["run_id"] == "abc" and back["seed"] == 3 and "versions" in back
+    labels = anndata.read_h5ad(io.BytesIO(data)).obs["cell type"]
+    assert isinstance(labels.dtype, pd.CategoricalDtype) and list(labels.cat.categories) == ["T cell"]
+    assert labels.isna().sum() == adata.n_obs - 5  # unlabelled cells stay missing, not the string "None"
 
 
 def test_import_dhaka_tl_is_lazy():
