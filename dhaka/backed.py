@@ -252,29 +252,13 @@ def _is_range(rows: np.ndarray) -> bool:
 
 # ------------------------------------------------------------------ fingerprint
 def file_fingerprint(path: str | os.PathLike, *, group: str = "X", block: int = 8 << 20) -> str:
-    """SHA-256 of the matrix's content (shape, dtype, CSR arrays or dense values), streamed in blocks."""
-    import h5py
+    """SHA-256 of the matrix's content (shape, dtype, CSR arrays or dense values), streamed in blocks.
 
-    h = hashlib.sha256()
-    with h5py.File(path, "r") as f:
-        node = f[group]
-        if isinstance(node, h5py.Group):
-            h.update(f"csr|{tuple(int(s) for s in node.attrs['shape'])}|".encode())
-            parts = [node["data"], node["indices"], node["indptr"]]
-        else:
-            h.update(f"dense|{node.shape}|".encode())
-            parts = [node]
-        for ds in parts:
-            h.update(f"{ds.dtype.str}|".encode())
-            if ds.ndim == 1:
-                for a in range(0, ds.shape[0], block):
-                    h.update(np.ascontiguousarray(ds[a:a + block]).view(np.uint8))
-            else:
-                rows = max(1, block // max(ds.shape[1], 1))
-                for a in range(0, ds.shape[0], rows):
-                    h.update(np.ascontiguousarray(ds[a:a + rows]).view(np.uint8))
-            h.update(b"|")
-    return h.hexdigest()
+    The ``sha256`` of :func:`dhaka.io.fingerprint` of the file.
+    """
+    from dhaka.io import fingerprint
+
+    return fingerprint(path, group=group, block=block)["sha256"]
 
 
 def _names(path: Path) -> tuple[list[str], list[str]]:

@@ -22,6 +22,8 @@ from typing import Sequence
 def _add_read_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orientation", choices=["auto", "cells_x_genes", "genes_x_cells"], default="auto",
                    help="orientation of a CSV/TSV matrix (default: detect)")
+    p.add_argument("--layer", default=None,
+                   help="read this layer of an .h5ad (e.g. counts, or state for copy-number files) instead of X")
     p.add_argument("--metadata", help="CSV/TSV of per-cell annotations keyed by cell id (joined into obs)")
 
 
@@ -99,7 +101,7 @@ def _estimator_params(args: argparse.Namespace) -> dict:
 def _read(args: argparse.Namespace):
     from dhaka import io
 
-    adata = io.read(args.input, orientation=args.orientation)
+    adata = io.read(args.input, orientation=args.orientation, layer=args.layer)
     if args.metadata:
         adata = io.read_metadata(args.metadata, adata)
     return adata

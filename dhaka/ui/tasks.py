@@ -9,11 +9,13 @@ The training task:
 
 1. creates a run in the :class:`dhaka.runs.RunStore` (settings, data
    fingerprint, owner);
-2. fits :class:`dhaka.Dhaka` with a callback that reports every epoch to the
-   job (``ctx.report(..., history_row=...)``, which the Train page polls) and
-   writes a checkpoint every few epochs;
+2. fits :class:`dhaka.Dhaka` (:func:`fit_embed_cluster`) in a training process
+   of its own (:mod:`dhaka.ui.train_worker`; ``DHAKA_TRAIN_IN_THREAD=1`` keeps it
+   in the job's thread), relaying every epoch to the job
+   (``ctx.report(..., history_row=...)``, which the Train page polls) and
+   writing a checkpoint every few epochs;
 3. embeds the cells, calls GMM clusters (BIC), scores them against the true
-   labels when known;
+   labels when known (in the same process);
 4. finishes the run (model, latent + clusters CSV, history, metrics) and
    returns a :class:`TrainOutcome`.
 
@@ -23,7 +25,6 @@ checkpoint) and re-raised so the job reports its message.
 """
 from __future__ import annotations
 
-import hashlib
 import io as _io
 import tempfile
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ __all__ = [
     "data_fingerprint",
     "check_training_memory",
     "make_train_task",
+    "FitResult",
+    "fit_embed_cluster",
+    "train_in_thread",
     "cluster_metrics",
     "latent_frame",
     "latent_csv_bytes",
@@ -104,21 +108,12 @@ def digest(X: Any) -> str:
     """A content digest of an array or sparse matrix (shape, dtype and values).
 
     Used as the cache key of embeddings and cluster calls, so that cached
-    results are found by content, never by session.
+    results are found by content, never by session.  The ``sha256`` of
+    :func:`dhaka.io.fingerprint`.
     """
-    import scipy.sparse as sp
+    from dhaka.io import fingerprint
 
-    h = hashlib.blake2b(digest_size=16)
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        h.update(f"csr{X.shape}{X.dtype}".encode())
-        for part in (X.indptr, X.indices, X.data):
-            h.update(np.ascontiguousarray(part).data)
-    else:
-        A = np.ascontiguousarray(np.asarray(X))
-        h.update(f"nd{A.shape}{A.dtype}".encode())
-        h.update(A.data if A.dtype != object else repr(A.tolist()).encode())
-    return h.hexdigest()
+    return fingerprint(X)["sha256"]
 
 
 def data_fingerprint(adata: anndata.AnnData) -> dict[str, Any]:
@@ -161,8 +156,20 @@ def check_training_memory(adata: anndata.AnnData, params: dict[str, Any]) -> int
         latent_dim=int(p["latent_dim"]), batch_size=est.resolved_batch_size(int(adata.n_obs)), sparse=sparse,
         density=density,
         n_selected=int(preview["n_selected"]))
+    if not train_in_thread():
+        # the training process gets its own copy of the matrix, through a pickled message of the same size
+        estimate += 2 * _matrix_bytes(X)
     check_memory(estimate)
     return estimate
+
+
+def _matrix_bytes(X: Any) -> int:
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        return int(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)
+    return int(np.asarray(X).nbytes)
 
 
 def cluster_metrics(latent: np.ndarray, labels: np.ndarray | None, truth: Any = None) -> dict[str, float]:
@@ -192,6 +199,82 @@ def latent_frame(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray
     return df
 
 
+@dataclass
+class FitResult:
+    """What fitting, embedding and clustering return (from this thread or the training process)."""
+
+    estimator: Any
+    latent: np.ndarray
+    gmm: Any
+    labels: np.ndarray | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train_in_thread() -> bool:
+    """``True`` when ``DHAKA_TRAIN_IN_THREAD=1``: trainings run in the job's thread, not a process of their own.
+
+    The process is the default (see :mod:`dhaka.ui.train_worker` for why); the thread is for
+    debugging with a debugger or a profiler attached to the server.
+    """
+    import os
+
+    return os.environ.get("DHAKA_TRAIN_IN_THREAD", "0").strip() == "1"
+
+
+def fit_embed_cluster(
+    adata: anndata.AnnData,
+    params: dict[str, Any],
+    *,
+    truth: np.ndarray | None,
+    k_max: int,
+    on_epoch: Callable[[dict[str, Any]], None],
+    stop_event: Any,
+    checkpoint: Callable[[Callable[[Any], None], int], None] | None,
+    checkpoint_every: int,
+    on_phase: Callable[[str], None] = lambda phase: None,
+) -> FitResult:
+    """Fit :class:`dhaka.Dhaka`, embed the cells, call GMM clusters and score them (the training job's work).
+
+    ``on_epoch`` gets each epoch's report as a dict; ``on_phase("embedding")`` is called when the
+    fitting is over. Cluster metrics: ``k``, ``silhouette`` and, with ``truth``, ``ari`` / ``nmi``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from dhaka.cluster import gmm_bic
+    from dhaka.estimator import Dhaka
+
+    est = Dhaka(**params)
+
+    def callback(report: Any) -> None:
+        on_epoch(report.as_dict() if hasattr(report, "as_dict") else dict(vars(report)))
+
+    est.fit(adata, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every)
+    on_phase("embedding")
+    Z = np.asarray(est.transform(adata))
+    metrics: dict[str, Any] = {}
+    # GMM works on tiny (d x d) matrices: BLAS threads only contend (50x slower on a busy CPU)
+    with threadpool_limits(1, user_api="blas"):
+        try:
+            gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)), seed=int(est.get_params()["seed"]))
+            labels = np.asarray(gmm.labels)
+        except Exception:  # clusters are a bonus: a degenerate latent space still is a result
+            gmm, labels = None, None
+        if gmm is not None:
+            metrics["k"] = int(gmm.k)
+            metrics.update(cluster_metrics(Z, labels, truth))
+    return FitResult(estimator=est, latent=Z, gmm=gmm, labels=labels, metrics=metrics)
+
+
+def _lean(adata: anndata.AnnData) -> anndata.AnnData:
+    """The matrix and names only: what the training process needs of a dataset."""
+    import anndata as ad
+    import pandas as pd
+
+    return ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names.copy()),
+                      var=pd.DataFrame(index=adata.var_names.copy()))
+
+
 def make_train_task(
     adata: anndata.AnnData,
     params: dict[str, Any],
@@ -203,6 +286,7 @@ def make_train_task(
     k_max: int = 10,
     checkpoint_every: int = 5,
     store: Any = None,
+    in_thread: bool | None = None,
 ) -> Callable[[JobContext], TrainOutcome]:
     """The function a training job runs (see the module docstring).
 
@@ -226,6 +310,9 @@ def make_train_task(
         Epochs between checkpoints.
     store
         A :class:`dhaka.runs.RunStore` (default: the one under ``DHAKA_HOME``).
+    in_thread
+        Fit in the job's own thread instead of a training process (:mod:`dhaka.ui.train_worker`);
+        default :func:`train_in_thread`.
 
     Returns
     -------
@@ -233,11 +320,11 @@ def make_train_task(
         ``task(ctx) -> TrainOutcome``; never calls streamlit.
     """
     params = dict(params)
+    use_thread = train_in_thread() if in_thread is None else bool(in_thread)
     obs_names = [str(o) for o in adata.obs_names]
     truth_arr = None if truth is None else np.asarray(truth).astype(str)
 
     def task(ctx: JobContext) -> TrainOutcome:
-        from dhaka.cluster import gmm_bic
         from dhaka.estimator import Dhaka
         from dhaka.runs import RunStore
 
@@ -250,8 +337,7 @@ def make_train_task(
         ctx.report(run_id=run.id)
         history: list[dict[str, Any]] = []
 
-        def on_epoch(report: Any) -> None:
-            row = report.as_dict() if hasattr(report, "as_dict") else dict(vars(report))
+        def on_epoch(row: dict[str, Any]) -> None:
             history.append(row)
             ctx.report(phase="training", message="Training", epoch=row.get("epoch"),
                        n_epochs=row.get("n_epochs"), eta=row.get("eta"), elapsed=row.get("elapsed"),
@@ -266,29 +352,25 @@ def make_train_task(
         def on_checkpoint(save_fn: Callable[[Any], None], epoch: int) -> None:
             run.write_checkpoint(save_fn, epoch)
 
-        try:
-            est.fit(adata, callback=on_epoch, stop_event=ctx.stop_event, checkpoint=on_checkpoint,
-                    checkpoint_every=checkpoint_every)
+        def on_phase(phase: str) -> None:
             ctx.report(phase="embedding", message="Embedding cells and calling clusters",
                        n_fits=len({row.get("start", 0) for row in history}) or 1)
-            Z = np.asarray(est.transform(adata))
-            try:
-                from threadpoolctl import threadpool_limits
 
-                # GMM works on tiny (d x d) matrices: BLAS threads only contend (50x slower on a busy CPU)
-                with threadpool_limits(1, user_api="blas"):
-                    gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)),
-                                  seed=int(est.get_params()["seed"]))
-                labels = np.asarray(gmm.labels)
-            except Exception:  # clusters are a bonus: a degenerate latent space still is a result
-                gmm, labels = None, None
+        try:
+            kw = dict(truth=truth_arr, k_max=k_max, checkpoint_every=checkpoint_every)
+            if use_thread:
+                fit = fit_embed_cluster(adata, params, on_epoch=on_epoch, stop_event=ctx.stop_event,
+                                        checkpoint=on_checkpoint, on_phase=on_phase, **kw)
+            else:
+                from dhaka.ui.train_worker import run_in_worker
+
+                fit = run_in_worker({"adata": _lean(adata), "params": params, **kw}, stop_event=ctx.stop_event,
+                                    on_epoch=on_epoch, on_checkpoint=on_checkpoint, on_phase=on_phase)
+            est, Z, gmm, labels = fit.estimator, fit.latent, fit.gmm, fit.labels
             metrics: dict[str, Any] = {"n_epochs_run": len(history)}
             if history:
                 metrics["final_loss"] = history[-1].get("loss")
-            if gmm is not None:
-                metrics["k"] = int(gmm.k)
-                with threadpool_limits(1, user_api="blas"):
-                    metrics.update(cluster_metrics(Z, labels, truth_arr))
+            metrics.update(fit.metrics)
             stopped = bool(getattr(est, "stopped_", False) or ctx.stop_event.is_set())
             status = "stopped" if stopped else "done"
             run.finish(status=status, save_fn=est.save, latent=latent_frame(Z, obs_names, labels=labels),

@@ -193,9 +193,10 @@ def test_stop_ends_training_and_keeps_the_model(env):
     at.number_input(key="w.train.epochs").set_value(2000).run()
     at.button(key="w.train.start").click().run()
     job = at.session_state["dhaka.job"]
-    deadline = time.time() + 180
+    deadline = time.time() + 300
     while time.time() < deadline and not job.snapshot()["history"]:
         time.sleep(0.2)
+    assert job.snapshot()["history"], "no epoch reported within 300 s"
     at.run()
     assert any(p for p in at.get("progress")), "progress bar while running"
     at.button(key="w.train.stop").click().run()
