@@ -215,20 +215,17 @@ def preprocessed(est, X, *, refined: bool = False) -> np.ndarray:
     ``refined=True`` gives the genes of Dhaka's final fit instead (``est.align(X)``), to show
     how much of Dhaka's result the refined genes alone explain.
     """
-    import scipy.sparse as sp
-
+    from dhaka.analysis.robustness import baseline_input
     from dhaka.estimator import _as_matrix
-    from dhaka.preprocess import select_genes
+    from dhaka.preprocess import Preprocessor
 
-    if refined:
-        S, _ = est.align(X)
-    else:
+    if not refined:
         M, _, _ = _as_matrix(X)
-        P = est._apply_steps(est._validate(M, reset=None))
-        S = P[:, select_genes(P, n_genes=est._n_select(P.shape[1]), method=est.gene_selection)]
-    S = S.toarray() if sp.issparse(S) else np.asarray(S)
-    S = S.astype(np.float64)
-    return S - S.mean(axis=0, keepdims=True)
+        p = est.get_params()
+        return baseline_input(M, mode=p["mode"], n_genes=p["n_genes"], gene_selection=p["gene_selection"],
+                              normalize=p["normalize"], log=p["log"]).astype(np.float64)
+    S, _ = est.align(X)
+    return Preprocessor(relative=True, scale="none").fit_affine(S).standardize(S, dtype=np.float64)
 
 
 def _pca(S: np.ndarray, n_components: int, seed: int) -> np.ndarray:

@@ -29,6 +29,7 @@ __all__ = [
     "library_size_hist",
     "dropout_hist",
     "figure_html",
+    "selection_scatter",
 ]
 
 #: Qualitative palette for categorical colours (Plotly's "Plotly" + "D3" + "Alphabet").
@@ -279,6 +280,11 @@ def _escape(s: str) -> str:
     return str(s).replace("%", "%%").replace("<", "&lt;").replace(">", "&gt;").replace("{", "(").replace("}", ")")
 
 
+def _plain(s: str) -> str:
+    """Text shown as text by plotly (legend entries render a few HTML tags)."""
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _natural_sort(values: Any) -> list[str]:
     import re
 
@@ -502,3 +508,101 @@ def figure_html(fig: go.Figure) -> str:
     deployments and their users may have no internet access.
     """
     return fig.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+
+
+def selection_scatter(
+    coords: Any,
+    *,
+    groups: Any = None,
+    group_colors: Mapping[str, str] | None = None,
+    group_name: str = "group",
+    cell_ids: Sequence[Any] | None = None,
+    title: str | None = None,
+    axis_titles: tuple[str, str] = ("dim_1", "dim_2"),
+    point_size: float | None = None,
+    max_points: int | None = None,
+    seed: int = 0,
+    height: int | None = 520,
+) -> go.Figure:
+    """A 2-D scatter for picking cells with a box or a lasso (WebGL, one trace).
+
+    Every drawn point carries its cell's row position as ``customdata``, so a selection maps back to
+    cells whatever subsample is drawn (Streamlit's ``on_select`` returns the points' ``customdata``).
+    Colours come from ``groups`` (one label per cell, missing values grey) and are listed in a legend
+    made of empty traces, which hold no points and so never enter a selection.
+
+    Parameters
+    ----------
+    coords
+        ``(n_cells, >= 2)``; the first two columns are drawn.
+    groups
+        One label per cell (``None`` / NaN: unlabelled, grey), or ``None`` for one colour.
+    group_colors
+        Colour of some labels (e.g. ``{"A": "#d62728"}``); the rest take the categorical palette.
+    group_name
+        Legend title.
+    cell_ids
+        Cell identifiers shown on hover (default: the row number).
+    title
+        Figure title.
+    axis_titles
+        Titles of the x and y axes.
+    point_size
+        Marker size; default from :func:`default_point_size`.
+    max_points
+        Draw a seeded subsample of at most this many cells (see :func:`display_indices`).
+    seed
+        Seed of the display subsample.
+    height
+        Figure height in pixels.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure
+    """
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    Z = np.asarray(coords, dtype=np.float64)
+    if Z.ndim != 2 or Z.shape[1] < 2:
+        raise ValueError(f"coords must be an (n_cells, 2 or more) array, got shape {Z.shape}")
+    n = Z.shape[0]
+    idx = display_indices(n, max_points=max_points, seed=seed)
+    ids = np.asarray(cell_ids if cell_ids is not None else np.arange(n)).astype(str)
+    grey = "#bbbbbb"
+    if groups is None:
+        colours = np.full(len(idx), "#1f77b4", dtype=object)
+        legend: list[tuple[str, str]] = []
+    else:
+        g = pd.Series(np.asarray(groups, dtype=object))
+        if len(g) != n:
+            raise ValueError(f"groups has {len(g)} values for {n} cells")
+        labels = g.where(g.notna(), None).to_numpy()
+        cats = _natural_sort({str(v) for v in labels if v is not None})
+        pal = _palette()
+        fixed = {str(k): v for k, v in (group_colors or {}).items()}
+        colour_of = {c: fixed.get(c, pal[i % len(pal)]) for i, c in enumerate(cats)}
+        colours = np.array([grey if v is None else colour_of[str(v)] for v in labels[idx]], dtype=object)
+        legend = [(c, colour_of[c]) for c in cats]
+    traces: list[dict[str, Any]] = [{
+        "type": "scattergl", "x": Z[idx, 0], "y": Z[idx, 1], "mode": "markers", "customdata": idx,
+        "text": ids[idx], "hovertemplate": "%{text}<extra></extra>", "showlegend": False, "name": "cells",
+        "marker": {"color": colours, "size": point_size or default_point_size(len(idx), dims=2)}}]
+    for name, colour in legend:
+        traces.append({"type": "scattergl", "x": [None], "y": [None], "mode": "markers", "name": _plain(name),
+                       "marker": {"color": colour, "size": 8}, "hoverinfo": "skip"})
+    fig = go.Figure(data=traces)
+    layout: dict[str, Any] = {"dragmode": "lasso", "template": "plotly_white", "showlegend": bool(legend),
+                              "legend": {"itemsizing": "constant", "title": {"text": _plain(group_name)}},
+                              "xaxis": {"title": {"text": axis_titles[0]}},
+                              "yaxis": {"title": {"text": axis_titles[1]}},
+                              "margin": {"l": 0, "r": 0, "t": 40 if title else 10, "b": 0}}
+    if title:
+        layout["title"] = {"text": title, "x": 0.02, "xanchor": "left"}
+    if height:
+        layout["height"] = height
+    fig.update_layout(**layout)
+    if len(idx) < n:
+        fig.add_annotation(text=f"showing {len(idx):,} of {n:,} cells", xref="paper", yref="paper", x=1, y=0,
+                           xanchor="right", yanchor="bottom", showarrow=False, font={"size": 10})
+    return fig

@@ -4,7 +4,7 @@ The core is every module of ``dhaka/`` outside ``dhaka/ui``. It never imports st
 run store ``dhaka.runs`` (checked statically on every import statement, lazy ones inside functions included,
 and in a subprocess for what importing the entry points loads); importing ``dhaka``, ``dhaka.estimator``,
 ``dhaka.io`` or ``dhaka.cli`` does not load streamlit, UMAP, openTSNE, anndata or Plotly (they are imported
-inside the functions that need them); no module replaces a library function or method at run time.
+inside the functions that need them); no module of dhaka/ replaces other code at run time.
 """
 from __future__ import annotations
 
@@ -79,8 +79,6 @@ def test_core_never_imports_streamlit_or_the_ui():
     assert offenders == [], "the core imports the UI layer:\n" + "\n".join(offenders)
 
 
-@pytest.mark.xfail(strict=True, reason="dhaka/estimator.py imports dhaka.runs.check_model_dir in Dhaka.load; "
-                   "issue 13 moves the model-directory check into the core (helper 'pre'); flip when it lands")
 def test_core_never_imports_the_run_store():
     offenders = _offenders(("dhaka.runs",), skip=("dhaka.runs",))
     assert offenders == [], "the core imports the run store:\n" + "\n".join(offenders)
@@ -126,63 +124,73 @@ def test_entry_point_import_is_light(entry):
     assert loaded == "", f"import {entry} loads {loaded} (import them inside the functions that need them)"
 
 
-def _library_methods() -> set[str]:
-    import torch
+def _run_time_patches(tree) -> list[tuple[int, str]]:
+    """Places that assign to an attribute of an imported module or class, or graft a method on."""
+    import ast
 
-    from dhaka.model import VAE
-
-    names = {n for n in dir(torch.nn.Module) if not n.startswith("__") and callable(getattr(torch.nn.Module, n))}
-    return names | {n for n, v in vars(VAE).items() if callable(v) or isinstance(v, staticmethod)}
-
-
-def runtime_patches(path: Path, methods: set[str], *, root: Path = ROOT) -> list[str]:
-    """Statements in ``path`` that replace a library function or method at run time: an assignment to an
-    attribute of an imported module or object (``train.fit_vae = ...``), to a module's method on an
-    instance (``bn.forward = ...``, ``vae.reparameterize = ...``), ``types.MethodType`` or ``setattr``
-    on an imported name. Setting a flag or number is not counted."""
-    tree = ast.parse(path.read_text(), filename=str(path))
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            imported |= {a.asname or a.name.split(".")[0] for a in node.names}
+            imported |= {(a.asname or a.name).split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported |= {a.asname or a.name for a in node.names}
+
+    def root(expr) -> str | None:
+        while isinstance(expr, (ast.Attribute, ast.Subscript)):
+            expr = expr.value
+        return expr.id if isinstance(expr, ast.Name) else None
+
+    def grafts_a_method(value) -> bool:
+        return (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+                and value.func.attr == "MethodType")
+
     found = []
     for node in ast.walk(tree):
-        targets = (node.targets if isinstance(node, ast.Assign)
-                   else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
-        value = getattr(node, "value", None)
-        if isinstance(value, ast.Constant) and value.value is not None:
-            targets = []  # a flag or a number (e.g. a library's class attribute set to False), not a function
-        for target in targets:
-            for sub in ast.walk(target):
-                if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store) and (
-                        (isinstance(sub.value, ast.Name) and sub.value.id in imported) or sub.attr in methods):
-                    found.append(f"{path.relative_to(root)}:{node.lineno} assigns {ast.unparse(sub)}")
-        if isinstance(node, ast.Call):
-            func = ast.unparse(node.func)
-            if func in ("types.MethodType", "MethodType") or (
-                    func == "setattr" and node.args and isinstance(node.args[0], ast.Name)
-                    and node.args[0].id in imported):
-                found.append(f"{path.relative_to(root)}:{node.lineno} calls {func}")
+        targets = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, ast.Attribute) and (root(t) in imported or t.attr in ("forward", "reparameterize")
+                                                 or grafts_a_method(getattr(node, "value", None))):
+                found.append((node.lineno, ast.unparse(t)))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr")
+                and node.args and root(node.args[0]) in imported):
+            found.append((node.lineno, ast.unparse(node)))
     return found
 
 
-def test_patch_scanner_finds_the_known_forms(tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text("import types\nfrom dhaka import train\n"
-                     "def f(vae, bn):\n    train.fit_vae = None\n    vae.reparameterize = lambda m, v: m\n"
-                     "    bn.forward = types.MethodType(len, bn)\n    vae.training = False\n    train.VERBOSE = True\n")
-    found = runtime_patches(probe, _library_methods(), root=tmp_path)
-    assert [f.split(" ", 1)[1] for f in found] == [
-        "assigns train.fit_vae", "assigns vae.reparameterize", "assigns bn.forward", "calls types.MethodType"]
+#: Known exceptions, each with its reason; the list should only shrink.
+#: widgets.entrypoint resets Streamlit's class flag that keeps a server in legacy pages/ mode (a
+#: Streamlit quirk with no public switch); it is the UI layer's, not the core's.
+#: dhaka.io gives its own package module a class whose ``__setattr__`` forwards limits
+#: (``dhaka.io.MAX_DIM = ...``) to ``dhaka.io.safety``, where the readers look: the package's own
+#: public setting, not a change of other code's behaviour.
+ALLOWED_PATCHES = {("dhaka/ui/widgets.py", "PagesManager.uses_pages_directory"),
+                   ("dhaka/io/__init__.py", "sys.modules[__name__].__class__"),
+                   ("dhaka/io/__init__.py", "setattr(safety, name, value)")}
 
 
-@pytest.mark.xfail(strict=True, reason="dhaka/distributed.py replaces train.fit_vae, VAE.reparameterize/forward "
-                   "and BatchNorm.forward; issue 13 turns them into fit_vae arguments (helper 'pre'); flip when "
-                   "it lands")
-def test_nothing_patches_library_functions_at_run_time():
-    methods = _library_methods()
-    files = [*sorted(DHAKA.rglob("*.py")), ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
-    found = [f for path in files for f in runtime_patches(path, methods)]
-    assert found == [], "run-time patches (give the function an argument instead):\n" + "\n".join(found)
+def test_nothing_in_the_library_patches_other_code_at_run_time():
+    """No ``module.attr = ...``, ``setattr(torch.nn..., ...)`` or grafted ``forward``: a caller that needs
+    other behaviour passes an argument (e.g. ``fit_vae``'s seams), so threads never see each other's patches."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "dhaka").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for line, what in _run_time_patches(ast.parse(path.read_text())):
+            if (rel, what) not in ALLOWED_PATCHES:
+                offenders.append(f"{rel}:{line}: {what}")
+    assert offenders == []
+
+
+def test_the_patch_finder_sees_patches():
+    import ast
+
+    code = ("import types\nfrom dhaka import train\nimport torch\nfrom dhaka.model import VAE\n"
+            "train.fit_vae = None\nsetattr(torch.nn.BatchNorm1d, 'forward', None)\nVAE.reparameterize = None\n"
+            "def f(bn, vae):\n    bn.forward = types.MethodType(len, bn)\n    vae.reparameterize = len\n"
+            "    del train._x\n    vae.ok = 1\n")
+    assert sorted(line for line, _ in _run_time_patches(ast.parse(code))) == [5, 6, 7, 9, 10, 11]

@@ -56,6 +56,10 @@ __all__ = [
     "model_zip_bytes",
     "VIEW_METHODS",
     "ViewsTask",
+    "progress_reporter",
+    "structures_task",
+    "dropout_task",
+    "de_task",
 ]
 
 #: The comparison views of the Explore page, in the order they are computed (cheapest first).
@@ -427,13 +431,109 @@ class ViewsTask:
         return dict(self.results)
 
 
+# ------------------------------------------------------------- analysis tasks
+def progress_reporter(ctx: JobContext) -> Callable[[dict[str, Any]], None]:
+    """The ``progress=`` callback of the analyses, reporting into a job.
+
+    ``compare_structures`` and ``dropout_study`` call ``progress({"row", "done", "total", "message"})``
+    after each finished unit; the row goes into the job's history (the page's rows-so-far table).
+    """
+    def progress(p: dict[str, Any]) -> None:
+        ctx.report(history_row=p.get("row"), done=p.get("done", 0), total=p.get("total"),
+                   message=p.get("message", ""))
+
+    return progress
+
+
+def structures_task(adata: anndata.AnnData, *, structures: tuple[Any, ...], include_tsne: bool, include_pca: bool,
+                    labels: Any, estimator_params: dict[str, Any]) -> Callable[[JobContext], pd.DataFrame]:
+    """The job of the Compare page: :func:`dhaka.analysis.structures.compare_structures`, row by row.
+
+    Every finished structure is reported as a history row (the page's rows-so-far table); a stop request
+    ends the comparison after the structure being trained, with the finished rows.
+    """
+    params = dict(estimator_params)
+
+    def task(ctx: JobContext) -> pd.DataFrame:
+        from dhaka.analysis import structures as _structures
+
+        return _structures.compare_structures(adata, structures=tuple(structures), include_tsne=include_tsne,
+                                              include_pca=include_pca, labels=labels, estimator_params=params,
+                                              seed=int(params.get("seed", 0)), progress=progress_reporter(ctx),
+                                              stop_event=ctx.stop_event)
+
+    return task
+
+
+def dropout_task(adata: anndata.AnnData, *, levels: tuple[float, ...], methods: tuple[str, ...], labels: Any,
+                 estimator_params: dict[str, Any], k_max: int, seed: int) -> Callable[[JobContext], Any]:
+    """The job of the Robustness page: :func:`dhaka.analysis.robustness.dropout_study`, row by row."""
+    params = dict(estimator_params)
+
+    def task(ctx: JobContext) -> Any:
+        from dhaka.analysis import robustness
+
+        return robustness.dropout_study(adata, levels=tuple(levels), methods=tuple(methods), labels=labels,
+                                        estimator_params=params, k_max=int(k_max), seed=int(seed),
+                                        progress=progress_reporter(ctx), stop_event=ctx.stop_event)
+
+    return task
+
+
+def de_task(X: Any, a: np.ndarray, b: np.ndarray | None, *, genes: list[str], mode: str, method: str,
+            label_a: str, label_b: str) -> Callable[[JobContext], dict[str, Any]]:
+    """The job of the Differential expression page: every gene tested between two groups of cells.
+
+    Parameters
+    ----------
+    X
+        Cells x genes as loaded (normalised and logged here by
+        :func:`dhaka.analysis.differential.prepare_expression`).
+    a, b
+        Boolean masks of groups A and B; ``b=None`` is every cell not in A.
+    genes
+        Gene names.
+    mode
+        ``"expression"`` or ``"cnv"`` (copy-number states are tested as given).
+    method
+        ``"welch"`` or ``"wilcoxon"``.
+    label_a, label_b
+        What the groups are, for the result's title and the cell-id download.
+
+    Returns
+    -------
+    callable
+        ``task(ctx) -> dict(df, a, b, label_a, label_b, method)`` with ``a`` / ``b`` as cell positions.
+    """
+    a = np.asarray(a, dtype=bool).copy()
+    b = None if b is None else np.asarray(b, dtype=bool).copy()
+
+    def task(ctx: JobContext) -> dict[str, Any]:
+        from dhaka.analysis import differential
+
+        ctx.report(done=0, total=1, message=f"Testing {len(genes):,} genes")
+        M, scale = differential.prepare_expression(X, mode="cnv" if mode == "cnv" else "expression")
+        df = differential.differential_expression(M, a, b, genes=list(genes), method=method, scale=scale)
+        ctx.report(done=1, total=1, message="done")
+        return {"df": df, "a": np.flatnonzero(a), "b": np.flatnonzero(~a if b is None else b),
+                "label_a": label_a, "label_b": label_b, "method": method}
+
+    return task
+
+
 # ------------------------------------------------------------------ downloads
-def latent_csv_bytes(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray | None = None) -> bytes:
-    """CSV of latent coordinates and cluster labels (``cell, dhaka_1..dhaka_d, cluster``)."""
+def latent_csv_bytes(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray | None = None,
+                     annotations: dict[str, np.ndarray] | None = None) -> bytes:
+    """CSV of latent coordinates, cluster labels and annotations (``cell, dhaka_1..dhaka_d, cluster, <name>...``).
+
+    Annotations are people's text: written through the formula-neutralising writer, unlabelled
+    cells left empty.
+    """
     from dhaka.io import write_latent_csv
 
     buf = _io.StringIO()
-    write_latent_csv(buf, np.asarray(latent), obs_names=list(obs_names), labels=labels)
+    extra = {str(k): np.asarray(v, dtype=object) for k, v in (annotations or {}).items()}
+    write_latent_csv(buf, np.asarray(latent), obs_names=list(obs_names), labels=labels, extra=extra or None)
     return buf.getvalue().encode("utf-8")
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["safe_call", "error_message", "preprocess_form", "train_form", "ColorChoice", "color_control",
            "figure_downloads", "PNG_NOTE", "sidebar", "collect_finished_job", "show_notices", "job_is_active",
            "STRUCTURE_PRESETS", "PLOTLY_CONFIG", "require_entrypoint", "entrypoint", "navigation",
-           "start_views", "views_progress"]
+           "start_views", "views_progress", "selected_points"]
 REFINE_CHOICES: list[Any] = ["auto", 0, 1, 2, 3]  # rounds of latent-guided gene refinement
 
 T = TypeVar("T")
@@ -301,6 +301,8 @@ def color_control(adata: anndata.AnnData, *, clusters: np.ndarray | None, key: s
     options: list[str] = []
     if clusters is not None:
         options.append("GMM cluster")
+    annotations = state.get_annotations()
+    options += [f"annotation: {a}" for a in annotations]
     options += [f"obs: {c}" for c in adata.obs.columns]
     options += ["Gene expression", "None"]
     truth = state.get_truth_column()
@@ -314,6 +316,9 @@ def color_control(adata: anndata.AnnData, *, clusters: np.ndarray | None, key: s
         return ColorChoice(np.asarray(clusters).astype(int), "cluster", "categorical")
     if choice == "None":
         return ColorChoice(None, "", "auto")
+    if choice.startswith("annotation: "):
+        name = choice[len("annotation: "):]
+        return ColorChoice(annotations[name], name, "categorical")
     if choice.startswith("obs: "):
         col = choice[5:]
         return ColorChoice(adata.obs[col].to_numpy(), col, "auto")
@@ -326,6 +331,21 @@ def color_control(adata: anndata.AnnData, *, clusters: np.ndarray | None, key: s
     col_values = adata.X[:, j]
     col_values = col_values.toarray().ravel() if sp.issparse(col_values) else np.asarray(col_values).ravel()
     return ColorChoice(col_values.astype(np.float64), gene, "continuous")
+
+
+def selected_points(key: str) -> np.ndarray:
+    """Cell positions of the box / lasso selection of the chart drawn with ``key`` (``on_select="rerun"``).
+
+    The points' ``customdata`` is read (:func:`dhaka.plots.selection_scatter` puts each cell's row
+    position there); the selection's ``point_indices`` are the fallback.
+    """
+    ev = st.session_state.get(key) or {}
+    sel = (ev.get("selection") if isinstance(ev, dict) else getattr(ev, "selection", None)) or {}
+    pts = sel.get("points") or []
+    idx = [p["customdata"] for p in pts if isinstance(p, dict) and "customdata" in p]
+    if not idx:
+        idx = sel.get("point_indices") or []
+    return np.unique(np.asarray(idx, dtype=int).ravel()) if len(idx) else np.array([], dtype=int)
 
 
 # ---------------------------------------------------------------- downloads
@@ -639,6 +659,10 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
         gmm = cached.gmm_bic(Z, digest=z_digest, k_max=10, seed=seed)
         state.set_result(est, Z, gmm=gmm, run_id=run_id, source="run", status=run.status,
                          latent_digest=z_digest, obs_names=cell_ids)
+        from dhaka.ui import annotate
+
+        for problem in annotate.load_from_run(run, cell_ids, taken=[str(c) for c in adata.obs.columns]):
+            state.push_notice("warning", plain(f"Run {run_id}: {problem}."))
         S, _ = est.align(adata)
         state.set_model_input(S, tasks.digest(S))
         start_views()

@@ -256,7 +256,8 @@ def test_views_are_computed_in_the_background_and_scored(trained):
     assert not at.error, [e.value for e in at.error]
     emb = at.session_state["dhaka.embeddings"]
     assert {k: v.shape for k, v in emb.items()} == {"pca_2d": (200, 2), "tsne_2d": (200, 2), "umap_2d": (200, 2)}
-    assert len(at.get("plotly_chart")) == 5  # Dhaka 3-D, PCA, t-SNE, UMAP, BIC curve
+    assert {c.key for c in at.get("plotly_chart")} == {"fig_dhaka", "fig_pca_2d", "fig_tsne_2d", "fig_umap_2d",
+                                                       "fig_bic", "w.ann.sel.chart"}  # + the annotation lasso view
     assert {"Dhaka", "PCA 2D", "t-SNE 2D", "UMAP 2D"} <= set(at.dataframe[0].value.index)
     # switching the colour keeps the embeddings (no recomputation needed)
     before = emb["pca_2d"]
