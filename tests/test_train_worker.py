@@ -107,3 +107,23 @@ def _children() -> list[int]:
 
 def teardown_module():
     train_worker.shutdown_spare()
+
+
+def test_the_app_task_trains_in_a_process_and_stores_the_run(adata, tmp_path):
+    from dhaka.jobs import JobManager
+    from dhaka.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    task = tasks.make_train_task(adata, PARAMS, data_name="toy", store=store, checkpoint_every=2, in_thread=False)
+    manager = JobManager()
+    job = manager.submit(task, owner="me", name="train", kind="train")
+    assert job.wait(600)
+    snap = job.snapshot()
+    assert snap["status"] == "done", snap.get("error")
+    assert [row["epoch"] for row in snap["history"]] == [1, 2, 3, 4]
+    outcome = job.result
+    assert outcome.status == "done" and outcome.latent.shape == (adata.n_obs, 3)
+    (run_dir,) = [p.parent for p in (tmp_path / "runs").rglob("run.json") if p.parent.name == outcome.run_id]
+    assert (run_dir / "checkpoints").is_dir()
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".incoming")]  # checkpoints moved in
+    manager.shutdown()

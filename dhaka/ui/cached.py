@@ -16,8 +16,6 @@ User datasets, jobs and fitted models are never cached here; they live in
 """
 from __future__ import annotations
 
-import threading
-import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np

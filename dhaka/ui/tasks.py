@@ -368,7 +368,9 @@ def make_train_task(
             else:
                 from dhaka.ui.train_worker import run_in_worker
 
-                fit = run_in_worker({"adata": _lean(adata), "params": params, **kw}, stop_event=ctx.stop_event,
+                scratch = str(run.path) if getattr(run, "path", None) is not None else None
+                fit = run_in_worker({"adata": _lean(adata), "params": params, "scratch": scratch, **kw},
+                                    stop_event=ctx.stop_event,
                                     on_epoch=on_epoch, on_checkpoint=on_checkpoint, on_phase=on_phase)
             est, Z, gmm, labels = fit.estimator, fit.latent, fit.gmm, fit.labels
             metrics: dict[str, Any] = {"n_epochs_run": len(history)}

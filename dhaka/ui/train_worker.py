@@ -9,10 +9,11 @@ its progress is asleep in ``recv`` between epochs.
 
 The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks.make_train_task`):
 
-- parent -> worker: one request dict (``X``, ``obs_names``, ``var_names``, ``params``, ``truth``,
-  ``k_max``, ``checkpoint_every``), then possibly ``"stop"``;
+- parent -> worker: one request dict (``adata``: the matrix and names only, ``params``, ``truth``,
+  ``k_max``, ``checkpoint_every``, optionally ``scratch``: a folder on the run's file system for
+  checkpoints), then possibly ``"stop"``;
 - worker -> parent: ``("epoch", row)`` per epoch, ``("checkpoint", epoch, folder)`` (a model folder
-  the parent copies into the run and deletes), ``("phase", "embedding")``, and at the end
+  the parent moves into the run), ``("phase", "embedding")``, and at the end
   ``("done", FitResult)`` or ``("error", exception, traceback_text)``.
 
 A worker whose parent disappears stops its training within one epoch and exits. One spare worker is
@@ -84,9 +85,12 @@ def _recv(conn: Connection) -> Any:
     return pickle.loads(conn.recv_bytes())
 
 
-def _copy_folder(src: str) -> Callable[[Path], None]:
+def _move_folder(src: str) -> Callable[[Path], None]:
+    """A ``save_fn`` that moves the worker's model folder into ``dst`` (renames on one file system)."""
     def save(dst: Path) -> None:
-        shutil.copytree(src, dst, dirs_exist_ok=True)
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        for item in Path(src).iterdir():
+            shutil.move(str(item), str(Path(dst) / item.name))
 
     return save
 
@@ -127,7 +131,7 @@ def run_in_worker(
             elif kind == "checkpoint":
                 _, epoch, folder = msg
                 try:
-                    on_checkpoint(_copy_folder(folder), int(epoch))
+                    on_checkpoint(_move_folder(folder), int(epoch))
                 finally:
                     shutil.rmtree(folder, ignore_errors=True)
             elif kind == "phase":
@@ -176,7 +180,8 @@ def _serve(address: str) -> None:
     threading.Thread(target=listen, daemon=True).start()
 
     def checkpoint(save_fn: Callable[[Any], None], epoch: int) -> None:
-        folder = tempfile.mkdtemp(prefix="dhaka-checkpoint-")
+        # in the run's folder when the parent gives it, so the checkpoint is renamed into place, not copied
+        folder = tempfile.mkdtemp(prefix=".incoming-checkpoint-", dir=request.get("scratch"))
         save_fn(folder)
         send(("checkpoint", epoch, folder))
 
