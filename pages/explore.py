@@ -91,4 +91,5 @@ d2.download_button("AnnData (.h5ad)", key="dl_h5ad", file_name=f"{stem}.h5ad", m
 d3.download_button("Model (.zip)", key="dl_model", file_name=f"{stem}-model.zip", mime="application/zip",
                    data=lambda: tasks.model_zip_bytes(est), on_click="ignore", disabled=est is None,
                    icon=":material/download:", help="safetensors weights + JSON settings; load with Dhaka.load().")
-st.caption(widgets.PNG_NOTE)
+st.caption("Each figure downloads as SVG, PNG (publication size, settings in the file name) and interactive HTML; "
+           "the camera icon in a figure's toolbar saves the view at its current rotation.")

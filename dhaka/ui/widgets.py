@@ -22,19 +22,15 @@ from dhaka.ui import state
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
-    import plotly.graph_objects as go
 
 __all__ = ["safe_call", "error_message", "preprocess_form", "train_form", "ColorChoice", "color_control",
-           "figure_downloads", "PNG_NOTE", "sidebar", "collect_finished_job", "show_notices", "job_is_active",
+           "sidebar", "collect_finished_job", "show_notices", "job_is_active",
            "STRUCTURE_PRESETS", "PLOTLY_CONFIG", "require_entrypoint", "entrypoint", "navigation",
            "start_views", "views_progress", "selected_points"]
 REFINE_CHOICES: list[Any] = ["auto", 0, 1, 2, 3]  # rounds of latent-guided gene refinement
 
 T = TypeVar("T")
 
-#: How to get a PNG of a figure: plotly's own modebar (client-side, works offline).
-PNG_NOTE = ("PNG: use the camera icon in the figure's toolbar (top right of each plot) — it saves exactly "
-            "what you see, at the current rotation.")
 #: Plotly config for every chart: PNG export at twice the screen resolution, no logo.
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
@@ -346,16 +342,6 @@ def selected_points(key: str) -> np.ndarray:
     if not idx:
         idx = sel.get("point_indices") or []
     return np.unique(np.asarray(idx, dtype=int).ravel()) if len(idx) else np.array([], dtype=int)
-
-
-# ---------------------------------------------------------------- downloads
-def figure_downloads(fig: go.Figure, name: str, *, key: str) -> None:
-    """An "interactive HTML" download for ``fig`` (built only when clicked) and the PNG hint."""
-    from dhaka.plots import figure_html
-
-    st.download_button("Figure as HTML", data=lambda: figure_html(fig), file_name=f"{name}.html",
-                       mime="text/html", key=key, icon=":material/download:", on_click="ignore",
-                       help="A standalone interactive page (plotly.js embedded; opens offline). " + PNG_NOTE)
 
 
 # ------------------------------------------------------------------ job glue
