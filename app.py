@@ -2,7 +2,7 @@
 
 This file sets up the page, the session state (a fresh session starts with
 the paper-style simulation loaded, ready to train), the shared sidebar, the
-background UMAP warm-up and the navigation. Pages live in ``pages/``.
+background UMAP warm-up, a spare training process and the navigation. Pages live in ``pages/``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from dhaka.runs import start_maintenance
-from dhaka.ui import cached, demos, owner, state, widgets
+from dhaka.ui import cached, demos, owner, state, tasks, train_worker, widgets
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,6 +24,8 @@ state.init_state()
 cached.job_manager().touch(owner.owner_key())  # this person is here: their jobs are not abandoned
 start_maintenance()  # run-store clean-up: once per server process at start-up, then daily
 cached.views_worker()  # once per server process: compiles UMAP in a low-priority process
+if not tasks.train_in_thread():
+    train_worker.prestart()  # a training process with torch imported waits for the first Start (no-op after)
 
 if state.get_dataset() is None and not st.session_state.get("dhaka.default_loaded"):
     st.session_state["dhaka.default_loaded"] = True

@@ -1,5 +1,6 @@
-"""Shared helpers of the benchmark scripts: machine description, tables, RESULTS.md sections,
-the baselines (PCA / t-SNE / UMAP on the input of Dhaka's first fit) and scoring.
+"""Shared helpers of the benchmark scripts: machine description, fp32 matmul peak and peak memory,
+tables, RESULTS.md sections, the baselines (PCA / t-SNE / UMAP on the input of Dhaka's first fit)
+and scoring.
 
 Several benchmark scripts write into one ``bench/RESULTS.md``; each owns the text between
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` and :func:`write_section` replaces only that.
@@ -10,6 +11,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
@@ -57,6 +59,78 @@ def machine_description() -> str:
             f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
 
 
+def load_average() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:  # pragma: no cover
+        return (float("nan"),) * 3
+
+
+def describe(threads: int | None = None) -> str:
+    """One line for the speed / scale / reductions figures: CPU, cores, RAM, GPU, torch threads, load.
+
+    This box is shared, so every figure says how busy the machine was when it was measured.
+    """
+    import torch
+
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    except (ValueError, OSError):  # pragma: no cover
+        mem = float("nan")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    la = load_average()
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {mem:.0f} GB RAM, {gpu}; torch {torch.__version__} "
+            f"with {threads or torch.get_num_threads()} threads; load average {la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f} "
+            f"(1/5/15 min) at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def matmul_peak(*, n: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
+    """Measured fp32 matmul throughput in GFLOP/s: best of ``repeats`` n x n sgemm runs.
+
+    The best (not the median) run is the peak: on a shared machine the others are
+    slowed by neighbours. Uses the current ``torch.get_num_threads()``.
+    """
+    import torch
+
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    c = torch.empty(n, n, device=device)
+    torch.mm(a, b, out=c)  # warm up
+    times = []
+    for _ in range(repeats):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def median(xs) -> float:
+    """Median of the values that are not NaN (NaN when none are left)."""
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB).
+
+    ``VmHWM`` from /proc/self/status where available: getrusage's ``ru_maxrss`` survives
+    fork + exec on Linux, so a child started by a big parent would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 # ----------------------------------------------------------------------------- tables
 def mean_sd(values: Iterable[float], digits: int = 2) -> str:
     """``"0.93 ± 0.02"`` (``nan`` values are dropped; a single value is shown alone)."""
@@ -68,8 +142,16 @@ def mean_sd(values: Iterable[float], digits: int = 2) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A GitHub markdown table of ``rows`` (dicts); floats shown with 3 significant decimals."""
+def markdown_table(rows: Sequence[dict[str, Any]] | Sequence[str], columns: Sequence[Any] | None = None) -> str:
+    """A GitHub markdown table.
+
+    ``markdown_table(rows, columns=None)``: ``rows`` are dicts (``columns``: which keys, in order),
+    floats shown with 3 decimals, columns padded. ``markdown_table(header, rows)``: a header of
+    strings and rows of values (the speed / scale / reductions tables), floats with 3 significant
+    digits, NaN as "–".
+    """
+    if rows and isinstance(rows[0], str):
+        return _grid_table(list(rows), list(columns or []))
     if not rows:
         return "(no rows)\n"
     columns = list(columns or rows[0].keys())
@@ -85,6 +167,19 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in cells]
     return "\n".join(out) + "\n"
+
+
+def _grid_table(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            if v != v:
+                return "–"
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def write_section(name: str, text: str, *, path: str | os.PathLike = RESULTS) -> Path:
@@ -120,20 +215,17 @@ def preprocessed(est, X, *, refined: bool = False) -> np.ndarray:
     ``refined=True`` gives the genes of Dhaka's final fit instead (``est.align(X)``), to show
     how much of Dhaka's result the refined genes alone explain.
     """
-    import scipy.sparse as sp
-
+    from dhaka.analysis.robustness import baseline_input
     from dhaka.estimator import _as_matrix
-    from dhaka.preprocess import select_genes
+    from dhaka.preprocess import Preprocessor
 
-    if refined:
-        S, _ = est.align(X)
-    else:
+    if not refined:
         M, _, _ = _as_matrix(X)
-        P = est._apply_steps(est._validate(M, reset=None))
-        S = P[:, select_genes(P, n_genes=est._n_select(P.shape[1]), method=est.gene_selection)]
-    S = S.toarray() if sp.issparse(S) else np.asarray(S)
-    S = S.astype(np.float64)
-    return S - S.mean(axis=0, keepdims=True)
+        p = est.get_params()
+        return baseline_input(M, mode=p["mode"], n_genes=p["n_genes"], gene_selection=p["gene_selection"],
+                              normalize=p["normalize"], log=p["log"]).astype(np.float64)
+    S, _ = est.align(X)
+    return Preprocessor(relative=True, scale="none").fit_affine(S).standardize(S, dtype=np.float64)
 
 
 def _pca(S: np.ndarray, n_components: int, seed: int) -> np.ndarray:

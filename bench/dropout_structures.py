@@ -11,8 +11,8 @@ Both on ``simulate.paper(n_noise=2500)`` (500 cells, five groups, 3000 genes of 
   runtime.
 
 Uses ``dhaka.analysis.robustness.dropout_curve`` and ``dhaka.analysis.structures.compare_structures``
-(baselines via ``dhaka.reduce``) when ``dhaka.reduce`` exists, otherwise the same steps here
-(the estimator directly; baselines from ``bench.common``).
+(baselines on ``dhaka.analysis.robustness.baseline_input``, i.e. Dhaka's own Preprocessor, via
+``dhaka.reduce``).
 
 Run ``python -m bench.dropout_structures`` (``--help``); tables go to stdout and to the
 ``dropout`` and ``structures`` sections of ``bench/RESULTS.md``.
@@ -20,7 +20,6 @@ Run ``python -m bench.dropout_structures`` (``--help``); tables go to stdout and
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 import warnings
@@ -29,93 +28,28 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.common import (embed_baseline, machine_description, markdown_table, mean_sd, score,
-                          set_threads, write_section)
+from bench.common import (machine_description, markdown_table, mean_sd, set_threads, write_section)
 
 LEVELS = (0.0, 0.1, 0.2, 0.3, 0.5)
 METHODS = ("dhaka", "pca", "tsne", "umap")
 
 
-def _have_reduce() -> bool:
-    return importlib.util.find_spec("dhaka.reduce") is not None
-
-
-def _baseline_input(X, *, n_genes: int = 2000) -> np.ndarray:
-    """What the default Dhaka sees (normalise/log as detected, top genes by CV), gene-centred."""
-    import scipy.sparse as sp
-
-    from dhaka.preprocess import detect_kind, log2p, normalize_total, select_genes
-
-    kind = detect_kind(X)
-    M = X
-    if kind.normalize:
-        M, _ = normalize_total(M)
-    if kind.log:
-        M = log2p(M)
-    idx = select_genes(M, n_genes=min(n_genes, M.shape[1]), method="cv")
-    S = M[:, idx]
-    S = S.toarray() if sp.issparse(S) else np.asarray(S, dtype=np.float64)
-    return S - S.mean(axis=0, keepdims=True)
-
-
-def _with_matrix(adata, X):
-    import anndata
-
-    return anndata.AnnData(X=X, obs=adata.obs.copy(), var=pd.DataFrame(index=adata.var_names.copy()))
-
-
 def dropout_table(adata, truth: np.ndarray, *, seed: int, levels: Sequence[float], methods: Sequence[str],
                   params: dict[str, Any]) -> pd.DataFrame:
     """``level, method, ari, n_clusters, silhouette, seconds`` for one seed."""
-    if _have_reduce():
-        from dhaka.analysis.robustness import dropout_curve
+    from dhaka.analysis.robustness import dropout_curve
 
-        return dropout_curve(adata, levels=levels, methods=methods, labels=truth,
-                             estimator_params={**params, "seed": seed}, seed=seed)
-    from dhaka import Dhaka
-    from dhaka.preprocess import inject_dropout
-
-    rows = []
-    for i, level in enumerate(levels):
-        Xd = inject_dropout(adata.X, fraction=level, seed=seed + i) if level > 0 else adata.X
-        S = _baseline_input(Xd) if any(m != "dhaka" for m in methods) else None
-        for m in methods:
-            t0 = time.perf_counter()
-            if m == "dhaka":
-                Z = Dhaka(**{**params, "seed": seed}).fit_transform(_with_matrix(adata, Xd))
-            else:
-                Z = embed_baseline(S, m, n_components=3, seed=seed)
-            sc = score(Z, truth, seed=seed)
-            rows.append({"level": level, "method": m, "ari": sc["ari"], "n_clusters": sc["k"],
-                         "silhouette": sc["silhouette"], "seconds": time.perf_counter() - t0})
-            print(f"  dropout {level:.0%} {m}: ARI {sc['ari']:.3f}, k {sc['k']}", flush=True)
-    return pd.DataFrame(rows)
+    return dropout_curve(adata, levels=levels, methods=methods, labels=truth,
+                         estimator_params={**params, "seed": seed}, seed=seed)
 
 
 def structure_table(adata, truth: np.ndarray, *, seed: int, structures: Sequence[str],
                     params: dict[str, Any]) -> pd.DataFrame:
     """``structure, ari, silhouette, n_clusters, seconds`` for one seed."""
-    if _have_reduce():
-        from dhaka.analysis.structures import compare_structures
+    from dhaka.analysis.structures import compare_structures
 
-        return compare_structures(adata, structures=structures, include_tsne=True, labels=truth,
-                                  estimator_params={**params, "seed": seed}, seed=seed)
-    from dhaka import Dhaka
-
-    rows = []
-    for s in structures:
-        t0 = time.perf_counter()
-        Z = Dhaka(**{**params, "structure": s, "seed": seed}).fit_transform(adata)
-        sc = score(Z, truth, seed=seed)
-        rows.append({"structure": f"dhaka {s}", "ari": sc["ari"], "silhouette": sc["silhouette"],
-                     "n_clusters": sc["k"], "seconds": time.perf_counter() - t0})
-        print(f"  structure {s}: ARI {sc['ari']:.3f}", flush=True)
-    t0 = time.perf_counter()
-    Z = embed_baseline(_baseline_input(adata.X), "tsne", n_components=2, seed=seed)
-    sc = score(Z, truth, seed=seed)
-    rows.append({"structure": "tsne", "ari": sc["ari"], "silhouette": sc["silhouette"], "n_clusters": sc["k"],
-                 "seconds": time.perf_counter() - t0})
-    return pd.DataFrame(rows)
+    return compare_structures(adata, structures=structures, include_tsne=True, labels=truth,
+                              estimator_params={**params, "seed": seed}, seed=seed)
 
 
 def _summarise(df: pd.DataFrame, keys: list[str], metrics: list[str]) -> list[dict]:
@@ -160,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [float(v) for v in args.levels.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     structures = [s for s in args.structures.split(",") if s]
-    via = ("dhaka.analysis.robustness.dropout_curve / dhaka.analysis.structures.compare_structures"
-           if _have_reduce() else "bench/dropout_structures.py's own loop (dhaka.reduce not available)")
+    via = "dhaka.analysis.robustness.dropout_curve / dhaka.analysis.structures.compare_structures"
     setting = f"Dhaka settings: {json.dumps(params) if params else 'defaults'}."
     drop, struct = [], []
     t_drop = t_struct = 0.0

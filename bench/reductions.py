@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _machine  # noqa: E402
+import common as _machine  # noqa: E402  (the machine helpers live in common.py)
 
 
 def synthetic(n: int, *, genes: int = 5000, n_groups: int = 10, seed: int = 0, chunk: int = 10000) -> np.ndarray:

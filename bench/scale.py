@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import _machine  # noqa: E402
+import common as _machine  # noqa: E402  (the machine helpers live in common.py)
 from _plain import flops_per_cell, plain_epochs  # noqa: E402
 
 

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import _machine  # noqa: E402
+import common as _machine  # noqa: E402  (the machine helpers live in common.py)
 from _plain import flops_per_cell, plain_epochs  # noqa: E402
 
 

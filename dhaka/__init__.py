@@ -19,7 +19,7 @@ __all__ = ["Dhaka", "__version__"]
 
 _SUBMODULES = {
     "io", "preprocess", "model", "train", "estimator", "reduce", "cluster",
-    "simulate", "plots", "jobs", "runs", "resources", "analysis", "cli",
+    "simulate", "plots", "jobs", "runs", "resources", "analysis", "cli", "tl",
 }
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -6,23 +6,25 @@ for a sparse ``X``; a dense ``X`` works too) with h5py, sorted row indices per b
 and densifies only those rows:
 
 1. **Gene statistics in chunks** (:func:`prepare`). Pass 1 reads contiguous row chunks
-   (bounded by a number of stored values, not of rows) for library sizes, the value
-   range and the integer test; pass 2 accumulates per-gene sums, sums of squares and
-   detection counts of the normalised, log-transformed values, in float64. Gene
-   selection (``cv``, ``mean``, ``variance``, ``dispersion``; ``entropy`` needs a
-   third pass over histograms) and the model's input centring come from these sums,
-   following the same rules as :class:`dhaka.Dhaka` (``select_genes``: genes seen in
-   fewer than 3 cells and constant genes are not eligible).
+   (bounded by a number of stored values, not of rows) for library sizes and the value
+   range; a seeded sample of cells decides the input kind. Pass 2 accumulates per-gene
+   sums, sums of squares, detection counts and value ranges of the normalised,
+   log-transformed values, in float64. From these the estimator's own
+   :class:`dhaka.preprocess.Preprocessor` is fitted (``fit_steps`` then ``fit_moments``):
+   the same kind rule, normalisation target, gene-count rule, gene scores and eligibility
+   and input affine as in memory (``entropy`` needs the values, not their moments, and is
+   refused). This module only reads rows; the arithmetic of each step is the
+   preprocessing module's.
 2. **A disk cache of the preprocessed, selected matrix** as CSR in an HDF5 file under
    ``DHAKA_HOME/cache``, keyed by a content digest of the input (streamed over
    ``data``/``indices``/``indptr``) and the preprocessing settings, so a second fit
    with the same data and settings skips both passes. HDF5 rather than ``.npz``
    because a training batch can then read just its rows.
-3. **Training** (:func:`fit_backed`) calls :func:`dhaka.train.fit_vae` (the same loop as
-   the estimator) on the cached matrix: in memory as CSR when it is smaller than
-   ``max_memory_bytes``, otherwise streamed row batch by row batch from the cache
-   file (needs ``fit_vae`` to accept row sources, ``docs/patches/train-speed-hooks.diff``).
-   It returns a fitted :class:`dhaka.Dhaka`, so ``save``/``load``/``transform`` work as usual.
+3. **Training** (:func:`fit_backed`) hands the prepared rows (:class:`Prepared`, a
+   :class:`dhaka.preprocess.PreparedRows`) to ``Dhaka.fit``: in memory as CSR when they are
+   smaller than ``max_memory_bytes``, otherwise a :class:`BackedRows` over the cache file
+   that :func:`dhaka.train.fit_vae` reads batch by batch. It returns the fitted
+   :class:`dhaka.Dhaka`, so ``save``/``load``/``transform`` work as usual.
 4. **Embedding** (:func:`transform_backed`) streams contiguous row chunks of any
    ``.h5ad`` through the fitted estimator's preprocessing and encoder.
 
@@ -43,11 +45,12 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from dhaka.preprocess import ColumnMoments, PreparedRows, Preprocessor, library_size
+
 __all__ = ["BackedRows", "Prepared", "prepare", "fit_backed", "transform_backed", "cache_dir",
            "file_fingerprint", "clear_cache"]
 
-CACHE_FORMAT = "dhaka-prep/1"
-_LOG2 = np.float32(np.log(2.0))
+CACHE_FORMAT = "dhaka-prep/2"
 # Stored values per chunk in the sequential passes (~160 MB of data + indices).
 DEFAULT_CHUNK_NNZ = 20_000_000
 
@@ -155,12 +158,10 @@ class BackedRows:
 
     # -- values
     def _finish_values(self, data: np.ndarray, rows_local: np.ndarray, rows_global: np.ndarray) -> np.ndarray:
-        data = np.asarray(data, dtype=np.float32)
-        if self.row_scale is not None:
-            data = data * self.row_scale[rows_global][rows_local]
-        if self.log:
-            data = np.log1p(data) / _LOG2
-        return data.astype(np.float32, copy=False)
+        from dhaka.preprocess import scale_and_log
+
+        factors = None if self.row_scale is None else self.row_scale[rows_global][rows_local]
+        return scale_and_log(data, factors=factors, log=self.log)
 
     def _read_csr(self, rows_sorted: np.ndarray) -> sp.csr_matrix:
         """Raw CSR of the given sorted rows (all file columns), one read per run of consecutive rows."""
@@ -206,11 +207,11 @@ class BackedRows:
         uniq, inverse = np.unique(idx, return_inverse=True)
         n_cols = self.shape[1]
         if not self.sparse:
+            from dhaka.preprocess import scale_and_log
+
             block = np.asarray(self._dense[uniq], dtype=np.float32) if uniq.size else np.zeros((0, self.file_shape[1]))
-            if self.row_scale is not None:
-                block = block * self.row_scale[uniq][:, None]
-            if self.log:
-                block = np.log1p(block) / _LOG2
+            block = scale_and_log(block, factors=None if self.row_scale is None else self.row_scale[uniq][:, None],
+                                  log=self.log)
             if self.columns is not None:
                 block = block[:, self.columns]
             return np.ascontiguousarray(block[inverse], dtype=np.float32)
@@ -252,29 +253,13 @@ def _is_range(rows: np.ndarray) -> bool:
 
 # ------------------------------------------------------------------ fingerprint
 def file_fingerprint(path: str | os.PathLike, *, group: str = "X", block: int = 8 << 20) -> str:
-    """SHA-256 of the matrix's content (shape, dtype, CSR arrays or dense values), streamed in blocks."""
-    import h5py
+    """SHA-256 of the matrix's content (shape, dtype, CSR arrays or dense values), streamed in blocks.
 
-    h = hashlib.sha256()
-    with h5py.File(path, "r") as f:
-        node = f[group]
-        if isinstance(node, h5py.Group):
-            h.update(f"csr|{tuple(int(s) for s in node.attrs['shape'])}|".encode())
-            parts = [node["data"], node["indices"], node["indptr"]]
-        else:
-            h.update(f"dense|{node.shape}|".encode())
-            parts = [node]
-        for ds in parts:
-            h.update(f"{ds.dtype.str}|".encode())
-            if ds.ndim == 1:
-                for a in range(0, ds.shape[0], block):
-                    h.update(np.ascontiguousarray(ds[a:a + block]).view(np.uint8))
-            else:
-                rows = max(1, block // max(ds.shape[1], 1))
-                for a in range(0, ds.shape[0], rows):
-                    h.update(np.ascontiguousarray(ds[a:a + rows]).view(np.uint8))
-            h.update(b"|")
-    return h.hexdigest()
+    The ``sha256`` of :func:`dhaka.io.fingerprint` of the file.
+    """
+    from dhaka.io import fingerprint
+
+    return fingerprint(path, group=group, block=block)["sha256"]
 
 
 def _names(path: Path) -> tuple[list[str], list[str]]:
@@ -290,76 +275,39 @@ def _names(path: Path) -> tuple[list[str], list[str]]:
 
 # --------------------------------------------------------------------- prepare
 @dataclass
-class Prepared:
-    """The preprocessed, selected matrix and everything needed to reproduce it.
+class Prepared(PreparedRows):
+    """The preprocessed, selected matrix of an ``.h5ad`` and the fitted preprocessor that made it.
 
-    ``matrix`` is a CSR matrix in memory or a :class:`BackedRows` over the cache file
-    (cells x selected genes, normalised and log-transformed as decided).
+    ``matrix`` is a CSR matrix in memory or a :class:`BackedRows` over the cache file (cells x
+    selected genes, normalised and log-transformed as decided); ``Dhaka.fit`` takes it as is.
     """
 
-    matrix: Any
-    gene_indices: np.ndarray
-    genes: list[str]
-    var_names: list[str]
     obs_names: list[str]
-    input_kind: Any
-    normalize: bool
-    log: bool
-    target_sum: float | None
-    mean: np.ndarray            # per selected gene, of the preprocessed values
-    var: np.ndarray             # population variance, same
-    vmin: float                 # of the preprocessed selected values (implicit zeros included)
-    vmax: float
+    moments: ColumnMoments      # of the selected genes' preprocessed values
     key: str
     cache_path: Path | None
     from_cache: bool
     seconds: dict = field(default_factory=dict)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.matrix.shape)
+    def describe(self) -> dict[str, Any]:
+        return {"key": self.key, "cache_path": str(self.cache_path) if self.cache_path else None,
+                "from_cache": self.from_cache, "seconds": dict(self.seconds)}
+
+    # what the preprocessor decided, by the names this object has always had
+    gene_indices = property(lambda self: self.preprocessor.gene_indices_)
+    input_kind = property(lambda self: self.preprocessor.kind_)
+    normalize = property(lambda self: self.preprocessor.normalize_)
+    log = property(lambda self: self.preprocessor.log_)
+    target_sum = property(lambda self: self.preprocessor.target_sum_)
+    var_names = property(lambda self: self.feature_names)
+    genes = property(lambda self: [self.feature_names[i] for i in self.preprocessor.gene_indices_])
+    mean = property(lambda self: self.moments.mean)
+    var = property(lambda self: self.moments.var)
 
 
 def _prep_key(fp: str, params: dict) -> str:
     blob = json.dumps({"format": CACHE_FORMAT, "data": fp, **params}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _kind_from_stats(sample: sp.csr_matrix, vmin: float, mode: str):
-    from dhaka.preprocess import InputKind, detect_kind
-
-    kind = detect_kind(sample, mode=mode)
-    if mode != "cnv" and vmin < 0 and kind.kind != "scaled":
-        kind = InputKind("scaled", f"negative values present (min {vmin:.3g}): already centred or scaled", False, False)
-    return kind
-
-
-def _select(mean: np.ndarray, var: np.ndarray, detected: np.ndarray, n: int, n_genes: int | None,
-            method: str, min_cells: int = 3) -> np.ndarray:
-    """:func:`dhaka.preprocess.select_genes` from per-gene moments."""
-    from dhaka.preprocess import _binned_dispersion
-
-    g = mean.size
-    if n_genes is None or n_genes >= g:
-        return np.arange(g)
-    if method == "cv":
-        sd = np.sqrt(var)
-        scores = np.divide(sd, np.abs(mean), out=np.zeros_like(sd), where=np.abs(mean) > 1e-12)
-    elif method == "mean":
-        scores = mean.copy()
-    elif method == "variance":
-        scores = var.copy()
-    elif method == "dispersion":
-        scores = _binned_dispersion(mean, var)
-    else:
-        raise ValueError(f"gene selection {method!r} is not available out of core; use 'cv', 'mean', "
-                         "'variance' or 'dispersion' (or load the data into memory for 'entropy')")
-    scores = scores.astype(np.float64)
-    scores[~np.isfinite(scores)] = -np.inf
-    eligible = (var > 0) & (detected >= min(min_cells, n))
-    if eligible.sum() >= n_genes:
-        scores = np.where(eligible, scores, -np.inf)
-    return np.sort(np.argsort(-scores, kind="stable")[:n_genes])
 
 
 def prepare(
@@ -370,6 +318,7 @@ def prepare(
     gene_selection: Literal["cv", "mean", "variance", "dispersion"] = "cv",
     normalize: bool | Literal["auto"] = "auto",
     log: bool | Literal["auto"] = "auto",
+    preprocessor: Preprocessor | None = None,
     cache: bool = True,
     cache_root: str | os.PathLike | None = None,
     max_memory_bytes: int = 2 * 1024**3,
@@ -384,7 +333,10 @@ def prepare(
     path
         An ``.h5ad`` with a CSR (or dense) ``X``, cells in rows.
     mode, n_genes, gene_selection, normalize, log
-        As in :class:`dhaka.Dhaka`.
+        As in :class:`dhaka.Dhaka`; ignored when ``preprocessor`` is given.
+    preprocessor
+        An unfitted :class:`dhaka.preprocess.Preprocessor` (e.g. ``Dhaka.make_preprocessor()``);
+        it is fitted here from a value sample, the library sizes and streamed column moments.
     cache
         Read/write the preprocessed selected matrix in ``cache_root`` (default
         :func:`cache_dir`), keyed by the content of ``X`` and these settings.
@@ -398,11 +350,15 @@ def prepare(
         Cells (random, seeded) whose values decide the input kind (counts / normalised /
         log / scaled), as :func:`dhaka.preprocess.detect_kind` does with a value sample.
     """
+    pre = preprocessor if preprocessor is not None else Preprocessor(
+        mode=mode, n_genes=n_genes, gene_selection=gene_selection, normalize=normalize, log=log)
+    if pre.gene_selection == "entropy":
+        raise ValueError("gene_selection='entropy' is not available out of core; use 'cv', 'mean', 'variance' "
+                         "or 'dispersion', or read the data into memory")
     path = Path(path)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    params = {"mode": mode, "n_genes": n_genes, "gene_selection": gene_selection, "normalize": normalize,
-              "log": log}
+    params = {k: getattr(pre, k) for k in ("mode", "n_genes", "gene_selection", "normalize", "log", "min_cells")}
     root = Path(cache_root) if cache_root is not None else cache_dir()
     key, cpath = "", None
     if cache:
@@ -411,7 +367,7 @@ def prepare(
         cpath = root / f"{key}.h5"
         if cpath.exists():
             try:
-                return _load_cached(cpath, key, max_memory_bytes, timings)
+                return _load_cached(cpath, key, pre, max_memory_bytes, timings)
             except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt
                 cpath.unlink(missing_ok=True)
     obs_names, var_names = _names(path)
@@ -420,112 +376,100 @@ def prepare(
         n, g = raw.file_shape
         if n < 2:
             raise ValueError(f"{path}: need at least 2 cells, got {n}")
-        # ---- pass 1: library sizes, value range, finiteness
+        # ---- pass 1: library sizes, value range, finiteness -> kind, steps, normalisation target
         t = time.perf_counter()
-        lib = np.zeros(n, dtype=np.float64)
-        vmin, vmax = np.inf, -np.inf
-        for a, b, M in raw.chunks(chunk_nnz=chunk_nnz):
-            if M.nnz:
-                if not np.all(np.isfinite(M.data)):
-                    bad = np.flatnonzero(~np.isfinite(M.data))[0]
-                    row = a + int(np.searchsorted(M.indptr, bad, side="right")) - 1
-                    raise ValueError(f"{path}: X has a non-finite value in cell {obs_names[row]!r} (row {row})")
-                vmin, vmax = min(vmin, float(M.data.min())), max(vmax, float(M.data.max()))
-            lib[a:b] = np.asarray(M.sum(axis=1), dtype=np.float64).ravel()
-        if raw.nnz < n * g:
-            vmin = min(vmin, 0.0)
-        vmin = 0.0 if vmin == np.inf else vmin
+        lib, vmin = _library_sizes(raw, path, obs_names, chunk_nnz=chunk_nnz)
         rng = np.random.default_rng(seed)
         sample_rows = np.sort(rng.choice(n, min(n, sample_cells), replace=False))
-        kind = _kind_from_stats(raw.read_csr(sample_rows), vmin, mode)
-        if mode == "cnv":
-            norm, lg = normalize is True, log is True
-        else:
-            norm = kind.normalize if normalize == "auto" else bool(normalize)
-            lg = kind.log if log == "auto" else bool(log)
-        if (norm or lg) and vmin < 0:
-            raise ValueError(f"{path}: library-size normalisation and log2(x+1) need non-negative values, but "
-                             f"the data has negatives (min {vmin:.3g}); set normalize=False, log=False")
-        target_sum = None
-        scale = None
-        if norm:
-            positive = lib[lib > 0]
-            target_sum = float(np.median(positive)) if positive.size else 1.0
-            scale = np.divide(target_sum, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
-        timings["pass1"] = time.perf_counter() - t
-        # ---- pass 2: per-gene moments of the preprocessed values
-        t = time.perf_counter()
-        prep = BackedRows(path, row_scale=scale, log=lg)
-        s1 = np.zeros(g)
-        s2 = np.zeros(g)
-        det = np.zeros(g, dtype=np.int64)
         try:
-            for _a, _b, M in prep.chunks(chunk_nnz=chunk_nnz):
-                cols = M.indices
-                d = M.data.astype(np.float64)
-                s1 += np.bincount(cols, weights=d, minlength=g)
-                s2 += np.bincount(cols, weights=d * d, minlength=g)
-                det += np.bincount(cols[M.data != 0], minlength=g)
-        finally:
-            prep.close()
-        mean = s1 / n
-        var = np.maximum(s2 / n - mean**2, 0.0)
-        if n_genes == "auto":
-            n_sel = None if mode == "cnv" else min(2000, g)
-        elif n_genes is None:
-            n_sel = None
-        else:
-            if int(n_genes) < 1:
-                raise ValueError(f"n_genes must be at least 1 (or 'auto' / None), got {n_genes}")
-            n_sel = min(int(n_genes), g)
-        idx = _select(mean, var, det, n, n_sel, gene_selection)
+            pre.fit_steps(raw.read_csr(sample_rows), vmin=vmin, library_sizes=lib)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        scale = pre.size_factors(lib)
+        timings["pass1"] = time.perf_counter() - t
+        # ---- pass 2: per-gene moments of the preprocessed values -> genes and input affine
+        t = time.perf_counter()
+        with BackedRows(path, row_scale=scale, log=pre.log_) as values:
+            moments = _column_moments(values, chunk_nnz=chunk_nnz)
+        pre.fit_moments(moments)
+        idx = pre.gene_indices_
         timings["pass2"] = time.perf_counter() - t
         # ---- pass 3: write the selected preprocessed matrix (cache) or keep it in memory
         t = time.perf_counter()
-        sel = BackedRows(path, columns=idx, row_scale=scale, log=lg)
-        try:
+        with BackedRows(path, columns=idx, row_scale=scale, log=pre.log_) as sel:
             if cache:
-                vmin_s, vmax_s = _write_cache(cpath, sel, chunk_nnz=chunk_nnz, meta={
+                _write_cache(cpath, sel, chunk_nnz=chunk_nnz, meta={
                     "format": CACHE_FORMAT, "key": key, "params": params, "source": str(path),
-                    "gene_indices": idx.tolist(), "genes": [var_names[i] for i in idx],
-                    "var_names": var_names, "obs_names": obs_names, "kind": _kind_dict(kind),
-                    "normalize": norm, "log": lg, "target_sum": target_sum,
-                    "mean": mean[idx].tolist(), "var": var[idx].tolist(), "created": time.time(),
+                    "var_names": var_names, "obs_names": obs_names, "preprocessor": pre.to_dict(),
+                    "moments": _moments_dict(moments.take(idx)), "created": time.time(),
                 })
             else:
                 parts = [M for _a, _b, M in sel.chunks(chunk_nnz=chunk_nnz)]
                 matrix = sp.vstack(parts, format="csr").astype(np.float32) if parts else sp.csr_matrix((0, idx.size))
-                vmin_s = min(0.0, float(matrix.data.min())) if matrix.nnz else 0.0
-                vmax_s = max(0.0, float(matrix.data.max())) if matrix.nnz else 0.0
-        finally:
-            sel.close()
         timings["pass3"] = time.perf_counter() - t
     finally:
         raw.close()
     if cache:
-        out = _load_cached(cpath, key, max_memory_bytes, timings, from_cache=False)
-        return out
+        return _load_cached(cpath, key, pre, max_memory_bytes, timings, from_cache=False)
     timings["total"] = time.perf_counter() - t0
-    return Prepared(matrix=matrix, gene_indices=idx, genes=[var_names[i] for i in idx], var_names=var_names,
-                    obs_names=obs_names, input_kind=kind, normalize=norm, log=lg, target_sum=target_sum,
-                    mean=mean[idx], var=var[idx], vmin=vmin_s, vmax=vmax_s, key=key, cache_path=None,
-                    from_cache=False, seconds=timings)
+    return Prepared(matrix=matrix, preprocessor=pre, feature_names=var_names, obs_names=obs_names,
+                    moments=moments.take(idx), key=key, cache_path=None, from_cache=False, seconds=timings)
 
 
-def _kind_dict(kind) -> dict:
-    import dataclasses
+def _library_sizes(raw: BackedRows, path: Path, obs_names: list[str], *, chunk_nnz: int) -> tuple[np.ndarray, float]:
+    """Every cell's total and the smallest value (implicit zeros included); refuses non-finite values."""
+    n, g = raw.file_shape
+    lib = np.zeros(n, dtype=np.float64)
+    vmin = np.inf
+    for a, b, M in raw.chunks(chunk_nnz=chunk_nnz):
+        if M.nnz:
+            if not np.all(np.isfinite(M.data)):
+                bad = np.flatnonzero(~np.isfinite(M.data))[0]
+                row = a + int(np.searchsorted(M.indptr, bad, side="right")) - 1
+                raise ValueError(f"{path}: X has a non-finite value in cell {obs_names[row]!r} (row {row})")
+            vmin = min(vmin, float(M.data.min()))
+        lib[a:b] = library_size(M)
+    if raw.nnz < n * g:
+        vmin = min(vmin, 0.0)
+    return lib, (0.0 if vmin == np.inf else vmin)
 
-    return dataclasses.asdict(kind)
+
+def _column_moments(values: BackedRows, *, chunk_nnz: int) -> ColumnMoments:
+    """Per-gene moments of the (preprocessed) values, accumulated chunk by chunk in float64."""
+    n, g = values.shape
+    s1, s2 = np.zeros(g), np.zeros(g)
+    det = np.zeros(g, dtype=np.int64)
+    lo, hi = np.zeros(g), np.zeros(g)  # implicit zeros count, as in a sparse matrix's value range
+    for _a, _b, M in values.chunks(chunk_nnz=chunk_nnz):
+        cols = M.indices
+        d = M.data.astype(np.float64)
+        s1 += np.bincount(cols, weights=d, minlength=g)
+        s2 += np.bincount(cols, weights=d * d, minlength=g)
+        det += np.bincount(cols[M.data != 0], minlength=g)
+        np.minimum.at(lo, cols, d)
+        np.maximum.at(hi, cols, d)
+    mean = s1 / n
+    return ColumnMoments(n_cells=n, mean=mean, var=np.maximum(s2 / n - mean**2, 0.0), detected=det, lo=lo, hi=hi)
 
 
-def _write_cache(cpath: Path, sel: BackedRows, *, chunk_nnz: int, meta: dict) -> tuple[float, float]:
-    """Write ``sel`` (all rows) as CSR into ``cpath`` atomically; returns the value range."""
+def _moments_dict(m: ColumnMoments) -> dict[str, Any]:
+    return {"n_cells": int(m.n_cells), "mean": m.mean.tolist(), "var": m.var.tolist(),
+            "detected": m.detected.tolist(), "lo": m.lo.tolist(), "hi": m.hi.tolist()}
+
+
+def _moments_from_dict(d: dict[str, Any]) -> ColumnMoments:
+    return ColumnMoments(n_cells=int(d["n_cells"]), mean=np.asarray(d["mean"]), var=np.asarray(d["var"]),
+                         detected=np.asarray(d["detected"], dtype=np.int64), lo=np.asarray(d["lo"]),
+                         hi=np.asarray(d["hi"]))
+
+
+def _write_cache(cpath: Path, sel: BackedRows, *, chunk_nnz: int, meta: dict) -> None:
+    """Write ``sel`` (all rows) as CSR into ``cpath`` atomically."""
     import h5py
 
     cpath.parent.mkdir(parents=True, exist_ok=True)
     tmp = cpath.with_name(f".{cpath.name}.{os.getpid()}.tmp")
     n, g = sel.shape
-    vmin, vmax = 0.0, 0.0
     try:
         with h5py.File(tmp, "w") as f:
             grp = f.create_group("X")
@@ -544,23 +488,21 @@ def _write_cache(cpath: Path, sel: BackedRows, *, chunk_nnz: int, meta: dict) ->
                     indices.resize((pos + k,))
                     data[pos:pos + k] = M.data.astype(np.float32, copy=False)
                     indices[pos:pos + k] = M.indices.astype(np.int32, copy=False)
-                    vmin, vmax = min(vmin, float(M.data.min())), max(vmax, float(M.data.max()))
                 indptr[a + 1:b + 1] = pos + M.indptr[1:]
                 pos += k
             grp.create_dataset("indptr", data=indptr)
-            meta = {**meta, "vmin": vmin, "vmax": vmax}
             f.attrs["meta"] = json.dumps(meta)
         os.replace(tmp, cpath)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return vmin, vmax
 
 
-def _load_cached(cpath: Path, key: str, max_memory_bytes: int, timings: dict, *, from_cache: bool = True) -> Prepared:
+def _load_cached(cpath: Path, key: str, pre: Preprocessor, max_memory_bytes: int, timings: dict, *,
+                 from_cache: bool = True) -> Prepared:
+    """The cache entry as :class:`Prepared`; its preprocessor gets ``pre``'s input-affine settings
+    (``relative``, ``scale``: not part of the key) fitted on the cached moments of the genes."""
     import h5py
-
-    from dhaka.preprocess import InputKind
 
     t = time.perf_counter()
     with h5py.File(cpath, "r") as f:
@@ -575,13 +517,13 @@ def _load_cached(cpath: Path, key: str, max_memory_bytes: int, timings: dict, *,
     if not in_memory:
         matrix = BackedRows(cpath)
     timings["load_cache" if from_cache else "reopen"] = time.perf_counter() - t
-    return Prepared(
-        matrix=matrix, gene_indices=np.asarray(meta["gene_indices"], dtype=np.int64), genes=meta["genes"],
-        var_names=meta["var_names"], obs_names=meta["obs_names"], input_kind=InputKind(**meta["kind"]),
-        normalize=meta["normalize"], log=meta["log"], target_sum=meta["target_sum"],
-        mean=np.asarray(meta["mean"]), var=np.asarray(meta["var"]), vmin=meta["vmin"], vmax=meta["vmax"],
-        key=key, cache_path=cpath, from_cache=from_cache, seconds=timings,
-    )
+    stored = meta["preprocessor"]
+    fitted = Preprocessor.from_dict({**stored, "settings": {**stored["settings"], "relative": pre.relative,
+                                                            "scale": pre.scale}})
+    moments = _moments_from_dict(meta["moments"])
+    fitted.fit_moments(moments, select=False, columns=fitted.gene_indices_)
+    return Prepared(matrix=matrix, preprocessor=fitted, feature_names=meta["var_names"], obs_names=meta["obs_names"],
+                    moments=moments, key=key, cache_path=cpath, from_cache=from_cache, seconds=timings)
 
 
 def clear_cache(cache_root: str | os.PathLike | None = None) -> int:
@@ -595,24 +537,6 @@ def clear_cache(cache_root: str | os.PathLike | None = None) -> int:
 
 
 # ------------------------------------------------------------------------- fit
-def _input_affine(est, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
-    """The estimator's ``_fit_input_affine`` from the cached per-gene moments."""
-    g = prep.gene_indices.size
-    if est.scale == "minmax":
-        lo, hi = prep.vmin, prep.vmax
-        return (np.full(g, lo, dtype=np.float32), np.full(g, hi - lo if hi > lo else 1.0, dtype=np.float32))
-    center = prep.mean if est.relative else np.zeros(g)
-    if est.scale == "gene":
-        scale = np.sqrt(prep.var)
-        scale[scale < 1e-8] = 1.0
-    elif est.scale == "global":
-        total = float(np.sqrt(np.mean(prep.var))) if g else 1.0
-        scale = np.full(g, total if total > 1e-8 else 1.0)
-    else:
-        scale = np.ones(g)
-    return center.astype(np.float32), scale.astype(np.float32)
-
-
 def fit_backed(
     path: str | os.PathLike,
     *,
@@ -623,9 +547,13 @@ def fit_backed(
     chunk_nnz: int = DEFAULT_CHUNK_NNZ,
     callback: Any = None,
     stop_event: Any = None,
+    seams: Any = None,
     **params: Any,
 ) -> Any:
     """Fit a :class:`dhaka.Dhaka` on an ``.h5ad`` without loading its matrix.
+
+    The file is prepared out of core (:func:`prepare`, with the estimator's preprocessor) and the
+    prepared rows are handed to ``Dhaka.fit``, which trains on them as on any matrix.
 
     Parameters
     ----------
@@ -635,7 +563,7 @@ def fit_backed(
         An unfitted :class:`dhaka.Dhaka` whose settings to use; or give them as ``**params``.
     cache, cache_root, max_memory_bytes, chunk_nnz
         See :func:`prepare`.
-    callback, stop_event
+    callback, stop_event, seams
         As in :meth:`dhaka.Dhaka.fit`.
 
     Returns
@@ -649,35 +577,14 @@ def fit_backed(
     est = estimator if estimator is not None else Dhaka(**params)
     if estimator is not None and params:
         est.set_params(**params)
-    est._check_params()
-    if est.gene_selection == "entropy":
-        raise ValueError("gene_selection='entropy' is not available out of core; use 'cv', 'mean', 'variance' "
-                         "or 'dispersion', or read the data into memory")
-    prep = prepare(path, mode=est.mode, n_genes=est.n_genes, gene_selection=est.gene_selection,
-                   normalize=est.normalize, log=est.log, cache=cache, cache_root=cache_root,
+    est.validate_params()  # fail before the passes over the file
+    prep = prepare(path, preprocessor=est.make_preprocessor(), cache=cache, cache_root=cache_root,
                    max_memory_bytes=max_memory_bytes, chunk_nnz=chunk_nnz, seed=int(est.seed))
-    S = prep.matrix
-    est.n_features_in_ = len(prep.var_names)
-    est.feature_names_ = list(prep.var_names)
-    est.input_kind_ = prep.input_kind
-    est.normalize_, est.log_, est.target_sum_ = prep.normalize, prep.log, prep.target_sum
-    est.gene_indices_ = prep.gene_indices
-    est.genes_ = list(prep.genes)
-    est.prepared_ = {"key": prep.key, "cache_path": str(prep.cache_path) if prep.cache_path else None,
-                     "from_cache": prep.from_cache, "seconds": dict(prep.seconds), "in_memory": sp.issparse(S)}
-    # Gene refinement chooses among the prepared genes (the full matrix is not kept) and needs them
-    # in memory; streamed from the cache file, the one fit stands.
-    from dhaka.train import is_row_source
-
-    streamed = is_row_source(S)
-    est._fit_rounds(S, np.arange(S.shape[1]), names=list(prep.var_names), index_map=np.asarray(prep.gene_indices),
-                    rounds=0 if streamed else est._refine_rounds(), max_genes=S.shape[1],
-                    affine=_input_affine(est, prep), callback=callback, stop_event=stop_event)
-    if streamed and est._refine_rounds():
-        est.refinement_[0]["note"] = "streamed from disk: gene refinement skipped"
-    if isinstance(S, BackedRows):
-        S.close()
-    return est
+    try:
+        return est.fit(prep, callback=callback, stop_event=stop_event, seams=seams)
+    finally:
+        if isinstance(prep.matrix, BackedRows):
+            prep.matrix.close()
 
 
 # ------------------------------------------------------------------- transform
@@ -696,7 +603,7 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
 
     check_is_fitted(est, "model_")
     path = Path(path)
-    _, var_names = _names(path)
+    obs_names, var_names = _names(path)
     if est.feature_names_ is not None:
         pos = {nm: i for i, nm in enumerate(var_names)}
         cols = np.array([pos.get(gn, -1) for gn in est.genes_], dtype=np.int64)
@@ -706,21 +613,18 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
     if not have.any():
         raise ValueError(f"{path}: none of the model's selected features are in the file "
                          f"(e.g. {', '.join(est.genes_[:3])})")
+    pre = est.preprocessor_
     raw = BackedRows(path)
     try:
-        n = raw.file_shape[0]
         scale = None
-        if est.normalize_:
-            lib = np.zeros(n)
-            for a, b, M in raw.chunks(chunk_nnz=chunk_nnz):
-                lib[a:b] = np.asarray(M.sum(axis=1)).ravel()
-            scale = np.divide(est.target_sum_, lib, out=np.zeros_like(lib), where=lib > 0).astype(np.float32)
+        if pre.normalize_:
+            scale = pre.size_factors(_library_sizes(raw, path, obs_names, chunk_nnz=chunk_nnz)[0])
         bounds = raw.chunk_bounds(chunk_nnz=chunk_nnz)
     finally:
         raw.close()
     fill = est.model_.center.numpy()
     out = []
-    with BackedRows(path, columns=np.where(have, cols, 0), row_scale=scale, log=bool(est.log_)) as src:
+    with BackedRows(path, columns=np.where(have, cols, 0), row_scale=scale, log=bool(pre.log_)) as src:
         with torch.no_grad():
             for a, b in bounds:
                 for s in range(a, b, batch_size):

@@ -12,7 +12,6 @@ names the problem (no traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Sequence
 def _add_read_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orientation", choices=["auto", "cells_x_genes", "genes_x_cells"], default="auto",
                    help="orientation of a CSV/TSV matrix (default: detect)")
+    p.add_argument("--layer", default=None,
+                   help="read this layer of an .h5ad (e.g. counts, or state for copy-number files) instead of X")
     p.add_argument("--metadata", help="CSV/TSV of per-cell annotations keyed by cell id (joined into obs)")
 
 
@@ -99,7 +100,7 @@ def _estimator_params(args: argparse.Namespace) -> dict:
 def _read(args: argparse.Namespace):
     from dhaka import io
 
-    adata = io.read(args.input, orientation=args.orientation)
+    adata = io.read(args.input, orientation=args.orientation, layer=args.layer)
     if args.metadata:
         adata = io.read_metadata(args.metadata, adata)
     return adata
@@ -132,10 +133,11 @@ def _cluster_and_write(args, Z, adata, *, extra_meta: dict) -> None:
     print(f"wrote {args.out}: {Z.shape[0]} cells x {Z.shape[1]} latent dims, GMM-BIC chose k={res.k}{skipped}",
           file=sys.stderr)
     if args.h5ad:
-        out = adata.copy()
-        out.obsm["X_dhaka"] = Z
-        out.obs["dhaka_cluster"] = [str(v) for v in res.labels]
-        out.uns["dhaka"] = json.loads(json.dumps({**extra_meta, "gmm_k": int(res.k)}, default=str))
+        from dhaka.tl import to_anndata
+
+        meta = dict(extra_meta)
+        out = to_anndata(adata, latent=Z, clusters=res.labels, params=meta.pop("params", None), gmm=res,
+                         extra={**meta, "gmm_k": int(res.k)})
         Path(args.h5ad).write_bytes(io.to_h5ad_bytes(out))
         print(f"wrote {args.h5ad}", file=sys.stderr)
 

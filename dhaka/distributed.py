@@ -14,14 +14,20 @@ same function, up to floating-point summation order:
 * **Gradients**: rank ``r`` back-propagates ``R * n_r / n`` times its mean loss (``n_r``
   of the ``n`` cells of the batch); DDP averages over the ``R`` ranks, which gives the
   gradient of the global batch mean exactly.
-* **Batch normalisation** uses the statistics of the whole global batch: every
-  ``BatchNorm1d`` of the VAE is switched, for the duration of the fit, to a version that
-  all-reduces (differentiably) the per-feature sums and the centred sums of squares
-  (what ``SyncBatchNorm`` does on GPUs; it does not run on CPU, this does). Running
-  statistics are updated as ``BatchNorm1d`` would (unbiased variance, momentum).
+* **Batch normalisation** uses the statistics of the whole global batch: for the duration of
+  the fit, every ``BatchNorm1d`` layer of the VAE is swapped for a :class:`GlobalBatchNorm1d`
+  sharing its weights and running statistics, which all-reduces (differentiably) the
+  per-feature sums and the centred sums of squares (what ``SyncBatchNorm`` does on GPUs; it
+  does not run on CPU, this does). Running statistics are updated as ``BatchNorm1d`` would
+  (unbiased variance, momentum).
 * **Sampling noise**: the reparameterisation noise of the global batch is drawn with the
   same seeded generator on every rank and each rank takes its rows, so the ``z`` of every
   cell is the one single-process training draws.
+
+None of this replaces a library function: :func:`data_parallel_seams` returns the three
+seams of :func:`dhaka.train.fit_vae` (the DDP wrapper, the batch-norm synchronisation, the
+noise source) and the estimator hands them to every ``fit_vae`` of a fit
+(``Dhaka.fit(X, seams=...)``). Other threads of the process train as before.
 * **Reported losses, validation and early stopping** use all-reduced global values (the
   validation pass runs whole on every rank), so every rank takes the same decisions and
   the :class:`dhaka.train.EpochReport` history equals the single-process one.
@@ -33,17 +39,17 @@ order (two halves all-reduced instead of one sum), which chaotic training amplif
 slowly over many epochs: after hundreds of epochs expect small differences in the
 coordinates, not in the clusters.
 
-Command line (for ``python -m dhaka embed ... --distributed``, see :func:`cli_hook`)::
+Command line (``python -m dhaka embed ... --distributed`` runs :func:`fit_estimator_distributed`)::
 
     torchrun --standalone --nproc_per_node=2 -m dhaka.distributed INPUT --out DIR --params '{"epochs": 50}'
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
-import types
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,8 +57,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["init_from_env", "is_distributed", "is_main_process", "world", "ddp_fit_vae", "distributed_training",
-           "fit_estimator_distributed", "run_distributed_fit", "torchrun_command", "cli_hook"]
+__all__ = ["init_from_env", "is_distributed", "is_main_process", "world", "ddp_fit_vae", "data_parallel_seams",
+           "GlobalBatchNorm1d", "fit_estimator_distributed", "run_distributed_fit", "torchrun_command"]
 
 
 # ------------------------------------------------------------------ process group
@@ -120,56 +126,84 @@ def _sum_all_reduce(t: torch.Tensor, *, group) -> torch.Tensor:
         return _all_reduce(t, group=group)
 
 
-class _BNState:
-    """Shared between the adapter and the patched BatchNorm layers of one fit."""
+class _Shared:
+    """What the seams of one data-parallel fit share: its process group and this rank's weight."""
 
-    def __init__(self, group) -> None:
-        self.group = group
+    def __init__(self) -> None:
+        self.group = None
         self.weight = 1.0  # 0.0 when this rank's rows are a placeholder (no real cells)
 
 
-def _global_bn_forward(self: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm1d with statistics over the global batch (all ranks), differentiable."""
-    st: _BNState = self._dhaka_bn_state
-    if not self.training:
-        return type(self).forward(self, x)
-    w = st.weight
-    xf = x.float()
-    c = xf.shape[1]
-    local = torch.cat([xf.sum(0) * w, xf.new_full((1,), float(xf.shape[0]) * w)])
-    tot = _sum_all_reduce(local, group=st.group)
-    count = tot[c]
-    mean = tot[:c] / count
-    sq = (((xf - mean) ** 2).sum(0) * w)
-    var = _sum_all_reduce(sq, group=st.group) / count  # biased, as batch norm normalises with
-    y = (xf - mean) * torch.rsqrt(var + self.eps)
-    if self.affine:
-        y = y * self.weight + self.bias
-    if self.track_running_stats:
-        with torch.no_grad():
-            m = self.momentum if self.momentum is not None else 0.0
-            unbiased = var * (count / (count - 1).clamp_min(1))
-            self.running_mean.mul_(1 - m).add_(mean.detach() * m)
-            self.running_var.mul_(1 - m).add_(unbiased.detach() * m)
-            self.num_batches_tracked.add_(1)
-    return y.to(x.dtype)
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d with statistics over the global batch (all ranks), differentiable.
+
+    Built from a ``BatchNorm1d`` by :func:`global_batch_norm`, sharing its parameters and
+    running buffers, so training it trains the original layer. In eval mode it is BatchNorm1d.
+    """
+
+    def __init__(self, bn: nn.BatchNorm1d, shared: _Shared) -> None:
+        super().__init__(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                         track_running_stats=bn.track_running_stats, device=bn.running_mean.device
+                         if bn.running_mean is not None else None)
+        if bn.affine:
+            self.weight, self.bias = bn.weight, bn.bias
+        if bn.track_running_stats:
+            self.running_mean, self.running_var = bn.running_mean, bn.running_var
+            self.num_batches_tracked = bn.num_batches_tracked
+        self.train(bn.training)
+        self.shared = shared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        st = self.shared
+        w = st.weight
+        xf = x.float()
+        c = xf.shape[1]
+        local = torch.cat([xf.sum(0) * w, xf.new_full((1,), float(xf.shape[0]) * w)])
+        tot = _sum_all_reduce(local, group=st.group)
+        count = tot[c]
+        mean = tot[:c] / count
+        sq = (((xf - mean) ** 2).sum(0) * w)
+        var = _sum_all_reduce(sq, group=st.group) / count  # biased, as batch norm normalises with
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.0
+                unbiased = var * (count / (count - 1).clamp_min(1))
+                self.running_mean.mul_(1 - m).add_(mean.detach() * m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach() * m)
+                self.num_batches_tracked.add_(1)
+        return y.to(x.dtype)
 
 
 @contextlib.contextmanager
-def _global_batch_norm(module: nn.Module, state: _BNState) -> Iterator[None]:
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn._dhaka_bn_state = state
-        bn.forward = types.MethodType(_global_bn_forward, bn)
+def global_batch_norm(module: nn.Module, *, shared: _Shared) -> Iterator[None]:
+    """Within the block, ``module``'s BatchNorm1d layers are :class:`GlobalBatchNorm1d` views of
+    themselves (same parameters and buffers); the original layers are put back afterwards.
+    Only this model instance changes: the fit's own copy, no shared class or function."""
+    swapped = []
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm1d:
+                parent.add_module(name, GlobalBatchNorm1d(child, shared))
+                swapped.append((parent, name, child))
     try:
         yield
     finally:
-        for bn in bns:
-            del bn.forward
-            del bn._dhaka_bn_state
+        for parent, name, child in swapped:
+            child.train(getattr(parent, name).training)
+            parent.add_module(name, child)
 
 
-# ---------------------------------------------------------------- DDP adapter
+def global_noise(n: int, latent_dim: int, device: torch.device) -> torch.Tensor:
+    """The global batch's reparameterisation noise, as single-process ``randn_like(std)`` draws it."""
+    return torch.randn((n, latent_dim), device=device)
+
+
+# ---------------------------------------------------------------- DDP wrapper
 class _LossModule(nn.Module):
     """What DDP wraps: one rank's share of a global batch -> its loss terms (local means).
 
@@ -182,89 +216,48 @@ class _LossModule(nn.Module):
         self.vae = vae
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor, beta: float, kw: dict) -> tuple[torch.Tensor, ...]:
-        vae = self.vae
-        seen: dict[str, torch.Tensor] = {}
-        forward = vae.forward
-
-        def capture(xx):
-            out = forward(xx)
-            seen["mu"], seen["logvar"] = out[1], out[2]
-            return out
-
-        vae.reparameterize = lambda mu, logvar: mu + eps.to(mu.dtype) * torch.exp(0.5 * logvar)
-        vae.forward = capture
-        try:
-            out = vae.loss(x, beta=beta, **kw)
-        finally:
-            del vae.reparameterize
-            del vae.forward
-        mu, logvar = seen["mu"].float(), seen["logvar"].float()
-        kl_dim = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())  # the model's KL, per cell and dimension
-        return out.total, out.reconstruction, out.kl, kl_dim.sum(0)
+        out = self.vae.loss(x, beta=beta, eps=eps, **kw)
+        return out.total, out.reconstruction, out.kl, out.kl_terms.float().sum(0)
 
 
-class _DDPAdapter(nn.Module):
-    """Looks like a :class:`dhaka.model.VAE` to ``fit_vae``; trains its rank's share through DDP.
+class _DataParallelLoss(nn.Module):
+    """The training-step module :func:`dhaka.train.fit_vae` calls ``loss`` on: it trains this
+    rank's share of each global batch through DDP and reports global batch means."""
 
-    ``state_dict``/``load_state_dict`` are the VAE's, so fit_vae's snapshots and the
-    returned model are plain VAE states.
-    """
-
-    def __init__(self, vae: nn.Module, *, device: torch.device, group) -> None:
+    def __init__(self, vae: nn.Module, *, device: torch.device, shared: _Shared) -> None:
         super().__init__()
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        self.vae = vae.to(device)
-        self.batch_norm = getattr(vae, "batch_norm", False)
         self.latent_dim = vae.latent_dim
-        self.n_input = vae.n_input
         self.rank, self.world_size = world()
-        self.group = group
-        self.bn_state = _BNState(group)
+        self.shared = shared
         ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
         # buffers (running stats, input centring) are computed identically on every rank
-        self.ddp = DDP(_LossModule(self.vae), device_ids=ids, broadcast_buffers=False)
+        self.ddp = DDP(_LossModule(vae.to(device)), device_ids=ids, broadcast_buffers=False)
 
-    def state_dict(self, *args, **kwargs):  # noqa: D102
-        return self.vae.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
-        return self.vae.load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def encode(self, x):
-        return self.vae.encode(x)
-
-    def prepare(self, x):
-        return self.vae.prepare(x)
-
-    def flops_per_cell(self) -> int:
-        return self.vae.flops_per_cell()
-
-    def loss(self, x: torch.Tensor, *, beta: float = 1.0, **kw: Any):
+    def loss(self, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, eps: torch.Tensor | None = None):
         import torch.distributed as dist
 
         from dhaka.model import LossOutput
 
-        if not self.training or not torch.is_grad_enabled():
-            return self.vae.loss(x, beta=beta, **kw)  # validation: the whole batch on every rank, identical
-        free_bits = float(kw.get("free_bits", 0.0) or 0.0)
         n = x.shape[0]
-        # the global batch's noise, exactly as single-process randn_like(std) would draw it
-        eps = torch.randn((n, self.latent_dim), device=x.device)
+        if eps is None:
+            eps = global_noise(n, self.latent_dim, x.device)
         lo, hi = _split(n, self.world_size, self.rank)
         n_local = hi - lo
         if n_local == 0:  # fewer cells than ranks: a placeholder row that counts for nothing
             lo, hi = 0, 1
-        self.bn_state.weight = 1.0 if n_local else 0.0
+        self.shared.weight = 1.0 if n_local else 0.0
         # free bits act on the global batch's per-dimension KL mean: the share computes plain KL
         # and the floor is applied below from all-reduced per-dimension sums
-        total, rec, kl, kl_dim_sum = self.ddp(x[lo:hi], eps[lo:hi], beta, {**kw, "free_bits": 0.0})
+        total, rec, kl, kl_dim_sum = self.ddp(x[lo:hi], eps[lo:hi], beta, {"free_bits": 0.0})
         d = kl_dim_sum.shape[0]
         sums = torch.cat([torch.stack([rec.detach(), kl.detach()]).float() * n_local,
                           kl_dim_sum.detach().float() * (1.0 if n_local else 0.0)])
-        dist.all_reduce(sums, group=self.group)
+        dist.all_reduce(sums, group=self.shared.group)
         g_rec, g_kl = sums[0] / n, sums[1] / n
         g_kl_dim = sums[2:2 + d] / n
+        free_bits = float(free_bits or 0.0)
         if free_bits > 0:
             floor = g_kl_dim <= free_bits  # dimensions held at the floor get no KL gradient
             total = total - beta * (kl_dim_sum * floor.to(kl_dim_sum.dtype)).sum() / max(n_local, 1)
@@ -279,22 +272,31 @@ class _DDPAdapter(nn.Module):
 
 
 @contextlib.contextmanager
-def distributed_training(vae: nn.Module, *, device: torch.device | str | None = None) -> Iterator[nn.Module]:
-    """Context in which ``vae`` is trained data-parallel: yields the object to hand to ``fit_vae``."""
+def _data_parallel(vae: nn.Module, *, shared: _Shared, device: str | torch.device) -> Iterator[nn.Module]:
+    """The ``wrap_model`` seam: a process group for this fit and the DDP training-step module."""
     import torch.distributed as dist
 
     from dhaka.train import resolve_device
 
-    dev = resolve_device(device or "auto") if not isinstance(device, torch.device) else device
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
-    group = dist.new_group(backend=dist.get_backend())  # keeps our small collectives apart from DDP's
-    adapter = _DDPAdapter(vae, device=dev, group=group)
+    shared.group = dist.new_group(backend=dist.get_backend())  # keeps our small collectives apart from DDP's
     try:
-        with _global_batch_norm(vae, adapter.bn_state):
-            yield adapter
+        yield _DataParallelLoss(vae, device=dev, shared=shared)
     finally:
         dist.barrier()
+
+
+def data_parallel_seams(*, device: str | torch.device = "auto") -> Any:
+    """The :class:`dhaka.train.TrainingSeams` that make ``fit_vae`` train data-parallel in the
+    current process group (call ``fit_vae`` / ``Dhaka.fit`` with them in every rank)."""
+    from dhaka.train import TrainingSeams
+
+    shared = _Shared()
+    return TrainingSeams(wrap_model=functools.partial(_data_parallel, shared=shared, device=device),
+                         batch_norm_sync=functools.partial(global_batch_norm, shared=shared),
+                         noise=global_noise)
 
 
 def ddp_fit_vae(X: Any, *, model: nn.Module, device: str = "auto", **kwargs: Any):
@@ -303,41 +305,18 @@ def ddp_fit_vae(X: Any, *, model: nn.Module, device: str = "auto", **kwargs: Any
     Call it in every rank with the same data and arguments. Returns the
     :class:`~dhaka.train.TrainResult` with ``model`` the plain (trained) VAE.
     """
-    from dhaka import train
+    from dhaka.train import fit_vae
 
-    fit = getattr(train, "_dhaka_single_fit_vae", train.fit_vae)
     if not is_distributed():
-        return fit(X, model=model, device=device, **kwargs)
-    with distributed_training(model, device=device) as adapter:
-        result = fit(X, model=adapter, device=device, **kwargs)
-    result.model = model
-    model.eval()
-    return result
-
-
-@contextlib.contextmanager
-def _fit_vae_is_distributed() -> Iterator[None]:
-    """Make ``dhaka.train.fit_vae`` the data-parallel one while the block runs (this process only).
-
-    The estimator imports ``fit_vae`` from ``dhaka.train`` when ``fit`` runs, so its whole
-    pipeline (preprocessing, starts, scoring) is reused unchanged.
-    """
-    from dhaka import train
-
-    original = train.fit_vae
-    train._dhaka_single_fit_vae = original
-    train.fit_vae = ddp_fit_vae
-    try:
-        yield
-    finally:
-        train.fit_vae = original
-        del train._dhaka_single_fit_vae
+        return fit_vae(X, model=model, device=device, **kwargs)
+    return fit_vae(X, model=model, device=device, **kwargs, **data_parallel_seams(device=device).as_kwargs())
 
 
 def fit_estimator_distributed(est: Any, X: Any, **fit_params: Any) -> Any:
     """``est.fit(X)`` with data-parallel training; call in every rank (after :func:`init_from_env`)."""
-    with _fit_vae_is_distributed():
+    if not is_distributed():
         return est.fit(X, **fit_params)
+    return est.fit(X, seams=data_parallel_seams(device=est.device), **fit_params)
 
 
 # ------------------------------------------------------------------ entry points
@@ -373,8 +352,8 @@ def run_distributed_fit(estimator_params: dict, X_path: str | os.PathLike, out_d
     if backed:
         from dhaka.backed import fit_backed, transform_backed
 
-        with _fit_vae_is_distributed():
-            est = fit_backed(X_path, estimator=est)
+        est = fit_backed(X_path, estimator=est, seams=data_parallel_seams(device=est.device)
+                         if is_distributed() else None)
         Z = transform_backed(est, X_path) if rank == 0 else None
         obs_names = None
     else:
@@ -413,19 +392,6 @@ def torchrun_command(nproc: int, *args: str, standalone: bool = True) -> list[st
     if standalone:
         cmd.append("--standalone")
     return cmd + [f"--nproc_per_node={int(nproc)}", "-m", "dhaka.distributed", *args]
-
-
-def cli_hook() -> str:
-    """Text for the lead's CLI: how ``python -m dhaka embed ... --distributed`` calls into this module."""
-    return (
-        "In dhaka/cli.py embed: add `--distributed` (store_true). When set:\n"
-        "    from dhaka.distributed import init_from_env, fit_estimator_distributed, is_main_process\n"
-        "    init_from_env()                      # reads torchrun's RANK/WORLD_SIZE; NCCL on GPU, gloo on CPU\n"
-        "    fit_estimator_distributed(est, adata) # instead of est.fit(adata)\n"
-        "    if is_main_process(): write the outputs as usual\n"
-        "Launch: torchrun --standalone --nproc_per_node=N -m dhaka embed INPUT --out latent.csv --distributed\n"
-        "(or, without the CLI: torchrun ... -m dhaka.distributed INPUT --out DIR --params '{json}')"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

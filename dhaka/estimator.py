@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 import warnings
@@ -24,9 +22,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from dhaka import __version__
-from dhaka.preprocess import InputKind, detect_kind, log2p, normalize_total, select_genes
-
-MODEL_FILES = ("config.json", "weights.safetensors", "genes.txt", "preprocess.json", "history.json")
+from dhaka.preprocess import PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
+from dhaka.store import MODEL_FILES, atomic_write_dir, check_model_dir  # noqa: F401 - MODEL_FILES re-exported
 
 # Settings of the paper as we read it (Rashid et al.): sigmoid/Bernoulli output on [0, 1]-scaled
 # log expression, no normalisation layers, no KL warm-up, no early stopping, RMSprop 1e-4.
@@ -201,13 +198,11 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------ preprocessing
-    def _check_params(self) -> None:
-        if self.mode not in ("expression", "cnv"):
-            raise ValueError(f"mode must be 'expression' or 'cnv', got {self.mode!r}")
+    def validate_params(self) -> None:
+        """Refuse settings that cannot work, naming the setting (``fit`` calls it first)."""
+        self.make_preprocessor()
         if int(self.latent_dim) < 1:
             raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}")
-        if self.scale not in ("global", "gene", "none", "minmax"):
-            raise ValueError(f"scale must be 'global', 'gene', 'none' or 'minmax', got {self.scale!r}")
         if int(self.n_starts) < 1:
             raise ValueError(f"n_starts must be at least 1, got {self.n_starts}")
         if not (self.refine == "auto" or (isinstance(self.refine, (int, np.integer))
@@ -215,6 +210,13 @@ class Dhaka(TransformerMixin, BaseEstimator):
             raise ValueError(f"refine must be 'auto' or a number of rounds >= 0, got {self.refine!r}")
         if not 0 < float(self.refine_alpha) < 1:
             raise ValueError(f"refine_alpha must be in (0, 1), got {self.refine_alpha}")
+        from dhaka.model import resolve_structure
+
+        resolve_structure(self.structure)  # a bad structure fails before the data is read
+
+    def make_preprocessor(self) -> Preprocessor:
+        """An unfitted :class:`dhaka.preprocess.Preprocessor` with this estimator's settings."""
+        return Preprocessor.from_params(self.get_params())
 
     def _refine_rounds(self) -> int:
         if self.refine == "auto":
@@ -233,67 +235,18 @@ class Dhaka(TransformerMixin, BaseEstimator):
             M = sp.csr_matrix(M, dtype=np.float32)
         return M
 
-    def _n_select(self, n_features: int) -> int | None:
-        if self.n_genes == "auto":
-            return None if self.mode == "cnv" else min(2000, n_features)
-        if self.n_genes is None:
-            return None
-        if int(self.n_genes) < 1:
-            raise ValueError(f"n_genes must be at least 1 (or 'auto' / None), got {self.n_genes}")
-        return min(int(self.n_genes), n_features)
-
-    def _steps(self, kind: InputKind) -> tuple[bool, bool]:
-        if self.mode == "cnv":
-            return (self.normalize is True), (self.log is True)
-        norm = kind.normalize if self.normalize == "auto" else bool(self.normalize)
-        lg = kind.log if self.log == "auto" else bool(self.log)
-        return norm, lg
-
-    def _apply_steps(self, M: Any) -> Any:
-        if self.normalize_:
-            if (M.data.min() if sp.issparse(M) and M.nnz else (M.min() if not sp.issparse(M) else 0)) < 0:
-                raise ValueError("library-size normalisation needs non-negative values, but the data has "
-                                 "negatives; set normalize=False for centred or scaled input")
-            M, _ = normalize_total(M, target_sum=self.target_sum_)
-        if self.log_:
-            if (M.data.min() if sp.issparse(M) and M.nnz else (M.min() if not sp.issparse(M) else 0)) < 0:
-                raise ValueError("log2(x+1) needs non-negative values; set log=False for centred or scaled input")
-            M = log2p(M)
-        return M
-
     def preview(self, X: Any) -> dict[str, Any]:
         """What :meth:`fit` would do to ``X``, without training: detected kind, first-fit matrix size and
         the number of gene-refinement rounds that follow (their gene counts depend on the fits)."""
-        M, _, names = _as_matrix(X)
-        kind = detect_kind(M, mode=self.mode)
-        norm, lg = self._steps(kind)
-        n_sel = self._n_select(M.shape[1])
-        return {"n_cells": M.shape[0], "n_features": M.shape[1],
-                "n_selected": M.shape[1] if n_sel is None else n_sel,
-                "input_kind": kind.kind, "reason": kind.reason, "normalize": norm, "log": lg,
-                "description": kind.describe(), "refine_rounds": self._refine_rounds()}
+        M, _, _ = _as_matrix(X)
+        return {**self.make_preprocessor().plan(M), "refine_rounds": self._refine_rounds()}
 
-    def _fit_input_affine(self, S: Any) -> tuple[np.ndarray, np.ndarray]:
-        from dhaka.preprocess import column_moments
-
-        mean, var = column_moments(S)
-        g = S.shape[1]
-        if self.scale == "minmax":
-            lo = float(S.min()) if not sp.issparse(S) else min(0.0, float(S.data.min()) if S.nnz else 0.0)
-            hi = float(S.max()) if not sp.issparse(S) else max(0.0, float(S.data.max()) if S.nnz else 0.0)
-            center = np.full(g, lo)
-            scale = np.full(g, hi - lo if hi > lo else 1.0)
-            return center.astype(np.float32), scale.astype(np.float32)
-        center = mean if self.relative else np.zeros(g)
-        if self.scale == "gene":
-            scale = np.sqrt(var)
-            scale[scale < 1e-8] = 1.0
-        elif self.scale == "global":
-            total = float(np.sqrt(np.mean(var))) if g else 1.0
-            scale = np.full(g, total if total > 1e-8 else 1.0)
-        else:
-            scale = np.ones(g)
-        return center.astype(np.float32), scale.astype(np.float32)
+    # the fitted preprocessor's constants, under the names fitted models have always had
+    input_kind_ = property(lambda self: self.preprocessor_.kind_, doc="Detected input kind (an InputKind).")
+    normalize_ = property(lambda self: self.preprocessor_.normalize_, doc="Whether cells were normalised.")
+    log_ = property(lambda self: self.preprocessor_.log_, doc="Whether log2(x+1) was applied.")
+    target_sum_ = property(lambda self: self.preprocessor_.target_sum_, doc="Normalisation target.")
+    gene_indices_ = property(lambda self: self.preprocessor_.gene_indices_, doc="Selected feature indices.")
 
     def _principal_axes(self, S: Any, center: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
         """Top principal axes (genes x n_pcs, float32) of (S - center) / scale, sparse-safe."""
@@ -331,6 +284,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         stop_event: threading.Event | None = None,
         checkpoint: Callable[[Callable[[str | os.PathLike], None], int], None] | None = None,
         checkpoint_every: int = 5,
+        seams: Any = None,
     ) -> "Dhaka":
         """Preprocess ``X``, select genes, train the VAE (``n_starts`` times), keep the best start.
 
@@ -345,63 +299,83 @@ class Dhaka(TransformerMixin, BaseEstimator):
         checkpoint
             ``checkpoint(save_fn, epoch)`` every ``checkpoint_every`` epochs; ``save_fn(path)``
             writes a loadable model directory (see :meth:`save`).
+        seams
+            A :class:`dhaka.train.TrainingSeams` handed to every :func:`dhaka.train.fit_vae` of
+            the fit (e.g. :func:`dhaka.distributed.data_parallel_seams` for data-parallel training).
         """
-        from dhaka.model import resolve_structure
-
-        self._check_params()
-        resolve_structure(self.structure)  # a bad structure fails before the data is read
+        self.validate_params()
+        if isinstance(X, PreparedRows):
+            return self._fit_prepared(X, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
+                                      checkpoint_every=checkpoint_every, seams=seams)
         M, _, names = _as_matrix(X)
         M = self._validate(M, reset=True)
         self.feature_names_ = names
-        self.input_kind_ = detect_kind(M, mode=self.mode)
-        self.normalize_, self.log_ = self._steps(self.input_kind_)
-        self.target_sum_ = None
-        if self.normalize_:
-            _, self.target_sum_ = normalize_total(M)
-        P = self._apply_steps(M)
-        n_select = self._n_select(P.shape[1])
-        idx = select_genes(P, n_genes=n_select, method=self.gene_selection)
-        self._fit_rounds(P, idx, names=names, rounds=self._refine_rounds(), max_genes=n_select, callback=callback,
-                         stop_event=stop_event, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        pre = self.make_preprocessor().fit_steps(M)
+        P = pre.apply_steps(M)
+        pre.fit_genes(P)
+        self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(), max_genes=pre.n_select(P.shape[1]),
+                         callback=callback, stop_event=stop_event, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every, seams=seams)
         return self
 
-    def _fit_rounds(self, P: Any, idx: np.ndarray, *, names: Sequence[str] | None, rounds: int,
-                    max_genes: int | None, index_map: np.ndarray | None = None,
-                    affine: tuple[np.ndarray, np.ndarray] | None = None, **train_kw: Any) -> None:
-        """Train on the columns ``idx`` of ``P``, then refine the genes ``rounds`` times and refit.
+    def _fit_prepared(self, X: PreparedRows, **train_kw: Any) -> "Dhaka":
+        """Fit on rows a fitted preprocessor already produced (in memory, or a row source).
 
-        The loop shared by :meth:`fit` (``P`` = every feature, preprocessed) and
-        :func:`dhaka.backed.fit_backed` (``P`` = the prepared genes only, ``index_map`` maps its
-        columns to feature indices; ``affine`` = centring precomputed out of core). Each round
-        keeps the genes of ``P`` the current latent explains (:meth:`_refined_genes`); it stops
-        early when nothing is significant or the selection no longer changes; warm starts
+        Gene refinement chooses among the prepared genes (the other features are not at hand);
+        rows streamed from a row source are not held in memory, so there the first fit stands.
+        """
+        from dhaka.train import is_row_source
+
+        pre = X.preprocessor
+        S = X.matrix
+        self.n_features_in_ = int(pre.n_features_in_)
+        self.feature_names_ = None if X.feature_names is None else list(X.feature_names)
+        streamed = is_row_source(S)
+        self.prepared_ = {**X.describe(), "in_memory": not streamed}
+        genes = np.asarray(pre.gene_indices_)
+        self._fit_rounds(S, pre, names=self.feature_names_, columns=genes,
+                         rounds=0 if streamed else self._refine_rounds(), max_genes=S.shape[1], **train_kw)
+        if streamed and self._refine_rounds():
+            self.refinement_[0]["note"] = "streamed from disk: gene refinement skipped"
+        return self
+
+    def _fit_rounds(self, P: Any, pre: Preprocessor, *, names: Sequence[str] | None, rounds: int,
+                    max_genes: int | None, columns: np.ndarray | None = None, **train_kw: Any) -> None:
+        """Train on the genes ``pre`` chose among the columns of ``P``, then refine them ``rounds`` times.
+
+        ``P`` holds every feature (value steps applied), or, for prepared rows, only the prepared
+        genes (``columns`` = their feature indices). Each round keeps the genes of ``P`` the
+        current latent explains (:meth:`_refined_genes`) and refits ``pre``'s affine on them; it
+        stops early when nothing is significant or the selection no longer changes; warm starts
         (``n_starts``) run in the last fit. ``train_kw`` goes to :meth:`_train`.
         """
         t0 = time.perf_counter()
+        self.preprocessor_ = pre
         try:
-            self._refine_loop(P, idx, names=names, rounds=rounds, max_genes=max_genes, index_map=index_map,
-                              affine=affine, **train_kw)
+            self._refine_loop(P, pre, names=names, rounds=rounds, max_genes=max_genes, columns=columns,
+                              **train_kw)
         finally:
             self.train_seconds_ = time.perf_counter() - t0  # every fit and the gene tests between them
 
-    def _refine_loop(self, P: Any, idx: np.ndarray, *, names, rounds, max_genes, index_map, affine,
+    def _refine_loop(self, P: Any, pre: Preprocessor, *, names, rounds, max_genes, columns,
                      **train_kw: Any) -> None:
         """The body of :meth:`_fit_rounds`."""
         from dhaka.train import is_row_source
 
+        base = np.arange(P.shape[1]) if columns is None else np.asarray(columns)
+        pos = {int(f): i for i, f in enumerate(base)}
+        idx = np.array([pos[int(f)] for f in pre.gene_indices_], dtype=np.int64)  # columns of P
         self.refinement_: list[dict[str, Any]] = [
             {"fit": 1, "genes": int(len(idx)), "selected_by": self.gene_selection}]
         r = 0
         while True:
             final = r == rounds
-            feat = idx if index_map is None else np.asarray(index_map)[idx]
-            self.gene_indices_ = np.asarray(feat)
+            feat = pre.gene_indices_
             self.genes_ = [names[i] for i in feat] if names is not None else [str(i) for i in feat]
             S = P if np.array_equal(idx, np.arange(P.shape[1])) else P[:, idx]
-            center, scale = affine if (affine is not None and S is P) else self._fit_input_affine(S)
-            loadings = None if is_row_source(S) else self._principal_axes(S, center, scale)
+            loadings = None if is_row_source(S) else self._principal_axes(S, pre.center_, pre.scale_)
             label = f"fit {r + 1}/{rounds + 1} ({len(idx)} genes)" if rounds else ""
-            self._train(S, center, scale, loadings=loadings, n_starts=int(self.n_starts) if final else 1,
+            self._train(S, pre.center_, pre.scale_, loadings=loadings, n_starts=int(self.n_starts) if final else 1,
                         pass_offset=r, n_passes=rounds + int(self.n_starts), stage=label, **train_kw)
             if final or self.stopped_:
                 return
@@ -418,6 +392,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 self.refinement_.append({"fit": r + 1, "genes": int(len(idx)), "selected_by": "unchanged"})
                 continue
             idx = new["indices"]
+            pre.fit_genes(P, indices=idx, columns=columns)
             self.refinement_.append({"fit": r + 1, "genes": int(len(idx)), "selected_by": "latent R^2"})
 
     def _refined_genes(self, P: Any, S: Any, n_select: int | None) -> dict[str, Any]:
@@ -441,11 +416,10 @@ class Dhaka(TransformerMixin, BaseEstimator):
     def _train(self, S: Any, center: np.ndarray, scale: np.ndarray, *, loadings: np.ndarray | None,
                callback=None, stop_event=None, checkpoint=None, checkpoint_every: int = 5,
                n_starts: int | None = None, pass_offset: int = 0, n_passes: int | None = None,
-               stage: str = "") -> None:
+               stage: str = "", seams: Any = None) -> None:
         """Train ``n_starts`` models on the selected matrix ``S`` and keep the best start.
 
-        Shared by :meth:`fit` and the out-of-core path (:func:`dhaka.backed.fit_backed`), which
-        prepares ``S`` (a matrix or a row source) itself. ``pass_offset`` / ``n_passes`` place
+        ``S`` is a matrix or a row source (prepared rows, e.g. out of core). ``pass_offset`` / ``n_passes`` place
         these starts among all training passes of a fit (refinement rounds + starts), so the
         callback's ``start`` / ``n_starts`` / ``eta`` cover the whole fit; ``stage`` labels them.
         """
@@ -489,7 +463,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
                     callback=cb, stop_event=stop_event, checkpoint=ck, checkpoint_every=checkpoint_every,
                     start=s, n_starts=n_starts, precision=self.precision,
                     kl_weight=float(self.kl_weight), free_bits=float(self.free_bits),
-                    weight_decay=float(self.weight_decay),
+                    weight_decay=float(self.weight_decay), **(seams.as_kwargs() if seams is not None else {}),
                 )
             except Exception:
                 self.history_ = []
@@ -551,8 +525,11 @@ class Dhaka(TransformerMixin, BaseEstimator):
 
         Features are matched by name when both the training data and ``X`` have names; features
         absent from ``X`` are filled with the training mean (so they contribute nothing).
+        Prepared rows (:class:`dhaka.preprocess.PreparedRows`) give their columns of the model's genes.
         """
         check_is_fitted(self, "model_")
+        if isinstance(X, PreparedRows):
+            return _prepared_columns(X, self.gene_indices_), []
         M, _, names = _as_matrix(X)
         by_name = self.feature_names_ is not None and names is not None
         M = self._validate(M, reset=None if by_name else False)
@@ -568,7 +545,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 raise ValueError(f"X has {M.shape[1]} features, but the model was trained on "
                                  f"{self.n_features_in_} (and names are not available to align them)")
             cols, missing = np.asarray(self.gene_indices_), []
-        P = self._apply_steps(M)
+        P = self.preprocessor_.apply_steps(M)
         have = cols >= 0
         S = P[:, np.where(have, cols, 0)]
         if missing:
@@ -624,10 +601,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         save_file(state, str(path / "weights.safetensors"))
         (path / "config.json").write_text(json.dumps(self._config(model), indent=2, default=float))
         (path / "genes.txt").write_text("\n".join(self.genes_) + "\n")
-        kind = dataclasses.asdict(self.input_kind_)
-        (path / "preprocess.json").write_text(json.dumps(
-            {"input_kind": kind, "normalize": self.normalize_, "log": self.log_, "target_sum": self.target_sum_},
-            indent=2))
+        (path / "preprocess.json").write_text(json.dumps(self.preprocessor_.to_dict(), indent=2))
         if history is not None:
             (path / "history.json").write_text(json.dumps(history, default=float))
 
@@ -636,20 +610,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            self._save_model(tmp, self.model_, history=self.history_)
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return path
+        return atomic_write_dir(path, lambda tmp: self._save_model(tmp, self.model_, history=self.history_))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Dhaka":
@@ -660,7 +621,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         from dhaka.model import VAE
 
         path = Path(path)
-        _check_model_dir(path)
+        check_model_dir(path)
         try:
             cfg = json.loads((path / "config.json").read_text())
             pre = json.loads((path / "preprocess.json").read_text())
@@ -679,11 +640,11 @@ class Dhaka(TransformerMixin, BaseEstimator):
         model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
         est.model_ = model.eval()
         est.genes_ = [g for g in (path / "genes.txt").read_text().split("\n") if g != ""]
-        est.gene_indices_ = np.asarray(cfg["gene_indices"], dtype=np.int64)
         est.n_features_in_ = int(cfg["n_features_in"])
         est.feature_names_ = est.genes_ if cfg.get("has_feature_names") else None
-        est.input_kind_ = InputKind(**pre["input_kind"])
-        est.normalize_, est.log_, est.target_sum_ = pre["normalize"], pre["log"], pre["target_sum"]
+        if "format" not in pre:  # written before models carried their Preprocessor: rebuild it
+            pre = _upgrade_preprocess_json(pre, cfg, model)
+        est.preprocessor_ = Preprocessor.from_dict(pre)
         est.start_scores_ = cfg.get("start_scores", [])
         est.stopped_ = bool(cfg.get("stopped", False))
         est.refinement_ = cfg.get("refinement", [])
@@ -693,18 +654,29 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return est
 
 
-def _check_model_dir(path: Path) -> None:
-    """Refuse anything but a plain directory holding the known model files."""
-    try:
-        from dhaka.runs import check_model_dir
-    except ImportError:  # pragma: no cover - the run store is optional for the core
-        check_model_dir = None
-    if check_model_dir is not None:
-        check_model_dir(path)
-        return
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a model directory")
-    for p in path.iterdir():
-        if p.is_symlink() or not p.is_file() or p.name not in MODEL_FILES:
-            raise ValueError(f"{path} holds an unexpected entry {p.name!r}; a model directory may only "
-                             f"contain {', '.join(MODEL_FILES)}")
+def _prepared_columns(X: PreparedRows, genes: np.ndarray) -> Any:
+    """The columns of prepared rows that hold ``genes`` (feature indices), in that order."""
+    pos = {int(f): i for i, f in enumerate(X.preprocessor.gene_indices_)}
+    missing = [int(f) for f in genes if int(f) not in pos]
+    if missing:
+        raise ValueError(f"the prepared rows lack {len(missing)} of the model's features (e.g. feature "
+                         f"{missing[0]}); transform the original matrix instead")
+    cols = np.array([pos[int(f)] for f in genes], dtype=np.int64)
+    if np.array_equal(cols, np.arange(X.matrix.shape[1])):
+        return X.matrix
+    if not hasattr(X.matrix, "tocsr") and not isinstance(X.matrix, np.ndarray):
+        raise ValueError("these prepared rows are read from disk and hold other genes than the model's; "
+                         "transform the original matrix instead (e.g. dhaka.backed.transform_backed)")
+    return X.matrix[:, cols]
+
+
+def _upgrade_preprocess_json(old: dict[str, Any], cfg: dict[str, Any], model: Any) -> dict[str, Any]:
+    """A preprocess.json of the first model format (steps only) as :meth:`Preprocessor.to_dict` writes it.
+
+    The settings come from the saved parameters, the genes from config.json and the input
+    affine from the model's ``center`` / ``scale`` buffers, which held it all along.
+    """
+    pre = Preprocessor.from_params(cfg["params"])
+    return {**old, "format": PREPROCESSOR_FORMAT, "settings": pre.settings(),
+            "n_features_in": int(cfg["n_features_in"]), "gene_indices": list(cfg["gene_indices"]),
+            "center": model.center.tolist(), "scale": model.scale.tolist()}

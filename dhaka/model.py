@@ -66,6 +66,8 @@ class LossOutput:
     total: torch.Tensor
     reconstruction: torch.Tensor
     kl: torch.Tensor
+    #: KL of every cell and latent dimension (cells x latent), before the batch mean.
+    kl_terms: torch.Tensor | None = None
 
 
 def _mlp(sizes: Sequence[int], batch_norm: bool) -> nn.Sequential:
@@ -147,21 +149,28 @@ class VAE(nn.Module):
         return self.mu(h), self.logvar(h).clamp(-12.0, 8.0)
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z = mu + eps * sigma; ``eps`` standard normal noise, drawn here unless given."""
         std = torch.exp(0.5 * logvar)
-        return mu + torch.randn_like(std) * std
+        if eps is None:
+            return mu + torch.randn_like(std) * std
+        return mu + eps.to(mu.dtype) * std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Mean of p(x|z) (logits for the Bernoulli likelihood)."""
         return self.out(self.decoder(z))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar) if self.training else mu
+        z = self.reparameterize(mu, logvar, eps) if self.training else mu
         return self.decode(z), mu, logvar
 
-    def loss(self, x_raw: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0) -> LossOutput:
+    def loss(self, x_raw: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0,
+             eps: torch.Tensor | None = None) -> LossOutput:
         """Negative ELBO per cell for a minibatch of raw (selected) inputs.
+
+        ``eps`` is the reparameterisation noise (cells x latent) when the caller draws it
+        (data-parallel training draws the global batch's); by default the model draws it.
 
         ``free_bits`` (nats per latent dimension, Kingma et al. 2016) stops the optimiser from
         pushing a dimension's batch-mean KL below that floor: with weak signal in many noise
@@ -169,7 +178,7 @@ class VAE(nn.Module):
         The reported ``kl`` is always the true KL.
         """
         x = self.prepare(x_raw)
-        recon, mu, logvar = self(x)
+        recon, mu, logvar = self(x, eps)
         if self.likelihood == "bernoulli":
             rec = F.binary_cross_entropy_with_logits(recon, x.clamp(0.0, 1.0), reduction="none").sum(1)
         elif self.likelihood == "mse":
@@ -181,7 +190,7 @@ class VAE(nn.Module):
         kl_dim = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
         rec_m, kl_m = rec.mean(), kl_dim.sum(1).mean()
         kl_opt = kl_dim.mean(0).clamp(min=free_bits).sum() if free_bits > 0 else kl_m
-        return LossOutput(total=rec_m + beta * kl_opt, reconstruction=rec_m, kl=kl_m)
+        return LossOutput(total=rec_m + beta * kl_opt, reconstruction=rec_m, kl=kl_m, kl_terms=kl_dim)
 
     def flops_per_cell(self) -> int:
         """Multiply-add FLOPs of one training step per cell (forward + backward ~ 3x forward)."""

@@ -1,12 +1,16 @@
-"""Preprocessing: pure functions that never densify a sparse matrix.
+"""Preprocessing: pure functions that never densify a sparse matrix, and the one :class:`Preprocessor`.
 
 The default expression pipeline is::
 
     counts --normalize_total--> counts per median library --log2(x+1)--> select_genes --> centre
 
+:class:`Preprocessor` is the only place that runs it: the estimator, the out-of-core path
+(:mod:`dhaka.backed`, which fits it from streamed column moments), the analyses and the
+benchmarks all call it, and a saved model carries it (:meth:`Preprocessor.to_dict`).
+
 * **What is detected** (:func:`detect_kind`): raw counts (non-negative integers),
-  normalised values (non-negative, non-integer, large range: TPM / RPKM / CPM),
-  log values (non-negative, max <= 30), scaled values (negatives present), or
+  normalised values (non-negative, non-integer, max above :data:`LOG_MAX`: TPM / RPKM / CPM),
+  log values (non-negative, max <= :data:`LOG_MAX`), scaled values (negatives present), or
   copy-number states (``mode="cnv"``). Normalisation and log are applied only
   where they are missing; the user can override both.
 * **Relative expression** (the paper's Er = E - mean): each *gene* is centred
@@ -16,8 +20,10 @@ The default expression pipeline is::
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,6 +31,13 @@ import scipy.sparse as sp
 Matrix = np.ndarray | sp.spmatrix
 Kind = Literal["counts", "normalized", "log", "scaled", "cnv"]
 GeneSelection = Literal["cv", "entropy", "mean", "variance", "dispersion"]
+Scale = Literal["global", "gene", "none", "minmax"]
+GENE_SELECTIONS: tuple[str, ...] = ("cv", "entropy", "mean", "variance", "dispersion")
+SCALES: tuple[str, ...] = ("global", "gene", "none", "minmax")
+#: Largest value still read as log-transformed: log2(x + 1) stays below 30 unless x exceeds 1e9,
+#: while TPM / CPM / RPKM matrices reach thousands. (``analysis.differential`` once used 50 for the
+#: same question; one threshold now answers it everywhere, and 30 is the one trained models used.)
+LOG_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ def detect_kind(X: Matrix, *, mode: Literal["expression", "cnv"] = "expression")
     integer = nz.size > 0 and bool(np.all(np.abs(nz - np.round(nz)) < 1e-6))
     if integer and vmax > 1:
         return InputKind("counts", f"non-negative integers up to {vmax:.0f}", True, True)
-    if vmax > 30:
+    if vmax > LOG_MAX:
         return InputKind("normalized", f"non-negative non-integers up to {vmax:.3g} (TPM/CPM-like)", False, True)
     return InputKind("log", f"non-negative values up to {vmax:.3g}: already log-transformed", False, False)
 
@@ -77,26 +90,50 @@ def library_size(X: Matrix) -> np.ndarray:
     return np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
 
 
+def median_library_size(sizes: np.ndarray) -> float:
+    """The default normalisation target: the median of the positive library sizes (1 if none)."""
+    sizes = np.asarray(sizes)
+    positive = sizes[sizes > 0]
+    return float(np.median(positive)) if positive.size else 1.0
+
+
+def size_factors(sizes: np.ndarray, target_sum: float) -> np.ndarray:
+    """Per-cell float32 factors that scale each library to ``target_sum`` (0 for empty cells)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    return np.divide(target_sum, sizes, out=np.zeros_like(sizes), where=sizes > 0).astype(np.float32)
+
+
 def normalize_total(X: Matrix, *, target_sum: float | None = None) -> tuple[Matrix, float]:
     """Scale each cell to ``target_sum`` (default: the median library size). Returns (X, target_sum)."""
     sizes = library_size(X)
     if target_sum is None:
-        positive = sizes[sizes > 0]
-        target_sum = float(np.median(positive)) if positive.size else 1.0
-    factors = np.divide(target_sum, sizes, out=np.zeros_like(sizes), where=sizes > 0)
+        target_sum = median_library_size(sizes)
+    factors = size_factors(sizes, target_sum)
     if sp.issparse(X):
-        return sp.csr_matrix(sp.diags(factors.astype(np.float32)) @ X, dtype=np.float32), target_sum
-    return (np.asarray(X, dtype=np.float32) * factors[:, None].astype(np.float32)), target_sum
+        return sp.csr_matrix(sp.diags(factors) @ X, dtype=np.float32), target_sum
+    return (np.asarray(X, dtype=np.float32) * factors[:, None]), target_sum
 
 
 def log2p(X: Matrix) -> Matrix:
-    """log2(x + 1), keeping sparsity."""
+    """log2(x + 1), keeping sparsity (any array shape when dense, e.g. a CSR ``data`` vector)."""
     if sp.issparse(X):
         out = sp.csr_matrix(X, dtype=np.float32, copy=True)
         np.log1p(out.data, out=out.data)
         out.data /= np.float32(np.log(2.0))
         return out
     return (np.log1p(np.asarray(X, dtype=np.float32)) / np.float32(np.log(2.0))).astype(np.float32)
+
+
+def scale_and_log(values: np.ndarray, *, factors: np.ndarray | None = None, log: bool = False) -> np.ndarray:
+    """The value steps on raw values already in memory (a row block or CSR ``data``): multiply by
+    the cells' size ``factors`` (broadcast as given), then log2(x + 1). Same arithmetic as
+    :func:`normalize_total` and :func:`log2p`, for readers that stream rows (:mod:`dhaka.backed`)."""
+    out = np.asarray(values, dtype=np.float32)
+    if factors is not None:
+        out = out * np.asarray(factors, dtype=np.float32)
+    if log:
+        out = log2p(out)
+    return out.astype(np.float32, copy=False)
 
 
 def column_moments(X: Matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -120,16 +157,17 @@ def relative_expression(X: Matrix) -> np.ndarray:
     return (dense - mean).astype(np.float32)
 
 
-def dropout_fraction(X: Matrix) -> np.ndarray:
-    """Fraction of cells in which each gene is zero."""
-    n = X.shape[0]
+def detected_cells(X: Matrix) -> np.ndarray:
+    """Number of cells in which each gene is non-zero (explicitly stored zeros do not count)."""
     if sp.issparse(X):
         csr = sp.csr_matrix(X)
-        # explicitly stored zeros count as dropout too
-        nz = np.bincount(csr.indices[csr.data != 0], minlength=X.shape[1])
-    else:
-        nz = np.count_nonzero(np.asarray(X), axis=0)
-    return 1.0 - nz / max(n, 1)
+        return np.bincount(csr.indices[csr.data != 0], minlength=X.shape[1])
+    return np.count_nonzero(np.asarray(X), axis=0)
+
+
+def dropout_fraction(X: Matrix) -> np.ndarray:
+    """Fraction of cells in which each gene is zero."""
+    return 1.0 - detected_cells(X) / max(X.shape[0], 1)
 
 
 def _entropy(X: Matrix, bins: int = 20, chunk: int = 512) -> np.ndarray:
@@ -153,7 +191,14 @@ def _entropy(X: Matrix, bins: int = 20, chunk: int = 512) -> np.ndarray:
 
 def gene_scores(X: Matrix, *, method: GeneSelection = "cv") -> np.ndarray:
     """Score every gene for selection: higher is kept first."""
+    if method == "entropy":
+        return _entropy(X)
     mean, var = column_moments(X)
+    return scores_from_moments(mean, var, method=method)
+
+
+def scores_from_moments(mean: np.ndarray, var: np.ndarray, *, method: GeneSelection = "cv") -> np.ndarray:
+    """:func:`gene_scores` from per-gene means and population variances (all but ``"entropy"``)."""
     if method == "cv":
         sd = np.sqrt(var)
         return np.divide(sd, np.abs(mean), out=np.zeros_like(sd), where=np.abs(mean) > 1e-12)
@@ -161,10 +206,11 @@ def gene_scores(X: Matrix, *, method: GeneSelection = "cv") -> np.ndarray:
         return mean
     if method == "variance":
         return var
-    if method == "entropy":
-        return _entropy(X)
     if method == "dispersion":
         return _binned_dispersion(mean, var)
+    if method == "entropy":
+        raise ValueError("gene_selection='entropy' needs the values, not only their moments (it is not "
+                         "available out of core); use 'cv', 'mean', 'variance' or 'dispersion'")
     raise ValueError(f"gene selection must be 'cv', 'entropy', 'mean', 'variance' or 'dispersion', got {method!r}")
 
 
@@ -203,20 +249,27 @@ def select_genes(
         return np.arange(g)
     if n_genes < 1:
         raise ValueError(f"n_genes must be at least 1, got {n_genes}")
-    scores = gene_scores(X, method=method).astype(np.float64)
-    scores[~np.isfinite(scores)] = -np.inf
     _, var = column_moments(X)
-    eligible = _eligible(X, var, min_cells=min_cells)
+    return top_genes(gene_scores(X, method=method), eligible_genes(var, detected_cells(X), X.shape[0],
+                                                                   min_cells=min_cells), n_genes)
+
+
+def top_genes(scores: np.ndarray, eligible: np.ndarray, n_genes: int) -> np.ndarray:
+    """Indices (sorted) of the ``n_genes`` best ``scores``, among the ``eligible`` genes while enough are."""
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    scores[~np.isfinite(scores)] = -np.inf
     if eligible.sum() >= n_genes:
         scores = np.where(eligible, scores, -np.inf)
-    top = np.argsort(-scores, kind="stable")[:n_genes]
-    return np.sort(top)
+    return np.sort(np.argsort(-scores, kind="stable")[:n_genes])
+
+
+def eligible_genes(var: np.ndarray, detected: np.ndarray, n_cells: int, *, min_cells: int = 3) -> np.ndarray:
+    """Genes that may be selected: not constant, and detected in at least ``min_cells`` cells."""
+    return (np.asarray(var) > 0) & (np.asarray(detected) >= min(min_cells, n_cells))
 
 
 def _eligible(X: Matrix, var: np.ndarray, *, min_cells: int) -> np.ndarray:
-    """Genes that may be selected: not constant, and detected in at least ``min_cells`` cells."""
-    n = X.shape[0]
-    return (var > 0) & (n - dropout_fraction(X) * n >= min(min_cells, n))
+    return eligible_genes(var, detected_cells(X), X.shape[0], min_cells=min_cells)
 
 
 def inject_dropout(X: Matrix, *, fraction: float, seed: int = 0) -> Matrix:
@@ -331,3 +384,346 @@ def select_by_latent(
     order = np.argsort(-r2, kind="stable")
     return LatentSelection(indices=np.sort(order[:n_keep]), r2=r2, threshold=threshold,
                            n_significant=int(len(significant)))
+
+
+# ----------------------------------------------------------------------------- the pipeline
+PREPROCESSOR_FORMAT = "dhaka-preprocessor/1"
+
+
+def n_selected(n_genes: int | Literal["auto"] | None, n_features: int, *,
+               mode: Literal["expression", "cnv"] = "expression") -> int | None:
+    """The gene-count rule: ``"auto"`` = 2000 (or all if fewer) in expression mode, all bins in
+    copy-number mode; ``None`` = all; a number is capped at ``n_features``. ``None`` means all."""
+    if n_genes == "auto":
+        return None if mode == "cnv" else min(2000, n_features)
+    if n_genes is None:
+        return None
+    if isinstance(n_genes, bool) or int(n_genes) < 1:
+        raise ValueError(f"n_genes must be at least 1 (or 'auto' / None), got {n_genes}")
+    return min(int(n_genes), n_features)
+
+
+@dataclass(frozen=True)
+class ColumnMoments:
+    """Per-column statistics of preprocessed values, as a streamed pass accumulates them.
+
+    ``lo`` / ``hi`` are each column's smallest and largest value, implicit zeros included.
+    """
+
+    n_cells: int
+    mean: np.ndarray
+    var: np.ndarray            # population variance
+    detected: np.ndarray       # cells with a non-zero value
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def take(self, idx: np.ndarray) -> "ColumnMoments":
+        idx = np.asarray(idx, dtype=np.int64)
+        return ColumnMoments(self.n_cells, self.mean[idx], self.var[idx], self.detected[idx], self.lo[idx],
+                             self.hi[idx])
+
+
+def input_affine(mean: np.ndarray, var: np.ndarray, lo: float, hi: float, *, relative: bool,
+                 scale: Scale) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene (centre, scale), float32, that the model subtracts and divides by.
+
+    ``relative`` centres each gene on its mean (the paper's relative expression); ``scale``:
+    ``"global"`` one overall standard deviation, ``"gene"`` each gene's, ``"none"``, or
+    ``"minmax"`` maps the value range [lo, hi] onto [0, 1] (for the Bernoulli likelihood).
+    """
+    g = np.asarray(mean).size
+    if scale == "minmax":
+        return (np.full(g, lo, dtype=np.float32),
+                np.full(g, hi - lo if hi > lo else 1.0, dtype=np.float32))
+    center = np.asarray(mean, dtype=np.float64) if relative else np.zeros(g)
+    if scale == "gene":
+        sd = np.sqrt(np.asarray(var, dtype=np.float64))
+        sd[sd < 1e-8] = 1.0
+    elif scale == "global":
+        total = float(np.sqrt(np.mean(var))) if g else 1.0
+        sd = np.full(g, total if total > 1e-8 else 1.0)
+    else:
+        sd = np.ones(g)
+    return center.astype(np.float32), sd.astype(np.float32)
+
+
+def _value_range(S: Matrix) -> tuple[float, float]:
+    """(min, max) of a matrix's values; a sparse matrix's implicit zeros count."""
+    if sp.issparse(S):
+        return (min(0.0, float(S.data.min()) if S.nnz else 0.0), max(0.0, float(S.data.max()) if S.nnz else 0.0))
+    return float(np.min(S)), float(np.max(S))
+
+
+def _min_value(M: Matrix) -> float:
+    if sp.issparse(M):
+        return float(M.data.min()) if M.nnz else 0.0
+    return float(np.min(M)) if np.size(M) else 0.0
+
+
+class Preprocessor:
+    """The expression pipeline, fitted once and applied to any matrix with the same features.
+
+    Steps: kind detection (:func:`detect_kind`) -> library-size normalisation and log2(x+1)
+    where the kind asks for them (or as forced) -> gene choice (``n_genes`` by
+    ``gene_selection`` among eligible genes: detected in ``min_cells`` cells, not constant)
+    -> the input affine (centring and scaling, :func:`input_affine`), which the model applies
+    so sparse matrices stay sparse.
+
+    Fit it from a matrix (:meth:`fit`), or out of core from a value sample, the library sizes
+    and streamed column moments (:meth:`fit_steps` then :meth:`fit_moments`). Learned
+    attributes end in ``_``: ``kind_``, ``normalize_``, ``log_``, ``target_sum_``,
+    ``n_features_in_``, ``gene_indices_``, ``center_``, ``scale_``.
+
+    Parameters
+    ----------
+    mode
+        ``"expression"`` or ``"cnv"`` (copy-number states: nothing is normalised or logged
+        unless forced, all bins kept by default).
+    normalize, log
+        ``"auto"`` follows the detected kind; ``True`` / ``False`` force.
+    n_genes
+        See :func:`n_selected`.
+    gene_selection
+        Score that ranks the genes (:func:`gene_scores`).
+    relative, scale
+        The input affine (:func:`input_affine`).
+    min_cells
+        Genes detected in fewer cells are not selected while enough others exist.
+    """
+
+    SETTINGS = ("mode", "normalize", "log", "n_genes", "gene_selection", "relative", "scale", "min_cells")
+
+    def __init__(self, *, mode: Literal["expression", "cnv"] = "expression",
+                 normalize: bool | Literal["auto"] = "auto", log: bool | Literal["auto"] = "auto",
+                 n_genes: int | Literal["auto"] | None = "auto", gene_selection: GeneSelection = "cv",
+                 relative: bool = True, scale: Scale = "global", min_cells: int = 3) -> None:
+        self.mode = mode
+        self.normalize = normalize
+        self.log = log
+        self.n_genes = n_genes
+        self.gene_selection = gene_selection
+        self.relative = relative
+        self.scale = scale
+        self.min_cells = min_cells
+        self.check()
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "Preprocessor":
+        """A preprocessor with the settings found in ``params`` (e.g. ``Dhaka.get_params()``)."""
+        return cls(**{k: params[k] for k in cls.SETTINGS if k in params})
+
+    def settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.SETTINGS}
+
+    def check(self) -> None:
+        """Refuse settings the pipeline does not know, naming the setting."""
+        if self.mode not in ("expression", "cnv"):
+            raise ValueError(f"mode must be 'expression' or 'cnv', got {self.mode!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be 'global', 'gene', 'none' or 'minmax', got {self.scale!r}")
+        if self.gene_selection not in GENE_SELECTIONS:
+            raise ValueError("gene_selection must be 'cv', 'entropy', 'mean', 'variance' or 'dispersion', "
+                             f"got {self.gene_selection!r}")
+        for name in ("normalize", "log"):
+            if getattr(self, name) not in ("auto", True, False):
+                raise ValueError(f"{name} must be 'auto', True or False, got {getattr(self, name)!r}")
+        n_selected(self.n_genes, 1, mode=self.mode)
+
+    def __repr__(self) -> str:
+        return f"Preprocessor({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
+
+    # ---------------------------------------------------------------- value steps
+    def n_select(self, n_features: int) -> int | None:
+        """How many genes a matrix of ``n_features`` features keeps (``None`` = all)."""
+        return n_selected(self.n_genes, n_features, mode=self.mode)
+
+    def steps(self, kind: InputKind) -> tuple[bool, bool]:
+        """(normalise, log) for data of this ``kind`` under these settings."""
+        if self.mode == "cnv":
+            return self.normalize is True, self.log is True
+        norm = kind.normalize if self.normalize == "auto" else bool(self.normalize)
+        lg = kind.log if self.log == "auto" else bool(self.log)
+        return norm, lg
+
+    def plan(self, X: Matrix) -> dict[str, Any]:
+        """What :meth:`fit` would do to ``X`` (detected kind, steps, genes kept), without doing it."""
+        kind = detect_kind(X, mode=self.mode)
+        norm, lg = self.steps(kind)
+        n_sel = self.n_select(X.shape[1])
+        return {"n_cells": X.shape[0], "n_features": X.shape[1], "n_selected": X.shape[1] if n_sel is None else n_sel,
+                "input_kind": kind.kind, "reason": kind.reason, "normalize": norm, "log": lg,
+                "description": kind.describe()}
+
+    def fit_steps(self, X: Matrix, *, vmin: float | None = None,
+                  library_sizes: np.ndarray | None = None) -> "Preprocessor":
+        """Decide the value steps: detect the kind of ``X`` and fix the normalisation target.
+
+        Out of core, ``X`` is a sample of cells, ``vmin`` the smallest value of the whole matrix
+        (negatives anywhere make it "scaled") and ``library_sizes`` every cell's total.
+        """
+        kind = detect_kind(X, mode=self.mode)
+        if vmin is not None and self.mode != "cnv" and vmin < 0 and kind.kind != "scaled":
+            kind = InputKind("scaled", f"negative values present (min {vmin:.3g}): already centred or scaled",
+                             False, False)
+        self.kind_ = kind
+        self.normalize_, self.log_ = self.steps(kind)
+        if vmin is not None and (self.normalize_ or self.log_) and vmin < 0:
+            raise ValueError(f"library-size normalisation and log2(x+1) need non-negative values, but the data "
+                             f"has negatives (min {vmin:.3g}); set normalize=False, log=False")
+        self.target_sum_ = None
+        if self.normalize_:
+            self.target_sum_ = median_library_size(library_size(X) if library_sizes is None else library_sizes)
+        self.n_features_in_ = int(X.shape[1])
+        return self
+
+    def size_factors(self, library_sizes: np.ndarray) -> np.ndarray | None:
+        """Per-cell normalisation factors for these library sizes (``None`` when not normalising)."""
+        return size_factors(library_sizes, self.target_sum_) if self.normalize_ else None
+
+    def apply_steps(self, X: Matrix) -> Matrix:
+        """Normalise and log ``X`` (every feature) as fitted; sparse stays sparse."""
+        M = X
+        if self.normalize_:
+            if _min_value(M) < 0:
+                raise ValueError("library-size normalisation needs non-negative values, but the data has "
+                                 "negatives; set normalize=False for centred or scaled input")
+            M, _ = normalize_total(M, target_sum=self.target_sum_)
+        if self.log_:
+            if _min_value(M) < 0:
+                raise ValueError("log2(x+1) needs non-negative values; set log=False for centred or scaled input")
+            M = log2p(M)
+        return M
+
+    # ------------------------------------------------------------ genes and affine
+    def fit_genes(self, P: Matrix, *, indices: np.ndarray | None = None,
+                  columns: np.ndarray | None = None) -> "Preprocessor":
+        """Choose the genes of ``P`` (value steps applied) and fit the input affine on them.
+
+        ``indices`` keeps these columns of ``P`` instead of choosing by score (e.g. the genes a
+        latent space explains); ``columns`` gives the feature index of each column of ``P`` when
+        it holds only some features (default: all, in order).
+        """
+        g = P.shape[1]
+        if indices is None:
+            indices = select_genes(P, n_genes=self.n_select(g), method=self.gene_selection,
+                                   min_cells=self.min_cells)
+        indices = np.asarray(indices, dtype=np.int64)
+        self.gene_indices_ = indices if columns is None else np.asarray(columns, dtype=np.int64)[indices]
+        if columns is None:
+            self.n_features_in_ = int(g)
+        S = P if np.array_equal(indices, np.arange(g)) else P[:, indices]
+        return self.fit_affine(S)
+
+    def fit_affine(self, S: Matrix) -> "Preprocessor":
+        """Fit the input affine (``center_``, ``scale_``) on the selected matrix ``S``."""
+        mean, var = column_moments(S)
+        lo, hi = _value_range(S) if self.scale == "minmax" else (0.0, 1.0)
+        self.center_, self.scale_ = input_affine(mean, var, lo, hi, relative=bool(self.relative), scale=self.scale)
+        return self
+
+    def fit_moments(self, moments: ColumnMoments, *, select: bool = True,
+                    columns: np.ndarray | None = None) -> "Preprocessor":
+        """:meth:`fit_genes` from streamed column moments of the preprocessed values.
+
+        With ``select=False`` the moments are those of genes already chosen (``columns``, their
+        feature indices) and only the affine is fitted.
+        """
+        g = moments.mean.size
+        if select:
+            n_sel = self.n_select(g)
+            if n_sel is None or n_sel >= g:
+                idx = np.arange(g)
+            else:
+                scores = scores_from_moments(moments.mean, moments.var, method=self.gene_selection)
+                elig = eligible_genes(moments.var, moments.detected, moments.n_cells, min_cells=self.min_cells)
+                idx = top_genes(scores, elig, n_sel)
+            self.n_features_in_ = int(g)
+            self.gene_indices_ = idx
+            moments = moments.take(idx)
+        else:
+            self.gene_indices_ = np.arange(g) if columns is None else np.asarray(columns, dtype=np.int64)
+        lo = float(moments.lo.min()) if moments.lo.size else 0.0
+        hi = float(moments.hi.max()) if moments.hi.size else 0.0
+        self.center_, self.scale_ = input_affine(moments.mean, moments.var, lo, hi, relative=bool(self.relative),
+                                                 scale=self.scale)
+        return self
+
+    def select(self, P: Matrix) -> Matrix:
+        """The chosen genes of a matrix with every feature (value steps applied)."""
+        idx = self.gene_indices_
+        return P if np.array_equal(idx, np.arange(P.shape[1])) else P[:, idx]
+
+    # --------------------------------------------------------------------- whole
+    def fit(self, X: Matrix) -> "Preprocessor":
+        """Fit every step on ``X`` (cells x features)."""
+        self.fit_steps(X)
+        return self.fit_genes(self.apply_steps(X))
+
+    def transform(self, X: Matrix) -> Matrix:
+        """The chosen genes of ``X`` after the value steps (not centred: the model applies the affine)."""
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but the preprocessor was fitted on {self.n_features_in_}")
+        return self.select(self.apply_steps(X))
+
+    def fit_transform(self, X: Matrix) -> Matrix:
+        self.fit_steps(X)
+        P = self.apply_steps(X)
+        self.fit_genes(P)
+        return self.select(P)
+
+    def standardize(self, S: Matrix, *, dtype: Any = np.float32) -> np.ndarray:
+        """Dense ``(S - center_) / scale_`` of a transformed matrix: what the model's encoder reads."""
+        dense = S.toarray() if sp.issparse(S) else np.asarray(S)
+        return ((dense.astype(dtype, copy=False) - self.center_.astype(dtype)) / self.scale_.astype(dtype))
+
+    # ------------------------------------------------------------------ storage
+    def to_dict(self) -> dict[str, Any]:
+        """Settings and fitted state as JSON-ready values (what a saved model carries)."""
+        d: dict[str, Any] = {"format": PREPROCESSOR_FORMAT, "settings": self.settings()}
+        if hasattr(self, "kind_"):
+            d.update(input_kind=dataclasses.asdict(self.kind_), normalize=bool(self.normalize_), log=bool(self.log_),
+                     target_sum=self.target_sum_, n_features_in=int(self.n_features_in_))
+        if hasattr(self, "gene_indices_"):
+            d["gene_indices"] = [int(i) for i in self.gene_indices_]
+        if hasattr(self, "center_"):
+            d.update(center=[float(v) for v in self.center_], scale=[float(v) for v in self.scale_])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessor":
+        """Rebuild a preprocessor written by :meth:`to_dict`."""
+        if d.get("format") != PREPROCESSOR_FORMAT:
+            raise ValueError(f"not a Dhaka preprocessor (format {d.get('format')!r})")
+        pre = cls(**d["settings"])
+        if "input_kind" in d:
+            pre.kind_ = InputKind(**d["input_kind"])
+            pre.normalize_, pre.log_ = bool(d["normalize"]), bool(d["log"])
+            pre.target_sum_ = None if d.get("target_sum") is None else float(d["target_sum"])
+            pre.n_features_in_ = int(d["n_features_in"])
+        if "gene_indices" in d:
+            pre.gene_indices_ = np.asarray(d["gene_indices"], dtype=np.int64)
+        if "center" in d:
+            pre.center_ = np.asarray(d["center"], dtype=np.float32)
+            pre.scale_ = np.asarray(d["scale"], dtype=np.float32)
+        return pre
+
+
+@dataclass
+class PreparedRows:
+    """Cells already through a fitted :class:`Preprocessor`: what ``Dhaka.fit`` takes instead of a matrix.
+
+    ``matrix`` holds the chosen genes (value steps applied, not centred): a CSR matrix, an array,
+    or a row source (``shape`` and ``take_rows(idx)``, e.g. :class:`dhaka.backed.BackedRows`).
+    """
+
+    matrix: Any
+    preprocessor: Preprocessor
+    feature_names: list[str] | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix.shape)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about where the rows came from, recorded by the estimator as ``prepared_``."""
+        return {}

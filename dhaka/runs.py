@@ -10,6 +10,7 @@ Layout under the workspace root (``DHAKA_HOME``, default ``./dhaka-runs``)::
           e0005-1f2e/       # the checkpoint named in run.json (a model folder)
         model/              # final model (a model folder, see MODEL_FILES)
         latent.csv          # cells x dhaka_1..dhaka_d (+ cluster)
+        annotations.csv     # cells x the person's labels (written after training, by its owner)
         history.json        # one row per epoch
         metrics.json        # final loss, ARI if known, ...
 
@@ -102,19 +103,21 @@ __all__ = [
     "start_maintenance",
 ]
 
-log = logging.getLogger(__name__)
-
-#: Files a model folder may contain; anything else (``*.pkl``, ``*.pt``,
-#: sub-folders, symlinks) is refused by :func:`check_model_dir`.
-MODEL_FILES: tuple[str, ...] = (
-    "config.json",
-    "weights.safetensors",
-    "genes.txt",
-    "preprocess.json",
-    "history.json",
+from dhaka.store import (  # noqa: F401 - part of this module's API since before the move
+    MODEL_FILES,
+    MODEL_REQUIRED,
+    ModelDirError,
+    _fsync_dir,
+    _json_default,
+    _tmp_name,
+    _to_json_bytes,
+    atomic_write_bytes,
+    atomic_write_dir,
+    atomic_write_json,
+    check_model_dir,
 )
-#: Files a model folder must contain.
-MODEL_REQUIRED: tuple[str, ...] = ("config.json", "weights.safetensors")
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -135,221 +138,6 @@ class RunError(RuntimeError):
 
 class RunPermissionError(RunError, PermissionError):
     """The run belongs to someone else (and is not shared, or the action is the owner's alone)."""
-
-
-class ModelDirError(ValueError):
-    """A model folder holds something other than the expected safe files."""
-
-
-# ---------------------------------------------------------------------------
-# atomic writes
-# ---------------------------------------------------------------------------
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
-
-    The bytes go to a temporary name in the same folder, are flushed and
-    fsync-ed, then :func:`os.replace` moves them over ``path``.
-
-    Parameters
-    ----------
-    path
-        Destination file.  Its folder must exist.
-    data
-        The full contents.
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _json_default(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (_dt.datetime, _dt.date)):
-        return obj.isoformat()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    item = getattr(obj, "item", None)  # numpy scalars
-    if callable(item) and getattr(obj, "shape", None) == ():
-        return item()
-    tolist = getattr(obj, "tolist", None)  # numpy arrays
-    if callable(tolist):
-        return tolist()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable")
-
-
-def _to_json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, indent=2, default=_json_default, allow_nan=True).encode("utf-8")
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON with :func:`atomic_write_bytes`.
-
-    numpy scalars and arrays, dataclasses, paths and datetimes are converted;
-    NaN and infinity are written as ``NaN`` / ``Infinity`` (Python reads them).
-    """
-    return atomic_write_bytes(path, _to_json_bytes(obj))
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for name in filenames:
-            p = Path(dirpath, name)
-            if p.is_symlink():
-                continue
-            try:
-                with open(p, "rb") as fh:
-                    os.fsync(fh.fileno())
-            except OSError:  # pragma: no cover
-                pass
-        _fsync_dir(Path(dirpath))
-
-
-def atomic_write_dir(
-    path: str | os.PathLike[str],
-    fill_fn: Callable[[Path], Any],
-    *,
-    replace: bool = True,
-) -> Path:
-    """Create the folder ``path`` in one step: fill a temporary folder, then rename it in.
-
-    Parameters
-    ----------
-    path
-        The folder to create.  Its parent must exist.
-    fill_fn
-        Called as ``fill_fn(tmp_dir)`` with an empty temporary folder next to
-        ``path``; it writes the contents there (e.g. ``model.save``).  If it
-        raises, the temporary folder is removed and ``path`` is untouched.
-    replace
-        If ``path`` exists: with ``True`` the old folder is renamed away,
-        the new one renamed in and the old one deleted; with ``False``
-        :class:`FileExistsError` is raised.
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    path = Path(path)
-    if path.exists() and not replace:
-        raise FileExistsError(f"{path} already exists")
-    tmp = _tmp_name(path)
-    tmp.mkdir()
-    old: Path | None = None
-    try:
-        fill_fn(tmp)
-        _fsync_tree(tmp)
-        if path.exists() or path.is_symlink():
-            old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not path.exists():
-            os.replace(old, path)  # put the previous folder back
-        raise
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-# ---------------------------------------------------------------------------
-# model folders
-# ---------------------------------------------------------------------------
-def check_model_dir(
-    path: str | os.PathLike[str],
-    allowed: Iterable[str] = MODEL_FILES,
-    *,
-    required: Iterable[str] = MODEL_REQUIRED,
-) -> Path:
-    """Refuse a model folder that holds anything but the expected safe files.
-
-    Parameters
-    ----------
-    path
-        The folder to check.
-    allowed
-        Names that may appear (default :data:`MODEL_FILES`).
-    required
-        Names that must appear (default :data:`MODEL_REQUIRED`).
-
-    Returns
-    -------
-    Path
-        The folder, resolved.
-
-    Raises
-    ------
-    ModelDirError
-        If ``path`` is not a folder or is a symlink, or holds a sub-folder, a
-        symlink, a special file or a file not in ``allowed`` (such as a
-        pickle), or misses a required file.  The message names what was found.
-    """
-    p = Path(path)
-    allowed = tuple(allowed)
-    if p.is_symlink():
-        raise ModelDirError(f"Model folder {p} is a symbolic link; refusing to load it.")
-    if not p.is_dir():
-        raise ModelDirError(f"Model folder {p} does not exist or is not a folder.")
-    problems: list[str] = []
-    names: set[str] = set()
-    for entry in sorted(os.scandir(p), key=lambda e: e.name):
-        names.add(entry.name)
-        if entry.is_symlink():
-            problems.append(f"{entry.name} (symbolic link)")
-        elif entry.is_dir(follow_symlinks=False):
-            problems.append(f"{entry.name}/ (sub-folder)")
-        elif not entry.is_file(follow_symlinks=False):
-            problems.append(f"{entry.name} (not a regular file)")
-        elif entry.name not in allowed:
-            problems.append(entry.name)
-    if problems:
-        raise ModelDirError(
-            f"Model folder {p} contains unexpected entries: {', '.join(problems)}. "
-            f"A Dhaka model folder may only contain {', '.join(allowed)}; "
-            "other files (pickles, torch .pt files, folders, links) are refused because "
-            "loading them could run code."
-        )
-    missing = [name for name in required if name not in names]
-    if missing:
-        raise ModelDirError(f"Model folder {p} is incomplete: missing {', '.join(missing)}.")
-    return p.resolve()
 
 
 # ---------------------------------------------------------------------------
@@ -893,6 +681,18 @@ class Run:
         with open(self._file("metrics"), "rb") as fh:
             return json.load(fh)
 
+    def load_annotations(self) -> pd.DataFrame:
+        """The labels kept with the run (index = cell ids, one text column per annotation).
+
+        Unlabelled cells are missing values. A run without annotations gives an empty table.
+        """
+        import pandas as pd
+
+        if not (self._record.get("files") or {}).get("annotations"):
+            return pd.DataFrame(index=pd.Index([], name="cell", dtype=object))
+        return pd.read_csv(self._file("annotations"), index_col=0, dtype=str, keep_default_na=False,
+                           na_values=[""])
+
 
 class RunStore:
     """The folder of runs under ``root`` (``DHAKA_HOME`` or ``./dhaka-runs``).
@@ -1032,7 +832,7 @@ class RunStore:
         return owner
 
     def _check(self, run_id: str, record: Mapping[str, Any], owner: str | None, *,
-               action: Literal["open", "delete", "share"]) -> None:
+               action: Literal["open", "delete", "share", "annotate"]) -> None:
         if owner is None:  # admin
             return
         if record.get("owner") == owner:
@@ -1190,6 +990,52 @@ class RunStore:
             record["shared"] = bool(shared)
             atomic_write_json(path / RUN_FILE, record)
         return Run(path).info()
+
+    def save_annotations(self, run_id: str, table: pd.DataFrame, *, owner: str | None = None,
+                         admin: bool = False) -> None:
+        """Keep a person's labels with a finished run (``annotations.csv``), replacing the previous ones.
+
+        Parameters
+        ----------
+        run_id
+            The run's id.
+        table
+            One row per cell (index = cell ids), one text column per annotation; missing values are
+            unlabelled cells. An empty table (no columns) removes the annotations.
+        owner
+            Who asks: only the run's owner may annotate it (sharing gives read access only).
+        admin
+            Annotate any run.
+
+        Raises
+        ------
+        RunPermissionError
+            If ``owner`` is not the run's owner.
+        RunError
+            For an unknown run, or one still being written.
+        """
+        asker = self._asker(owner, admin, "annotate")
+        path = self._path(run_id)
+        if not path.is_dir():
+            raise RunError(f"No run {run_id!r} under {self.runs_dir}.")
+        run = Run(path)
+        self._check(run.id, run._record, asker, action="annotate")
+        with _quiet(path, run._record) as quiet:
+            if not quiet:
+                raise RunError(f"Run {run_id} is still running; annotate it once it has finished.")
+            record = Run(path).record  # re-read under the lock
+            files = dict(record.get("files") or {})
+            if len(table.columns):
+                buf = io.StringIO()
+                table.rename_axis("cell").to_csv(buf, index=True)  # internal: read back by load_annotations
+                atomic_write_bytes(path / "annotations.csv", buf.getvalue().encode("utf-8"))
+                files["annotations"] = "annotations.csv"
+            else:
+                files.pop("annotations", None)
+            record["files"] = files
+            atomic_write_json(path / RUN_FILE, record)
+            if "annotations" not in files:
+                (path / "annotations.csv").unlink(missing_ok=True)
 
     def view(self, owner: str | None = None, *, admin: bool = False) -> RunStoreView:
         """This store seen by one person (or an admin): ``list()``, ``open(id)``, ... without repeating who asks.
@@ -1382,6 +1228,10 @@ class RunStoreView:
     def share(self, run_id: str, *, shared: bool = True) -> RunInfo:
         """See :meth:`RunStore.share`."""
         return self.store.share(run_id, owner=self.owner, admin=self.admin, shared=shared)
+
+    def save_annotations(self, run_id: str, table: pd.DataFrame) -> None:
+        """See :meth:`RunStore.save_annotations`."""
+        self.store.save_annotations(run_id, table, owner=self.owner, admin=self.admin)
 
     def is_mine(self, info: RunInfo) -> bool:
         """``True`` when this view's owner owns the run (admins own none; they may still delete)."""

@@ -4,6 +4,11 @@ Runs in whatever thread calls it. It reports every epoch to ``callback`` (an
 :class:`EpochReport`) and checks ``stop_event`` between minibatches, so a Stop
 button ends training within one epoch and keeps the model as it is. It never
 touches Streamlit.
+
+What a caller may change without replacing the loop comes in as arguments, its seams
+(:class:`TrainingSeams`): the module that computes a training minibatch's loss (a
+data-parallel wrapper), the batch-norm synchronisation and the source of the
+reparameterisation noise. :mod:`dhaka.distributed` passes all three.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import contextlib
 import math
 import threading
 import time
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Literal
 
@@ -53,6 +59,32 @@ class TrainResult:
     stopped: bool = False
     best_epoch: int = 0
     early_stopped: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingSeams:
+    """The parts of :func:`fit_vae` a caller may replace, passed as its keyword arguments.
+
+    Attributes
+    ----------
+    wrap_model
+        ``wrap_model(model)`` is a context manager, entered around the loop, that yields the
+        module whose ``loss(x, beta=, free_bits=, eps=)`` trains a minibatch (e.g. a
+        data-parallel wrapper). Validation, snapshots and the result use ``model`` itself.
+    batch_norm_sync
+        ``batch_norm_sync(model)`` is a context manager, entered around the loop, within which
+        the model's batch normalisation uses statistics of the whole (global) batch.
+    noise
+        ``noise(n_cells, latent_dim, device)`` draws the reparameterisation noise of a training
+        minibatch; ``None`` lets the model draw its own.
+    """
+
+    wrap_model: Callable[[VAE], ContextManager[torch.nn.Module]] | None = None
+    batch_norm_sync: Callable[[torch.nn.Module], ContextManager[Any]] | None = None
+    noise: Callable[[int, int, torch.device], torch.Tensor] | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"wrap_model": self.wrap_model, "batch_norm_sync": self.batch_norm_sync, "noise": self.noise}
 
 
 class DivergenceError(RuntimeError):
@@ -145,6 +177,9 @@ def fit_vae(
     kl_weight: float = 1.0,
     free_bits: float = 0.0,
     weight_decay: float = 0.0,
+    wrap_model: Callable[[VAE], ContextManager[torch.nn.Module]] | None = None,
+    batch_norm_sync: Callable[[torch.nn.Module], ContextManager[Any]] | None = None,
+    noise: Callable[[int, int, torch.device], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` on the rows of ``X`` (cells x selected features, raw preprocessed values).
 
@@ -166,6 +201,8 @@ def fit_vae(
         bfloat16 (weights, optimiser state, validation and ``encode`` stay float32).
         Meant for GPUs; see bench/RESULTS.md for the measured speed and the latent
         difference against fp32.
+    wrap_model, batch_norm_sync, noise
+        The loop's seams (:class:`TrainingSeams`); ``None`` trains ``model`` in this process alone.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -195,73 +232,78 @@ def fit_vae(
     min_batch = 2 if model.batch_norm else 1
 
     result = TrainResult(model=model)
-    best_val, best_state, since_best = math.inf, None, 0
-    # Snapshots are copied into preallocated tensors (no per-epoch allocation of the whole model).
-    good_state = _snapshot(model)
-    amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if precision == "bf16"
-           else contextlib.nullcontext())
-    t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        te = time.perf_counter()
-        beta = kl_weight * (min(1.0, epoch / kl_warmup) if kl_warmup > 0 else 1.0)
-        model.train()
-        perm = train_rows[rng.permutation(len(train_rows))]
-        sums = torch.zeros(3, device=dev)
-        seen = 0
-        for xb in _batches(X, perm, batch_size, dev, dense_t):
-            if stop_event is not None and stop_event.is_set():
-                break
-            if xb.shape[0] < min_batch:
-                continue
-            with amp:
-                out = model.loss(xb, beta=beta, free_bits=free_bits)
-            opt.zero_grad(set_to_none=True)
-            out.total.backward()
-            if clip_norm:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
-            opt.step()
-            nb = xb.shape[0]
-            sums += torch.stack([out.total.detach(), out.reconstruction.detach(), out.kl.detach()]) * nb
-            seen += nb
-        if stop_event is not None and stop_event.is_set() and seen == 0:
-            result.stopped = True
-            break
-        loss, rec, kl = (sums / max(seen, 1)).tolist()
-        if not all(map(math.isfinite, (loss, rec, kl))):
-            model.load_state_dict(good_state)
-            model.eval()
-            raise DivergenceError(
-                f"training diverged at epoch {epoch} (loss became {loss}); the last good model "
-                "(previous epoch) was kept. Try a lower learning rate or a smaller clip norm.",
-                result,
-            )
-        val_loss = (_evaluate(model, X, val_rows, batch_size, dev, dense_t, kl_weight=kl_weight, free_bits=free_bits)
-                    if len(val_rows) else float("nan"))
-        _snapshot(model, into=good_state)
-        elapsed = time.perf_counter() - t0
-        report = EpochReport(
-            epoch=epoch, n_epochs=epochs, loss=loss, reconstruction=rec, kl=kl, val_loss=val_loss,
-            beta=beta, seconds=time.perf_counter() - te, elapsed=elapsed,
-            eta=elapsed / epoch * (epochs - epoch), start=start, n_starts=n_starts,
-        )
-        result.history.append(report)
-        if callback is not None:
-            callback(report)
-        if checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0:
-            checkpoint(epoch)
-        if stop_event is not None and stop_event.is_set():
-            result.stopped = True
-            break
-        if patience is not None and len(val_rows) and epoch >= kl_warmup:
-            # (best_val starts at inf, and inf - 1e-4 * inf is nan: test finiteness first)
-            if not math.isfinite(best_val) or val_loss < best_val - 1e-4 * abs(best_val):
-                best_state = _snapshot(model, into=best_state)
-                best_val, since_best, result.best_epoch = val_loss, 0, epoch
-            else:
-                since_best += 1
-                if since_best >= patience:
-                    result.early_stopped = True
+    with contextlib.ExitStack() as seams:
+        step = seams.enter_context(wrap_model(model)) if wrap_model is not None else model
+        if batch_norm_sync is not None:
+            seams.enter_context(batch_norm_sync(model))
+        best_val, best_state, since_best = math.inf, None, 0
+        # Snapshots are copied into preallocated tensors (no per-epoch allocation of the whole model).
+        good_state = _snapshot(model)
+        amp = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if precision == "bf16"
+               else contextlib.nullcontext())
+        t0 = time.perf_counter()
+        for epoch in range(1, epochs + 1):
+            te = time.perf_counter()
+            beta = kl_weight * (min(1.0, epoch / kl_warmup) if kl_warmup > 0 else 1.0)
+            model.train()
+            perm = train_rows[rng.permutation(len(train_rows))]
+            sums = torch.zeros(3, device=dev)
+            seen = 0
+            for xb in _batches(X, perm, batch_size, dev, dense_t):
+                if stop_event is not None and stop_event.is_set():
                     break
+                if xb.shape[0] < min_batch:
+                    continue
+                eps = noise(xb.shape[0], model.latent_dim, dev) if noise is not None else None
+                with amp:
+                    out = step.loss(xb, beta=beta, free_bits=free_bits, eps=eps)
+                opt.zero_grad(set_to_none=True)
+                out.total.backward()
+                if clip_norm:
+                    torch.nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
+                opt.step()
+                nb = xb.shape[0]
+                sums += torch.stack([out.total.detach(), out.reconstruction.detach(), out.kl.detach()]) * nb
+                seen += nb
+            if stop_event is not None and stop_event.is_set() and seen == 0:
+                result.stopped = True
+                break
+            loss, rec, kl = (sums / max(seen, 1)).tolist()
+            if not all(map(math.isfinite, (loss, rec, kl))):
+                model.load_state_dict(good_state)
+                model.eval()
+                raise DivergenceError(
+                    f"training diverged at epoch {epoch} (loss became {loss}); the last good model "
+                    "(previous epoch) was kept. Try a lower learning rate or a smaller clip norm.",
+                    result,
+                )
+            val_loss = (_evaluate(model, X, val_rows, batch_size, dev, dense_t, kl_weight=kl_weight, free_bits=free_bits)
+                        if len(val_rows) else float("nan"))
+            _snapshot(model, into=good_state)
+            elapsed = time.perf_counter() - t0
+            report = EpochReport(
+                epoch=epoch, n_epochs=epochs, loss=loss, reconstruction=rec, kl=kl, val_loss=val_loss,
+                beta=beta, seconds=time.perf_counter() - te, elapsed=elapsed,
+                eta=elapsed / epoch * (epochs - epoch), start=start, n_starts=n_starts,
+            )
+            result.history.append(report)
+            if callback is not None:
+                callback(report)
+            if checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0:
+                checkpoint(epoch)
+            if stop_event is not None and stop_event.is_set():
+                result.stopped = True
+                break
+            if patience is not None and len(val_rows) and epoch >= kl_warmup:
+                # (best_val starts at inf, and inf - 1e-4 * inf is nan: test finiteness first)
+                if not math.isfinite(best_val) or val_loss < best_val - 1e-4 * abs(best_val):
+                    best_state = _snapshot(model, into=best_state)
+                    best_val, since_best, result.best_epoch = val_loss, 0, epoch
+                else:
+                    since_best += 1
+                    if since_best >= patience:
+                        result.early_stopped = True
+                        break
     if best_state is not None and not result.stopped:
         model.load_state_dict(best_state)
     if not result.best_epoch:

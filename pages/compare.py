@@ -1,18 +1,16 @@
 """Compare network structures (paper Table 1) and show the warm-start report of the model in use."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from dhaka.analysis import structures
 from dhaka.io import to_csv_safe
-from dhaka.ui import cached, demos, owner, state, widgets
+from dhaka.ui import demos, figures, state, tasks, widgets
+from dhaka.ui.analysis_job import AnalysisJob
 
 widgets.require_entrypoint()
 
-JOB_KEY = "dhaka.analysis.compare.job"        # this page's background job
-RESULT_KEY = "dhaka.analysis.compare.result"  # (dataset key, DataFrame) of the last comparison
-POLL_SECONDS = 1.0
+JOB = AnalysisJob("dhaka.analysis.compare", widget_key="w.cmp", what="comparison")  # result: a DataFrame
 PRESETS = {"deep": "deep (1024-512-256)", "shallow": "shallow (1024)"}
 
 st.title("Compare structures")
@@ -60,59 +58,21 @@ if custom.strip():
         st.error(f"Could not read {custom!r} as layer widths: give positive integers separated by commas.")
         st.stop()
 
-job = st.session_state.get(JOB_KEY)
-active = job is not None and not job.done
 if st.button("Compare", type="primary", key="w.cmp.start", icon=":material/play_arrow:",
-             disabled=active or not (structs or include_tsne or include_pca)):
-    y = None if label_col == "(none)" else label_col
-    est_params = {**params, "epochs": int(epochs)}
-    data, key = adata, info.get("key")
+             disabled=JOB.active() or not (structs or include_tsne or include_pca)):
+    JOB.submit(tasks.structures_task(adata, structures=tuple(structs), include_tsne=include_tsne,
+                                     include_pca=include_pca, labels=None if label_col == "(none)" else label_col,
+                                     estimator_params={**params, "epochs": int(epochs)}),
+               name=f"structure comparison on {info.get('name')}")
+JOB.progress(default_total=len(structs), start_message="training the first structure…")
 
-    def task(ctx):
-        def progress(p):
-            ctx.report(history_row=p["row"], done=p["done"], total=p["total"], message=p["message"])
-
-        df = structures.compare_structures(data, structures=tuple(structs), include_tsne=include_tsne,
-                                           include_pca=include_pca, labels=y, estimator_params=est_params,
-                                           seed=int(est_params.get("seed", 0)), progress=progress,
-                                           stop_event=ctx.stop_event)
-        return key, df
-
-    new = widgets.safe_call(cached.job_manager().submit, task, owner=owner.owner_key(),
-                            name=f"structure comparison on {info.get('name')}", kind="analysis",
-                            what="Could not start the comparison")
-    if new is not None:
-        st.session_state[JOB_KEY] = new
-        st.rerun()
-
-
-@st.fragment(run_every=POLL_SECONDS if active else None)
-def progress_panel() -> None:
-    """Progress and the rows finished so far."""
-    j = st.session_state.get(JOB_KEY)
-    if j is None:
-        return
-    snap = widgets.analysis_job_status(j, key="w.cmp", what="comparison", default_total=len(structs),
-                                       start_message="training the first structure…")
-    if snap["status"] == "running" and snap["history"]:
-        st.dataframe(pd.DataFrame(snap["history"]), hide_index=True)
-    if j.done and j.result is not None and st.session_state.get(RESULT_KEY, (None, None))[1] is not j.result[1]:
-        st.session_state[RESULT_KEY] = j.result
-    if active and j.done:
-        st.rerun()
-
-
-progress_panel()
-
-key, table = st.session_state.get(RESULT_KEY, (None, None))
+table = JOB.result_for_dataset()
 if table is None or table.empty:
     st.stop()
-if key != info.get("key"):
-    st.caption("These results were computed on a previously loaded dataset.")
 if table.attrs.get("stopped"):
     st.warning("The comparison was stopped; only the finished rows are shown.")
 st.dataframe(table, hide_index=True, key="cmp_table",
              column_config={"seconds": st.column_config.NumberColumn(format="%.1f s")})
-st.plotly_chart(structures.figure_structures(table), key="cmp_bar", config=widgets.PLOTLY_CONFIG)
+figures.chart(structures.figure_structures(table), "structures", key="cmp_bar")
 st.download_button("Table as CSV", to_csv_safe(table, index=False).encode(), file_name="structures.csv",
                    mime="text/csv", key="w.cmp.csv", icon=":material/download:")

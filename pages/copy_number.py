@@ -8,68 +8,25 @@ import streamlit as st
 from dhaka import plots
 from dhaka.analysis import copy_number, projection
 from dhaka.io import to_csv_safe
-from dhaka.ui import cached, demos, state, tasks, widgets
+from dhaka.ui import copy_number as cnv, figures
+from dhaka.ui import state, widgets
 
 widgets.require_entrypoint()
 
-CALLS_KEY = "dhaka.analysis.cnv.calls"          # (latent digest, min size, GMMResult)
-UPLOAD_KEY = "dhaka.analysis.cnv.second_upload"  # (file name, AnnData) of an uploaded second sample
-
 st.title("Copy number")
 adata = state.require_dataset()
-info = state.get_dataset_info()
-mode = state.get_preprocess().get("mode") or info.get("mode") or "expression"
-
-
-def load_cnv_demo() -> None:
-    first, second = cached.load_demo("cnv_pair")
-    demo = demos.get("cnv_pair")
-    state.set_dataset(first, name=demo.title, source="demo", demo=demo.key, truth=demo.truth, mode="cnv",
-                      second=second)
-
-
+mode = state.get_preprocess().get("mode") or state.get_dataset_info().get("mode") or "expression"
 if mode != "cnv":
     st.info("This page is for copy-number profiles (cells x genomic bins, mode **cnv** on the Data page). "
             "Try the simulated pair of tumour samples: a first sample with a major and a minor clone, and a "
             "later sample of the major clone only.")
-    st.button("Load the copy-number demo", key="w.cnv.demo", on_click=load_cnv_demo, icon=":material/genetics:")
+    st.button("Load the copy-number demo", key="w.cnv.demo", on_click=cnv.load_demo, icon=":material/genetics:")
 
 # ------------------------------------------------------------- clone calls
-labels = None
-Z = state.get_latent() if state.results_match_dataset() else None
-if Z is not None:
-    c1, c2 = st.columns([2, 1])
-    robust = c1.toggle("Robust clone calls", value=True, key="w.cnv.robust",
-                       help="GMM-BIC over-splits the heavy-tailed clouds that per-cell private events make. "
-                            "Robust calls join mixture components whose union is unimodal and fold clusters "
-                            "smaller than the minimum clone size into the clone they fit best (dhaka.analysis.copy_number.call_clones).")
-    min_size = c2.selectbox("Minimum clone size", ["auto", 0.01, 0.02, 0.05, 0.1, None], key="w.cnv.min",
-                            disabled=not robust,
-                            format_func=lambda v: "auto (10 cells or 1%)" if v == "auto" else
-                            "none" if v is None else f"{v:.0%} of cells")
-    if robust:
-        digest = state.get_result_info().get("latent_digest") or tasks.digest(Z)
-        cached_calls = st.session_state.get(CALLS_KEY)
-        if cached_calls is None or cached_calls[:2] != (digest, min_size):
-            with st.spinner("Calling clones…"):
-                res = widgets.safe_call(copy_number.call_clones, Z, min_cluster_size=min_size,
-                                        seed=int(state.get_estimator_params().get("seed", 0)),
-                                        what="Clone calling")
-            cached_calls = (digest, min_size, res)
-            st.session_state[CALLS_KEY] = cached_calls
-        gmm = cached_calls[2]
-        labels = None if gmm is None else np.asarray(gmm.labels)
-        if labels is not None:
-            k = len(np.unique(labels))
-            c1.caption(f"{k} clone{'s' if k != 1 else ''} called (GMM-BIC chose {gmm.n_components} components).")
-            if st.button("Use these clone calls as the clusters on every page", key="w.cnv.use"):
-                state.set_clusters(labels, k=k)
-                st.toast("Clone calls are now the clusters in use.")
-    else:
-        gmm = state.get_gmm()
-        labels = state.get_clusters()
+gmm = labels = None
+if state.results_match_dataset():
+    gmm, labels = cnv.clone_controls(state.get_latent())
 else:
-    gmm = None
     st.info("Train a model on this dataset (Train page, mode cnv) to see clone calls in the heatmap, the latent "
             "space and the projection of a second sample.")
 
@@ -85,7 +42,7 @@ with st.spinner("Ordering cells…"):
 if heat is not None:
     if not np.isfinite(copy_number.parse_bins(adata.var)["rank"]).any():
         st.caption("Bin names carry no chromosome and position (e.g. chr1:100-200): file order is used.")
-    st.plotly_chart(heat, key="cnv_heat", config=widgets.PLOTLY_CONFIG)
+    figures.chart(heat, "copy-number-heatmap", key="cnv_heat")
 
 # ---------------------------------------------------------- latent + second
 Z = state.require_latent()
@@ -94,24 +51,13 @@ st.subheader("Latent space")
 truth = state.get_truth_labels()
 fig = plots.scatter(Z, color=None if labels is None else labels.astype(str), color_name="clone call",
                     color_type="categorical", cell_ids=[str(o) for o in adata.obs_names], title="Dhaka latent space")
-st.plotly_chart(fig, key="cnv_latent", config=widgets.PLOTLY_CONFIG)
+figures.chart(fig, "copy-number-latent", key="cnv_latent")
 if truth is not None and labels is not None:
     st.caption("Clone calls against the known labels:")
     st.dataframe(pd.crosstab(pd.Series(truth, name="truth"), pd.Series(labels, name="call")), key="cnv_cross")
 
 st.subheader("Project a second sample")
-second = state.get_second_dataset()
-src = "the second sample of the loaded demo"
-up = st.file_uploader("…or upload one (same kind of bins, matched by name)", key="w.cnv.upload",
-                      type=["csv", "tsv", "txt", "gz", "h5ad", "zip", "npz", "mtx"])
-if up is not None:
-    prev = st.session_state.get(UPLOAD_KEY)
-    if prev is None or prev[0] != (up.name, up.size):
-        from dhaka.io import read
-
-        ad = widgets.safe_call(read, up.getvalue(), filename=up.name, what=f"Could not read {up.name}")
-        st.session_state[UPLOAD_KEY] = ((up.name, up.size), ad)
-    second, src = st.session_state[UPLOAD_KEY][1], up.name
+second, src = cnv.second_sample()
 if second is None:
     st.caption("No second sample: upload one above.")
     st.stop()
@@ -130,7 +76,7 @@ st.caption(f"Projected {len(proj.labels):,} cells of {src}; {proj.n_matched} of 
 if proj.missing:
     st.warning(f"{len(proj.missing)} bins of the model are missing from the second sample and were filled with "
                f"the training mean: {', '.join(proj.missing[:10])}{' …' if len(proj.missing) > 10 else ''}")
-st.plotly_chart(projection.figure_projection(Z, labels, proj), key="cnv_proj", config=widgets.PLOTLY_CONFIG)
+figures.chart(projection.figure_projection(Z, labels, proj), "projection", key="cnv_proj")
 st.dataframe(proj.fractions, hide_index=True, key="cnv_fractions",
              column_config={"fraction": st.column_config.NumberColumn("fraction of second sample", format="percent"),
                             "reference_fraction": st.column_config.NumberColumn("fraction of first sample",

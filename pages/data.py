@@ -7,7 +7,7 @@ import streamlit as st
 from dhaka import plots
 from dhaka.estimator import Dhaka
 from dhaka.preprocess import detect_kind
-from dhaka.ui import cached, demos, state, widgets
+from dhaka.ui import cached, demos, figures, state, widgets
 
 widgets.require_entrypoint()
 
@@ -16,6 +16,22 @@ st.caption("Load a built-in demo or your own matrix, check it, choose the prepro
 
 FORMATS = ["csv", "tsv", "txt", "gz", "h5ad", "zip", "npz", "npy", "mtx"]
 limit_mb = int(st.get_option("server.maxUploadSize"))
+
+
+def h5ad_layers(upload) -> dict:
+    """The layers of an uploaded .h5ad (name -> kind, shape, dtype), listed once per upload; {} otherwise."""
+    from dhaka import io
+
+    if upload is None or not upload.name.lower().endswith((".h5ad", ".h5ad.gz")):
+        return {}
+    seen = st.session_state.get("dhaka.data.layers")
+    if seen is None or seen[0] != upload.file_id:
+        try:
+            seen = (upload.file_id, io.h5ad_layers(upload.getvalue(), filename=upload.name))
+        except io.DataError:  # a broken file: "Load file" says what is wrong with it
+            seen = (upload.file_id, {})
+        st.session_state["dhaka.data.layers"] = seen
+    return {k: v for k, v in seen[1].items() if v["kind"] != "other"}
 
 demo_tab, upload_tab = st.tabs(["Built-in demos", "Upload your data"])
 with demo_tab:
@@ -36,7 +52,9 @@ with demo_tab:
 with upload_tab:
     st.caption(f"Formats: CSV / TSV / TXT (optionally .gz; cells × genes or genes × cells), .h5ad, "
                f"10x Genomics .zip (matrix.mtx + barcodes + features), scipy sparse .npz, .npy, .mtx. "
-               f"Files up to **{limit_mb:,} MB** each.")
+               f"Copy number: HMMcopy / signals long tables (cell_id, chr, start, end, state), Ginkgo segment "
+               f"matrices (CHR, START, END, cells; save SegCopy as .tsv) or bins named chr1:1-500000, all put "
+               f"in genome order. Files up to **{limit_mb:,} MB** each.")
     up = st.file_uploader("Expression or copy-number matrix", type=FORMATS, key="w.data.file")
     meta = st.file_uploader("Cell metadata (optional CSV, first column = cell id)", type=["csv", "tsv", "txt", "gz"],
                             key="w.data.meta")
@@ -44,12 +62,22 @@ with upload_tab:
                            key="w.data.orientation",
                            format_func={"auto": "detect", "cells_x_genes": "rows are cells",
                                         "genes_x_cells": "rows are genes"}.get)
+    layers = h5ad_layers(up)
+    layer = None
+    if layers:
+        shown = {k: f"layer {k!r}" + (f": {v['shape'][0]:,} × {v['shape'][1]:,} {v['dtype']}" if v["shape"] else "")
+                 for k, v in layers.items()}
+        pick = st.selectbox("Matrix to read", ["X", *layers], key="w.data.layer",
+                            format_func=lambda k: "X (the main matrix)" if k == "X" else shown[k],
+                            help="An .h5ad can hold other matrices beside X: raw counts, or the integer "
+                                 "copy-number states of scDNA pipelines (layers['state']).")
+        layer = None if pick == "X" else pick
     if st.button("Load file", key="w.data.load_file", type="primary", disabled=up is None):
         from dhaka import io
 
         def admit() -> bool:  # parsing counts against the memory that running jobs hold, as a job would
             try:
-                need = io.estimate_read_memory(up.getvalue(), filename=up.name)
+                need = io.estimate_read_memory(up.getvalue(), filename=up.name, layer=layer)
             except Exception:  # noqa: BLE001 - a file it cannot size is refused by io.read with its own message
                 return True
             cached.job_manager().check_memory(need["peak_bytes"], what=f"Reading {up.name}")
@@ -58,13 +86,14 @@ with upload_tab:
         adata = None
         if widgets.safe_call(admit, what="Could not read the file"):
             adata = widgets.safe_call(io.read, up.getvalue(), filename=up.name, orientation=orientation,
-                                      what="Could not read the file")
+                                      layer=layer, what="Could not read the file")
         if adata is not None and meta is not None:
             adata = widgets.safe_call(io.read_metadata, meta.getvalue(), adata, filename=meta.name,
                                       what="Could not read the metadata")
         if adata is not None:
             fp = widgets.safe_call(io.fingerprint, adata)
-            state.set_dataset(adata, name=up.name, source="upload", filename=up.name, fingerprint=fp)
+            name = up.name if layer is None else f"{up.name} (layer {layer})"
+            state.set_dataset(adata, name=name, source="upload", filename=up.name, fingerprint=fp)
             st.session_state.pop("w.prep.mode", None)
             st.rerun()
         else:
@@ -104,8 +133,8 @@ with st.expander("Preview", expanded=False):
 
 if qc is not None:
     q1, q2 = st.columns(2)
-    q1.plotly_chart(plots.library_size_hist(qc["library_size"]), key="qc_lib", config=widgets.PLOTLY_CONFIG)
-    q2.plotly_chart(plots.dropout_hist(qc["dropout"]), key="qc_drop", config=widgets.PLOTLY_CONFIG)
+    figures.chart(plots.library_size_hist(qc["library_size"]), "qc-library-size", key="qc_lib", container=q1)
+    figures.chart(plots.dropout_hist(qc["dropout"]), "qc-dropout", key="qc_drop", container=q2)
 
 st.subheader("Preprocessing")
 prep = widgets.preprocess_form(adata, detected=kind.kind if kind is not None else None)

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from dhaka import plots
 from dhaka.analysis import robustness
 from dhaka.io import to_csv_safe
-from dhaka.ui import cached, demos, owner, state, widgets
+from dhaka.ui import demos, figures, state, tasks, widgets
+from dhaka.ui.analysis_job import AnalysisJob
 
 widgets.require_entrypoint()
 
-JOB_KEY = "dhaka.analysis.robustness.job"      # this page's background job (dhaka.jobs.Job)
-RESULT_KEY = "dhaka.analysis.robustness.result"  # (dataset key, DropoutStudy) of the last finished study
-POLL_SECONDS = 1.0
+JOB = AnalysisJob("dhaka.analysis.robustness", widget_key="w.rob", what="study")  # result: a DropoutStudy
 METHOD_LABELS = {"dhaka": "Dhaka", "pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 
 st.title("Robustness to dropout")
@@ -46,63 +44,33 @@ if "umap" in methods:
     st.caption("The first UMAP of a server process compiles numba code (about a minute); the app starts that "
                "in the background when it opens.")
 
-job = st.session_state.get(JOB_KEY)
-active = job is not None and not job.done
-if st.button("Run dropout study", type="primary", key="w.rob.start", disabled=active or not methods or not levels_pct,
-             icon=":material/play_arrow:"):
-    y = None if label_col.startswith("(none") else label_col
-    est_params = {**params, "epochs": int(epochs)}
-    levels = tuple(sorted(v / 100 for v in levels_pct))
-    data, key = adata, info.get("key")
-
-    def task(ctx):
-        def progress(p):
-            ctx.report(history_row=p["row"], done=p["done"], total=p["total"], message=p["message"])
-
-        study = robustness.dropout_study(data, levels=levels, methods=tuple(methods), labels=y,
-                                         estimator_params=est_params, k_max=int(k_max), seed=int(seed),
-                                         progress=progress, stop_event=ctx.stop_event)
-        return key, study
-
-    new = widgets.safe_call(cached.job_manager().submit, task, owner=owner.owner_key(),
-                            name=f"dropout study on {info.get('name')}", kind="analysis",
-                            what="Could not start the study")
-    if new is not None:
-        st.session_state[JOB_KEY] = new
-        st.rerun()
+if st.button("Run dropout study", type="primary", key="w.rob.start", icon=":material/play_arrow:",
+             disabled=JOB.active() or not methods or not levels_pct):
+    JOB.submit(tasks.dropout_task(adata, levels=tuple(sorted(v / 100 for v in levels_pct)), methods=tuple(methods),
+                                  labels=None if label_col.startswith("(none") else label_col,
+                                  estimator_params={**params, "epochs": int(epochs)}, k_max=int(k_max),
+                                  seed=int(seed)),
+               name=f"dropout study on {info.get('name')}")
 
 
-@st.fragment(run_every=POLL_SECONDS if active else None)
-def progress_panel() -> None:
-    """Progress of the study and the rows finished so far, redrawn while it runs."""
-    j = st.session_state.get(JOB_KEY)
-    if j is None:
-        return
-    snap = widgets.analysis_job_status(j, key="w.rob", what="study")
-    if snap["history"] and snap["status"] in ("queued", "running"):
-        st.dataframe(pd.DataFrame(snap["history"]), hide_index=True)
-    if j.done and j.result is not None and st.session_state.get(RESULT_KEY, (None, None))[1] is not j.result[1]:
-        st.session_state[RESULT_KEY] = j.result
-        if snap["status"] == "cancelled" or j.result[1].stopped:
-            state.push_notice("warning", "Dropout study stopped; the rows finished so far are shown.")
-    if active and j.done:
-        st.rerun()
+def _stopped_notice(status: str, study) -> None:
+    if status == "cancelled" or study.stopped:
+        state.push_notice("warning", "Dropout study stopped; the rows finished so far are shown.")
 
 
-progress_panel()
+JOB.progress(on_result=_stopped_notice)
 
 # ------------------------------------------------------------------- results
-key, study = st.session_state.get(RESULT_KEY, (None, None))
+study = JOB.result_for_dataset()
 if study is None or study.table.empty:
     st.stop()
-if key != info.get("key"):
-    st.caption("These results were computed on a previously loaded dataset.")
 table = study.table
 metric = study.metric
 st.subheader("Scores against dropout")
 f1, f2 = st.columns(2)
-f1.plotly_chart(robustness.figure_curve(table, metric=metric), key="rob_curve", config=widgets.PLOTLY_CONFIG)
-f2.plotly_chart(robustness.figure_curve(table, metric="n_clusters"), key="rob_k", config=widgets.PLOTLY_CONFIG)
+figures.chart(robustness.figure_curve(table, metric=metric), "robustness", {"metric": metric}, key="rob_curve",
+              container=f1)
+figures.chart(robustness.figure_curve(table, metric="n_clusters"), "robustness-k", key="rob_k", container=f2)
 show = table.assign(method=table["method"].map(METHOD_LABELS).fillna(table["method"]))
 st.dataframe(show, hide_index=True, column_config={"level": st.column_config.NumberColumn(format="percent")})
 st.download_button("Table as CSV", to_csv_safe(show, index=False).encode(), file_name="dropout_curve.csv",
@@ -115,8 +83,8 @@ level = v1.select_slider("Level", levels, value=levels[-1], key="w.rob.view_leve
 done_methods = [m for m in METHOD_LABELS if (level, m) in study.embeddings]
 method = v2.selectbox("Method", done_methods or ["-"], key="w.rob.view_method", format_func=lambda m: METHOD_LABELS.get(m, m))
 h1, h2 = st.columns(2)
-h1.plotly_chart(robustness.figure_dropout_histograms(study, levels=sorted({levels[0], level})),
-                key="rob_hist", config=widgets.PLOTLY_CONFIG)
+figures.chart(robustness.figure_dropout_histograms(study, levels=sorted({levels[0], level})), "dropout",
+              {"level": level}, key="rob_hist", container=h1)
 if (level, method) in study.embeddings:
     Z = study.embeddings[(level, method)]
     colour = study.labels if study.labels is not None else study.clusters[(level, method)]
@@ -124,4 +92,4 @@ if (level, method) in study.embeddings:
                         else "GMM cluster", color_type="categorical", cell_ids=[str(o) for o in adata.obs_names]
                         if len(adata.obs_names) == Z.shape[0] else None,
                         title=f"{METHOD_LABELS.get(method, method)} at {level:.0%} extra dropout")
-    h2.plotly_chart(fig, key="rob_latent", config=widgets.PLOTLY_CONFIG)
+    figures.chart(fig, "robustness-latent", {"level": level, "method": method}, key="rob_latent", container=h2)

@@ -12,7 +12,7 @@ import streamlit as st
 
 from dhaka import plots
 from dhaka.runs import RunStore
-from dhaka.ui import owner, state, widgets
+from dhaka.ui import figures, owner, state, widgets
 
 widgets.require_entrypoint()
 
@@ -141,13 +141,13 @@ for rid, col in zip(pair, (a_col, b_col)):
                 lat = run.load_latent()
                 coords = lat[[c for c in lat.columns if c.startswith("dhaka_")]].to_numpy()
                 colour = lat["cluster"].to_numpy() if "cluster" in lat else None
-                st.plotly_chart(plots.scatter(coords, color=colour, color_name="cluster", color_type="categorical",
+                figures.chart(plots.scatter(coords, color=colour, color_name="cluster", color_type="categorical",
                                               cell_ids=lat.index.astype(str), axis_prefix="dhaka", height=380,
-                                              max_points=20_000),
-                                key=f"cmp_lat_{rid}_{col is a_col}", config=widgets.PLOTLY_CONFIG)
+                                              max_points=20_000), "run-latent", {"run": rid},
+                              key=f"cmp_lat_{rid}_{col is a_col}", session=False)
             if files.get("history"):
-                st.plotly_chart(plots.loss_curves(run.load_history(), title=None, height=260),
-                                key=f"cmp_loss_{rid}_{col is a_col}", config=widgets.PLOTLY_CONFIG)
+                figures.chart(plots.loss_curves(run.load_history(), title=None, height=260), "run-loss", {"run": rid},
+                              key=f"cmp_loss_{rid}_{col is a_col}", session=False)
         except Exception as exc:  # noqa: BLE001
             st.error(f"Cannot show run {rid}:")
             st.text(widgets.error_message(exc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dhaka import plots
-from dhaka.ui import cached, demos, owner, state, tasks, widgets
+from dhaka.ui import cached, demos, figures, owner, state, tasks, widgets
 
 widgets.require_entrypoint()
 
@@ -121,7 +121,7 @@ def live_chart() -> None:
         fig = plots.loss_curves(snap["history"])
         st.plotly_chart(fig, key="train_loss", config=widgets.PLOTLY_CONFIG)
         if snap["status"] not in ("queued", "running"):
-            widgets.figure_downloads(fig, "training-loss", key="dl_fig_loss")
+            figures.figure_downloads(fig, "training-loss", key="dl_fig_loss")
 
 
 live_progress()

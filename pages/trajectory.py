@@ -7,11 +7,9 @@ import streamlit as st
 
 from dhaka.analysis import pseudotime
 from dhaka.io import to_csv_safe
-from dhaka.ui import state, tasks, widgets
+from dhaka.ui import cached, figures, state, tasks, widgets
 
 widgets.require_entrypoint()
-
-RESULT_KEY = "dhaka.analysis.trajectory.result"  # (settings tuple, pseudotime ndarray)
 
 st.title("Trajectory")
 st.caption("Diffusion pseudotime (Haghverdi et al. 2016) on a k-nearest-neighbour graph of the latent space: "
@@ -20,6 +18,7 @@ Z = state.require_latent()
 adata = state.get_dataset()
 obs_names = [str(o) for o in adata.obs_names]
 clusters = state.get_clusters()
+digest = state.get_result_info().get("latent_digest") or tasks.digest(Z)
 
 c1, c2, c3 = st.columns(3)
 root_kind = c1.radio("Root", ["cluster", "cell"], horizontal=True, key="w.traj.kind",
@@ -27,8 +26,12 @@ root_kind = c1.radio("Root", ["cluster", "cell"], horizontal=True, key="w.traj.k
                      disabled=clusters is None, index=0 if clusters is not None else 1)
 if root_kind == "cluster" and clusters is not None:
     cl = c2.selectbox("Root cluster", sorted(np.unique(clusters).tolist()), key="w.traj.cluster")
-    roots = pseudotime.root_from_cluster(Z, clusters, cl)
-    c2.caption(f"Root: cell **{obs_names[roots]}**, the cluster's cell farthest from the other cells.")
+    with st.spinner("Finding the cluster's root cell…"):
+        roots = widgets.safe_call(cached.pseudotime_root, Z, clusters, cl, digest=digest,
+                                  clusters_digest=tasks.digest(np.asarray(clusters)), what="Root cell")
+    if roots is None:
+        st.stop()
+    c2.caption(f"Root: cell **{widgets.plain(obs_names[roots])}**, the cluster's cell farthest from the other cells.")
 else:
     default = obs_names[0]
     if "time" in adata.obs.columns and pd.api.types.is_numeric_dtype(adata.obs["time"]):
@@ -40,17 +43,11 @@ method = c3.radio("Distance", ["diffusion", "geodesic"], horizontal=True, key="w
                   format_func={"diffusion": "diffusion (DPT)", "geodesic": "shortest path"}.get)
 k = c3.slider("Neighbours in the kNN graph", 5, 50, 15, key="w.traj.k")
 
-digest = state.get_result_info().get("latent_digest") or tasks.digest(Z)
-settings = (digest, int(roots), method, int(k))
-prev = st.session_state.get(RESULT_KEY)
-if prev is None or prev[0] != settings:
-    with st.spinner("Computing pseudotime…"):
-        pt = widgets.safe_call(pseudotime.diffusion_pseudotime, Z, root=int(roots), n_neighbors=int(k),
-                               method=method, what="Pseudotime")
-    if pt is None:
-        st.stop()
-    st.session_state[RESULT_KEY] = (settings, pt)
-pt = st.session_state[RESULT_KEY][1]
+with st.spinner("Computing pseudotime…"):
+    pt = widgets.safe_call(cached.pseudotime, Z, digest=digest, root=int(roots), n_neighbors=int(k), method=method,
+                           what="Pseudotime")
+if pt is None:
+    st.stop()
 
 n_nan = int(np.isnan(pt).sum())
 if n_nan:
@@ -64,8 +61,7 @@ if "time" in adata.obs.columns and pd.api.types.is_numeric_dtype(adata.obs["time
     rho = float(spearmanr(pt[ok], t[ok])[0]) if ok.sum() > 2 else float("nan")
     st.metric("Spearman correlation with obs['time']", f"{rho:.3f}")
 
-st.plotly_chart(pseudotime.figure_pseudotime(Z, pt, root=roots, hover=obs_names), key="traj_latent",
-                config=widgets.PLOTLY_CONFIG)
+figures.chart(pseudotime.figure_pseudotime(Z, pt, root=roots, hover=obs_names), "pseudotime", key="traj_latent")
 out = pd.DataFrame({"cell": obs_names, "pseudotime": pt})
 if clusters is not None:
     out["cluster"] = clusters

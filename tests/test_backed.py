@@ -188,3 +188,21 @@ def test_fit_backed_refines_among_the_prepared_genes(h5, tmp_path):
     assert backed.transform_backed(est, path).shape == (X.shape[0], est.model_.latent_dim)
     streamed = backed.fit_backed(path, cache_root=tmp_path / "s", max_memory_bytes=1, **{**SMALL, "refine": 1})
     assert len(streamed.refinement_) == 1 and "skipped" in streamed.refinement_[0]["note"]
+
+
+def test_cached_entry_serves_other_input_scalings_with_their_own_affine(h5, tmp_path):
+    """relative / scale are not part of the cache key: the entry's moments give each its affine,
+    the same the in-memory Preprocessor fits."""
+    from dhaka import Dhaka
+
+    path, X = h5
+    root = tmp_path / "c"
+    backed.prepare(path, n_genes=30, cache_root=root)
+    for kw in (dict(scale="gene"), dict(scale="minmax", relative=False), dict(scale="none")):
+        pre = Dhaka(n_genes=30, **kw).make_preprocessor()
+        prep = backed.prepare(path, preprocessor=pre, cache_root=root)
+        assert prep.from_cache
+        mem = Dhaka(n_genes=30, **kw).make_preprocessor().fit(sp.csr_matrix(X))
+        np.testing.assert_array_equal(prep.gene_indices, mem.gene_indices_)
+        np.testing.assert_allclose(prep.preprocessor.center_, mem.center_, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(prep.preprocessor.scale_, mem.scale_, rtol=1e-5, atol=1e-6)

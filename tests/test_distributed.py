@@ -134,3 +134,21 @@ def test_outside_torchrun_it_is_plain_training():
     b = VAE(10, hidden=(8,), latent_dim=2)
     rb = fit_vae(X, model=b, epochs=2, batch_size=16, device="cpu", kl_warmup=1)
     assert [r.loss for r in ra.history] == [r.loss for r in rb.history]
+
+
+def test_global_batch_norm_swaps_this_models_layers_only_and_puts_them_back():
+    """The batch-norm seam changes the fit's own model instance (sharing its tensors), nothing global."""
+    from dhaka.model import VAE
+
+    vae, other = VAE(10, hidden=(8, 4), latent_dim=2), VAE(10, hidden=(8, 4), latent_dim=2)
+    before = [m for m in vae.modules() if type(m) is torch.nn.BatchNorm1d]
+    keys = list(vae.state_dict())
+    with distributed.global_batch_norm(vae, shared=distributed._Shared()):
+        inside = [m for m in vae.modules() if isinstance(m, distributed.GlobalBatchNorm1d)]
+        assert len(inside) == len(before) == 4
+        assert all(g.weight is b.weight and g.running_var is b.running_var for g, b in zip(inside, before))
+        assert list(vae.state_dict()) == keys
+        assert not any(isinstance(m, distributed.GlobalBatchNorm1d) for m in other.modules())
+        vae.eval()
+    assert [m for m in vae.modules() if isinstance(m, torch.nn.BatchNorm1d)] == before
+    assert not any(m.training for m in before)  # the mode set inside carries over

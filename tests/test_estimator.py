@@ -221,3 +221,53 @@ def test_refine_must_be_auto_or_rounds(bad, blobs_counts):
     X, _ = blobs_counts
     with pytest.raises(ValueError, match="refine"):
         Dhaka(**{**FAST, "refine": bad}).fit(X)
+
+
+def test_models_saved_before_the_preprocessor_still_load(blobs_counts, tmp_path):
+    """A preprocess.json of the first format (steps only) is rebuilt from config.json and the weights."""
+    X, y = blobs_counts
+    a = _adata(sp.csr_matrix(X), y)
+    est = Dhaka(**{**FAST, "epochs": 2, "n_genes": 30, "refine": 0}).fit(a)
+    path = est.save(tmp_path / "model")
+    pre = json.loads((path / "preprocess.json").read_text())
+    assert pre["format"] == "dhaka-preprocessor/1" and len(pre["gene_indices"]) == 30
+    old = {k: pre[k] for k in ("input_kind", "normalize", "log", "target_sum")}
+    (path / "preprocess.json").write_text(json.dumps(old))
+    again = Dhaka.load(path)
+    np.testing.assert_allclose(again.transform(a), est.transform(a), rtol=1e-5, atol=1e-6)
+    p0, p1 = est.preprocessor_, again.preprocessor_
+    assert p1.settings() == p0.settings() and p1.target_sum_ == p0.target_sum_
+    np.testing.assert_array_equal(p1.gene_indices_, p0.gene_indices_)
+    np.testing.assert_array_equal(p1.center_, p0.center_)
+    assert again.input_kind_ == est.input_kind_ and list(again.gene_indices_) == list(est.gene_indices_)
+
+
+def test_fit_on_prepared_rows_equals_fit_on_the_matrix(blobs_counts):
+    """Dhaka.fit takes rows a fitted Preprocessor produced (the out-of-core path's entry)."""
+    from dhaka.preprocess import PreparedRows
+
+    X, _ = blobs_counts
+    params = {**FAST, "epochs": 2, "n_genes": 30, "refine": 1}
+    mem = Dhaka(**params).fit(X)
+    pre = Dhaka(**params).make_preprocessor().fit(X)
+    prepared = PreparedRows(matrix=pre.transform(X), preprocessor=pre, feature_names=None)
+    est = Dhaka(**params).fit(prepared)
+    assert est.prepared_ == {"in_memory": True} and est.n_features_in_ == X.shape[1]
+    # refinement chooses among the prepared genes only; here they are the first fit's genes
+    first = set(pre.gene_indices_.tolist())
+    assert set(est.gene_indices_.tolist()) <= first
+    assert est.refinement_[0]["genes"] == mem.refinement_[0]["genes"] == 30
+    assert est.transform(X).shape == (X.shape[0], mem.latent_dim)
+    # the prepared rows themselves transform too (the refined genes are among them)
+    np.testing.assert_allclose(est.transform(prepared), est.transform(X), rtol=1e-5, atol=1e-5)
+
+
+def test_the_core_estimator_does_not_import_the_run_store():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, dhaka.estimator, dhaka.backed, dhaka.distributed; print('dhaka.runs' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"

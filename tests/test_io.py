@@ -411,6 +411,32 @@ def test_mtx_symmetric_and_array_layouts():
     np.testing.assert_array_equal(b.X, D)
 
 
+_MTX_INT = "%%MatrixMarket matrix coordinate integer general\n3 3 3\n1 1 1\n"
+
+
+@pytest.mark.parametrize("where", ["bytes", "gzip", "disk"])
+@pytest.mark.parametrize("body,match", [
+    ("2 2 0x1A\n3 3 1\n", "non-numeric value '0x1A' at line 4"),  # mmread alone would read 0
+    ("2 2 1.5\n3 3 1\n", "non-integer value '1.5' at line 4"),  # ... would truncate to 1
+    ("2 2 1 5\n3 3 1\n", "line 4 has 4 fields, expected 3"),  # ... would drop the 5
+    ("2 2 4\n% note\n3 3 1\n", "line 5 is a comment among the entries"),
+    ("2 2 nan\n3 3 1\n", "NaN at line 4"),
+    ("2 9 1\n3 3 1\n", r"entry 2 \(2, 9\) is outside the declared 3 x 3 shape"),
+    ("2 2 1000000\n", "declares 3 entries but the file has 2"),
+])
+def test_mtx_entries_mmread_would_misread_are_refused_at_their_line(tmp_path, where, body, match):
+    data = (_MTX_INT + body).encode()
+    if where == "disk":  # mmread parses a plain file from its path, after the checking pass
+        (tmp_path / "m.mtx").write_bytes(data)
+        source, name = tmp_path / "m.mtx", None
+    else:
+        source, name = (gzip.compress(data), "m.mtx.gz") if where == "gzip" else (data, "m.mtx")
+    with pytest.raises(DataError, match=match):
+        read(source, filename=name)
+    good = read(_MTX_INT.encode() + b"2 2 4\n\n3 1 2  \r\n", filename="m.mtx", orientation="cells_x_genes")
+    np.testing.assert_array_equal(good.X.toarray(), [[1, 0, 0], [0, 4, 0], [2, 0, 0]])
+
+
 @pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
 def test_npz_sparse_round_trip(fmt, tmp_path):
     X = _matrix(8, 5, sparse=True).asformat(fmt)
@@ -624,6 +650,113 @@ def test_fingerprint():
     # an AnnData is fingerprinted by its X
     ad = _adata()
     assert fingerprint(ad) == fingerprint(ad.X)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fingerprint_of_an_h5ad_file_matches_the_matrix_in_memory(tmp_path, sparse):
+    import anndata
+
+    X = _matrix(9, 6, sparse=sparse)
+    path = tmp_path / "d.h5ad"
+    anndata.AnnData(X=X, obs=pd.DataFrame(index=_names(9, "c")), var=pd.DataFrame(index=_names(6, "g"))).write_h5ad(path)
+    on_disk = fingerprint(path)
+    assert on_disk == fingerprint(X)  # streamed from the file, same bytes hashed as in memory
+    assert fingerprint(str(path), block=7) == on_disk  # block size does not matter
+    Y = _dense(X).copy()
+    Y[2, 3] += 1
+    anndata.AnnData(X=sp.csr_matrix(Y) if sparse else Y).write_h5ad(tmp_path / "e.h5ad")
+    assert fingerprint(tmp_path / "e.h5ad")["sha256"] != on_disk["sha256"]
+    with pytest.raises(DataError, match="layers/none"):
+        fingerprint(path, group="layers/none")
+    with pytest.raises(DataError, match="not found"):
+        fingerprint(tmp_path / "missing.h5ad")
+
+
+def test_one_fingerprint_behind_the_ui_digest_and_the_backed_cache_key(tmp_path):
+    import anndata
+
+    from dhaka.backed import file_fingerprint
+    from dhaka.ui.tasks import digest
+
+    X = _matrix(8, 5, sparse=True)
+    assert digest(X) == fingerprint(X)["sha256"]
+    anndata.AnnData(X=X).write_h5ad(tmp_path / "x.h5ad")
+    assert file_fingerprint(tmp_path / "x.h5ad") == digest(X)
+    labels = np.array(["a", "b", None, "a"], dtype=object)  # cluster labels: object arrays are hashed too
+    assert digest(labels) == digest(labels.copy()) != digest(np.array(["a", "b", None, "b"], dtype=object))
+
+
+# --------------------------------------------------------------------------- #
+# h5ad layers (issue 14)
+# --------------------------------------------------------------------------- #
+def _scdna_h5ad(path):
+    """An scDNA-style file: read counts in X, integer copy-number states in layers['state']."""
+    import anndata
+
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(20, size=(6, 8)).astype(np.float32)
+    state = rng.integers(0, 6, size=(6, 8)).astype(np.int8)
+    a = anndata.AnnData(X=counts, obs=pd.DataFrame(index=_names(6, "cell")),
+                        var=pd.DataFrame(index=[f"1:{i * 500000 + 1}-{(i + 1) * 500000}" for i in range(8)]))
+    a.layers["state"] = state
+    a.layers["copy"] = sp.csr_matrix(state.astype(np.float32) + 0.25)
+    a.write_h5ad(path)
+    return path, counts, state
+
+
+def test_h5ad_layers_are_listed_from_headers_without_reading_them(tmp_path, monkeypatch):
+    import h5py
+
+    path, _, _ = _scdna_h5ad(tmp_path / "cn.h5ad")
+    read_paths = []
+    real_getitem = h5py.Dataset.__getitem__
+
+    def spy(self, *args, **kwargs):
+        read_paths.append(self.name)
+        return real_getitem(self, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    layers = dio.h5ad_layers(path)
+    assert list(layers) == ["copy", "state"]
+    assert layers["state"] == {"kind": "dense", "shape": (6, 8), "dtype": "int8", "nnz": None}
+    assert layers["copy"]["kind"] == "csr" and layers["copy"]["shape"] == (6, 8)
+    assert layers["copy"]["dtype"] == "float32" and layers["copy"]["nnz"] == 48
+    assert not any(p.startswith(("/layers", "/X")) for p in read_paths), read_paths
+    monkeypatch.undo()
+    # bytes (an upload) and gzip work the same; a file without layers has none
+    assert dio.h5ad_layers(path.read_bytes(), filename="cn.h5ad") == layers
+    assert dio.h5ad_layers(gzip.compress(path.read_bytes()), filename="cn.h5ad.gz") == layers
+    import anndata
+
+    anndata.AnnData(X=_matrix()).write_h5ad(tmp_path / "plain.h5ad")
+    assert dio.h5ad_layers(tmp_path / "plain.h5ad") == {}
+    with pytest.raises(DataError, match="not an HDF5 file"):
+        dio.h5ad_layers(b"cell,g1\nc1,1\n", filename="fake.h5ad")
+
+
+def test_read_a_layer_and_a_clear_message_for_an_unknown_one(tmp_path):
+    path, counts, state = _scdna_h5ad(tmp_path / "cn.h5ad")
+    np.testing.assert_array_equal(read(path).X, counts)
+    a = read(path, layer="state")
+    np.testing.assert_array_equal(a.X, state.astype(np.float32))
+    assert a.uns["dhaka_io"]["layer"] == "state" and a.var_names[0] == "1:1-500000"
+    with pytest.raises(DataError, match=r"no layer 'State' \(layers: 'copy', 'state'; leave the layer out to read X\)"):
+        read(path, layer="State")
+    with pytest.raises(DataError, match=r"no layer 'nope' \(layers: 'copy', 'state'"):
+        dio.estimate_read_memory(path, layer="nope")
+    assert dio.estimate_read_memory(path, layer="copy")["shape"] == (6, 8)
+
+
+def test_cli_reads_the_layer_given_with_dash_dash_layer(tmp_path):
+    from dhaka import cli
+
+    path, _, state = _scdna_h5ad(tmp_path / "cn.h5ad")
+    for command in (["embed", str(path), "--out", "z.csv"], ["project", "model", str(path), "--out", "z.csv"]):
+        args = cli.build_parser().parse_args([*command, "--layer", "state"])
+        np.testing.assert_array_equal(cli._read(args).X, state.astype(np.float32))
+    args = cli.build_parser().parse_args(["embed", str(path), "--out", "z.csv", "--layer", "nope"])
+    with pytest.raises(DataError, match="no layer 'nope'"):
+        cli._read(args)
 
 
 # --------------------------------------------------------------------------- #

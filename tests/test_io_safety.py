@@ -466,7 +466,6 @@ def test_no_import_of_streamlit():
 def test_estimate_read_memory_per_format(tmp_path):
     import scipy.io
 
-    rng = np.random.default_rng(2)
     X = sp.random(300, 40, density=0.1, random_state=3, format="csr", dtype=np.float64)
     X.data = np.round(X.data * 9) + 1
     dense = X.toarray().astype(np.float32)

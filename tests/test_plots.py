@@ -110,3 +110,136 @@ def test_figure_html_embeds_plotlyjs_for_offline_use(coords):
     html = plots.figure_html(plots.scatter(coords))
     assert "<html>" in html[:100] and "scatter3d" in html
     assert '<script src="https://cdn' not in html and len(html) > 1_000_000
+
+
+# ----------------------------------------------------------------------------- static export
+SETTINGS = {"k": 4, "seed": 0, "latent_dim": 3, "structure": "shallow"}
+
+
+def _svg_root(data: bytes):
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(data)  # well-formed XML or it raises
+    assert root.tag.endswith("svg")
+    return root
+
+
+def _png_text(data: bytes) -> dict:
+    from io import BytesIO
+
+    from PIL import Image
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(BytesIO(data))
+    img.load()  # decodes every chunk (CRCs checked)
+    return dict(img.text), img.size
+
+
+def test_figure_filename_carries_the_settings():
+    name = plots.figure_filename("dhaka latent", SETTINGS, "svg")
+    assert name == "dhaka-latent_k-4_seed-0_latent_dim-3_structure-shallow.svg"
+    odd = plots.figure_filename("a/b", {"path": "../x y", "lr": 0.001, "none": None}, "png")
+    assert "/" not in odd and " " not in odd and "none" not in odd and odd.endswith(".png") and "lr-0.001" in odd
+    assert len(plots.figure_filename("f", {f"s{i}": "v" * 30 for i in range(20)})) <= 160
+
+
+def test_matplotlib_svg_of_a_3d_scatter_is_true_vectors_with_metadata(coords):
+    fig = plots.scatter(coords, color=np.repeat(["a", "b"], 100), color_name="group", title="latent")
+    assert plots.static_engine(fig) == "matplotlib"  # WebGL traces: kaleido would embed a bitmap
+    meta = plots.figure_metadata("dhaka-latent", SETTINGS)
+    data = plots.figure_bytes(fig, "svg", metadata=meta)
+    root = _svg_root(data)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.find(f".//{ns}image") is None  # no bitmap anywhere
+    assert len(root.findall(f".//{ns}use")) >= 200  # every point a vector marker
+    assert root.find(f"{ns}title").text == "dhaka-latent"
+    assert '"k": 4' in root.find(f"{ns}desc").text
+    assert b"group" in data and b"latent" in data  # legend title and figure title drawn
+
+
+def test_png_is_valid_at_publication_size_with_settings(coords):
+    fig = plots.scatter(coords[:, :2], color=coords[:, 2], color_name="score")
+    data = plots.figure_bytes(fig, "png", width=350, height=300, scale=2,
+                              metadata=plots.figure_metadata("umap", SETTINGS))
+    text, size = _png_text(data)
+    assert size == (700, 600)
+    assert text["Title"] == "umap" and '"seed": 0' in text["Description"] and "Dhaka" in text["Software"]
+    default = plots.figure_bytes(fig, "png")
+    assert abs(_png_text(default)[1][0] - plots.PUBLICATION_SIZE["width"] * plots.PUBLICATION_SIZE["scale"]) <= 1
+
+
+def test_every_app_figure_kind_renders_with_matplotlib():
+    from dhaka.analysis import copy_number
+
+    rng = np.random.default_rng(0)
+    figs = [plots.loss_curves([{"epoch": i, "loss": 5.0 - i, "reconstruction": 4.0 - i, "kl": 0.5 + i}
+                               for i in range(4)]),
+            plots.bic_curve([1, 2, 3], [3.0, 1.0, float("nan")], best_k=2, chosen_k=3, skipped=[3]),
+            plots.library_size_hist(rng.gamma(2.0, 100.0, 50)),
+            copy_number.figure_heatmap(rng.integers(1, 5, size=(20, 12)).astype(float), clusters=np.arange(20) % 2),
+            go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))]
+    for fig in figs:
+        _svg_root(plots.figure_bytes(fig, "svg", engine="matplotlib"))
+
+
+@pytest.mark.skipif(plots.browser_path() is None, reason="no Chrome/Chromium for kaleido")
+def test_kaleido_renders_offline_with_the_system_chromium():
+    fig = plots.bic_curve([1, 2, 3], [3.0, 1.0, 2.0], best_k=2)
+    assert plots.static_engine(fig) == "kaleido"
+    _svg_root(plots.figure_bytes(fig, "svg", metadata=plots.figure_metadata("bic", SETTINGS)))
+    assert _png_text(plots.figure_bytes(fig, "png", width=300, height=200, scale=1))[1] == (300, 200)
+
+
+def test_no_browser_gives_a_clear_message_not_a_traceback(monkeypatch, coords):
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
+    bic = plots.bic_curve([1, 2], [2.0, 1.0])
+    assert plots.static_engine(bic) == "matplotlib"  # auto falls back when no browser is found
+    with pytest.raises(plots.FigureExportError, match="Chrome or Chromium.*BROWSER_PATH"):
+        plots.figure_bytes(bic, "svg", engine="kaleido")
+    pie = go.Figure(go.Pie(values=[1, 2]))
+    with pytest.raises(plots.FigureExportError, match="Chrome or Chromium"):  # only kaleido draws it
+        plots.figure_bytes(pie, "png")
+    with pytest.raises(plots.FigureExportError, match="cannot draw pie"):
+        plots.figure_bytes(pie, "png", engine="matplotlib")
+    with pytest.raises(ValueError, match="fmt"):
+        plots.figure_bytes(bic, "jpg")
+
+
+def test_html_download_carries_the_settings():
+    fig = plots.bic_curve([1, 2], [2.0, 1.0])
+    html = plots.figure_bytes(fig, "html", metadata=plots.figure_metadata("bic", SETTINGS)).decode()
+    assert "<title>bic</title>" in html and 'name="dhaka:description"' in html and "&quot;k&quot;: 4" in html
+
+
+def _figures_page():
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from dhaka import plots
+    from dhaka.ui import figures
+
+    fig = plots.scatter(np.random.default_rng(0).normal(size=(30, 3)), title="latent")
+    figures.chart(fig, "latent", {"k": 3}, key="f")
+    figures.chart(go.Figure(go.Pie(values=[1, 2])), "pie", key="p")
+
+
+def test_page_helper_draws_chart_and_lazy_downloads(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
+    at = AppTest.from_function(_figures_page, default_timeout=60).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2
+    buttons = at.get("download_button")
+    assert [b.label for b in buttons] == ["Figure as SVG", "Figure as PNG", "Figure as HTML"] * 2
+    latent, pie = buttons[:3], buttons[3:]
+    assert all(b.proto.deferred_file_id for b in latent)  # built on click, not while the page draws
+    assert not any(b.proto.disabled for b in latent) and "300 dpi" in latent[0].proto.help
+    assert pie[0].proto.disabled and pie[1].proto.disabled and "Chrome or Chromium" in pie[0].proto.help
+    assert not pie[2].proto.disabled  # the interactive HTML always works
+
+
+def test_selection_scatter_with_legend_only_traces_exports():
+    fig = plots.selection_scatter(np.random.default_rng(0).normal(size=(50, 2)),
+                                  groups=np.where(np.arange(50) < 10, "A", None))
+    _svg_root(plots.figure_bytes(fig, "svg"))

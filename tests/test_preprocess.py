@@ -134,3 +134,94 @@ def test_select_by_latent_limits_and_collapsed_latent():
     assert flat.n_significant == 0 and flat.threshold == float("inf")
     with pytest.raises(ValueError, match="rows"):
         pp.latent_r2(X, Z[:10])
+
+
+# ------------------------------------------------------------------ the Preprocessor
+def test_preprocessor_fit_transform_matches_the_pure_steps(blobs_counts):
+    X, _ = blobs_counts
+    S = sp.csr_matrix(X)
+    pre = pp.Preprocessor(n_genes=40)
+    out = pre.fit_transform(S)
+    assert sp.issparse(out) and out.shape == (X.shape[0], 40)
+    assert pre.kind_.kind == "counts" and pre.normalize_ and pre.log_
+    P = pp.log2p(pp.normalize_total(S)[0])
+    idx = pp.select_genes(P, n_genes=40)
+    np.testing.assert_array_equal(pre.gene_indices_, idx)
+    np.testing.assert_allclose(out.toarray(), P[:, idx].toarray(), rtol=1e-6)
+    mean, var = pp.column_moments(P[:, idx])
+    np.testing.assert_allclose(pre.center_, mean, rtol=1e-5)
+    np.testing.assert_allclose(pre.scale_, np.sqrt(var.mean()), rtol=1e-5)  # "global"
+    # transform applies the fitted constants (training target sum), not new ones
+    half = S[:40]
+    np.testing.assert_allclose(pre.transform(half).toarray(), out[:40].toarray(), rtol=1e-6)
+    with pytest.raises(ValueError, match="features"):
+        pre.transform(S[:, :10])
+
+
+def test_preprocessor_from_moments_equals_the_in_memory_fit(blobs_counts):
+    """The out-of-core fit (value sample + library sizes + streamed moments) decides like fit(X)."""
+    X, _ = blobs_counts
+    for kw in (dict(n_genes=30), dict(n_genes=25, gene_selection="dispersion", scale="gene"),
+               dict(n_genes=20, scale="minmax", relative=False)):
+        mem = pp.Preprocessor(**kw).fit(X)
+        streamed = pp.Preprocessor(**kw).fit_steps(X[:60], vmin=float(X.min()), library_sizes=pp.library_size(X))
+        P = streamed.apply_steps(X)
+        mean, var = pp.column_moments(P)
+        lo, hi = np.minimum(P.min(0), 0.0), np.maximum(P.max(0), 0.0)
+        streamed.fit_moments(pp.ColumnMoments(X.shape[0], mean, var, pp.detected_cells(P), lo, hi))
+        assert streamed.target_sum_ == mem.target_sum_
+        np.testing.assert_array_equal(streamed.gene_indices_, mem.gene_indices_)
+        np.testing.assert_allclose(streamed.center_, mem.center_, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(streamed.scale_, mem.scale_, rtol=1e-5)
+    with pytest.raises(ValueError, match="entropy"):
+        pp.Preprocessor(gene_selection="entropy", n_genes=10).fit_steps(X).fit_moments(
+            pp.ColumnMoments(X.shape[0], mean, var, pp.detected_cells(P), lo, hi))
+
+
+def test_preprocessor_round_trips_through_json(blobs_counts):
+    import json
+
+    X, _ = blobs_counts
+    pre = pp.Preprocessor(n_genes=30, scale="gene").fit(X)
+    again = pp.Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert again.settings() == pre.settings() and again.kind_ == pre.kind_
+    np.testing.assert_array_equal(again.gene_indices_, pre.gene_indices_)
+    np.testing.assert_array_equal(again.center_, pre.center_)
+    np.testing.assert_array_equal(again.scale_, pre.scale_)
+    np.testing.assert_array_equal(again.transform(X), pre.transform(X))
+    with pytest.raises(ValueError, match="format"):
+        pp.Preprocessor.from_dict({"settings": {}})
+
+
+def test_preprocessor_refuses_bad_settings_and_negative_counts(blobs_counts):
+    X, _ = blobs_counts
+    with pytest.raises(ValueError, match="scale"):
+        pp.Preprocessor(scale="zscore")
+    with pytest.raises(ValueError, match="gene_selection"):
+        pp.Preprocessor(gene_selection="random")
+    with pytest.raises(ValueError, match="n_genes"):
+        pp.Preprocessor(n_genes=0)
+    with pytest.raises(ValueError, match="non-negative"):
+        pp.Preprocessor(normalize=True).fit(X - 1.0)
+    with pytest.raises(ValueError, match="negatives"):  # out of core: the whole matrix's minimum decides
+        pp.Preprocessor(normalize=True).fit_steps(X, vmin=-1.0)
+    assert pp.Preprocessor().fit_steps(X, vmin=-1.0).kind_.kind == "scaled"
+
+
+def test_gene_count_rule():
+    assert pp.n_selected("auto", 5000) == 2000 and pp.n_selected("auto", 300) == 300
+    assert pp.n_selected("auto", 5000, mode="cnv") is None and pp.n_selected(None, 10) is None
+    assert pp.n_selected(50, 10) == 10
+
+
+def test_log_threshold_is_the_one_kind_rule_everywhere():
+    """Non-integer values above LOG_MAX are 'normalized' for training and 'linear' for DE alike."""
+    from dhaka.analysis.differential import _guess_scale
+
+    rng = np.random.default_rng(0)
+    below = rng.uniform(0, pp.LOG_MAX - 1, (20, 5)) + 0.25
+    above = below + pp.LOG_MAX
+    assert pp.detect_kind(below).kind == "log" and _guess_scale(below) == "log"
+    assert pp.detect_kind(above).kind == "normalized" and _guess_scale(above) == "linear"
+    counts = rng.poisson(3, (20, 5)).astype(float)
+    assert pp.detect_kind(counts).kind == "counts" and _guess_scale(counts) == "linear"

@@ -128,3 +128,60 @@ def test_split_rows_and_device():
         resolve_device("tpu")
     with pytest.raises(ValueError, match="epochs"):
         fit_vae(np.zeros((4, 2), np.float32), model=_model(2), epochs=0)
+
+
+def test_seams_are_arguments_of_the_loop(logx):
+    """wrap_model, batch_norm_sync and noise change the loop from outside without replacing anything."""
+    import contextlib
+
+    from dhaka.train import TrainingSeams
+
+    X, _ = logx
+    events: list[str] = []
+    drawn: list[tuple] = []
+
+    class Step(torch.nn.Module):  # computes the training loss through the model, records the call
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+            self.calls = 0
+
+        def loss(self, x, **kw):
+            self.calls += 1
+            return self.vae.loss(x, **kw)
+
+    steps = []
+
+    @contextlib.contextmanager
+    def wrap(model):
+        events.append("wrap in")
+        steps.append(Step(model))
+        yield steps[-1]
+        events.append("wrap out")
+
+    @contextlib.contextmanager
+    def sync(model):
+        events.append("sync in")
+        yield
+        events.append("sync out")
+
+    def noise(n, d, device):
+        drawn.append((n, d))
+        return torch.zeros(n, d, device=device)  # z = mu: no sampling noise at all
+
+    seams = TrainingSeams(wrap_model=wrap, batch_norm_sync=sync, noise=noise)
+    model = _model(X.shape[1])
+    res = fit_vae(X, model=model, epochs=2, batch_size=64, patience=None, kl_warmup=1, val_fraction=0.0,
+                  device="cpu", **seams.as_kwargs())
+    assert events == ["wrap in", "sync in", "sync out", "wrap out"]
+    assert steps[0].calls == len(drawn) > 0 and all(d == 2 for _, d in drawn)
+    assert sum(n for n, _ in drawn) == 2 * X.shape[0]  # every training cell, every epoch
+    assert res.model is model and len(res.history) == 2
+    # zero noise is the posterior mean: a model's loss with eps = 0 equals its deterministic loss
+    model.train()
+    x = torch.as_tensor(X[:32], dtype=torch.float32)
+    torch.manual_seed(0)
+    a = model.loss(x, eps=torch.zeros(32, 2)).total
+    torch.manual_seed(1)
+    b = model.loss(x, eps=torch.zeros(32, 2)).total
+    assert torch.allclose(a, b)

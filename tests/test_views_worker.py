@@ -34,8 +34,8 @@ def test_worker_computes_the_same_embedding_as_the_library(worker):
 def test_worker_reports_errors_and_survives_a_crash(worker):
     with pytest.raises(RuntimeError, match="KeyError"):
         worker.run("nope", _blobs(), n_components=2)
-    worker._proc.kill()
-    worker._proc.wait()
+    worker._worker.proc.kill()
+    worker._worker.proc.wait()
     assert worker.run("pca", _blobs(), n_components=2).shape == (90, 2)  # started again
 
 

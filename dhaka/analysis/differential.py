@@ -84,17 +84,12 @@ def prepare_expression(X, *, mode: Literal["expression", "cnv"] = "expression") 
         The matrix to test and the ``scale`` to pass to :func:`differential_expression`
         (``"log"``, or ``"linear"`` for copy-number states).
     """
-    from dhaka.preprocess import detect_kind, log2p, normalize_total
+    from dhaka.preprocess import Preprocessor
 
-    kind = detect_kind(X, mode=mode)
     if mode == "cnv":
         return X, "linear"
-    M = X
-    if kind.normalize:
-        M, _ = normalize_total(M)
-    if kind.log:
-        M = log2p(M)
-    return M, "log"
+    pre = Preprocessor(mode=mode).fit_steps(X)
+    return pre.apply_steps(X), "log"
 
 
 def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
@@ -194,14 +189,13 @@ def _log2fc(ma, mb, *, scale: str, pseudocount: float) -> np.ndarray:
 
 
 def _guess_scale(X) -> Literal["linear", "log"]:
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    if data.size == 0:
+    """``"linear"`` for counts and normalised values, ``"log"`` for log or scaled values
+    (:func:`dhaka.preprocess.detect_kind`, the estimator's rule)."""
+    from dhaka.preprocess import detect_kind
+
+    if (X.nnz if sp.issparse(X) else np.size(X)) == 0:
         return "linear"
-    if np.nanmin(data) < 0:
-        return "log"
-    if np.nanmax(data) > 50 or np.all(np.mod(data.ravel()[:100_000], 1) == 0):
-        return "linear"
-    return "log"
+    return "linear" if detect_kind(X).kind in ("counts", "normalized") else "log"
 
 
 def differential_expression(

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
@@ -82,13 +81,16 @@ def baseline_input(
     X,
     *,
     mode: Literal["expression", "cnv"] = "expression",
-    n_genes: int | None = 2000,
+    n_genes: int | Literal["auto"] | None = 2000,
     gene_selection: str = "cv",
+    normalize: bool | Literal["auto"] = "auto",
+    log: bool | Literal["auto"] = "auto",
 ) -> np.ndarray:
     """The matrix the baselines (PCA, t-SNE, UMAP) see: Dhaka's preprocessing, dense, gene-centred.
 
-    Library-size normalisation and log2(x+1) as :func:`dhaka.preprocess.detect_kind`
-    suggests (copy-number input is used as given), then the top ``n_genes`` genes.
+    A :class:`dhaka.preprocess.Preprocessor` with these settings (library-size normalisation and
+    log2(x+1) as the detected kind asks, unless forced; copy-number input used as given), its top
+    ``n_genes`` genes, each centred over cells.
 
     Parameters
     ----------
@@ -97,29 +99,22 @@ def baseline_input(
     mode
         ``"expression"`` or ``"cnv"``.
     n_genes
-        Genes kept (``None``: all).
+        Genes kept (``None``: all; ``"auto"``: Dhaka's rule, :func:`dhaka.preprocess.n_selected`).
     gene_selection
         Score used to keep genes.
+    normalize, log
+        As in :class:`dhaka.Dhaka`.
 
     Returns
     -------
     numpy.ndarray
         ``(n_cells, n_selected)`` float32, each column centred.
     """
-    from dhaka.preprocess import detect_kind, log2p, normalize_total, select_genes
+    from dhaka.preprocess import Preprocessor
 
-    kind = detect_kind(X, mode=mode)
-    M = X
-    if kind.normalize:
-        M, _ = normalize_total(M)
-    if kind.log:
-        M = log2p(M)
-    n_sel = None if n_genes is None else min(int(n_genes), M.shape[1])
-    idx = select_genes(M, n_genes=n_sel, method=gene_selection)
-    S = M[:, idx]
-    S = S.toarray() if sp.issparse(S) else np.asarray(S)
-    S = S.astype(np.float32)
-    return S - S.mean(axis=0, keepdims=True)
+    pre = Preprocessor(mode=mode, n_genes=n_genes, gene_selection=gene_selection, normalize=normalize, log=log,
+                       relative=True, scale="none")
+    return pre.standardize(pre.fit_transform(X))
 
 
 def embed_baseline(S: np.ndarray, method: str, *, n_components: int = 3, seed: int = 0) -> np.ndarray:
@@ -287,9 +282,6 @@ def dropout_study(
     params = dict(estimator_params or {})
     params.setdefault("seed", seed)
     mode = params.get("mode", "expression")
-    n_genes = params.get("n_genes", "auto")
-    n_base = None if (n_genes is None or (n_genes == "auto" and mode == "cnv")) else (
-        2000 if n_genes == "auto" else int(n_genes))
     X, _ = _matrix(adata)
     y = resolve_labels(adata, labels)
 
@@ -313,7 +305,8 @@ def dropout_study(
             break
         Xd = inject_dropout(X, fraction=level, seed=seed + i) if level > 0 else X
         study.dropout_fractions[level] = np.asarray(dropout_fraction(Xd))
-        S = baseline_input(Xd, mode=mode, n_genes=n_base, gene_selection=params.get("gene_selection", "cv")) \
+        S = baseline_input(Xd, mode=mode, n_genes=params.get("n_genes", "auto"),
+                           gene_selection=params.get("gene_selection", "cv")) \
             if any(m != "dhaka" for m in methods) else None
         done += 1
         tick(f"dropout {level:.0%}: injected")

@@ -108,11 +108,8 @@ def compare_structures(
         else:
             name = kind
             if S is None:
-                mode = params.get("mode", "expression")
-                n_genes = params.get("n_genes", "auto")
-                n_base = None if (n_genes is None or (n_genes == "auto" and mode == "cnv")) else (
-                    2000 if n_genes == "auto" else int(n_genes))
-                S = baseline_input(X, mode=mode, n_genes=n_base, gene_selection=params.get("gene_selection", "cv"))
+                S = baseline_input(X, mode=params.get("mode", "expression"), n_genes=params.get("n_genes", "auto"),
+                                   gene_selection=params.get("gene_selection", "cv"))
             Z = embed_baseline(S, kind, n_components=2 if kind == "tsne" else params.get("latent_dim", 3),
                                seed=seed)
         sc = score_embedding(Z, labels=y, k_max=k_max, seed=seed, cluster_kwargs=cluster_kwargs)

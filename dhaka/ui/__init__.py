@@ -11,6 +11,12 @@ widgets
 demos
     The built-in demo datasets (no streamlit import).
 tasks
-    The training job function and download builders (no streamlit import; runs in worker threads).
+    The training and analysis job functions and download builders (no streamlit import; run in worker threads).
+analysis_job
+    One submit-and-poll widget for every page that runs an analysis as a background job.
+views
+    What the Explore page shows: clusters in use, the state of each comparison view, per-view scores.
+annotate
+    The person's labels of cells (rename / merge clusters, label a lasso selection), kept with the run.
 """
 from __future__ import annotations

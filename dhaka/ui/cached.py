@@ -16,8 +16,6 @@ User datasets, jobs and fitted models are never cached here; they live in
 """
 from __future__ import annotations
 
-import threading
-import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -30,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dhaka.ui.views_worker import ViewsWorker
 
 __all__ = ["job_manager", "views_worker", "load_demo", "embedding", "gmm_bic", "gmm_fixed_k",
-           "qc_stats"]
+           "qc_stats", "view_scores", "pseudotime_root", "pseudotime", "clone_calls"]
 
 
 @st.cache_resource(show_spinner=False)
@@ -151,3 +149,31 @@ def view_scores(_coords: np.ndarray, _labels: np.ndarray, _truth: Any, *, key: s
 
     with threadpool_limits(1, user_api="blas"):
         return cluster_metrics(_coords, _labels, _truth)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def pseudotime_root(_Z: np.ndarray, _clusters: np.ndarray, cluster: Any, *, digest: str, clusters_digest: str) -> int:
+    """The root cell of ``cluster`` (``dhaka.analysis.pseudotime.root_from_cluster``), cached by the digests
+    of the latent space and the cluster labels (a rerun of the Trajectory page costs nothing)."""
+    from dhaka.analysis.pseudotime import root_from_cluster
+
+    return int(root_from_cluster(_Z, _clusters, cluster))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def pseudotime(_Z: np.ndarray, *, digest: str, root: int, n_neighbors: int, method: str) -> np.ndarray:
+    """Diffusion (or shortest-path) pseudotime of every cell from ``root``, cached by latent digest and settings."""
+    from dhaka.analysis.pseudotime import diffusion_pseudotime
+
+    return np.asarray(diffusion_pseudotime(_Z, root=int(root), n_neighbors=int(n_neighbors), method=method))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def clone_calls(_Z: np.ndarray, *, digest: str, min_cluster_size: Any, seed: int) -> Any:
+    """Robust clone calls on ``_Z`` (``dhaka.analysis.copy_number.call_clones``), cached by latent digest."""
+    from threadpoolctl import threadpool_limits
+
+    from dhaka.analysis.copy_number import call_clones
+
+    with threadpool_limits(1, user_api="blas"):
+        return call_clones(_Z, min_cluster_size=min_cluster_size, seed=seed)

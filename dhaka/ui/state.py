@@ -43,12 +43,12 @@ __all__ = [
     # keys
     "SESSION_ID", "DATASET", "DATASET_INFO", "SECOND_DATASET", "PREPROCESS", "TRAIN_PARAMS", "JOB",
     "ESTIMATOR", "LATENT", "GMM", "CLUSTERS", "CLUSTER_K", "EMBEDDINGS", "MODEL_INPUT", "RESULT_INFO",
-    "TRUTH_COLUMN", "NOTICE", "COLLECTED_JOB", "VIEWS_JOB",
+    "TRUTH_COLUMN", "NOTICE", "COLLECTED_JOB", "VIEWS_JOB", "ANNOTATIONS",
     # functions
     "init_state", "get_session_id", "get_dataset", "get_dataset_info", "get_dataset_key", "get_second_dataset",
     "set_dataset", "get_preprocess", "set_preprocess", "get_train_params", "set_train_params",
     "get_estimator_params", "get_job", "set_job", "get_estimator", "get_latent", "get_gmm", "get_clusters",
-    "get_cluster_k", "set_clusters", "get_embeddings", "set_embedding", "get_views_job", "set_views_job", "get_model_input", "set_model_input",
+    "get_cluster_k", "set_clusters", "get_annotations", "set_annotations", "get_embeddings", "set_embedding", "get_views_job", "set_views_job", "get_model_input", "set_model_input",
     "get_result_info", "set_result", "clear_results", "results_match_dataset", "get_truth_column",
     "set_truth_column", "get_truth_labels", "push_notice", "pop_notices", "require_dataset",
     "require_latent",
@@ -99,7 +99,12 @@ NOTICE = _P + "notices"
 #: tuple[dhaka.jobs.Job, dhaka.ui.tasks.ViewsTask]: the background job computing the comparison views.
 VIEWS_JOB = _P + "views_job"
 
-_RESULT_KEYS = (ESTIMATOR, LATENT, GMM, CLUSTERS, CLUSTER_K, EMBEDDINGS, MODEL_INPUT, RESULT_INFO, VIEWS_JOB)
+#: dict[str, numpy.ndarray]: the person's labels of the result's cells, by annotation name (object arrays,
+#: ``None`` where a cell is unlabelled); kept with the run (:mod:`dhaka.ui.annotate`).
+ANNOTATIONS = _P + "annotations"
+
+_RESULT_KEYS = (ESTIMATOR, LATENT, GMM, CLUSTERS, CLUSTER_K, EMBEDDINGS, MODEL_INPUT, RESULT_INFO, VIEWS_JOB,
+                ANNOTATIONS)
 
 
 def init_state() -> None:
@@ -111,7 +116,7 @@ def init_state() -> None:
                        (TRAIN_PARAMS, {}), (JOB, None), (ESTIMATOR, None), (LATENT, None), (GMM, None),
                        (CLUSTERS, None), (CLUSTER_K, None), (EMBEDDINGS, {}), (MODEL_INPUT, None),
                        (RESULT_INFO, {}), (TRUTH_COLUMN, None), (NOTICE, []), (COLLECTED_JOB, None),
-                       (VIEWS_JOB, None)):
+                       (VIEWS_JOB, None), (ANNOTATIONS, {})):
         if key not in ss:
             ss[key] = empty
 
@@ -273,6 +278,16 @@ def set_clusters(labels: np.ndarray, *, k: int) -> None:
     st.session_state[CLUSTER_K] = int(k)
 
 
+def get_annotations() -> dict[str, np.ndarray]:
+    """The person's annotations of the result's cells: name -> one label (or ``None``) per cell (a copy)."""
+    return dict(_get(ANNOTATIONS) or {})
+
+
+def set_annotations(annotations: dict[str, np.ndarray]) -> None:
+    """Replace the annotations (checked and kept with the run by :mod:`dhaka.ui.annotate`)."""
+    st.session_state[ANNOTATIONS] = {str(k): np.asarray(v, dtype=object) for k, v in annotations.items()}
+
+
 def get_embeddings() -> dict[str, np.ndarray]:
     """Embeddings computed so far, by name (``"pca_2d"``, ``"tsne_3d"``, ``"umap_2d"``, ...)."""
     return dict(_get(EMBEDDINGS) or {})
@@ -363,7 +378,7 @@ def clear_results(*, keep_estimator: bool = False) -> None:
     for key in _RESULT_KEYS:
         if keep_estimator and key == ESTIMATOR:
             continue
-        ss[key] = {} if key in (EMBEDDINGS, RESULT_INFO) else None
+        ss[key] = {} if key in (EMBEDDINGS, RESULT_INFO, ANNOTATIONS) else None
 
 
 def results_match_dataset() -> bool:

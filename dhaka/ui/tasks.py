@@ -9,11 +9,13 @@ The training task:
 
 1. creates a run in the :class:`dhaka.runs.RunStore` (settings, data
    fingerprint, owner);
-2. fits :class:`dhaka.Dhaka` with a callback that reports every epoch to the
-   job (``ctx.report(..., history_row=...)``, which the Train page polls) and
-   writes a checkpoint every few epochs;
+2. fits :class:`dhaka.Dhaka` (:func:`fit_embed_cluster`) in a training process
+   of its own (:mod:`dhaka.ui.train_worker`; ``DHAKA_TRAIN_IN_THREAD=1`` keeps it
+   in the job's thread), relaying every epoch to the job
+   (``ctx.report(..., history_row=...)``, which the Train page polls) and
+   writing a checkpoint every few epochs;
 3. embeds the cells, calls GMM clusters (BIC), scores them against the true
-   labels when known;
+   labels when known (in the same process);
 4. finishes the run (model, latent + clusters CSV, history, metrics) and
    returns a :class:`TrainOutcome`.
 
@@ -23,7 +25,6 @@ checkpoint) and re-raised so the job reports its message.
 """
 from __future__ import annotations
 
-import hashlib
 import io as _io
 import tempfile
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ __all__ = [
     "data_fingerprint",
     "check_training_memory",
     "make_train_task",
+    "FitResult",
+    "fit_embed_cluster",
+    "train_in_thread",
     "cluster_metrics",
     "latent_frame",
     "latent_csv_bytes",
@@ -52,6 +56,10 @@ __all__ = [
     "model_zip_bytes",
     "VIEW_METHODS",
     "ViewsTask",
+    "progress_reporter",
+    "structures_task",
+    "dropout_task",
+    "de_task",
 ]
 
 #: The comparison views of the Explore page, in the order they are computed (cheapest first).
@@ -104,21 +112,12 @@ def digest(X: Any) -> str:
     """A content digest of an array or sparse matrix (shape, dtype and values).
 
     Used as the cache key of embeddings and cluster calls, so that cached
-    results are found by content, never by session.
+    results are found by content, never by session.  The ``sha256`` of
+    :func:`dhaka.io.fingerprint`.
     """
-    import scipy.sparse as sp
+    from dhaka.io import fingerprint
 
-    h = hashlib.blake2b(digest_size=16)
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        h.update(f"csr{X.shape}{X.dtype}".encode())
-        for part in (X.indptr, X.indices, X.data):
-            h.update(np.ascontiguousarray(part).data)
-    else:
-        A = np.ascontiguousarray(np.asarray(X))
-        h.update(f"nd{A.shape}{A.dtype}".encode())
-        h.update(A.data if A.dtype != object else repr(A.tolist()).encode())
-    return h.hexdigest()
+    return fingerprint(X)["sha256"]
 
 
 def data_fingerprint(adata: anndata.AnnData) -> dict[str, Any]:
@@ -161,8 +160,20 @@ def check_training_memory(adata: anndata.AnnData, params: dict[str, Any]) -> int
         latent_dim=int(p["latent_dim"]), batch_size=est.resolved_batch_size(int(adata.n_obs)), sparse=sparse,
         density=density,
         n_selected=int(preview["n_selected"]))
+    if not train_in_thread():
+        # the training process gets its own copy of the matrix, through a pickled message of the same size
+        estimate += 2 * _matrix_bytes(X)
     check_memory(estimate)
     return estimate
+
+
+def _matrix_bytes(X: Any) -> int:
+    import scipy.sparse as sp
+
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        return int(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)
+    return int(np.asarray(X).nbytes)
 
 
 def cluster_metrics(latent: np.ndarray, labels: np.ndarray | None, truth: Any = None) -> dict[str, float]:
@@ -192,6 +203,82 @@ def latent_frame(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray
     return df
 
 
+@dataclass
+class FitResult:
+    """What fitting, embedding and clustering return (from this thread or the training process)."""
+
+    estimator: Any
+    latent: np.ndarray
+    gmm: Any
+    labels: np.ndarray | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train_in_thread() -> bool:
+    """``True`` when ``DHAKA_TRAIN_IN_THREAD=1``: trainings run in the job's thread, not a process of their own.
+
+    The process is the default (see :mod:`dhaka.ui.train_worker` for why); the thread is for
+    debugging with a debugger or a profiler attached to the server.
+    """
+    import os
+
+    return os.environ.get("DHAKA_TRAIN_IN_THREAD", "0").strip() == "1"
+
+
+def fit_embed_cluster(
+    adata: anndata.AnnData,
+    params: dict[str, Any],
+    *,
+    truth: np.ndarray | None,
+    k_max: int,
+    on_epoch: Callable[[dict[str, Any]], None],
+    stop_event: Any,
+    checkpoint: Callable[[Callable[[Any], None], int], None] | None,
+    checkpoint_every: int,
+    on_phase: Callable[[str], None] = lambda phase: None,
+) -> FitResult:
+    """Fit :class:`dhaka.Dhaka`, embed the cells, call GMM clusters and score them (the training job's work).
+
+    ``on_epoch`` gets each epoch's report as a dict; ``on_phase("embedding")`` is called when the
+    fitting is over. Cluster metrics: ``k``, ``silhouette`` and, with ``truth``, ``ari`` / ``nmi``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from dhaka.cluster import gmm_bic
+    from dhaka.estimator import Dhaka
+
+    est = Dhaka(**params)
+
+    def callback(report: Any) -> None:
+        on_epoch(report.as_dict() if hasattr(report, "as_dict") else dict(vars(report)))
+
+    est.fit(adata, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every)
+    on_phase("embedding")
+    Z = np.asarray(est.transform(adata))
+    metrics: dict[str, Any] = {}
+    # GMM works on tiny (d x d) matrices: BLAS threads only contend (50x slower on a busy CPU)
+    with threadpool_limits(1, user_api="blas"):
+        try:
+            gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)), seed=int(est.get_params()["seed"]))
+            labels = np.asarray(gmm.labels)
+        except Exception:  # clusters are a bonus: a degenerate latent space still is a result
+            gmm, labels = None, None
+        if gmm is not None:
+            metrics["k"] = int(gmm.k)
+            metrics.update(cluster_metrics(Z, labels, truth))
+    return FitResult(estimator=est, latent=Z, gmm=gmm, labels=labels, metrics=metrics)
+
+
+def _lean(adata: anndata.AnnData) -> anndata.AnnData:
+    """The matrix and names only: what the training process needs of a dataset."""
+    import anndata as ad
+    import pandas as pd
+
+    return ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names.copy()),
+                      var=pd.DataFrame(index=adata.var_names.copy()))
+
+
 def make_train_task(
     adata: anndata.AnnData,
     params: dict[str, Any],
@@ -203,6 +290,7 @@ def make_train_task(
     k_max: int = 10,
     checkpoint_every: int = 5,
     store: Any = None,
+    in_thread: bool | None = None,
 ) -> Callable[[JobContext], TrainOutcome]:
     """The function a training job runs (see the module docstring).
 
@@ -226,6 +314,9 @@ def make_train_task(
         Epochs between checkpoints.
     store
         A :class:`dhaka.runs.RunStore` (default: the one under ``DHAKA_HOME``).
+    in_thread
+        Fit in the job's own thread instead of a training process (:mod:`dhaka.ui.train_worker`);
+        default :func:`train_in_thread`.
 
     Returns
     -------
@@ -233,11 +324,11 @@ def make_train_task(
         ``task(ctx) -> TrainOutcome``; never calls streamlit.
     """
     params = dict(params)
+    use_thread = train_in_thread() if in_thread is None else bool(in_thread)
     obs_names = [str(o) for o in adata.obs_names]
     truth_arr = None if truth is None else np.asarray(truth).astype(str)
 
     def task(ctx: JobContext) -> TrainOutcome:
-        from dhaka.cluster import gmm_bic
         from dhaka.estimator import Dhaka
         from dhaka.runs import RunStore
 
@@ -250,8 +341,7 @@ def make_train_task(
         ctx.report(run_id=run.id)
         history: list[dict[str, Any]] = []
 
-        def on_epoch(report: Any) -> None:
-            row = report.as_dict() if hasattr(report, "as_dict") else dict(vars(report))
+        def on_epoch(row: dict[str, Any]) -> None:
             history.append(row)
             ctx.report(phase="training", message="Training", epoch=row.get("epoch"),
                        n_epochs=row.get("n_epochs"), eta=row.get("eta"), elapsed=row.get("elapsed"),
@@ -266,29 +356,27 @@ def make_train_task(
         def on_checkpoint(save_fn: Callable[[Any], None], epoch: int) -> None:
             run.write_checkpoint(save_fn, epoch)
 
-        try:
-            est.fit(adata, callback=on_epoch, stop_event=ctx.stop_event, checkpoint=on_checkpoint,
-                    checkpoint_every=checkpoint_every)
+        def on_phase(phase: str) -> None:
             ctx.report(phase="embedding", message="Embedding cells and calling clusters",
                        n_fits=len({row.get("start", 0) for row in history}) or 1)
-            Z = np.asarray(est.transform(adata))
-            try:
-                from threadpoolctl import threadpool_limits
 
-                # GMM works on tiny (d x d) matrices: BLAS threads only contend (50x slower on a busy CPU)
-                with threadpool_limits(1, user_api="blas"):
-                    gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)),
-                                  seed=int(est.get_params()["seed"]))
-                labels = np.asarray(gmm.labels)
-            except Exception:  # clusters are a bonus: a degenerate latent space still is a result
-                gmm, labels = None, None
+        try:
+            kw = dict(truth=truth_arr, k_max=k_max, checkpoint_every=checkpoint_every)
+            if use_thread:
+                fit = fit_embed_cluster(adata, params, on_epoch=on_epoch, stop_event=ctx.stop_event,
+                                        checkpoint=on_checkpoint, on_phase=on_phase, **kw)
+            else:
+                from dhaka.ui.train_worker import run_in_worker
+
+                scratch = str(run.path) if getattr(run, "path", None) is not None else None
+                fit = run_in_worker({"adata": _lean(adata), "params": params, "scratch": scratch, **kw},
+                                    stop_event=ctx.stop_event,
+                                    on_epoch=on_epoch, on_checkpoint=on_checkpoint, on_phase=on_phase)
+            est, Z, gmm, labels = fit.estimator, fit.latent, fit.gmm, fit.labels
             metrics: dict[str, Any] = {"n_epochs_run": len(history)}
             if history:
                 metrics["final_loss"] = history[-1].get("loss")
-            if gmm is not None:
-                metrics["k"] = int(gmm.k)
-                with threadpool_limits(1, user_api="blas"):
-                    metrics.update(cluster_metrics(Z, labels, truth_arr))
+            metrics.update(fit.metrics)
             stopped = bool(getattr(est, "stopped_", False) or ctx.stop_event.is_set())
             status = "stopped" if stopped else "done"
             run.finish(status=status, save_fn=est.save, latent=latent_frame(Z, obs_names, labels=labels),
@@ -345,13 +433,109 @@ class ViewsTask:
         return dict(self.results)
 
 
+# ------------------------------------------------------------- analysis tasks
+def progress_reporter(ctx: JobContext) -> Callable[[dict[str, Any]], None]:
+    """The ``progress=`` callback of the analyses, reporting into a job.
+
+    ``compare_structures`` and ``dropout_study`` call ``progress({"row", "done", "total", "message"})``
+    after each finished unit; the row goes into the job's history (the page's rows-so-far table).
+    """
+    def progress(p: dict[str, Any]) -> None:
+        ctx.report(history_row=p.get("row"), done=p.get("done", 0), total=p.get("total"),
+                   message=p.get("message", ""))
+
+    return progress
+
+
+def structures_task(adata: anndata.AnnData, *, structures: tuple[Any, ...], include_tsne: bool, include_pca: bool,
+                    labels: Any, estimator_params: dict[str, Any]) -> Callable[[JobContext], pd.DataFrame]:
+    """The job of the Compare page: :func:`dhaka.analysis.structures.compare_structures`, row by row.
+
+    Every finished structure is reported as a history row (the page's rows-so-far table); a stop request
+    ends the comparison after the structure being trained, with the finished rows.
+    """
+    params = dict(estimator_params)
+
+    def task(ctx: JobContext) -> pd.DataFrame:
+        from dhaka.analysis import structures as _structures
+
+        return _structures.compare_structures(adata, structures=tuple(structures), include_tsne=include_tsne,
+                                              include_pca=include_pca, labels=labels, estimator_params=params,
+                                              seed=int(params.get("seed", 0)), progress=progress_reporter(ctx),
+                                              stop_event=ctx.stop_event)
+
+    return task
+
+
+def dropout_task(adata: anndata.AnnData, *, levels: tuple[float, ...], methods: tuple[str, ...], labels: Any,
+                 estimator_params: dict[str, Any], k_max: int, seed: int) -> Callable[[JobContext], Any]:
+    """The job of the Robustness page: :func:`dhaka.analysis.robustness.dropout_study`, row by row."""
+    params = dict(estimator_params)
+
+    def task(ctx: JobContext) -> Any:
+        from dhaka.analysis import robustness
+
+        return robustness.dropout_study(adata, levels=tuple(levels), methods=tuple(methods), labels=labels,
+                                        estimator_params=params, k_max=int(k_max), seed=int(seed),
+                                        progress=progress_reporter(ctx), stop_event=ctx.stop_event)
+
+    return task
+
+
+def de_task(X: Any, a: np.ndarray, b: np.ndarray | None, *, genes: list[str], mode: str, method: str,
+            label_a: str, label_b: str) -> Callable[[JobContext], dict[str, Any]]:
+    """The job of the Differential expression page: every gene tested between two groups of cells.
+
+    Parameters
+    ----------
+    X
+        Cells x genes as loaded (normalised and logged here by
+        :func:`dhaka.analysis.differential.prepare_expression`).
+    a, b
+        Boolean masks of groups A and B; ``b=None`` is every cell not in A.
+    genes
+        Gene names.
+    mode
+        ``"expression"`` or ``"cnv"`` (copy-number states are tested as given).
+    method
+        ``"welch"`` or ``"wilcoxon"``.
+    label_a, label_b
+        What the groups are, for the result's title and the cell-id download.
+
+    Returns
+    -------
+    callable
+        ``task(ctx) -> dict(df, a, b, label_a, label_b, method)`` with ``a`` / ``b`` as cell positions.
+    """
+    a = np.asarray(a, dtype=bool).copy()
+    b = None if b is None else np.asarray(b, dtype=bool).copy()
+
+    def task(ctx: JobContext) -> dict[str, Any]:
+        from dhaka.analysis import differential
+
+        ctx.report(done=0, total=1, message=f"Testing {len(genes):,} genes")
+        M, scale = differential.prepare_expression(X, mode="cnv" if mode == "cnv" else "expression")
+        df = differential.differential_expression(M, a, b, genes=list(genes), method=method, scale=scale)
+        ctx.report(done=1, total=1, message="done")
+        return {"df": df, "a": np.flatnonzero(a), "b": np.flatnonzero(~a if b is None else b),
+                "label_a": label_a, "label_b": label_b, "method": method}
+
+    return task
+
+
 # ------------------------------------------------------------------ downloads
-def latent_csv_bytes(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray | None = None) -> bytes:
-    """CSV of latent coordinates and cluster labels (``cell, dhaka_1..dhaka_d, cluster``)."""
+def latent_csv_bytes(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray | None = None,
+                     annotations: dict[str, np.ndarray] | None = None) -> bytes:
+    """CSV of latent coordinates, cluster labels and annotations (``cell, dhaka_1..dhaka_d, cluster, <name>...``).
+
+    Annotations are people's text: written through the formula-neutralising writer, unlabelled
+    cells left empty.
+    """
     from dhaka.io import write_latent_csv
 
     buf = _io.StringIO()
-    write_latent_csv(buf, np.asarray(latent), obs_names=list(obs_names), labels=labels)
+    extra = {str(k): np.asarray(v, dtype=object) for k, v in (annotations or {}).items()}
+    write_latent_csv(buf, np.asarray(latent), obs_names=list(obs_names), labels=labels, extra=extra or None)
     return buf.getvalue().encode("utf-8")
 
 
@@ -362,25 +546,21 @@ def h5ad_bytes(
     labels: np.ndarray | None = None,
     embeddings: dict[str, np.ndarray] | None = None,
     run_id: str | None = None,
+    params: dict[str, Any] | None = None,
+    gmm: Any = None,
+    annotations: Any = None,
 ) -> bytes:
-    """An .h5ad of the dataset with ``obsm["X_dhaka"]``, computed embeddings and ``obs["dhaka_cluster"]``.
+    """An .h5ad of the dataset with the run's results (built by :func:`dhaka.tl.to_anndata`).
 
-    Embeddings named ``"pca_2d"``, ``"tsne_3d"`` and so on are stored as
-    ``obsm["X_pca"]``, ``obsm["X_tsne"]`` (the last one computed of each method
-    wins), which scanpy and cellxgene understand.
+    ``obsm["X_dhaka"]`` and every computed embedding (``X_pca``, ``X_tsne``, ``X_umap``;
+    ``X_umap_3d`` when both 2-D and 3-D exist), ``obs["dhaka_cluster"]`` and the hand-made
+    ``annotations`` as categorical columns, ``uns["dhaka"]`` with settings, versions and seed.
     """
-    import pandas as pd
-
-    out = adata.copy()
-    out.obsm["X_dhaka"] = np.asarray(latent, dtype=np.float32)
-    for name, coords in (embeddings or {}).items():
-        method = name.split("_")[0]
-        out.obsm[f"X_{method}"] = np.asarray(coords, dtype=np.float32)
-    if labels is not None:
-        out.obs["dhaka_cluster"] = pd.Categorical(np.asarray(labels).astype(int).astype(str))
-    out.uns["dhaka"] = {"run_id": run_id or ""}
     from dhaka.io import to_h5ad_bytes
+    from dhaka.tl import to_anndata
 
+    out = to_anndata(adata, latent=latent, clusters=labels, embeddings=embeddings, annotations=annotations,
+                     params=params, gmm=gmm, extra={"run_id": run_id or ""})
     return to_h5ad_bytes(out)
 
 

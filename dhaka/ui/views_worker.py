@@ -8,32 +8,27 @@ server stalled every training thread behind it (py-spy --gil: half of the GIL sa
 server, the compilation uses only CPU time that training and the pages leave idle, and the server's
 GIL stays free. The views are then computed in the same, already compiled, process.
 
-Why not ``multiprocessing``: its spawn and forkserver starts re-import the parent's ``__main__`` in the
-child, and while Streamlit runs a page that is ``app.py`` (the child would start a second app). The
-worker is therefore a plain ``python -m dhaka.ui.views_worker`` talking over an authenticated
-``multiprocessing.connection`` socket.
+The process is started and reached through :mod:`dhaka.ui.worker_process` (why not
+``multiprocessing`` is said there).
 
 Nothing here imports streamlit; :func:`dhaka.ui.cached.views_worker` keeps one per server.
 """
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Client, Listener
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dhaka.ui.worker_process import WorkerProcess, connect_to_parent
 
 __all__ = ["ViewsWorker", "NICE"]
 
 #: Niceness of the worker process (0 = as the server, 19 = only idle CPU).
 NICE = 10
-_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _warm() -> float:
@@ -73,22 +68,11 @@ class ViewsWorker:
         self._start()
 
     def _start(self) -> None:
-        key = secrets.token_bytes(32)
-        self._listener = Listener(family="AF_UNIX", authkey=key)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "dhaka.ui.views_worker", str(self._listener.address), str(self._nice),
-             "1" if self._warm_wanted and not self._warm_done else "0"],
-            stdin=subprocess.PIPE, cwd=str(_ROOT), env=env)
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(key.hex().encode() + b"\n")  # the key never appears in argv or the environment
-        self._proc.stdin.close()
-        self._conn = None
+        self._worker = WorkerProcess("dhaka.ui.views_worker", str(self._nice),
+                                     "1" if self._warm_wanted and not self._warm_done else "0")
 
     def _connection(self):
-        if self._conn is None:
-            self._conn = self._listener.accept()
-        return self._conn
+        return self._worker.conn
 
     @property
     def warm(self) -> bool:
@@ -134,21 +118,12 @@ class ViewsWorker:
 
     def shutdown(self) -> None:
         """Stop the worker process."""
-        try:
-            if self._conn is not None:
-                self._conn.close()
-            self._listener.close()
-        except OSError:
-            pass
-        if self._proc.poll() is None:
-            self._proc.terminate()
+        self._worker.close(timeout=0)
 
 
 def _serve(address: str, nice: int, warm: bool) -> None:
-    key = bytes.fromhex(sys.stdin.readline().strip())
-    try:
-        conn = Client(address, family="AF_UNIX", authkey=key)
-    except OSError:
+    conn = connect_to_parent(address)
+    if conn is None:
         return  # the server ended before it took the connection
     if nice:
         try:

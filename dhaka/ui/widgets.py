@@ -22,19 +22,15 @@ from dhaka.ui import state
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
-    import plotly.graph_objects as go
 
 __all__ = ["safe_call", "error_message", "preprocess_form", "train_form", "ColorChoice", "color_control",
-           "figure_downloads", "PNG_NOTE", "sidebar", "collect_finished_job", "show_notices", "job_is_active",
+           "sidebar", "collect_finished_job", "show_notices", "job_is_active",
            "STRUCTURE_PRESETS", "PLOTLY_CONFIG", "require_entrypoint", "entrypoint", "navigation",
-           "start_views", "views_progress"]
+           "start_views", "views_progress", "selected_points"]
 REFINE_CHOICES: list[Any] = ["auto", 0, 1, 2, 3]  # rounds of latent-guided gene refinement
 
 T = TypeVar("T")
 
-#: How to get a PNG of a figure: plotly's own modebar (client-side, works offline).
-PNG_NOTE = ("PNG: use the camera icon in the figure's toolbar (top right of each plot) — it saves exactly "
-            "what you see, at the current rotation.")
 #: Plotly config for every chart: PNG export at twice the screen resolution, no logo.
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
@@ -301,6 +297,8 @@ def color_control(adata: anndata.AnnData, *, clusters: np.ndarray | None, key: s
     options: list[str] = []
     if clusters is not None:
         options.append("GMM cluster")
+    annotations = state.get_annotations()
+    options += [f"annotation: {a}" for a in annotations]
     options += [f"obs: {c}" for c in adata.obs.columns]
     options += ["Gene expression", "None"]
     truth = state.get_truth_column()
@@ -314,6 +312,9 @@ def color_control(adata: anndata.AnnData, *, clusters: np.ndarray | None, key: s
         return ColorChoice(np.asarray(clusters).astype(int), "cluster", "categorical")
     if choice == "None":
         return ColorChoice(None, "", "auto")
+    if choice.startswith("annotation: "):
+        name = choice[len("annotation: "):]
+        return ColorChoice(annotations[name], name, "categorical")
     if choice.startswith("obs: "):
         col = choice[5:]
         return ColorChoice(adata.obs[col].to_numpy(), col, "auto")
@@ -328,14 +329,19 @@ def color_control(adata: anndata.AnnData, *, clusters: np.ndarray | None, key: s
     return ColorChoice(col_values.astype(np.float64), gene, "continuous")
 
 
-# ---------------------------------------------------------------- downloads
-def figure_downloads(fig: go.Figure, name: str, *, key: str) -> None:
-    """An "interactive HTML" download for ``fig`` (built only when clicked) and the PNG hint."""
-    from dhaka.plots import figure_html
+def selected_points(key: str) -> np.ndarray:
+    """Cell positions of the box / lasso selection of the chart drawn with ``key`` (``on_select="rerun"``).
 
-    st.download_button("Figure as HTML", data=lambda: figure_html(fig), file_name=f"{name}.html",
-                       mime="text/html", key=key, icon=":material/download:", on_click="ignore",
-                       help="A standalone interactive page (plotly.js embedded; opens offline). " + PNG_NOTE)
+    The points' ``customdata`` is read (:func:`dhaka.plots.selection_scatter` puts each cell's row
+    position there); the selection's ``point_indices`` are the fallback.
+    """
+    ev = st.session_state.get(key) or {}
+    sel = (ev.get("selection") if isinstance(ev, dict) else getattr(ev, "selection", None)) or {}
+    pts = sel.get("points") or []
+    idx = [p["customdata"] for p in pts if isinstance(p, dict) and "customdata" in p]
+    if not idx:
+        idx = sel.get("point_indices") or []
+    return np.unique(np.asarray(idx, dtype=int).ravel()) if len(idx) else np.array([], dtype=int)
 
 
 # ------------------------------------------------------------------ job glue
@@ -639,6 +645,10 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
         gmm = cached.gmm_bic(Z, digest=z_digest, k_max=10, seed=seed)
         state.set_result(est, Z, gmm=gmm, run_id=run_id, source="run", status=run.status,
                          latent_digest=z_digest, obs_names=cell_ids)
+        from dhaka.ui import annotate
+
+        for problem in annotate.load_from_run(run, cell_ids, taken=[str(c) for c in adata.obs.columns]):
+            state.push_notice("warning", plain(f"Run {run_id}: {problem}."))
         S, _ = est.align(adata)
         state.set_model_input(S, tasks.digest(S))
         start_views()

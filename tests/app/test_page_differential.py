@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis_helpers import small_paper  # noqa: E402,F401
@@ -16,6 +15,20 @@ from dhaka.ui import state  # noqa: E402
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "differential.py")
 RESULT = "dhaka.analysis.de.result"
+JOB = "dhaka.analysis.de.job"
+
+
+def run_test(at):
+    """Click "Run test", wait for the background job, rerun: the page then shows the result."""
+    at.button(key="w.de.run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    job = at.session_state[JOB]
+    assert job.wait(60) and job.error is None, job.error
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    key, res = at.session_state[RESULT]
+    assert key == "k1"
+    return res
 
 
 def _seed(at, adata):
@@ -45,9 +58,7 @@ def test_two_clusters_full_table_volcano_downloads(small_paper):
     at.run()
     assert not at.exception
     at.selectbox(key="w.de.cb").set_value(2)
-    at.button(key="w.de.run").click().run()
-    assert not at.exception
-    res = at.session_state[RESULT]
+    res = run_test(at)
     assert len(res["a"]) == 40 and len(res["b"]) == 40
     df = at.dataframe[0].value
     assert len(df) == small_paper.n_vars  # all genes, not a top list
@@ -63,9 +74,7 @@ def test_cluster_vs_rest_with_wilcoxon(small_paper):
     at.run()
     at.radio(key="w.de.mode").set_value("rest")
     at.radio(key="w.de.method").set_value("wilcoxon")
-    at.button(key="w.de.run").click().run()
-    assert not at.exception
-    res = at.session_state[RESULT]
+    res = run_test(at)
     assert len(res["b"]) == 80 and res["label_b"] == "rest" and res["method"] == "wilcoxon"
 
 
@@ -75,9 +84,7 @@ def test_annotation_groups(small_paper):
     at.run()
     at.radio(key="w.de.mode").set_value("obs").run()
     at.selectbox(key="w.de.obs").set_value("group").run()
-    at.button(key="w.de.run").click().run()
-    assert not at.exception
-    assert at.session_state[RESULT]["label_a"] == "group=group_1"
+    assert run_test(at)["label_a"] == "group=group_1"
 
 
 def test_hand_picked_selections(small_paper):
@@ -89,8 +96,7 @@ def test_hand_picked_selections(small_paper):
     at.radio(key="w.de.mode").set_value("select").run()
     assert not at.exception
     assert any("Group A: 10 cells · group B: 20 cells" in c.value for c in at.caption)
-    at.button(key="w.de.run").click().run()
-    res = at.session_state[RESULT]
+    res = run_test(at)
     assert res["a"].tolist() == list(range(10)) and res["b"].tolist() == list(range(50, 70))
     at.button(key="w.de.clear").click().run()
     assert any("Group A: 0 cells" in c.value for c in at.caption)
@@ -108,3 +114,24 @@ def test_box_selection_goes_to_group_a(small_paper):
     at.button(key="w.de.to_a").click().run()
     assert not at.exception
     assert at.session_state["dhaka.analysis.de.selection_a"].tolist() == [3, 4, 5]
+
+
+def test_de_task_is_a_plain_job_function(small_paper):
+    """The page's test runs as a background job: the task needs no Streamlit and reports its progress."""
+    from dhaka.jobs import JobManager
+    from dhaka.ui import tasks
+
+    groups = small_paper.obs["group"].astype(str).to_numpy()
+    a = groups == groups[0]
+    manager = JobManager(1, sweep_interval_s=None)
+    try:
+        job = manager.submit(tasks.de_task(small_paper.X, a, None, genes=list(map(str, small_paper.var_names)),
+                                           mode="expression", method="welch", label_a="first", label_b="rest"),
+                             owner="someone", name="de", kind="analysis")
+        assert job.wait(60) and job.error is None, job.error
+    finally:
+        manager.shutdown()
+    res = job.result
+    assert len(res["df"]) == small_paper.n_vars and (res["df"]["padj"] < 0.05).any()
+    assert res["a"].tolist() == np.flatnonzero(a).tolist() and res["b"].tolist() == np.flatnonzero(~a).tolist()
+    assert job.snapshot()["progress"]["done"] == 1

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis_helpers import reduce_module, small_paper  # noqa: E402,F401

@@ -61,3 +61,19 @@ def test_cluster_root_recovers_time_and_cell_root_works(traj):
     assert float(at.metric[0].value) > 0.8
     at.radio(key="w.traj.method").set_value("geodesic").run()
     assert not at.exception and float(at.metric[0].value) > 0.8
+
+
+def test_root_follows_the_chosen_cluster(traj):
+    ad, Z, clusters = traj
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    _seed(at, *traj)
+    at.run()
+    names = [str(o) for o in ad.obs_names]
+    for cl in sorted(np.unique(clusters).tolist()):
+        at.selectbox(key="w.traj.cluster").set_value(cl).run()
+        assert not at.exception
+        cap = next(c.value for c in at.caption if c.value.startswith("Root: cell"))
+        root = next(i for i, n in enumerate(names) if f"**{n.replace('_', chr(92) + '_')}**" in cap)
+        assert clusters[root] == cl
+        at.run()  # a rerun with the same settings keeps the same root (cached by latent digest and clusters)
+        assert next(c.value for c in at.caption if c.value.startswith("Root: cell")) == cap

@@ -77,7 +77,8 @@ def test_default_demo_trains_from_the_form_as_it_comes_and_explore_shows_every_v
     at.run()
     no_errors(at)
     assert set(at.session_state["dhaka.embeddings"]) == {"pca_2d", "tsne_2d", "umap_2d"}
-    assert len(at.get("plotly_chart")) == 5  # Dhaka 3-D, PCA, t-SNE, UMAP and the BIC curve
+    assert {c.key for c in at.get("plotly_chart")} == {"fig_dhaka", "fig_pca_2d", "fig_tsne_2d", "fig_umap_2d",
+                                                       "fig_bic", "w.ann.sel.chart"}  # + the annotation lasso view
     scores = at.dataframe[0].value
     assert {"Dhaka", "PCA 2D", "t-SNE 2D", "UMAP 2D"} <= set(scores.index)
     assert scores.loc["Dhaka", "ari"] >= 0.8  # the paper's five groups are found

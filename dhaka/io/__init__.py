@@ -1,0 +1,132 @@
+"""Reading, validating and writing Dhaka Explorer data.
+
+Every problem with *input* data raises :class:`DataError` (a ``ValueError``)
+whose message names the file, the problem and, where known, the line and
+column.  Problems with the *arguments* (an unknown ``orientation``, say) raise a
+plain ``ValueError``.
+
+Readers return an :class:`anndata.AnnData` with cells as rows and genes (or
+CNV bins, or any other features) as columns.  Sparse input stays sparse
+(:class:`scipy.sparse.csr_matrix`, float32) and is never densified; dense input
+becomes a float32 :class:`numpy.ndarray`.
+
+Supported formats
+-----------------
+* delimited text: ``.csv``, ``.tsv``, ``.txt``, ``.tab`` (optionally ``.gz``),
+  delimiter sniffed (comma, tab, semicolon, pipe or runs of spaces), either
+  orientation (auto-detected, or forced with ``orientation=``);
+* ``.h5ad`` (the HDF5 signature is checked first; nothing is ever unpickled;
+  external storage, external links, soft links that dangle and virtual datasets
+  are refused anywhere in the file before anything is read; only ``X`` (or the
+  chosen ``layer``) and the ``obs`` / ``var`` tables are loaded, never ``uns``,
+  ``obsm``, ``varm``, ``obsp``, ``raw`` ...);
+* a 10x Genomics folder or ``.zip`` (``matrix.mtx[.gz]`` + ``barcodes.tsv[.gz]``
+  + ``features.tsv[.gz]`` or ``genes.tsv[.gz]``, optionally with a common
+  prefix such as ``GSM123_``; in a Cell Ranger ``outs/`` folder the filtered
+  matrix wins); a ``.zip`` holding a single matrix file is read as that file;
+* a bare MatrixMarket ``.mtx[.gz]`` (10x convention: features x cells);
+* ``.npz`` written by :func:`scipy.sparse.save_npz` (or :func:`numpy.savez` of
+  one 2-D array, optionally with ``obs_names`` / ``var_names`` arrays) and
+  ``.npy`` (one 2-D array); both loaded with ``allow_pickle=False``;
+* copy number (:mod:`dhaka.io.copy_number`): long tables of one row per cell
+  and bin (HMMcopy, signals), Ginkgo segment matrices (bins x cells after
+  CHR / START / END), and any matrix whose features are named
+  ``chr1:1-500000``; bins come in genome order with ``var`` coordinates.
+
+Without a usable extension the format is sniffed from the first bytes (gzip,
+zip, HDF5, ``.npy``, MatrixMarket, else text).  Python pickles are recognised
+and refused everywhere, never unpickled.
+
+The limits (``dhaka.io.safety``) guard against hostile or broken files; change
+them on the package (``dhaka.io.MAX_UNCOMPRESSED_BYTES = ...``) if you need to.
+
+Memory: text tables, MatrixMarket and 10x input are parsed as streams (straight
+from the file, the upload's bytes or the gzip/zip stream, in blocks), never as
+a whole decoded text; only X (or a layer), obs and var of an .h5ad are read.
+Reading stays within 3x the resulting float32 matrix + 200 MB
+(``bench/io_memory.py`` measures it per format).
+
+Writing: every text table the library writes goes through
+:func:`safe_text_frame`, which neutralises spreadsheet formulas (text cells
+beginning with ``=``, ``+``, ``-``, ``@``, tab or carriage return get a leading
+single quote, the OWASP rule); use it (or :func:`to_csv_safe`) for any CSV
+offered for download.
+
+Modules, one concern each: ``safety`` (limits, refusals, HDF5 checks, formula
+guard), ``source`` (inputs and streams), ``reading`` (:func:`read` and format
+dispatch), ``matrix`` (validation, orientation, AnnData assembly), ``text``,
+``mtx`` (MatrixMarket and 10x), ``npz``, ``h5ad``, ``copy_number``, ``meta`` (metadata join),
+``estimate`` (memory estimates), ``writers`` and ``fingerprint``.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+from . import safety
+from .estimate import estimate_read_memory
+from .fingerprint import fingerprint
+from .h5ad import h5ad_layers
+from .meta import read_metadata
+from .reading import read
+from .safety import (
+    DataError,
+    check_hdf5_safety,
+    neutralize_formula,
+    safe_text_frame,
+    to_csv_safe,
+)
+from .text import _line_blocks, _looks_numeric  # noqa: F401 - tests reach them as dhaka.io._name
+from .writers import to_h5ad_bytes, unzip_safe, write_latent_csv, zip_dir
+
+__all__ = [
+    "DataError",
+    "read",
+    "h5ad_layers",
+    "read_metadata",
+    "write_latent_csv",
+    "safe_text_frame",
+    "neutralize_formula",
+    "to_csv_safe",
+    "to_h5ad_bytes",
+    "zip_dir",
+    "unzip_safe",
+    "fingerprint",
+    "check_hdf5_safety",
+    "estimate_read_memory",
+    "MIN_CELLS",  # noqa: F822 - served by __getattr__ from safety
+    "MIN_FEATURES",  # noqa: F822
+]
+
+
+def __getattr__(name: str):
+    """The limits (``dhaka.io.MAX_DIM``, ...) are read from :mod:`dhaka.io.safety`, where the readers look."""
+    if name in safety.LIMITS:
+        return getattr(safety, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(safety.LIMITS))
+
+
+class _Package(types.ModuleType):
+    """The package module: setting a limit on it (``dhaka.io.MAX_DIM = 10``) sets it in ``safety``.
+
+    Without this, the assignment would only bind a name on the package that no
+    reader looks at (they read ``safety.MAX_DIM`` at call time).
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in safety.LIMITS:
+            setattr(safety, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in safety.LIMITS:
+            raise AttributeError(f"{name} is a limit of dhaka.io and cannot be deleted; set it instead")
+        super().__delattr__(name)
+
+
+sys.modules[__name__].__class__ = _Package

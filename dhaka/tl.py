@@ -1,0 +1,414 @@
+"""Scanpy-style tools: results written into an :class:`~anndata.AnnData` in place.
+
+::
+
+    import dhaka, scanpy as sc
+    dhaka.tl.dhaka(adata, latent_dim=3, epochs=100)         # obsm["X_dhaka"], obs["dhaka_cluster"], uns["dhaka"]
+    sc.pl.embedding(adata, basis="dhaka", projection="3d", color="dhaka_cluster")
+    sc.pp.neighbors(adata, use_rep="X_dhaka")
+
+Conventions follow scanpy's ``tl`` functions: the data first, options keyword-only,
+string options as ``Literal``, every result stored with the settings that made it
+(``uns[key_added]``), ``copy=True`` returns a modified copy and leaves the input
+untouched. :func:`to_anndata` builds the ``.h5ad`` the app and the CLI export, with
+every embedding under ``obsm["X_*"]`` (the names scanpy and cellxgene look for).
+
+anndata, pandas and torch are imported inside the functions, so ``import dhaka.tl``
+stays light.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import anndata
+
+    from dhaka.cluster import GMMResult
+    from dhaka.estimator import Dhaka
+
+__all__ = ["dhaka", "project", "to_anndata", "versions", "uns_record", "params_from_uns"]
+
+#: Embedding methods of the app whose coordinates are exported as ``obsm["X_<method>"]``.
+EMBEDDING_METHODS = ("pca", "tsne", "umap")
+
+
+# ------------------------------------------------------------------ records
+def versions() -> dict[str, str]:
+    """Versions of the software that made a result (dhaka, torch, numpy, anndata, python)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from dhaka import __version__
+
+    out = {"dhaka": __version__, "numpy": np.__version__, "python": platform.python_version()}
+    for pkg in ("torch", "anndata", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:  # pragma: no cover - optional at run time
+            out[pkg] = "not installed"
+    return out
+
+
+def _h5_value(v: Any) -> Any:
+    """``v`` in a form ``write_h5ad`` stores (it refuses ``None``; tuples become lists)."""
+    if v is None:
+        return "None"
+    if isinstance(v, Mapping):
+        return {str(k): _h5_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        if all(isinstance(x, (bool, int, float, np.integer, np.floating)) for x in v):
+            return np.asarray(v)
+        return [str(x) for x in v]
+    if isinstance(v, (bool, int, float, str, np.integer, np.floating, np.bool_, np.ndarray)):
+        return v
+    return str(v)
+
+
+def uns_record(
+    *,
+    params: Mapping[str, Any] | None = None,
+    gmm: GMMResult | None = None,
+    seed: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``uns["dhaka"]`` record: settings, software versions, BIC curve, k and seed.
+
+    ``params`` is kept twice: ``params`` (values as ``write_h5ad`` can store them;
+    ``None`` becomes the string ``"None"``) and ``params_json`` (exact, for
+    ``Dhaka(**json.loads(...))``; see :func:`params_from_uns`).
+
+    Parameters
+    ----------
+    params
+        The estimator's settings (``Dhaka.get_params()``).
+    gmm
+        The clustering whose BIC curve and ``k`` are recorded.
+    seed
+        Seed of the run (defaults to ``params["seed"]``).
+    extra
+        Further entries (e.g. ``run_id``), stored as given (``None`` as ``"None"``).
+    """
+    params = dict(params or {})
+    rec: dict[str, Any] = {"versions": versions()}
+    if params:
+        rec["params"] = _h5_value(params)
+        rec["params_json"] = json.dumps(params, default=str)
+    seed = params.get("seed") if seed is None else seed
+    if seed is not None:
+        rec["seed"] = int(seed)
+    if gmm is not None:
+        rec["bic"] = np.asarray(gmm.bic, dtype=np.float64)
+        rec["k"] = int(gmm.k)
+        rec["n_components"] = int(getattr(gmm, "n_components", gmm.k))
+        rec["cluster_params"] = _h5_value(getattr(gmm, "params", {}) or {})
+    for key, value in (extra or {}).items():
+        rec[str(key)] = _h5_value(value)
+    return rec
+
+
+def params_from_uns(adata: anndata.AnnData, *, key: str = "dhaka") -> dict[str, Any]:
+    """The exact ``Dhaka`` settings recorded in ``adata.uns[key]`` (``Dhaka(**params)`` rebuilds it)."""
+    try:
+        return json.loads(str(adata.uns[key]["params_json"]))
+    except KeyError:
+        raise KeyError(f"adata.uns[{key!r}] has no recorded settings (params_json); was it written by "
+                       "dhaka.tl.dhaka or the Dhaka Explorer app?") from None
+
+
+# ------------------------------------------------------------------ helpers
+def _check_key(key_added: str) -> str:
+    if not isinstance(key_added, str) or not key_added or key_added.startswith("X_"):
+        raise ValueError(f"key_added must be a non-empty name without the X_ prefix (got {key_added!r}); "
+                         "the embedding is stored as obsm['X_' + key_added]")
+    return key_added
+
+
+def _input(adata: anndata.AnnData, layer: str | None) -> anndata.AnnData:
+    """``adata`` itself, or a light AnnData of one of its layers (same cell and gene names)."""
+    if not (hasattr(adata, "obs_names") and hasattr(adata, "var_names") and hasattr(adata, "layers")):
+        raise TypeError(f"expected an AnnData, got {type(adata).__name__}; for a plain matrix use "
+                        "dhaka.Dhaka().fit_transform(X)")
+    if layer is None:
+        return adata
+    if layer not in adata.layers:
+        have = ", ".join(map(repr, adata.layers.keys())) or "none"
+        raise KeyError(f"layer {layer!r} is not in adata.layers (it has: {have})")
+    import anndata as ad
+    import pandas as pd
+
+    return ad.AnnData(X=adata.layers[layer], obs=pd.DataFrame(index=adata.obs_names),
+                      var=pd.DataFrame(index=adata.var_names))
+
+
+def _categorical(values: Any) -> Any:
+    """Cluster calls or labels as a pandas Categorical of strings in natural order (0, 1, 2, ..., 10)."""
+    import pandas as pd
+
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iu" or (arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr % 1 == 0)):
+        ints = arr.astype(np.int64)
+        cats = [str(v) for v in np.unique(ints)]
+        return pd.Categorical([str(v) for v in ints], categories=cats)
+    s = pd.Series(values, dtype="object")
+    strs = s.where(s.isna(), s.astype(str))
+    cats = sorted({v for v in strs if isinstance(v, str)}, key=_natural_key)
+    return pd.Categorical(strs, categories=cats)
+
+
+def _natural_key(s: str) -> tuple:
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s))
+
+
+def _write(adata: anndata.AnnData, *, key: str, Z: np.ndarray, clusters: Any, record: dict[str, Any]) -> None:
+    adata.obsm[f"X_{key}"] = np.asarray(Z, dtype=np.float32)
+    if clusters is not None:
+        adata.obs[f"{key}_cluster"] = _categorical(clusters)
+    adata.uns[key] = record
+
+
+# ------------------------------------------------------------------ tools
+def dhaka(
+    adata: anndata.AnnData,
+    *,
+    mode: Literal["expression", "cnv"] = "expression",
+    latent_dim: int = 3,
+    key_added: str = "dhaka",
+    layer: str | None = None,
+    copy: bool = False,
+    seed: int = 0,
+    k_max: int = 10,
+    **params: Any,
+) -> anndata.AnnData | None:
+    """Train Dhaka on ``adata`` and store its latent space and clusters, scanpy style.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes (or copy-number bins). Raw counts, normalised or log values are
+        recognised as :class:`dhaka.Dhaka` does.
+    mode
+        ``"expression"`` (scRNA-seq) or ``"cnv"`` (copy-number states per bin).
+    latent_dim
+        Dimension of the latent space (3 for ``projection="3d"`` plots).
+    key_added
+        Results go to ``obsm["X_" + key_added]``, ``obs[key_added + "_cluster"]`` and
+        ``uns[key_added]``.
+    layer
+        Train on ``adata.layers[layer]`` instead of ``adata.X``.
+    copy
+        Work on a copy and return it; ``adata`` is left untouched.
+    seed
+        Seed of training and clustering.
+    k_max
+        Largest number of Gaussian-mixture components tried by the clustering
+        (:func:`dhaka.cluster.gmm_bic` with its defaults otherwise).
+    **params
+        Further :class:`dhaka.Dhaka` settings (``epochs``, ``structure``, ``n_genes``, ...).
+
+    Returns
+    -------
+    ``None``, or the modified copy when ``copy=True``. Sets
+
+    ``adata.obsm["X_dhaka"]``
+        Latent coordinates (posterior means), float32, cells x ``latent_dim``.
+    ``adata.obs["dhaka_cluster"]``
+        Cluster of every cell: a categorical of strings ``"0"``, ``"1"``, ... (``"0"`` the largest).
+    ``adata.uns["dhaka"]``
+        ``params`` / ``params_json`` (``Dhaka.get_params()``), ``versions``, ``bic`` (BIC per
+        ``k = 1..k_max``), ``k``, ``seed``, ``n_genes_used``, ``train_seconds``.
+
+    Examples
+    --------
+    >>> dhaka.tl.dhaka(adata, epochs=50)                          # doctest: +SKIP
+    >>> sc.pl.embedding(adata, basis="dhaka", projection="3d", color="dhaka_cluster")  # doctest: +SKIP
+    """
+    from dhaka.estimator import Dhaka
+
+    key = _check_key(key_added)
+    data = _input(adata, layer)
+    model = Dhaka(mode=mode, latent_dim=latent_dim, seed=seed, **params)
+    Z = model.fit_transform(data)
+    gmm = _cluster(Z, seed=seed, k_max=k_max)
+    record = uns_record(params=model.get_params(), gmm=gmm, seed=seed, extra={
+        "layer": layer, "n_genes_used": len(model.genes_),
+        "train_seconds": float(getattr(model, "train_seconds_", 0.0) or 0.0)})
+    out = adata.copy() if copy else adata
+    _write(out, key=key, Z=Z, clusters=gmm.labels, record=record)
+    return out if copy else None
+
+
+def _cluster(Z: np.ndarray, *, seed: int, k_max: int) -> GMMResult:
+    from dhaka.cluster import gmm_bic
+
+    return gmm_bic(Z, k_max=k_max, seed=seed)
+
+
+def project(
+    adata: anndata.AnnData,
+    model: Dhaka,
+    *,
+    key_added: str = "dhaka",
+    layer: str | None = None,
+    cluster: bool = False,
+    k_max: int = 10,
+    copy: bool = False,
+) -> anndata.AnnData | None:
+    """Embed a second sample with a fitted model (no training), scanpy style.
+
+    Genes are matched by name as :meth:`dhaka.Dhaka.transform` does; genes of the model
+    missing here are filled with the training mean and counted in
+    ``uns[key_added]["n_genes_missing"]`` (a warning names them).
+
+    Parameters
+    ----------
+    adata
+        The new cells.
+    model
+        A fitted :class:`dhaka.Dhaka` (e.g. ``Dhaka.load(path)``).
+    key_added
+        Results go to ``obsm["X_" + key_added]`` and ``uns[key_added]``.
+    layer
+        Read ``adata.layers[layer]`` instead of ``adata.X``.
+    cluster
+        Also cluster the projected cells (GMM-BIC) into ``obs[key_added + "_cluster"]``.
+    k_max
+        Largest number of mixture components tried when ``cluster=True``.
+    copy
+        Work on a copy and return it.
+
+    Returns
+    -------
+    ``None``, or the modified copy when ``copy=True``.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    key = _check_key(key_added)
+    check_is_fitted(model, "model_")
+    data = _input(adata, layer)
+    _, missing = model.align(data)
+    Z = model.transform(data)
+    seed = int(model.get_params().get("seed", 0))
+    gmm = _cluster(Z, seed=seed, k_max=k_max) if cluster else None
+    record = uns_record(params=model.get_params(), gmm=gmm, seed=seed, extra={
+        "projected": True, "layer": layer, "n_genes_used": len(model.genes_), "n_genes_missing": len(missing)})
+    out = adata.copy() if copy else adata
+    _write(out, key=key, Z=Z, clusters=None if gmm is None else gmm.labels, record=record)
+    return out if copy else None
+
+
+# ------------------------------------------------------------------ export
+def _embedding_keys(embeddings: Mapping[str, Any]) -> dict[str, str]:
+    """obsm key of each app embedding name (``"umap_2d"`` -> ``"X_umap"``).
+
+    One per method gets the plain ``X_<method>`` (the 2-D one when both are there,
+    since cellxgene and ``sc.pl.umap`` read two columns); the other keeps its
+    dimension, ``X_<method>_3d``. Other names become ``X_<name>``.
+    """
+    by_method: dict[str, list[str]] = {}
+    keys: dict[str, str] = {}
+    for name in embeddings:
+        method, _, dims = str(name).partition("_")
+        if dims.endswith("d") and dims[:-1].isdigit():
+            by_method.setdefault(method, []).append(name)
+        else:
+            keys[name] = f"X_{name}"
+    for method, names in by_method.items():
+        names = sorted(names, key=lambda n: (n.partition("_")[2] != "2d", n))
+        keys[names[0]] = f"X_{method}"
+        for other in names[1:]:
+            keys[other] = f"X_{other}"
+    return keys
+
+
+def to_anndata(
+    adata: anndata.AnnData,
+    *,
+    latent: Any,
+    clusters: Any = None,
+    embeddings: Mapping[str, Any] | None = None,
+    annotations: Mapping[str, Any] | Any = None,
+    params: Mapping[str, Any] | None = None,
+    gmm: GMMResult | None = None,
+    seed: int | None = None,
+    key_added: str = "dhaka",
+    cellxgene_views: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> anndata.AnnData:
+    """A copy of ``adata`` carrying a run's results, for ``write_h5ad`` (the app's and CLI's export).
+
+    Parameters
+    ----------
+    adata
+        The dataset the run was trained on (not modified).
+    latent
+        Dhaka coordinates, cells x latent_dim -> ``obsm["X_dhaka"]``.
+    clusters
+        Cluster calls -> ``obs["dhaka_cluster"]`` (categorical strings).
+    embeddings
+        App embeddings by name (``"pca_2d"``, ``"umap_3d"``, ...) -> ``obsm["X_pca"]``,
+        ``obsm["X_umap"]`` (``X_umap_3d`` when the 2-D one is also there).
+    annotations
+        Labels made by hand: ``{column: values}`` or a DataFrame indexed like ``adata``
+        -> categorical ``obs`` columns (a name already in ``obs`` is replaced).
+    params
+        The estimator's settings (``Dhaka.get_params()``) for ``uns["dhaka"]``.
+    gmm
+        The clustering, for its BIC curve and ``k``.
+    seed
+        Seed of the run (defaults to ``params["seed"]``).
+    key_added
+        Name of the Dhaka results (``obsm["X_" + key_added]``, ``uns[key_added]``).
+    cellxgene_views
+        With a latent of 3 or more dimensions, also store the other pairs of its first
+        three axes as 2-D embeddings ``X_dhaka_dims13`` and ``X_dhaka_dims23``: cellxgene
+        draws the first two columns of an embedding only.
+    extra
+        More ``uns[key_added]`` entries (e.g. ``run_id``).
+
+    Returns
+    -------
+    A new AnnData; all of ``adata``'s own obs, var, obsm, layers and uns are kept.
+    """
+    key = _check_key(key_added)
+    Z = np.asarray(latent, dtype=np.float32)
+    if Z.ndim != 2 or Z.shape[0] != adata.n_obs:
+        raise ValueError(f"latent has shape {Z.shape}, but the dataset has {adata.n_obs} cells; "
+                         "was the run trained on this dataset?")
+    out = adata.copy()
+    extra = dict(extra or {})
+    if clusters is not None:  # the clusters in use may be a k the user chose, not the BIC's
+        extra.setdefault("n_clusters", int(len(np.unique(np.asarray(clusters).astype(str)))))
+    record = uns_record(params=params, gmm=gmm, seed=seed, extra=extra)
+    _write(out, key=key, Z=Z, clusters=clusters, record=record)
+    if cellxgene_views and Z.shape[1] >= 3:
+        out.obsm[f"X_{key}_dims13"] = Z[:, [0, 2]].copy()
+        out.obsm[f"X_{key}_dims23"] = Z[:, [1, 2]].copy()
+    emb = dict(embeddings or {})
+    for name, obsm_key in _embedding_keys(emb).items():
+        coords = np.asarray(emb[name], dtype=np.float32)
+        if coords.ndim != 2 or coords.shape[0] != adata.n_obs:
+            raise ValueError(f"embedding {name!r} has shape {coords.shape}; expected {adata.n_obs} cells x dims")
+        out.obsm[obsm_key] = coords
+    for column, values in _annotation_items(annotations, adata):
+        out.obs[column] = _categorical(values)
+    return out
+
+
+def _annotation_items(annotations: Any, adata: anndata.AnnData) -> list[tuple[str, Any]]:
+    if annotations is None:
+        return []
+    if hasattr(annotations, "columns") and hasattr(annotations, "index"):
+        frame = annotations.reindex([str(o) for o in adata.obs_names]) if len(annotations) else annotations
+        items = [(str(c), frame[c].to_numpy(dtype=object)) for c in frame.columns]
+    else:
+        items = [(str(c), v) for c, v in dict(annotations).items()]
+    for column, values in items:
+        if len(values) != adata.n_obs:
+            raise ValueError(f"annotation {column!r} has {len(values)} values for {adata.n_obs} cells")
+    return items

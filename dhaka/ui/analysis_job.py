@@ -1,0 +1,143 @@
+"""One submit-and-poll widget for every analysis page that runs its work as a background job.
+
+A page names its job once (:class:`AnalysisJob`), hands :meth:`AnalysisJob.submit` a task from
+:mod:`dhaka.ui.tasks` (a plain ``task(ctx)`` function that never calls streamlit), and draws
+:meth:`AnalysisJob.progress`: queue position and Cancel, a progress bar and Stop, the rows finished
+so far, the failure message. The panel polls with ``@st.fragment(run_every=...)`` only while the job
+runs (``run_every=None`` otherwise) and reruns the whole page once when the job ends, so the page draws
+the result from :meth:`AnalysisJob.result`.
+
+Session keys: ``f"{key}.job"`` holds the :class:`dhaka.jobs.Job`, ``f"{key}.result"`` the pair
+``(dataset key, payload)`` of the last finished job (a stopped job's partial payload included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import streamlit as st
+
+from dhaka.ui import state
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dhaka.jobs import Job, JobContext
+
+__all__ = ["AnalysisJob", "POLL_SECONDS"]
+
+#: Seconds between two polls of a running analysis job.
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class AnalysisJob:
+    """Where one page's background analysis lives in the session, and how it is shown.
+
+    Parameters
+    ----------
+    key
+        Prefix of the session keys (``"dhaka.analysis.compare"``).
+    widget_key
+        Prefix of the panel's widget keys (``"w.cmp"``: ``w.cmp.cancel``, ``w.cmp.stop``).
+    what
+        The analysis in words, for messages ("comparison", "dropout study").
+    """
+
+    key: str
+    widget_key: str
+    what: str
+
+    @property
+    def job_key(self) -> str:
+        """Session key of the job."""
+        return f"{self.key}.job"
+
+    @property
+    def result_key(self) -> str:
+        """Session key of ``(dataset key, payload)``."""
+        return f"{self.key}.result"
+
+    def job(self) -> Job | None:
+        """This page's current or last job."""
+        return st.session_state.get(self.job_key)
+
+    def active(self) -> bool:
+        """``True`` while the job is queued or running."""
+        job = self.job()
+        return job is not None and not job.done
+
+    def result(self) -> tuple[str | None, Any]:
+        """``(dataset key, payload)`` of the last finished job, or ``(None, None)``."""
+        return st.session_state.get(self.result_key) or (None, None)
+
+    def result_for_dataset(self) -> Any:
+        """The last payload, with a caption when it was computed on a previously loaded dataset."""
+        key, payload = self.result()
+        if payload is not None and key != state.get_dataset_key():
+            st.caption("These results were computed on a previously loaded dataset.")
+        return payload
+
+    def submit(self, task: Callable[[JobContext], Any], *, name: str) -> bool:
+        """Start ``task`` as a background job of this session; rerun the page when it started.
+
+        The job returns ``(dataset key at submission, task's return value)``. A refusal (queue full,
+        too many jobs of this person) is shown with ``st.error``.
+
+        Returns
+        -------
+        bool
+            ``False`` when the job could not start (the rerun happens otherwise).
+        """
+        from dhaka.ui import cached, owner, widgets
+
+        dataset_key = state.get_dataset_key()
+
+        def run(ctx: JobContext) -> tuple[str | None, Any]:
+            return dataset_key, task(ctx)
+
+        job = widgets.safe_call(cached.job_manager().submit, run, owner=owner.owner_key(), name=name,
+                                kind="analysis", what=f"Could not start the {self.what}")
+        if job is None:
+            return False
+        st.session_state[self.job_key] = job
+        st.rerun()
+        return True  # pragma: no cover - st.rerun does not return
+
+    def progress(self, *, rows: bool = True, default_total: int = 1, start_message: str = "starting…",
+                 on_result: Callable[[str, Any], None] | None = None) -> None:
+        """The job's panel, polled once a second while it runs.
+
+        Parameters
+        ----------
+        rows
+            Show the history rows reported so far (a table) while the job runs.
+        default_total
+            Units of work when the job has not said yet (progress bar).
+        start_message
+            The bar's text before the first report.
+        on_result
+            Called once with ``(status, payload)`` when a finished job's result is taken into the session
+            (e.g. to queue a notice that a stopped study shows partial rows).
+        """
+        from dhaka.ui import widgets
+
+        was_active = self.active()
+
+        @st.fragment(run_every=POLL_SECONDS if was_active else None)
+        def _panel() -> None:
+            job = self.job()
+            if job is None:
+                return
+            snap = widgets.analysis_job_status(job, key=self.widget_key, what=self.what,
+                                               default_total=default_total, start_message=start_message)
+            if rows and snap["history"] and snap["status"] in ("queued", "running"):
+                import pandas as pd
+
+                st.dataframe(pd.DataFrame(snap["history"]), hide_index=True)
+            if job.done and job.result is not None and self.result()[1] is not job.result[1]:
+                st.session_state[self.result_key] = job.result
+                if on_result is not None:
+                    on_result(snap["status"], job.result[1])
+            if was_active and job.done:
+                st.rerun()  # the whole page: draw the result, stop polling
+
+        _panel()

@@ -1,0 +1,207 @@
+"""The app's trainings run in a process of their own, reporting every epoch over a socket.
+
+Why: a training in a thread of the server shares the server's GIL with every page's poll (each
+Streamlit fragment rerun is a few milliseconds of pure Python). On the 2-core machine of
+``bench/app_live.py`` that cost 22-41 % of a default training while the Train page was open, after
+the larger causes (Streamlit's post-script ``gc.collect``, UMAP's compiler) were gone. In its own
+process the training's Python loop never waits for the server, and the server's thread that relays
+its progress is asleep in ``recv`` between epochs.
+
+The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks.make_train_task`):
+
+- parent -> worker: one request dict (``adata``: the matrix and names only, ``params``, ``truth``,
+  ``k_max``, ``checkpoint_every``, optionally ``scratch``: a folder on the run's file system for
+  checkpoints), then possibly ``"stop"``;
+- worker -> parent: ``("epoch", row)`` per epoch, ``("checkpoint", epoch, folder)`` (a model folder
+  the parent moves into the run), ``("phase", "embedding")``, and at the end
+  ``("done", FitResult)`` or ``("error", exception, traceback_text)``.
+
+A worker whose parent disappears stops its training within one epoch and exits. One spare worker is
+kept started (:func:`prestart`), with torch and the estimator already imported, so a training starts
+at once. Both ends are this project's code on the same machine, connected over an authenticated
+socket, so pickled messages are safe here.
+
+Nothing here imports streamlit.
+"""
+from __future__ import annotations
+
+import atexit
+import pickle
+import shutil
+import sys
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from dhaka.ui.worker_process import WorkerProcess, connect_to_parent
+
+__all__ = ["run_in_worker", "prestart", "shutdown_spare"]
+
+MODULE = "dhaka.ui.train_worker"
+_spare_lock = threading.Lock()
+_spare: WorkerProcess | None = None
+_atexit_set = False
+
+
+def prestart() -> None:
+    """Start a spare worker (it imports torch and the estimator now) unless one is waiting."""
+    global _spare, _atexit_set
+    with _spare_lock:
+        if _spare is None or not _spare.alive():
+            _spare = WorkerProcess(MODULE)
+        if not _atexit_set:
+            atexit.register(shutdown_spare)
+            _atexit_set = True
+
+
+def shutdown_spare() -> None:
+    """End the spare worker, if any (tests, server shutdown)."""
+    global _spare
+    with _spare_lock:
+        spare, _spare = _spare, None
+    if spare is not None:
+        spare.close(timeout=0)
+
+
+def _take() -> WorkerProcess:
+    global _spare
+    with _spare_lock:
+        worker, _spare = _spare, None
+    if worker is None or not worker.alive():
+        worker = WorkerProcess(MODULE)
+    return worker
+
+
+def _send(conn: Connection, msg: Any) -> None:
+    # plain pickle, not the connection's: torch registers reducers with multiprocessing's pickler that
+    # share tensors through file descriptors and a resource-sharer socket this protocol does not run
+    conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
+def _move_folder(src: str) -> Callable[[Path], None]:
+    """A ``save_fn`` that moves the worker's model folder into ``dst`` (renames on one file system)."""
+    def save(dst: Path) -> None:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        for item in Path(src).iterdir():
+            shutil.move(str(item), str(Path(dst) / item.name))
+
+    return save
+
+
+def run_in_worker(
+    request: dict[str, Any],
+    *,
+    stop_event: threading.Event,
+    on_epoch: Callable[[dict[str, Any]], None],
+    on_checkpoint: Callable[[Callable[[Path], None], int], None],
+    on_phase: Callable[[str], None],
+    poll_s: float = 0.25,
+) -> Any:
+    """Run :func:`dhaka.ui.tasks.fit_embed_cluster` on ``request`` in a worker; returns its result.
+
+    The callbacks run in the calling thread. A set ``stop_event`` is passed on to the worker (the
+    training then ends within one epoch and its result comes back as usual). An exception in the
+    worker is raised here as itself; a worker that dies raises ``RuntimeError`` saying how it ended.
+    """
+    worker = _take()
+    threading.Thread(target=prestart, daemon=True, name="dhaka-train-prestart").start()
+    stop_sent = False
+    try:
+        conn = worker.conn
+        _send(conn, request)
+        while True:
+            if stop_event.is_set() and not stop_sent:
+                _send(conn, "stop")
+                stop_sent = True
+            if not conn.poll(poll_s):
+                if not worker.alive():
+                    raise EOFError
+                continue
+            msg = _recv(conn)
+            kind = msg[0]
+            if kind == "epoch":
+                on_epoch(msg[1])
+            elif kind == "checkpoint":
+                _, epoch, folder = msg
+                try:
+                    on_checkpoint(_move_folder(folder), int(epoch))
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+            elif kind == "phase":
+                on_phase(msg[1])
+            elif kind == "done":
+                return msg[1]
+            elif kind == "error":
+                raise msg[1]
+    except (EOFError, OSError, BrokenPipeError):
+        worker.proc.wait(timeout=10) if worker.alive() else None
+        raise RuntimeError(f"The training process stopped before the end: {worker.exit_message()}.") from None
+    finally:
+        worker.close()
+
+
+def _serve(address: str) -> None:
+    # the slow imports first: a spare worker is ready when it connects
+    import dhaka.cluster  # noqa: F401
+    import dhaka.estimator  # noqa: F401
+    from dhaka.ui.tasks import fit_embed_cluster
+
+    conn = connect_to_parent(address)
+    if conn is None:
+        return
+    try:
+        request = _recv(conn)
+    except (EOFError, OSError):
+        return  # the server ended (or never used this spare)
+    send_lock = threading.Lock()
+    stop = threading.Event()
+
+    def send(msg: Any) -> None:
+        with send_lock:
+            _send(conn, msg)
+
+    def listen() -> None:
+        while True:
+            try:
+                msg = _recv(conn)
+            except (EOFError, OSError):
+                stop.set()  # the server went away: end the training
+                return
+            if msg == "stop":
+                stop.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+
+    def checkpoint(save_fn: Callable[[Any], None], epoch: int) -> None:
+        # in the run's folder when the parent gives it, so the checkpoint is renamed into place, not copied
+        folder = tempfile.mkdtemp(prefix=".incoming-checkpoint-", dir=request.get("scratch"))
+        save_fn(folder)
+        send(("checkpoint", epoch, folder))
+
+    try:
+        result = fit_embed_cluster(
+            request["adata"], request["params"], truth=request.get("truth"), k_max=request["k_max"],
+            on_epoch=lambda row: send(("epoch", row)), stop_event=stop, checkpoint=checkpoint,
+            checkpoint_every=request["checkpoint_every"], on_phase=lambda phase: send(("phase", phase)))
+        send(("done", result))
+    except (BrokenPipeError, EOFError, OSError):
+        return
+    except BaseException as exc:  # noqa: BLE001 - reported to the job, which raises it
+        tb = traceback.format_exc()
+        try:
+            send(("error", exc, tb))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle
+            send(("error", RuntimeError(f"{type(exc).__name__}: {exc}"), tb))
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])

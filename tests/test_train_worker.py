@@ -1,0 +1,129 @@
+"""The training process of the app (dhaka.ui.train_worker): same result as in a thread, stop, errors, death."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from dhaka.ui import tasks, train_worker
+
+PARAMS = {"epochs": 4, "seed": 0, "n_starts": 1, "refine": 0, "batch_size": 32, "patience": None}
+
+
+@pytest.fixture(scope="module")
+def adata():
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, (120, 60)).astype(np.float32)
+    X[:60, :10] += 6  # two groups
+    return ad.AnnData(X)
+
+
+def _request(adata, **params):
+    return {"adata": tasks._lean(adata), "params": {**PARAMS, **params}, "truth": None, "k_max": 5,
+            "checkpoint_every": 2}
+
+
+def _run(request, stop_event=None, **callbacks):
+    rows, checkpoints, phases = [], [], []
+    kw = {"on_epoch": rows.append, "on_checkpoint": lambda save, epoch: checkpoints.append((save, epoch)),
+          "on_phase": phases.append, **callbacks}
+    result = train_worker.run_in_worker(request, stop_event=stop_event or threading.Event(), **kw)
+    return result, rows, checkpoints, phases
+
+
+def test_process_gives_what_the_thread_gives(adata, tmp_path):
+    result, rows, checkpoints, phases = _run(_request(adata))
+    same = tasks.fit_embed_cluster(adata, PARAMS, truth=None, k_max=5, on_epoch=lambda row: None,
+                                   stop_event=threading.Event(), checkpoint=None, checkpoint_every=2)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert phases == ["embedding"]
+    np.testing.assert_allclose(result.latent, same.latent, atol=2e-3)  # float reduction order may differ
+    np.testing.assert_allclose(result.estimator.transform(adata), result.latent, rtol=1e-4, atol=1e-5)
+    assert result.metrics["k"] == same.metrics["k"]
+    # checkpoints arrive as savers of a loadable model folder, which is deleted once saved
+    assert [e for _, e in checkpoints] == [2, 4]
+    save, _ = checkpoints[-1]
+    with pytest.raises(FileNotFoundError):
+        save(tmp_path / "late")  # the worker's folder is gone after the callback
+
+
+def test_checkpoint_folder_is_a_model(adata, tmp_path):
+    from dhaka import Dhaka
+
+    saved = []
+
+    def keep(save, epoch):
+        save(tmp_path / f"e{epoch}")
+        saved.append(epoch)
+
+    _run(_request(adata), on_checkpoint=keep)
+    assert Dhaka.load(tmp_path / "e4").transform(adata).shape == (adata.n_obs, 3)
+
+
+def test_stop_ends_the_training_and_keeps_the_model(adata):
+    stop = threading.Event()
+    result, rows, _, _ = _run(_request(adata, epochs=500), stop_event=stop,
+                              on_epoch=lambda row: stop.set() if row["epoch"] >= 2 else None)
+    assert result.estimator.stopped_
+    assert result.latent.shape == (adata.n_obs, 3)
+
+
+def test_an_error_in_the_worker_is_raised_as_itself(adata):
+    with pytest.raises(ValueError, match="latent_dim"):
+        _run(_request(adata, latent_dim=0))
+
+
+def test_a_killed_worker_is_reported(adata):
+    def kill_self(row):
+        # the worker is the child of this process that reports epochs: kill every such child
+        for pid in _children():
+            os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(RuntimeError, match="killed by SIGKILL"):
+        _run(_request(adata, epochs=500), on_epoch=kill_self)
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == me:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        if b"dhaka.ui.train_worker" in f.read():
+                            out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def teardown_module():
+    train_worker.shutdown_spare()
+
+
+def test_the_app_task_trains_in_a_process_and_stores_the_run(adata, tmp_path):
+    from dhaka.jobs import JobManager
+    from dhaka.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    task = tasks.make_train_task(adata, PARAMS, data_name="toy", store=store, checkpoint_every=2, in_thread=False)
+    manager = JobManager()
+    job = manager.submit(task, owner="me", name="train", kind="train")
+    assert job.wait(600)
+    snap = job.snapshot()
+    assert snap["status"] == "done", snap.get("error")
+    assert [row["epoch"] for row in snap["history"]] == [1, 2, 3, 4]
+    outcome = job.result
+    assert outcome.status == "done" and outcome.latent.shape == (adata.n_obs, 3)
+    (run_dir,) = [p.parent for p in (tmp_path / "runs").rglob("run.json") if p.parent.name == outcome.run_id]
+    assert (run_dir / "checkpoints").is_dir()
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".incoming")]  # checkpoints moved in
+    manager.shutdown()
