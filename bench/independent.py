@@ -224,7 +224,6 @@ def run_part(part: str, *, seeds=(0,), quick: bool = False, only=None, refit: bo
             view, rp = (_ploidy_view(adata) if mode == "cnv" else (None, None))
             extra: dict[str, Any] = {}
             if rp is not None and "wgd" in adata.obs:
-                from dhaka.cluster import ari
 
                 true_wgd = adata.obs["wgd"].to_numpy(bool)
                 extra["wgd_called"] = f"{int(rp.doubled.sum())}/{int(true_wgd.sum())}"
@@ -243,7 +242,7 @@ def run_part(part: str, *, seeds=(0,), quick: bool = False, only=None, refit: bo
                 rows.append(row)
                 log(f"{key} s{seed} {method:14s} " + "  ".join(f"{c} {a:.2f} (k={k})" for c, (a, k) in sc.items())
                     + f"  [{sec:.0f}s]")
-            with open(OUT / f"descriptions.json", "a") as f:
+            with open(OUT / "descriptions.json", "a") as f:
                 f.write(json.dumps({"data": key, "desc": desc}) + "\n")
     return rows
 

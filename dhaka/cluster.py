@@ -301,17 +301,17 @@ def merge_components(
             i = parent[i]
         return i
 
-    O = np.zeros((K, K))
+    offsets = np.zeros((K, K))
     if tol <= 1.0:
         for i in range(K):
             for j in range(i + 1, K):
                 R[i, j] = R[j, i] = ridge_ratio(w[i], m[i], S[i], w[j], m[j], S[j])
-                O[i, j] = O[j, i] = nesting_offset(m[i], S[i], m[j], S[j])
+                offsets[i, j] = offsets[j, i] = nesting_offset(m[i], S[i], m[j], S[j])
         for i, j in sorted(((i, j) for i in range(K) for j in range(i + 1, K)), key=lambda p: -R[p]):
-            nested = max_offset is None or O[i, j] <= max_offset
+            nested = max_offset is None or offsets[i, j] <= max_offset
             if R[i, j] >= tol and nested and find(i) != find(j):
                 steps.append({"rule": "unimodal", "components": [i, j], "ridge_ratio": float(R[i, j]),
-                              "offset": float(O[i, j])})
+                              "offset": float(offsets[i, j])})
                 parent[find(j)] = find(i)
     roots = sorted({find(i) for i in range(K)})
     groups: list[list[int]] = [[j for j in range(K) if find(j) == r] for r in roots]
@@ -357,7 +357,7 @@ def merge_components(
         cmap[g] = c
     info = {"method": "ridgeline", "n_components": K, "groups": groups, "steps": steps, "tol": tol,
             "min_cluster_size": min_cluster_size, "max_offset": max_offset, "ridge_ratio": R.tolist(),
-            "offset": O.tolist()}
+            "offset": offsets.tolist()}
     return cmap, info
 
 

@@ -127,3 +127,17 @@ def test_the_app_task_trains_in_a_process_and_stores_the_run(adata, tmp_path):
     assert (run_dir / "checkpoints").is_dir()
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".incoming")]  # checkpoints moved in
     manager.shutdown()
+
+
+def test_training_threads_yield_while_they_wait(monkeypatch):
+    # OpenMP threads that spin while waiting stall trainings beside a browser on 2 cores (see worker_env)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    train_worker.shutdown_spare()
+    train_worker.prestart()
+    pid = train_worker._spare.proc.pid
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    assert env[b"OMP_WAIT_POLICY"] == b"PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # an administrator's choice is kept
+    assert train_worker.worker_env() == {"OMP_WAIT_POLICY": "ACTIVE"}
+    train_worker.shutdown_spare()

@@ -180,7 +180,7 @@ def clone_tree_cnv(params: CNVParams = CNVParams(), *, seed: int = 0):
                         "end": ((start + p.bin_mb) * 1e6).astype(np.int64)}, index=names)
     lab = np.array([f"clone{c + 1}" for c in clone])
     obs = pd.DataFrame({"clone": pd.Categorical(lab), "wgd": wgd,
-                        "clone_wgd": pd.Categorical([f"{l}{'_wgd' if w else ''}" for l, w in zip(lab, wgd)])},
+                        "clone_wgd": pd.Categorical([f"{name}{'_wgd' if w else ''}" for name, w in zip(lab, wgd)])},
                        index=[f"cell{i + 1}" for i in range(p.n_cells)])
     a = ad.AnnData(X=X.astype(np.float32), obs=obs, var=var)
     a.uns["cnv_tree"] = {**{k_: (list(v) if isinstance(v, tuple) else v) for k_, v in p.as_dict().items()},

@@ -26,6 +26,7 @@ Nothing here imports streamlit.
 from __future__ import annotations
 
 import atexit
+import os
 import pickle
 import shutil
 import sys
@@ -38,9 +39,21 @@ from typing import Any, Callable
 
 from dhaka.ui.worker_process import WorkerProcess, connect_to_parent
 
-__all__ = ["run_in_worker", "prestart", "shutdown_spare"]
+__all__ = ["run_in_worker", "prestart", "shutdown_spare", "worker_env"]
 
 MODULE = "dhaka.ui.train_worker"
+
+
+def worker_env() -> dict[str, str]:
+    """The training process's environment: OpenMP threads yield when they wait (unless set otherwise).
+
+    Torch's OpenMP threads spin while they wait for each other. When another process holds one of the
+    cores (the browser drawing the page, the server answering it, on a 2-core laptop), the spinning
+    thread keeps the other core busy while the thread it waits for is descheduled: 300 steps of a
+    2000 x 1024 layer took 7.3 s with one busy process beside them against 4.6 s with
+    ``OMP_WAIT_POLICY=PASSIVE`` (2.8 vs 2.6 s on an idle machine); see bench/RESULTS.md (app_live).
+    """
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 _spare_lock = threading.Lock()
 _spare: WorkerProcess | None = None
 _atexit_set = False
@@ -51,7 +64,7 @@ def prestart() -> None:
     global _spare, _atexit_set
     with _spare_lock:
         if _spare is None or not _spare.alive():
-            _spare = WorkerProcess(MODULE)
+            _spare = WorkerProcess(MODULE, env=worker_env())
         if not _atexit_set:
             atexit.register(shutdown_spare)
             _atexit_set = True
@@ -71,7 +84,7 @@ def _take() -> WorkerProcess:
     with _spare_lock:
         worker, _spare = _spare, None
     if worker is None or not worker.alive():
-        worker = WorkerProcess(MODULE)
+        worker = WorkerProcess(MODULE, env=worker_env())
     return worker
 
 

@@ -33,12 +33,15 @@ class WorkerProcess:
         The worker's module, run with ``python -m``; its ``__main__`` calls :func:`connect_to_parent`.
     args
         Extra command-line arguments (after the socket address).
+    env
+        Environment variables set for the worker (over the server's own).
     """
 
-    def __init__(self, module: str, *args: str) -> None:
+    def __init__(self, module: str, *args: str, env: dict[str, str] | None = None) -> None:
         key = secrets.token_bytes(32)
         self._listener = Listener(family="AF_UNIX", authkey=key)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, **(env or {}),
+               "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen([sys.executable, "-m", module, str(self._listener.address), *args],
                                      stdin=subprocess.PIPE, cwd=str(_ROOT), env=env)
         assert self.proc.stdin is not None
