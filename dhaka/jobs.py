@@ -62,6 +62,7 @@ import threading
 import time
 import traceback as _traceback
 import uuid
+from collections.abc import Collection
 from typing import Any, Callable, Literal
 
 from dhaka import resources
@@ -389,6 +390,11 @@ class JobManager:
     max_per_owner
         Jobs one owner may have queued or running; ``None`` reads
         ``DHAKA_MAX_JOBS_PER_OWNER`` (default 2).
+    separate_kinds
+        Kinds of job counted on their own against ``max_per_owner``: the app
+        starts them on the person's behalf (the comparison views after a
+        training), so they must not use up the allowance for the jobs the
+        person starts, nor the other way round.
     memory_limit
         The memory jobs may use in all, in bytes, or a function returning it
         (``None`` when unknown); a job declaring more is refused at
@@ -417,6 +423,7 @@ class JobManager:
         keep_finished: int = 50,
         max_queued: int | None = None,
         max_per_owner: int | None = None,
+        separate_kinds: Collection[str] = ("views",),
         memory_limit: int | Callable[[], int | None] | None = resources.memory_limit,
         available_memory: Callable[[], int | None] | None = resources.available_memory,
         trim: Callable[[], Any] | None = resources.trim_heap,
@@ -436,6 +443,7 @@ class JobManager:
         self.max_per_owner = default_max_per_owner() if max_per_owner is None else int(max_per_owner)
         if self.max_per_owner < 1:
             raise ValueError(f"max_per_owner must be at least 1, got {max_per_owner}")
+        self.separate_kinds = frozenset(separate_kinds)
         self._memory_limit = memory_limit
         self._available_memory = available_memory
         self._trim = trim
@@ -519,10 +527,13 @@ class JobManager:
         with self._lock:
             if self._closed:
                 raise RuntimeError("this JobManager has been shut down")
-            active = sum(1 for j in self._jobs.values() if j.owner == job.owner and j.status not in FINISHED)
+            group = self._quota_group(job.kind)
+            active = sum(1 for j in self._jobs.values()
+                         if j.owner == job.owner and j.status not in FINISHED and self._quota_group(j.kind) == group)
             if active >= self.max_per_owner:
+                what = f"{job.kind} jobs" if job.kind in self.separate_kinds else "jobs"
                 raise OwnerLimitError(
-                    f"You already have {active} job{'s' if active != 1 else ''} queued or running; the limit is "
+                    f"You already have {active} {what} queued or running; the limit is "
                     f"{self.max_per_owner} per person (DHAKA_MAX_JOBS_PER_OWNER). Wait for one to finish or "
                     "cancel it.")
             would_wait = bool(self._queue) or len(self._running) >= self.max_running
@@ -536,6 +547,10 @@ class JobManager:
             self._prune_locked(job.owner)
             self._start_next_locked()
         return job
+
+    def _quota_group(self, kind: str) -> str:
+        """The per-owner count a job of ``kind`` belongs to (its kind if separate, else the common one)."""
+        return kind if kind in self.separate_kinds else ""
 
     def jobs(self, owner: str) -> list[Job]:
         """The jobs of one owner, oldest first (never another owner's)."""

@@ -298,6 +298,23 @@ def _held(gate: threading.Event, result="model"):
     return fn
 
 
+def test_jobs_the_app_starts_for_a_person_have_their_own_allowance():
+    """Two background view jobs (one per open tab) must not stop the person from training, nor the reverse."""
+    from dhaka.jobs import OwnerLimitError
+
+    manager = JobManager(max_running=4, max_queued=8, max_per_owner=2, memory_limit=None, available_memory=None)
+    gate = threading.Event()
+    views = [manager.submit(_held(gate), owner="alice", name=f"v{i}", kind="views") for i in range(2)]
+    with pytest.raises(OwnerLimitError, match=r"2 views jobs queued or running"):
+        manager.submit(_held(gate), owner="alice", name="v3", kind="views")
+    trains = [manager.submit(_held(gate), owner="alice", name=f"t{i}") for i in range(2)]
+    with pytest.raises(OwnerLimitError, match=r"2 jobs queued or running"):
+        manager.submit(_held(gate), owner="alice", name="t3", kind="analysis")
+    gate.set()
+    for job in views + trains:
+        assert job.wait(WAIT) and job.status == "done"
+
+
 def test_per_owner_limit_and_queue_cap_refuse_with_clear_messages():
     from dhaka.jobs import AdmissionError, OwnerLimitError, QueueFullError
 

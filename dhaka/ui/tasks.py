@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io as _io
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -235,12 +236,15 @@ def fit_embed_cluster(
     stop_event: Any,
     checkpoint: Callable[[Callable[[Any], None], int], None] | None,
     checkpoint_every: int,
+    checkpoint_seconds: float = 0.0,
     on_phase: Callable[[str], None] = lambda phase: None,
 ) -> FitResult:
     """Fit :class:`dhaka.Dhaka`, embed the cells, call GMM clusters and score them (the training job's work).
 
     ``on_epoch`` gets each epoch's report as a dict; ``on_phase("embedding")`` is called when the
     fitting is over. Cluster metrics: ``k``, ``silhouette`` and, with ``truth``, ``ari`` / ``nmi``.
+    Checkpoints are offered every ``checkpoint_every`` epochs and taken at the first offer, then at
+    most once per ``checkpoint_seconds``.
     """
     from threadpoolctl import threadpool_limits
 
@@ -252,8 +256,16 @@ def fit_embed_cluster(
     def callback(report: Any) -> None:
         on_epoch(report.as_dict() if hasattr(report, "as_dict") else dict(vars(report)))
 
-    est.fit(adata, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every)
+    last = [float("-inf")]
+
+    def timed_checkpoint(save_fn: Callable[[Any], None], epoch: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= checkpoint_seconds:
+            last[0] = now
+            checkpoint(save_fn, epoch)
+
+    est.fit(adata, callback=callback, stop_event=stop_event,
+            checkpoint=timed_checkpoint if checkpoint is not None else None, checkpoint_every=checkpoint_every)
     on_phase("embedding")
     Z = np.asarray(est.transform(adata))
     metrics: dict[str, Any] = {}
@@ -289,6 +301,7 @@ def make_train_task(
     truth: Any = None,
     k_max: int = 10,
     checkpoint_every: int = 5,
+    checkpoint_seconds: float = 30.0,
     store: Any = None,
     in_thread: bool | None = None,
 ) -> Callable[[JobContext], TrainOutcome]:
@@ -310,8 +323,9 @@ def make_train_task(
         True labels per cell (ARI / NMI stored with the run), or ``None``.
     k_max
         Largest number of GMM clusters tried.
-    checkpoint_every
-        Epochs between checkpoints.
+    checkpoint_every, checkpoint_seconds
+        Epochs between offers of a checkpoint, and the least seconds between two checkpoints (each is
+        a model folder written and fsync-ed; every 5 epochs of a fast training is several a second).
     store
         A :class:`dhaka.runs.RunStore` (default: the one under ``DHAKA_HOME``).
     in_thread
@@ -361,7 +375,8 @@ def make_train_task(
                        n_fits=len({row.get("start", 0) for row in history}) or 1)
 
         try:
-            kw = dict(truth=truth_arr, k_max=k_max, checkpoint_every=checkpoint_every)
+            kw = dict(truth=truth_arr, k_max=k_max, checkpoint_every=checkpoint_every,
+                      checkpoint_seconds=checkpoint_seconds)
             if use_thread:
                 fit = fit_embed_cluster(adata, params, on_epoch=on_epoch, stop_event=ctx.stop_event,
                                         checkpoint=on_checkpoint, on_phase=on_phase, **kw)

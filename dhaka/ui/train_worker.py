@@ -10,7 +10,7 @@ its progress is asleep in ``recv`` between epochs.
 The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks.make_train_task`):
 
 - parent -> worker: one request dict (``adata``: the matrix and names only, ``params``, ``truth``,
-  ``k_max``, ``checkpoint_every``, optionally ``scratch``: a folder on the run's file system for
+  ``k_max``, ``checkpoint_every``, ``checkpoint_seconds``, optionally ``scratch``: a folder on the run's file system for
   checkpoints), then possibly ``"stop"``;
 - worker -> parent: ``("epoch", row)`` per epoch, ``("checkpoint", epoch, folder)`` (a model folder
   the parent moves into the run), ``("phase", "embedding")``, and at the end
@@ -202,7 +202,8 @@ def _serve(address: str) -> None:
         result = fit_embed_cluster(
             request["adata"], request["params"], truth=request.get("truth"), k_max=request["k_max"],
             on_epoch=lambda row: send(("epoch", row)), stop_event=stop, checkpoint=checkpoint,
-            checkpoint_every=request["checkpoint_every"], on_phase=lambda phase: send(("phase", phase)))
+            checkpoint_every=request["checkpoint_every"],
+            checkpoint_seconds=request.get("checkpoint_seconds", 0.0), on_phase=lambda phase: send(("phase", phase)))
         send(("done", result))
     except (BrokenPipeError, EOFError, OSError):
         return

@@ -428,6 +428,9 @@ def start_views(*, n_components: int = 2) -> None:
                            done=tuple(state.get_embeddings()), run=cached.views_worker().run)
     if not task.methods:
         return
+    previous = state.get_views_job()
+    if previous is not None:
+        previous[0].cancel()  # the views of the result this session no longer shows
     try:
         from dhaka.ui import owner
 
