@@ -39,21 +39,18 @@ from typing import Any, Callable
 
 from dhaka.ui.worker_process import WorkerProcess, connect_to_parent
 
-__all__ = ["run_in_worker", "prestart", "shutdown_spare", "worker_env"]
+__all__ = ["run_in_worker", "prestart", "shutdown_spare"]
 
 MODULE = "dhaka.ui.train_worker"
 
 
-def worker_env() -> dict[str, str]:
-    """The training process's environment: OpenMP threads yield when they wait (unless set otherwise).
+# OpenMP threads: the process keeps the server's settings. libgomp's default (spin a little, then
+# sleep) measured best with the page open (bench/app_live.py, default demo, 2 cores): Start -> Finished
+# 37.3 s against 42.8 s with OMP_WAIT_POLICY=PASSIVE and 40.8 s with GOMP_SPINCOUNT=10000; PASSIVE is
+# 20 % slower even on an idle machine (plain fit 33.7 vs 28.0 s). It only helped beside a process that
+# holds a whole core, which the job queue avoids (one training per two cores).
 
-    Torch's OpenMP threads spin while they wait for each other. When another process holds one of the
-    cores (the browser drawing the page, the server answering it, on a 2-core laptop), the spinning
-    thread keeps the other core busy while the thread it waits for is descheduled: 300 steps of a
-    2000 x 1024 layer took 7.3 s with one busy process beside them against 4.6 s with
-    ``OMP_WAIT_POLICY=PASSIVE`` (2.8 vs 2.6 s on an idle machine); see bench/RESULTS.md (app_live).
-    """
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
 _spare_lock = threading.Lock()
 _spare: WorkerProcess | None = None
 _atexit_set = False
@@ -64,7 +61,7 @@ def prestart() -> None:
     global _spare, _atexit_set
     with _spare_lock:
         if _spare is None or not _spare.alive():
-            _spare = WorkerProcess(MODULE, env=worker_env())
+            _spare = WorkerProcess(MODULE)
         if not _atexit_set:
             atexit.register(shutdown_spare)
             _atexit_set = True
@@ -84,7 +81,7 @@ def _take() -> WorkerProcess:
     with _spare_lock:
         worker, _spare = _spare, None
     if worker is None or not worker.alive():
-        worker = WorkerProcess(MODULE, env=worker_env())
+        worker = WorkerProcess(MODULE)
     return worker
 
 
