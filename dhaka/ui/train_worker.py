@@ -26,7 +26,6 @@ Nothing here imports streamlit.
 from __future__ import annotations
 
 import atexit
-import os
 import pickle
 import shutil
 import sys
