@@ -25,7 +25,7 @@ cached.job_manager().touch(owner.owner_key())  # this person is here: their jobs
 start_maintenance()  # run-store clean-up: once per server process at start-up, then daily
 cached.views_worker()  # once per server process: compiles UMAP in a low-priority process
 if not tasks.train_in_thread():
-    train_worker.prestart()  # a training process with torch imported waits for the first Start (no-op after)
+    train_worker.prestart_once()  # a training process with torch imported waits for the first Start
 
 if state.get_dataset() is None and not st.session_state.get("dhaka.default_loaded"):
     st.session_state["dhaka.default_loaded"] = True

@@ -314,12 +314,30 @@ def umap(
 
     nn = int(max(2, min(n_neighbors, n - 1)))
     init = "spectral" if n >= 20 else "random"
+    kw: dict = {}
+    if n < UMAP_EXACT_KNN_MAX:
+        kw = {"precomputed_knn": _exact_knn(Y0, nn), "force_approximation_algorithm": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Y = umap_.UMAP(n_components=n_components, n_neighbors=nn, min_dist=min_dist, init=init,
-                       random_state=random_state).fit_transform(Y0)
-    info.update(method="umap-learn", n_neighbors=nn, init=init, seconds=time.perf_counter() - t0)
+                       random_state=random_state, **kw).fit_transform(Y0)
+    info.update(method="umap-learn", n_neighbors=nn, init=init, exact_knn=bool(kw),
+                seconds=time.perf_counter() - t0)
     return np.asarray(Y, dtype=np.float32)
+
+
+#: Below this many cells UMAP gets exact neighbours from scikit-learn (umap-learn computes them itself
+#: below 4096 with a numba kernel whose first compilation took 5 of the 11 s a fresh process spent
+#: on its first UMAP here; the neighbours, and so the embedding, are the same).
+UMAP_EXACT_KNN_MAX = 4096
+
+
+def _exact_knn(Y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, None]:
+    """Each point's ``k`` nearest points (itself first, at distance 0), as umap-learn's exact path finds them."""
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(Y).kneighbors(Y)
+    return idx.astype(np.int32), dist.astype(np.float32), None
 
 
 def warmup_umap(*, n: int = 5000, seed: int = 0) -> float:

@@ -4,16 +4,15 @@ from __future__ import annotations
 import streamlit as st
 
 from dhaka import plots
-from dhaka.ui import cached, demos, figures, owner, state, tasks, widgets
+from dhaka.ui import cached, demos, figures, live_chart, owner, state, tasks, widgets
 
 widgets.require_entrypoint()
 
-# Every poll is a fragment rerun whose Python work competes with the training thread for the GIL (and the
-# browser's redraw for the CPU). Measured on the default demo, 2 cores, page open vs closed (closed = a plain
-# fit, 74-76 s): the progress polled every 1 s alone cost +16 s, the loss curves every 4 s alone +24 s; with
-# 2 s and 10 s and no sidebar poll, 86-100 s (noisy). bench/app_live.py keeps the end-to-end ratio.
-POLL_SECONDS = 2.0  # progress bar and ETA
-CHART_SECONDS = 10.0  # loss curves
+# Every poll is a fragment rerun: Python work in the server and a redraw in the browser, which shares the
+# CPU with the training (on a laptop, and on bench/app_live.py's 2 cores). The progress, ETA and loss curves
+# are one fragment, polled every POLL_SECONDS; the curves are a static SVG while the job runs (a Plotly
+# redraw cost the browser ~0.5 s of CPU each; see dhaka/ui/live_chart.py), the interactive figure after.
+POLL_SECONDS = 2.0
 
 st.title("Train")
 adata = state.require_dataset()
@@ -39,6 +38,10 @@ def _fmt_seconds(s: float | None) -> str:
 
 job = state.get_job()
 active = job is not None and not job.done
+if not active and not tasks.train_in_thread():
+    from dhaka.ui import train_worker
+
+    train_worker.prestart()  # the next training's process imports torch while the form is being set
 
 st.caption(f"Dataset: **{info.get('name')}** · {adata.n_obs:,} cells × {adata.n_vars:,} genes · "
            f"mode **{state.get_preprocess().get('mode', 'expression')}** (change on the Data page)")
@@ -72,7 +75,7 @@ def live_progress() -> None:
         st.info("No training yet in this session: set the options above and press **Start training**.")
         return
     j.touch()  # the person is still here
-    snap = j.snapshot(history=False)
+    snap = j.snapshot(history=True)
     prog = snap.get("progress") or {}
     status = snap["status"]
     if status == "queued":
@@ -95,6 +98,8 @@ def live_progress() -> None:
         else:
             st.button("Stop", key="w.train.stop", on_click=j.cancel, icon=":material/stop:",
                       help="Ends training within one epoch; the model is kept as it is.")
+        if snap["history"]:
+            st.markdown(live_chart.loss_svg(snap["history"]), unsafe_allow_html=True)  # our own SVG, labels escaped
     elif status == "done":
         n_epochs, n_fits = snap["n_history"], int(prog.get("n_fits") or 1)
         fits = f" over {n_fits} fits (gene refinement / warm starts)" if n_fits > 1 else ""
@@ -109,22 +114,19 @@ def live_progress() -> None:
         st.rerun()  # the whole app: collect the result, switch the polling off
 
 
-@st.fragment(run_every=CHART_SECONDS if active else None)
-def live_chart() -> None:
-    """Loss curves, redrawn every CHART_SECONDS while the job runs (building the figure is the costly part
-    of watching: it holds the GIL the training thread needs, so it is drawn less often than the progress)."""
+def final_chart() -> None:
+    """The interactive loss curves, with their downloads, once the training has ended."""
     j = state.get_job()
-    if j is None:
+    if j is None or not j.done:
         return
     snap = j.snapshot()
     if snap["history"]:
         fig = plots.loss_curves(snap["history"])
         st.plotly_chart(fig, key="train_loss", config=widgets.PLOTLY_CONFIG)
-        if snap["status"] not in ("queued", "running"):
-            figures.figure_downloads(fig, "training-loss", key="dl_fig_loss")
+        figures.figure_downloads(fig, "training-loss", key="dl_fig_loss")
 
 
 live_progress()
-live_chart()
+final_chart()
 if not active and state.results_match_dataset():
     st.page_link("pages/explore.py", label="Explore the latent space", icon=":material/arrow_forward:")

@@ -64,3 +64,33 @@ def test_views_task_stops_when_cancelled():
     ctx = _Ctx()
     ctx.stopped = True
     assert task(ctx) == {}
+
+
+def test_only_umap_goes_to_the_worker():
+    # t-SNE in the worker waited for UMAP's compilation; only UMAP needs the compiled worker
+    sent = []
+
+    def run(method, X, *, n_components, random_state=0):
+        sent.append(method)
+        return np.zeros((X.shape[0], n_components), dtype=np.float32)
+
+    out = ViewsTask(_blobs(), digest="x", run=run)(_Ctx())
+    assert sent == ["umap"] and set(out) == {"pca_2d", "tsne_2d", "umap_2d"}
+
+
+def test_umap_compiles_as_soon_as_the_worker_starts():
+    # the warm-up once waited for the server to accept the connection, which it did on the first UMAP
+    # asked for (or the first look at `warm`): the worker now compiles first, then connects
+    import time
+
+    w = ViewsWorker(warm=True)
+    try:
+        deadline = time.time() + 180
+        while not w._worker.connected() and time.time() < deadline:  # no request, no `warm` asked
+            time.sleep(0.2)
+        assert w._worker.connected(), "the worker did not connect"
+        time.sleep(0.5)  # its ("warm", seconds) message follows the connection at once
+        assert w.warm, "connected before UMAP was compiled"
+        assert w.run("umap", _blobs(), n_components=2).shape == (90, 2)
+    finally:
+        w.shutdown()

@@ -18,7 +18,8 @@ The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks
 
 A worker whose parent disappears stops its training within one epoch and exits. One spare worker is
 kept started (:func:`prestart`), with torch and the estimator already imported, so a training starts
-at once. Both ends are this project's code on the same machine, connected over an authenticated
+at once: one when the server starts, the next when the Train page is shown again (not when a
+training ends: its imports, seconds of CPU, then competed with the views being computed). Both ends are this project's code on the same machine, connected over an authenticated
 socket, so pickled messages are safe here.
 
 Nothing here imports streamlit.
@@ -38,7 +39,7 @@ from typing import Any, Callable
 
 from dhaka.ui.worker_process import WorkerProcess, connect_to_parent
 
-__all__ = ["run_in_worker", "prestart", "shutdown_spare"]
+__all__ = ["run_in_worker", "prestart", "prestart_once", "shutdown_spare"]
 
 MODULE = "dhaka.ui.train_worker"
 
@@ -53,6 +54,7 @@ MODULE = "dhaka.ui.train_worker"
 _spare_lock = threading.Lock()
 _spare: WorkerProcess | None = None
 _atexit_set = False
+_started_once = False
 
 
 def prestart() -> None:
@@ -64,6 +66,14 @@ def prestart() -> None:
         if not _atexit_set:
             atexit.register(shutdown_spare)
             _atexit_set = True
+
+
+def prestart_once() -> None:
+    """:func:`prestart` the first time it is called in this process (the server's start), else nothing."""
+    global _started_once
+    if not _started_once:
+        _started_once = True
+        prestart()
 
 
 def shutdown_spare() -> None:
@@ -120,7 +130,6 @@ def run_in_worker(
     worker is raised here as itself; a worker that dies raises ``RuntimeError`` saying how it ended.
     """
     worker = _take()
-    threading.Thread(target=prestart, daemon=True, name="dhaka-train-prestart").start()
     stop_sent = False
     try:
         conn = worker.conn

@@ -1,12 +1,15 @@
-"""A worker process for the Explore page's t-SNE and UMAP views, compiled ahead and run at low priority.
+"""A worker process for the Explore page's UMAP views, compiled ahead and run at low priority.
 
-Why a process and not a thread of the server: UMAP's first call in a process compiles numba code for
-30-70 s (29 s for the small-data path on this project's 2-core machine, 70 s with the large-data
+Why a process and not a thread of the server: UMAP's first call in a process compiles numba code
+(6-11 s of CPU for the small-data path on this project's 2-core machine, 70 s with the large-data
 path). Numba's compiler is pure Python and holds the GIL all along, so a warm-up *thread* in the
 server stalled every training thread behind it (py-spy --gil: half of the GIL samples in
-``warmup_umap`` while a training was watched). In a process of its own, started ``nice``-d with the
-server, the compilation uses only CPU time that training and the pages leave idle, and the server's
-GIL stays free. The views are then computed in the same, already compiled, process.
+``warmup_umap`` while a training was watched). The process compiles as soon as it starts (with the
+server, at the server's priority: a fresh server has no training yet, and a warm-up at niceness 10
+beside the first training took 31 s and still slowed it), then serves at niceness :data:`NICE`, so
+later views use only CPU time that trainings and pages leave idle. It compiles *before* it connects:
+the server accepts the connection when it first needs the worker, and a warm-up after connecting
+began only with the first UMAP (15 s after the default demo's training, measured).
 
 The process is started and reached through :mod:`dhaka.ui.worker_process` (why not
 ``multiprocessing`` is said there).
@@ -77,7 +80,7 @@ class ViewsWorker:
     @property
     def warm(self) -> bool:
         """``True`` once UMAP is compiled in the worker (or no warm-up was asked for); never blocks."""
-        if self._warm_done or not self._lock.acquire(blocking=False):
+        if self._warm_done or not self._worker.connected() or not self._lock.acquire(blocking=False):
             return self._warm_done
         try:
             conn = self._connection()
@@ -122,19 +125,23 @@ class ViewsWorker:
 
 
 def _serve(address: str, nice: int, warm: bool) -> None:
-    conn = connect_to_parent(address)
-    if conn is None:
-        return  # the server ended before it took the connection
-    if nice:
-        try:
-            os.nice(nice)
-        except OSError:  # pragma: no cover - not permitted: run at normal priority
-            pass
+    # compile first, then connect: the parent accepts the connection only when it first needs the
+    # worker, and a warm-up after the connection waited for that (it began with the first UMAP)
+    seconds = None
     if warm:
         try:
             seconds = _warm()
         except Exception:  # noqa: BLE001 - the first real UMAP then compiles
             seconds = float("nan")
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # pragma: no cover - not permitted: run at normal priority
+            pass
+    conn = connect_to_parent(address)
+    if conn is None:
+        return  # the server ended before it took the connection
+    if warm:
         conn.send(("warm", seconds))
     while True:
         try:

@@ -16,6 +16,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
@@ -25,7 +26,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    """A started ``python -m module *args`` with a connection to it (accepted on first use).
+    """A started ``python -m module *args`` with a connection to it (accepted in a thread).
 
     Parameters
     ----------
@@ -48,12 +49,31 @@ class WorkerProcess:
         self.proc.stdin.write(key.hex().encode() + b"\n")
         self.proc.stdin.close()
         self._conn: Connection | None = None
+        self._accept_error: BaseException | None = None
+        self._accepted = threading.Event()
+        threading.Thread(target=self._accept, daemon=True, name=f"accept-{module}").start()
+
+    def _accept(self) -> None:
+        # in a thread: a worker may do seconds of work before it connects, and nobody should wait for it
+        try:
+            self._conn = self._listener.accept()
+        except BaseException as exc:  # noqa: BLE001 - the listener was closed, or the handshake failed
+            self._accept_error = exc
+        finally:
+            self._accepted.set()
+
+    def connected(self) -> bool:
+        """``True`` once the worker has connected (never blocks)."""
+        return self._accepted.is_set() and self._conn is not None
 
     @property
     def conn(self) -> Connection:
-        """The connection to the worker (blocks until the worker has connected)."""
+        """The connection to the worker (blocks until the worker has connected or has exited)."""
+        while not self._accepted.wait(0.25):
+            if self.proc.poll() is not None and not self._accepted.wait(0.5):
+                raise EOFError(f"the worker process ended before it connected: {self.exit_message()}")
         if self._conn is None:
-            self._conn = self._listener.accept()
+            raise EOFError(f"the worker did not connect: {self._accept_error!r}")
         return self._conn
 
     def alive(self) -> bool:

@@ -31,7 +31,13 @@ def server(tmp_path_factory):
 
 # Plotly 6+ ships arrays base64-encoded, so count points on the decoded traces (_fullData).
 # Every pass (gene-refinement fit) has its own "total ..." line: count the points of all of them.
-LOSS_POINTS = """() => {
+# while training: the static SVG (first polyline = the training loss); after: the interactive Plotly figure
+LIVE_LOSS_POINTS = """() => {
+  const line = document.querySelector('svg[aria-label="Training loss curves"] polyline');
+  return line ? line.getAttribute('points').trim().split(/\\s+/).length : 0;
+}"""
+
+PLOTLY_LOSS_POINTS = """() => {
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
     const ts = (el._fullData || []).filter(t => String(t.name || '').startsWith('total'));
     if (ts.length) return ts.reduce((a, t) => a + (t._length || 0), 0);
@@ -71,14 +77,14 @@ def test_demo_train_explore_download(server):
             page.get_by_role("link", name="Train", exact=True).click()
             expect(page.get_by_role("heading", name="Train")).to_be_visible(timeout=30_000)
             epochs = page.get_by_label("Epochs", exact=True)
-            epochs.fill("3000")  # long enough to outlast the wait for the curve to grow (redrawn every 10 s)
+            epochs.fill("3000")  # long enough to outlast the wait for the curve to grow
             epochs.press("Enter")
             time.sleep(1.0)
             page.get_by_role("button", name="Start training").click()
             deadline = time.time() + 60
             first = 0
             while time.time() < deadline and first == 0:
-                first = page.evaluate(LOSS_POINTS)
+                first = page.evaluate(LIVE_LOSS_POINTS)
                 time.sleep(0.3)
             assert first > 0, "no loss curve appeared within 60 s of starting"
             page.screenshot(path=OUT / "02-training.png")
@@ -86,10 +92,16 @@ def test_demo_train_explore_download(server):
             deadline = time.time() + 45
             while time.time() < deadline and later <= first:
                 time.sleep(0.5)
-                later = page.evaluate(LOSS_POINTS)
+                later = page.evaluate(LIVE_LOSS_POINTS)
             assert later > first, f"loss curve did not grow while training ({first} -> {later} points)"
             page.get_by_role("button", name="Stop").click()
             expect(page.get_by_text("Stopped after")).to_be_visible(timeout=60_000)
+            deadline = time.time() + 30
+            final = 0
+            while time.time() < deadline and final < later:
+                time.sleep(0.3)
+                final = page.evaluate(PLOTLY_LOSS_POINTS)
+            assert final >= later, f"the interactive loss curves did not replace the live ones ({final} points)"
             page.screenshot(path=OUT / "03-stopped.png")
 
             # 3. the latent space renders as a WebGL 3-D scatter
