@@ -40,7 +40,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 from dhaka import Dhaka
-from dhaka.cluster import gmm_bic
+from dhaka.cluster import gmm_bic, latent_merge
 from dhaka.ui import demos
 demo = demos.get(demos.DEFAULT_DEMO)
 adata, _ = demos.load(demo.key)
@@ -49,7 +49,7 @@ t1 = time.perf_counter()
 epochs = []
 est = Dhaka(**settings).fit(adata, callback=lambda report: epochs.append(report.seconds))
 Z = np.asarray(est.transform(adata))
-gmm = gmm_bic(Z, k_max=10, seed=int(est.seed))
+gmm = gmm_bic(Z, k_max=10, seed=int(est.seed), merge=latent_merge(est.mode))
 t2 = time.perf_counter()
 print(json.dumps({"seconds": t2 - t1, "imports_and_load": t1 - t0, "k": int(gmm.k), "epoch_s": sum(epochs),
                   "fits": len(est.refinement_)}))

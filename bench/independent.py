@@ -15,7 +15,8 @@ Methods: default ``Dhaka`` 3-D latent, PCA-3, PCA-10 and UMAP-3 on the input of 
 (normalised, log, top 2000 genes by CV, gene-centred; copy number: the states, centred); for copy
 number also the same methods on states relative to each cell's ploidy
 (:func:`dhaka.analysis.copy_number.relative_ploidy`, suffix ``/ploidy``). Every embedding is
-clustered by three callers of :mod:`dhaka.cluster`: ``default`` (``gmm_bic`` as shipped),
+clustered by four callers of :mod:`dhaka.cluster`: ``default`` (as the app clusters: a Dhaka latent with
+``gmm_bic(merge=latent_merge(mode))``, the other views with ``gmm_bic()``),
 ``merge`` / ``plain`` (``gmm_bic`` with the merge step forced on / off: plain is the paper's
 GMM-BIC) and ``oracle`` (``gmm_fixed_k`` with the true k: the latent's quality without the choice
 of k). ``python -m bench.independent --write`` records the tables in ``bench/RESULTS.md``.
@@ -140,11 +141,11 @@ def cached_embedding(key: str, adata, method: str, mode: str, seed: int, *, refi
 
 
 # ----------------------------------------------------------------------------- callers
-def call(Z: np.ndarray, caller: str, k_true: int, seed: int) -> np.ndarray:
-    from dhaka.cluster import gmm_bic, gmm_fixed_k
+def call(Z: np.ndarray, caller: str, k_true: int, seed: int, mode: str = "expression", dhaka: bool = True) -> np.ndarray:
+    from dhaka.cluster import gmm_bic, gmm_fixed_k, latent_merge
 
-    if caller == "default":
-        return gmm_bic(Z, seed=seed).labels
+    if caller == "default":  # as the app clusters: a Dhaka latent by its mode's rule, the other views by gmm_bic's default
+        return gmm_bic(Z, seed=seed, merge=latent_merge(mode) if dhaka else True).labels
     if caller == "merge":
         return gmm_bic(Z, seed=seed, merge=True, min_cluster_size="auto").labels
     if caller == "plain":
@@ -154,7 +155,8 @@ def call(Z: np.ndarray, caller: str, k_true: int, seed: int) -> np.ndarray:
     raise ValueError(caller)
 
 
-def score_all(Z: np.ndarray, truth: np.ndarray, seed: int, callers=CALLERS) -> dict[str, Any]:
+def score_all(Z: np.ndarray, truth: np.ndarray, seed: int, callers=CALLERS, mode: str = "expression",
+              dhaka: bool = True) -> dict[str, Any]:
     from dhaka.cluster import ari
 
     k_true = int(np.unique(truth).size)
@@ -162,7 +164,7 @@ def score_all(Z: np.ndarray, truth: np.ndarray, seed: int, callers=CALLERS) -> d
     for c in callers:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lab = call(Z, c, k_true, seed)
+            lab = call(Z, c, k_true, seed, mode, dhaka)
         out[c] = (ari(truth, lab), int(np.unique(lab).size))
     return out
 
@@ -234,7 +236,7 @@ def run_part(part: str, *, seeds=(0,), quick: bool = False, only=None, refit: bo
                 if cached_only and not (OUT / f"{key}__{method.replace('/', '+')}__s{seed}.npz").exists():
                     continue
                 Z, sec, info = cached_embedding(key, data, method, mode, seed, refit=refit)
-                sc = score_all(Z, truth, seed)
+                sc = score_all(Z, truth, seed, mode=mode, dhaka=base == "dhaka")
                 row = {"data": key, "seed": seed, "method": method, "k_true": k_true, "seconds": sec, **extra}
                 for c, (a, k) in sc.items():
                     row[f"{c}_ari"], row[f"{c}_k"] = a, k

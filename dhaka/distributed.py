@@ -367,13 +367,13 @@ def run_distributed_fit(estimator_params: dict, X_path: str | os.PathLike, out_d
     info = {"rank": rank, "world_size": size, "backend": dist.get_backend() if dist.is_initialized() else "none",
             "n_cells": None if Z is None else int(Z.shape[0]), "epochs": len(est.history_), "seconds": seconds}
     if rank == 0:
-        from dhaka.cluster import gmm_bic
+        from dhaka.cluster import gmm_bic, latent_merge
         from dhaka.io import write_latent_csv
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "latent.npy", Z)
-        labels = gmm_bic(Z, k_max=10, seed=int(est.seed)).labels
+        labels = gmm_bic(Z, k_max=10, seed=int(est.seed), merge=latent_merge(est.mode)).labels
         write_latent_csv(out / "latent.csv", Z, obs_names=obs_names or [str(i) for i in range(len(Z))],
                          labels=labels)
         (out / "history.json").write_text(json.dumps(est.history_, default=float))

@@ -508,12 +508,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return cb
 
     def _score_start(self, model, S, seed: int) -> dict[str, Any]:
-        from dhaka.cluster import gmm_bic, silhouette
+        from dhaka.cluster import gmm_bic, latent_merge, silhouette
         from dhaka.train import encode
 
         Z = encode(model, S, device="cpu")
         try:
-            res = gmm_bic(Z, k_max=10, seed=seed)
+            res = gmm_bic(Z, k_max=10, seed=seed, merge=latent_merge(self.mode))
             return {"silhouette": float(silhouette(Z, res.labels)), "k": int(res.k)}
         except Exception as exc:  # a degenerate start must not kill the others
             warnings.warn(f"could not score start (seed {seed}): {exc}")

@@ -234,7 +234,7 @@ def dhaka(
     data = _input(adata, layer)
     model = Dhaka(mode=mode, latent_dim=latent_dim, seed=seed, **params)
     Z = model.fit_transform(data)
-    gmm = _cluster(Z, seed=seed, k_max=k_max)
+    gmm = _cluster(Z, seed=seed, k_max=k_max, mode=mode)
     record = uns_record(params=model.get_params(), gmm=gmm, seed=seed, extra={
         "layer": layer, "n_genes_used": len(model.genes_),
         "train_seconds": float(getattr(model, "train_seconds_", 0.0) or 0.0)})
@@ -243,10 +243,10 @@ def dhaka(
     return out if copy else None
 
 
-def _cluster(Z: np.ndarray, *, seed: int, k_max: int) -> GMMResult:
-    from dhaka.cluster import gmm_bic
+def _cluster(Z: np.ndarray, *, seed: int, k_max: int, mode: str) -> GMMResult:
+    from dhaka.cluster import gmm_bic, latent_merge
 
-    return gmm_bic(Z, k_max=k_max, seed=seed)
+    return gmm_bic(Z, k_max=k_max, seed=seed, merge=latent_merge(mode))
 
 
 def project(
@@ -294,7 +294,7 @@ def project(
     _, missing = model.align(data)
     Z = model.transform(data)
     seed = int(model.get_params().get("seed", 0))
-    gmm = _cluster(Z, seed=seed, k_max=k_max) if cluster else None
+    gmm = _cluster(Z, seed=seed, k_max=k_max, mode=model.get_params().get("mode", "expression")) if cluster else None
     record = uns_record(params=model.get_params(), gmm=gmm, seed=seed, extra={
         "projected": True, "layer": layer, "n_genes_used": len(model.genes_), "n_genes_missing": len(missing)})
     out = adata.copy() if copy else adata

@@ -233,3 +233,14 @@ def test_merge_offset_keeps_a_shoulder_group_that_unimodality_alone_would_join()
     assert cmap_nest.max() + 1 == 2
     r = cluster.gmm_bic(Z, k_max=4, seed=0, merge=True, merge_offset=1.0)
     assert r.k == 2 and r.params["merge_offset"] == 1.0
+
+
+def test_dhaka_latents_merge_components_for_copy_number_only():
+    # one rule for the app, dhaka.tl, the estimator and the CLI (evidence in latent_merge's docstring)
+    from dhaka import tl
+
+    assert cluster.latent_merge("cnv") and not cluster.latent_merge("expression")
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(0, 1, (60, 3)), rng.normal(6, 1, (60, 3))])
+    assert tl._cluster(Z, seed=0, k_max=4, mode="expression").params["merge"] is False
+    assert tl._cluster(Z, seed=0, k_max=4, mode="cnv").params["merge"] is True

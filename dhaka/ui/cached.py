@@ -92,14 +92,14 @@ def embedding(
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def gmm_bic(_Z: np.ndarray, *, digest: str, k_max: int, seed: int) -> Any:
-    """GMM BIC search on ``_Z`` (``dhaka.cluster.gmm_bic``), cached by content digest."""
+def gmm_bic(_Z: np.ndarray, *, digest: str, k_max: int, seed: int, merge: bool = True) -> Any:
+    """GMM BIC search on ``_Z`` (``dhaka.cluster.gmm_bic``), cached by content digest and settings."""
     from threadpoolctl import threadpool_limits
 
     from dhaka.cluster import gmm_bic as _gmm_bic
 
     with threadpool_limits(1, user_api="blas"):  # tiny matrices: threads only contend (50x slower under load)
-        return _gmm_bic(_Z, k_max=k_max, seed=seed)
+        return _gmm_bic(_Z, k_max=k_max, seed=seed, merge=merge)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -248,7 +248,7 @@ def fit_embed_cluster(
     """
     from threadpoolctl import threadpool_limits
 
-    from dhaka.cluster import gmm_bic
+    from dhaka.cluster import gmm_bic, latent_merge
     from dhaka.estimator import Dhaka
 
     est = Dhaka(**params)
@@ -272,7 +272,8 @@ def fit_embed_cluster(
     # GMM works on tiny (d x d) matrices: BLAS threads only contend (50x slower on a busy CPU)
     with threadpool_limits(1, user_api="blas"):
         try:
-            gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)), seed=int(est.get_params()["seed"]))
+            gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)), seed=int(est.get_params()["seed"]),
+                          merge=latent_merge(est.get_params()["mode"]))
             labels = np.asarray(gmm.labels)
         except Exception:  # clusters are a bonus: a degenerate latent space still is a result
             gmm, labels = None, None

@@ -72,7 +72,11 @@ def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.
         k_max = int(st.number_input("Largest k tried (BIC)", 2, 30, 10, key="w.exp.kmax"))
     if gmm is None or len(gmm.bic) != k_max:
         with st.spinner("Fitting Gaussian mixtures…"):
-            gmm = widgets.safe_call(cached.gmm_bic, Z, digest=digest, k_max=k_max, seed=seed, what="GMM clustering")
+            from dhaka.cluster import latent_merge
+
+            mode = state.get_estimator_params().get("mode", "expression")
+            gmm = widgets.safe_call(cached.gmm_bic, Z, digest=digest, k_max=k_max, seed=seed, merge=latent_merge(mode),
+                                    what="GMM clustering")
         if gmm is not None:
             st.session_state[state.GMM] = gmm
     with st.sidebar:

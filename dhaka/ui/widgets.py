@@ -645,7 +645,10 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
             Z = np.asarray(est.transform(adata))
         seed = int(est.get_params().get("seed", 0))
         z_digest = tasks.digest(Z)
-        gmm = cached.gmm_bic(Z, digest=z_digest, k_max=10, seed=seed)
+        from dhaka.cluster import latent_merge
+
+        gmm = cached.gmm_bic(Z, digest=z_digest, k_max=10, seed=seed,
+                             merge=latent_merge(est.get_params().get("mode", "expression")))
         state.set_result(est, Z, gmm=gmm, run_id=run_id, source="run", status=run.status,
                          latent_digest=z_digest, obs_names=cell_ids)
         from dhaka.ui import annotate
