@@ -7,9 +7,10 @@ server stalled every training thread behind it (py-spy --gil: half of the GIL sa
 ``warmup_umap`` while a training was watched). The process compiles as soon as it starts (with the
 server, at the server's priority: a fresh server has no training yet, and a warm-up at niceness 10
 beside the first training took 31 s and still slowed it), then serves at niceness :data:`NICE`, so
-later views use only CPU time that trainings and pages leave idle. It compiles *before* it connects:
-the server accepts the connection when it first needs the worker, and a warm-up after connecting
-began only with the first UMAP (15 s after the default demo's training, measured).
+later views use only CPU time that trainings and pages leave idle. It compiles *before* it connects,
+and the server accepts in a thread: the warm-up once came after a connection the server accepted only
+when it first needed the worker, so it began with the first UMAP (15 s after the default demo's
+training, measured).
 
 The process is started and reached through :mod:`dhaka.ui.worker_process` (why not
 ``multiprocessing`` is said there).
