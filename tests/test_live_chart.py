@@ -40,3 +40,13 @@ def test_log_scale_skips_non_positive_and_missing_values():
 
 def test_nothing_to_draw():
     assert loss_svg([]) == ""
+
+
+def test_long_trainings_are_thinned_to_a_bounded_line_that_keeps_the_last_epoch():
+    hist = [{"epoch": e, "loss": 1000.0 / e, "kl": 1.0} for e in range(1, 3001)]
+    root = ET.fromstring(loss_svg(hist, max_points=300))
+    loss_line = root.findall(f"{NS}polyline")[0]
+    points = loss_line.get("points").split()
+    assert 300 <= len(points) <= 301
+    assert float(points[-1].split(",")[0]) == max(float(p.split(",")[0]) for p in points)  # the last epoch drawn
+    assert "3000" in [t.text for t in root.iter(f"{NS}text")]

@@ -60,11 +60,13 @@ def _panel(x0: float, y0: float, w: float, h: float, series: Sequence[tuple[list
     return out
 
 
-def loss_svg(history: Sequence[Mapping[str, Any]], *, width: int = 760, height: int = 250) -> str:
+def loss_svg(history: Sequence[Mapping[str, Any]], *, width: int = 760, height: int = 250,
+             max_points: int = 300) -> str:
     """An SVG of the training loss (solid), validation loss (dashed) and KL divergence per epoch.
 
     ``history``: the per-epoch rows of a training (``epoch``, ``loss``, optionally ``val_loss``,
     ``kl``, ``start`` and ``stage``); each fit (``start``) is its own colour, labelled by its stage.
+    A line of more than ``max_points`` epochs is drawn through every k-th of them and the last.
     Returns ``""`` when there is nothing to draw.
     """
     fits: dict[int, dict[str, Any]] = {}
@@ -76,6 +78,9 @@ def loss_svg(history: Sequence[Mapping[str, Any]], *, width: int = 760, height: 
 
     def col(rows: list[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
         pairs = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) is not None and "epoch" in r]
+        if len(pairs) > max_points:  # every k-th epoch and the last: the markup stays small on long trainings
+            step = -(-len(pairs) // max_points)
+            pairs = pairs[::step] + ([pairs[-1]] if (len(pairs) - 1) % step else [])
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
     left, right, legend = [], [], []
