@@ -9,3 +9,14 @@ tuned on the project's own simulators is judged here on data whose assumptions i
   chromosome-arm and focal events and whole-genome doubling, after the CNAsim model (Weiner &
   Bansal, Bioinformatics 2023).
 """
+from __future__ import annotations
+
+import numpy as np
+
+
+def proportions(values, name: str) -> np.ndarray:
+    """``values`` (positive numbers: group or clone sizes) scaled to sum to 1; ``ValueError`` naming ``name`` else."""
+    probs = np.asarray(values, dtype=float)
+    if probs.ndim != 1 or probs.size < 1 or np.any(probs <= 0):
+        raise ValueError(f"{name} must be positive numbers, got {values}")
+    return probs / probs.sum()

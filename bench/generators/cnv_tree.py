@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from bench.generators import proportions
+
 __all__ = ["CNVParams", "clone_tree_cnv"]
 
 # hg38 autosome lengths (Mb) and centromere positions (Mb), rounded
@@ -86,10 +88,7 @@ def clone_tree_cnv(params: CNVParams = CNVParams(), *, seed: int = 0):
     import pandas as pd
 
     p = params
-    probs = np.asarray(p.clone_prob, dtype=float)
-    if probs.ndim != 1 or probs.size < 1 or np.any(probs <= 0):
-        raise ValueError(f"clone_prob must be positive numbers, got {p.clone_prob}")
-    probs = probs / probs.sum()
+    probs = proportions(p.clone_prob, "clone_prob")
     rng = np.random.default_rng(seed)
     chrom, arm, start = _genome(p.bin_mb)
     nb = chrom.size

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from bench.generators import proportions
+
 __all__ = ["SplatParams", "splat_groups"]
 
 
@@ -79,10 +81,7 @@ def splat_groups(params: SplatParams = SplatParams(), *, seed: int = 0):
     import pandas as pd
 
     p = params
-    probs = np.asarray(p.group_prob, dtype=float)
-    if probs.ndim != 1 or probs.size < 1 or np.any(probs <= 0):
-        raise ValueError(f"group_prob must be positive numbers, got {p.group_prob}")
-    probs = probs / probs.sum()
+    probs = proportions(p.group_prob, "group_prob")
     rng = np.random.default_rng(seed)
     n, g, k = int(p.n_cells), int(p.n_genes), probs.size
 
