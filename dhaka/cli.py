@@ -144,12 +144,12 @@ def _cluster_and_write(args, Z, adata, *, extra_meta: dict) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from dhaka import Dhaka
+    from dhaka.cluster import latent_merge
 
     params = _estimator_params(args)  # check the settings before reading a large file
     adata = _read(args)
-    if params.get("mode") == "cnv" and not args.merge:
-        args.merge = True  # BIC over-splits heavy-tailed copy-number clouds (docs: dhaka.cluster.gmm_bic)
     est = Dhaka.from_preset(args.preset, **params)
+    args.merge = args.merge or latent_merge(est.mode)  # the app's rule (dhaka.cluster.latent_merge)
     if args.distributed:
         from dhaka.distributed import fit_estimator_distributed, init_from_env, is_main_process
 
@@ -173,6 +173,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     import warnings
 
     from dhaka import Dhaka
+    from dhaka.cluster import latent_merge
 
     est = Dhaka.load(args.model_dir)
     adata = _read(args)
@@ -184,8 +185,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")
         Z = est.transform(adata)
     args.seed = int(est.seed)
-    if est.mode == "cnv":
-        args.merge = True
+    args.merge = args.merge or latent_merge(est.mode)
     _cluster_and_write(args, Z, adata, extra_meta={"model": str(args.model_dir), "missing": missing})
     return 0
 

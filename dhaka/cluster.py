@@ -370,7 +370,7 @@ def latent_merge(mode: str) -> bool:
     ARI 0.94 vs 0.99 on the clone-tree base cell, 0.60 vs 0.99 on ploidy-relative doubled cells); on
     expression it never helped by more than 0.03 and cost 0.33 on the weak-effect Splatter cell (two real
     groups with a unimodal union) and 0.10 on the shipped oligodendroglioma data (0.60 vs 0.70). The CLI
-    followed this rule already; the app, :mod:`dhaka.tl` and the estimator now do too.
+    had this rule of its own; it, the app, :mod:`dhaka.tl` and the estimator all call this now.
     """
     return str(mode) == "cnv"
 
