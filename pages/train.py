@@ -10,9 +10,15 @@ widgets.require_entrypoint()
 
 # Every poll is a fragment rerun: Python work in the server and a redraw in the browser, which shares the
 # CPU with the training (on a laptop, and on bench/app_live.py's 2 cores). The progress, ETA and loss curves
-# are one fragment, polled every POLL_SECONDS; the curves are a static SVG while the job runs (a Plotly
-# redraw cost the browser ~0.5 s of CPU each; see dhaka/ui/live_chart.py), the interactive figure after.
+# are one fragment, polled every POLL_SECONDS; the bar and the curves are static SVG while the job runs (a
+# Plotly redraw cost the browser ~0.5 s of CPU each, Streamlit's progress bar 35 ms; see
+# dhaka/ui/live_chart.py), the interactive figure after. While a training runs the form is replaced by a
+# summary of its settings: the browser's cost of a poll grows with the number of widgets on the page.
 POLL_SECONDS = 2.0
+# Near the end (the last fit, or embedding and clustering) a poll also waits up to this long for the end,
+# so "Finished" shows when the training ends instead of at the next poll (1 s later on average). A click
+# (Stop) made during such a wait is handled when it is over.
+END_WAIT_SECONDS = 1.5
 
 st.title("Train")
 adata = state.require_dataset()
@@ -45,8 +51,12 @@ if not active and not tasks.train_in_thread():
 
 st.caption(f"Dataset: **{info.get('name')}** · {adata.n_obs:,} cells × {adata.n_vars:,} genes · "
            f"mode **{state.get_preprocess().get('mode', 'expression')}** (change on the Data page)")
-params = widgets.train_form(defaults=demos.fast_train_params() if demos.demo_fast() else None,
-                            cuda=_cuda_available())
+if active:  # the settings of the running training; the form comes back, as it was, when it ends
+    params = state.get_train_params()
+    st.caption(f"**Settings of this training:** {widgets.settings_summary(params)}.")
+else:
+    params = widgets.train_form(defaults=demos.fast_train_params() if demos.demo_fast() else None,
+                                cuda=_cuda_available())
 full = {**state.get_preprocess(), **params}
 
 c1, c2 = st.columns([1, 3])
@@ -85,21 +95,25 @@ def live_progress() -> None:
         st.button("Cancel", key="w.train.cancel", on_click=j.cancel)
     elif status == "running":
         ep, n = prog.get("epoch"), prog.get("n_epochs")
-        if ep and n:
-            s, ns = int(prog.get("start", 0)) + 1, int(prog.get("n_starts", 1))
+        s, ns = int(prog.get("start", 0)) + 1, int(prog.get("n_starts", 1))
+        if prog.get("phase") == "embedding":
+            bar = live_chart.progress_html(1.0, prog.get("message", "Embedding cells and calling clusters") + "…")
+        elif ep and n:
             starts = f" · {prog['stage']}" if prog.get("stage") else (f" · start {s}/{ns}" if ns > 1 else "")
-            st.progress(min(1.0, ep / n), text=f"Epoch {ep}/{n}{starts} · elapsed "
-                                                 f"{_fmt_seconds(prog.get('elapsed'))} · ETA "
-                                                 f"{_fmt_seconds(prog.get('eta'))} · loss {prog.get('loss', 0):.4g}")
+            bar = live_chart.progress_html(ep / n, f"Epoch {ep}/{n}{starts} · elapsed "
+                                                   f"{_fmt_seconds(prog.get('elapsed'))} · ETA "
+                                                   f"{_fmt_seconds(prog.get('eta'))} · loss {prog.get('loss', 0):.4g}")
         else:
-            st.progress(0.0, text=prog.get("message", "Starting…"))
+            bar = live_chart.progress_html(0.0, prog.get("message", "Starting…"))
         if snap.get("stop_requested"):
             st.caption("Stopping after the current epoch…")
         else:
             st.button("Stop", key="w.train.stop", on_click=j.cancel, icon=":material/stop:",
                       help="Ends training within one epoch; the model is kept as it is.")
-        if snap["history"]:
-            st.markdown(live_chart.loss_svg(snap["history"]), unsafe_allow_html=True)  # our own SVG, labels escaped
+        # one element: the bar, then the curves (our own markup, every text escaped)
+        st.markdown(bar + live_chart.loss_svg(snap["history"]), unsafe_allow_html=True)
+        if active and (prog.get("phase") == "embedding" or (ep and s >= ns)) and j.wait(END_WAIT_SECONDS):
+            st.rerun()  # ended while we waited: show it now
     elif status == "done":
         n_epochs, n_fits = snap["n_history"], int(prog.get("n_fits") or 1)
         fits = f" over {n_fits} fits (gene refinement / warm starts)" if n_fits > 1 else ""

@@ -50,3 +50,15 @@ def test_long_trainings_are_thinned_to_a_bounded_line_that_keeps_the_last_epoch(
     assert 300 <= len(points) <= 301
     assert float(points[-1].split(",")[0]) == max(float(p.split(",")[0]) for p in points)  # the last epoch drawn
     assert "3000" in [t.text for t in root.iter(f"{NS}text")]
+
+
+def test_progress_bar_is_escaped_bounded_and_labelled():
+    from dhaka.ui.live_chart import progress_html
+
+    root = ET.fromstring(progress_html(0.25, "Epoch 5/20 · fit <1/3>"))  # well-formed: the text is escaped
+    assert root.get("role") == "progressbar" and root.get("aria-valuenow") == "25"
+    assert root.get("aria-label") == "Epoch 5/20 · fit <1/3>"
+    bar = root.findall(f".//{NS}rect")
+    assert float(bar[1].get("width")) == 0.25 * float(bar[0].get("width"))
+    for fraction, now in ((1.7, "100"), (-1.0, "0"), (float("nan"), "0")):
+        assert ET.fromstring(progress_html(fraction, "x")).get("aria-valuenow") == now

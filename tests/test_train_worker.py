@@ -154,3 +154,17 @@ def test_training_process_keeps_the_servers_thread_settings(monkeypatch):
         env = _child_env(train_worker._spare.proc.pid)
         assert env.get(b"OMP_WAIT_POLICY") == (None if value is None else value.encode())
     train_worker.shutdown_spare()
+
+
+def test_warm_up_runs_the_job_code_and_leaves_the_random_state_alone():
+    # a spare worker runs one tiny fit before it connects; the training it then runs must not depend on it
+    import torch
+
+    np.random.seed(7)
+    torch.manual_seed(7)
+    before = (np.random.random(), torch.rand(1).item())
+    np.random.seed(7)
+    torch.manual_seed(7)
+    seconds = train_worker.warm_up()
+    assert seconds > 0
+    assert (np.random.random(), torch.rand(1).item()) == before

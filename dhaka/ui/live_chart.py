@@ -7,6 +7,11 @@ open the default demo trained in 38.8 s against 35.5 s with no live redraws (``b
 millisecond to build. The interactive Plotly figure (hover, zoom, downloads) replaces it when the
 training ends.
 
+The progress line and bar are drawn the same way (:func:`progress_html`): Streamlit's own progress
+bar cost the browser about 35 ms of CPU on every update (measured in headless Chromium: 0.93 s per 30 s
+of polling every 2 s with ``st.progress``, 0.41 s with the same text as a caption), a fifth of what
+the whole Train page cost the browser per poll.
+
 Nothing here imports streamlit.
 """
 from __future__ import annotations
@@ -16,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["loss_svg"]
+__all__ = ["loss_svg", "progress_html"]
 
 #: One colour per fit (gene-refinement fits, random starts), as in :func:`dhaka.plots.loss_curves`.
 FIT_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -104,3 +109,20 @@ def loss_svg(history: Sequence[Mapping[str, Any]], *, width: int = 760, height: 
         x += 24 + 7 * len(label)
     parts.append("</svg>")
     return "".join(parts)
+
+
+def progress_html(fraction: float, text: str, *, width: int = 760) -> str:
+    """A progress line and a plain bar (no animation), as HTML for ``st.markdown(unsafe_allow_html=True)``.
+
+    ``fraction`` is clipped to [0, 1]; ``text`` is escaped. The bar is an ARIA ``progressbar`` with
+    the text as its label, so screen readers and browser tests find it as they would Streamlit's.
+    """
+    f = min(1.0, max(0.0, float(fraction))) if fraction == fraction else 0.0
+    label = html.escape(str(text))
+    return (f'<div role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="{100 * f:.0f}" '
+            f'aria-label="{label}" style="max-width:{width}px">'
+            f'<div style="font-size:0.9rem;margin-bottom:4px">{label}</div>'
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} 8" width="100%" height="8" '
+            f'preserveAspectRatio="none" aria-hidden="true">'
+            f'<rect width="{width}" height="8" rx="4" fill="#e4ebf0"/>'
+            f'<rect width="{width * f:.1f}" height="8" rx="4" fill="#1f6f8b"/></svg></div>')

@@ -282,6 +282,38 @@ def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) ->
     return params
 
 
+def settings_summary(params: dict[str, Any]) -> str:
+    """The training settings in one line (the Train page shows it in place of the form while a training runs).
+
+    The network and training fields are always listed, an advanced or library setting only when it
+    differs from the estimator's default; special values read as the form labels them ("automatic").
+    """
+    from dhaka.params import PARAMS
+    from dhaka.params import defaults as estimator_defaults
+
+    base = estimator_defaults()
+    parts = [f"encoder: {_structure_label(params.get('structure', base['structure'])).split(' (')[0].lower()} "
+             f"{_widths(params.get('structure', base['structure']))}"]
+    for p in PARAMS:
+        if p.name == "structure" or p.group == "preprocess" or p.name not in params:
+            continue
+        value = params[p.name]
+        if p.group in ("advanced", "library") and value == base.get(p.name):
+            continue
+        shown = p.special[value][1] if p.is_special(value) else f"{value:g}" if isinstance(value, float) else value
+        parts.append(f"{p.label.lower()}: {shown}")
+    return plain(" · ".join(str(x) for x in parts))
+
+
+def _widths(structure: Any) -> str:
+    try:
+        from dhaka.model import resolve_structure
+
+        return "(" + "-".join(str(w) for w in resolve_structure(structure)) + ")"
+    except (TypeError, ValueError):
+        return ""
+
+
 # ------------------------------------------------------------------- colour
 @dataclass
 class ColorChoice:

@@ -198,7 +198,7 @@ def test_stop_ends_training_and_keeps_the_model(env):
         time.sleep(0.2)
     assert job.snapshot()["history"], "no epoch reported within 300 s"
     at.run()
-    assert any(p for p in at.get("progress")), "progress bar while running"
+    assert any('role="progressbar"' in m.value for m in at.markdown), "progress bar while running"
     at.button(key="w.train.stop").click().run()
     assert job.wait(60)
     at.run()
@@ -207,6 +207,7 @@ def test_stop_ends_training_and_keeps_the_model(env):
     assert job.result.status == "stopped"
     assert at.session_state["dhaka.estimator"] is not None
     assert any("Stopped after" in w.value for w in at.warning)
+    assert at.number_input(key="w.train.epochs").value == 2000  # the form is back as it was set
 
 
 def test_sessions_do_not_see_each_other(trained):
@@ -412,3 +413,17 @@ def test_other_demos_load_with_their_truth(env, key, truth):
     assert metric(at, "Cells") == f"{adata.n_obs:,}"
     assert at.session_state["dhaka.truth_column"] == truth
     assert any("Training matrix" in s.value for s in at.success)
+
+
+def test_settings_summary_names_every_training_setting_and_special_values():
+    from dhaka.params import PARAMS, defaults
+    from dhaka.ui import widgets
+
+    line = widgets.settings_summary({**defaults(), "structure": [512, 128], "clip_norm": None, "patience": 30})
+    text = line.replace("\\", "")  # Markdown escapes
+    assert "encoder: custom layer list (512-128)" in text
+    assert "clip norm: no gradient clipping" in text and "patience (epochs): 30" in text
+    for p in PARAMS:
+        if p.group in ("network", "training") and p.name != "structure":
+            assert p.label.lower() + ":" in text
+    assert "optimizer" not in text  # an advanced setting at its default is left out

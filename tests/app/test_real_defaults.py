@@ -61,8 +61,10 @@ def test_default_demo_trains_from_the_form_as_it_comes_and_explore_shows_every_v
         time.sleep(1.0)
         at.run()
         no_errors(at)
-        seen = any("Epoch" in str(p.proto.text) for p in at.get("progress"))
+        seen = any('role="progressbar"' in m.value and "Epoch " in m.value for m in at.markdown)
     assert seen or job.done, "no progress bar with the epoch while training ran"
+    if seen:  # the settings of the running training in place of the form
+        assert not at.number_input and any("Settings of this training" in c.value for c in at.caption)
     assert job.wait(900), "training on the real defaults did not finish"
     at.run()
     no_errors(at)

@@ -71,7 +71,8 @@ def test_real_defaults_train_explore_and_every_page_by_url(server):
 
             # 2. train the default demo from the form as it comes, watching it live
             start.click()
-            expect(page.get_by_test_id("stProgress").get_by_text("Epoch")).to_be_visible(timeout=120_000)
+            expect(page.get_by_role("progressbar").get_by_text("Epoch")).to_be_visible(timeout=120_000)
+            expect(page.get_by_text("Settings of this training")).to_be_visible()  # in place of the form
             page.screenshot(path=OUT / "real-02-training.png")
             expect(page.get_by_text("Finished:")).to_be_visible(timeout=900_000)
             clean(page, "finished")
