@@ -76,8 +76,9 @@ def _free_port() -> int:
 
 
 def _cpu_seconds(server_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the server process and the browser, and the machine's idle CPU
-    seconds (all cores), read from /proc."""
+    """CPU seconds used so far by the server process, the browser and the views worker (UMAP; the training
+    process is not counted: it has exited by the end), and the machine's idle CPU seconds (all cores),
+    read from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
     procs: dict[int, tuple[int, float, str]] = {}
     for entry in Path("/proc").iterdir():
@@ -90,12 +91,14 @@ def _cpu_seconds(server_pid: int) -> dict[str, float]:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
         procs[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, cmd)
-    out = {"server": 0.0, "browser": 0.0}
+    out = {"server": 0.0, "browser": 0.0, "views worker": 0.0}
     for pid, (_ppid, cpu, cmd) in procs.items():
         if pid == server_pid:
             out["server"] += cpu
         elif "chromium" in cmd or "chrome" in cmd:
             out["browser"] += cpu
+        elif "dhaka.ui.views_worker" in cmd:
+            out["views worker"] += cpu
     # the training process has exited by the end: count what no process used instead
     cpu = Path("/proc/stat").read_text().split()
     out["idle"] = int(cpu[4]) / tick

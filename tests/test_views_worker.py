@@ -1,6 +1,8 @@
 """The views worker process (t-SNE / UMAP off the server's GIL) and the background views task."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,5 +94,35 @@ def test_umap_compiles_as_soon_as_the_worker_starts():
         time.sleep(0.5)  # its ("warm", seconds) message follows the connection at once
         assert w.warm, "connected before UMAP was compiled"
         assert w.run("umap", _blobs(), n_components=2).shape == (90, 2)
+    finally:
+        w.shutdown()
+
+
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process state from /proc")
+def test_a_training_pauses_a_umap_warm_up_and_lets_it_finish_after():
+    # the first training after launch had 4.8 s of its CPU taken by the compile (bench/app_live.py)
+    import time
+
+    from dhaka.ui.views_worker import trainings_first
+
+    w = ViewsWorker(warm=True)
+    try:
+        with trainings_first():
+            assert w.held
+            time.sleep(0.3)
+            assert _state(w._worker.proc.pid) == "T"  # stopped
+            with trainings_first():  # a second training at once: still held when the first ends
+                pass
+            assert w.held
+        assert not w.held
+        assert w.run("umap", _blobs(), n_components=2).shape == (90, 2)  # it went on compiling
+        with trainings_first():
+            assert not w.held  # a compiled worker is never paused: it serves other sessions' views
+        assert w.warm
     finally:
         w.shutdown()

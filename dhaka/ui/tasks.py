@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dhaka.ui.views_worker import trainings_first
+
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
     import pandas as pd
@@ -378,16 +380,17 @@ def make_train_task(
         try:
             kw = dict(truth=truth_arr, k_max=k_max, checkpoint_every=checkpoint_every,
                       checkpoint_seconds=checkpoint_seconds)
-            if use_thread:
-                fit = fit_embed_cluster(adata, params, on_epoch=on_epoch, stop_event=ctx.stop_event,
-                                        checkpoint=on_checkpoint, on_phase=on_phase, **kw)
-            else:
-                from dhaka.ui.train_worker import run_in_worker
+            with trainings_first():  # a UMAP warm-up still compiling waits (dhaka.ui.views_worker)
+                if use_thread:
+                    fit = fit_embed_cluster(adata, params, on_epoch=on_epoch, stop_event=ctx.stop_event,
+                                            checkpoint=on_checkpoint, on_phase=on_phase, **kw)
+                else:
+                    from dhaka.ui.train_worker import run_in_worker
 
-                scratch = str(run.path) if getattr(run, "path", None) is not None else None
-                fit = run_in_worker({"adata": _lean(adata), "params": params, "scratch": scratch, **kw},
-                                    stop_event=ctx.stop_event,
-                                    on_epoch=on_epoch, on_checkpoint=on_checkpoint, on_phase=on_phase)
+                    scratch = str(run.path) if getattr(run, "path", None) is not None else None
+                    fit = run_in_worker({"adata": _lean(adata), "params": params, "scratch": scratch, **kw},
+                                        stop_event=ctx.stop_event,
+                                        on_epoch=on_epoch, on_checkpoint=on_checkpoint, on_phase=on_phase)
             est, Z, gmm, labels = fit.estimator, fit.latent, fit.gmm, fit.labels
             metrics: dict[str, Any] = {"n_epochs_run": len(history)}
             if history:

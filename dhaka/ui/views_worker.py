@@ -7,7 +7,10 @@ server stalled every training thread behind it (py-spy --gil: half of the GIL sa
 ``warmup_umap`` while a training was watched). The process compiles as soon as it starts (with the
 server, at the server's priority: a fresh server has no training yet, and a warm-up at niceness 10
 beside the first training took 31 s and still slowed it), then serves at niceness :data:`NICE`, so
-later views use only CPU time that trainings and pages leave idle. It compiles *before* it connects,
+later views use only CPU time that trainings and pages leave idle. While a training runs
+(:func:`trainings_first`), a worker still compiling is paused (SIGSTOP, SIGCONT after): a training
+started in the first seconds after launch had 4.8 s of its CPU taken by the compile (bench/app_live.py,
+the views worker's CPU between Start and Finished). It compiles *before* it connects,
 and the server accepts in a thread: the warm-up once came after a connection the server accepted only
 when it first needed the worker, so it began with the first UMAP (15 s after the default demo's
 training, measured).
@@ -19,20 +22,50 @@ Nothing here imports streamlit; :func:`dhaka.ui.cached.views_worker` keeps one p
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 import time
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from dhaka.ui.worker_process import WorkerProcess, connect_to_parent
 
-__all__ = ["ViewsWorker", "NICE"]
+__all__ = ["ViewsWorker", "NICE", "trainings_first"]
 
 #: Niceness of the worker process (0 = as the server, 19 = only idle CPU).
 NICE = 10
+
+_trainings = 0
+_trainings_lock = threading.Lock()
+_workers: "weakref.WeakSet[ViewsWorker]" = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def trainings_first() -> Iterator[None]:
+    """Pause the UMAP warm-up of every views worker still compiling while the block (a training) runs.
+
+    Re-entrant across threads: the warm-ups go on when the last such block has ended. A worker that
+    has compiled (it connects right after) is never paused.
+    """
+    global _trainings
+    with _trainings_lock:
+        _trainings += 1
+        for w in list(_workers):
+            w._hold(True)
+    try:
+        yield
+    finally:
+        with _trainings_lock:
+            _trainings -= 1
+            if _trainings == 0:
+                for w in list(_workers):
+                    w._hold(False)
 
 
 def _warm() -> float:
@@ -69,11 +102,34 @@ class ViewsWorker:
         self._nice = int(nice)
         self._lock = threading.Lock()  # one request at a time on the connection
         self._warm_done = not warm
+        self._held = False
         self._start()
 
     def _start(self) -> None:
         self._worker = WorkerProcess("dhaka.ui.views_worker", str(self._nice),
                                      "1" if self._warm_wanted and not self._warm_done else "0")
+        with _trainings_lock:
+            _workers.add(self)
+            if _trainings:
+                self._hold(True)
+
+    def _hold(self, on: bool) -> None:
+        """Stop (``on``) a worker that is still compiling, or continue a stopped one (under _trainings_lock)."""
+        stop, cont = getattr(signal, "SIGSTOP", None), getattr(signal, "SIGCONT", None)
+        if stop is None or cont is None or on == self._held:
+            return
+        if on and (self._worker.connected() or not self._worker.alive()):
+            return  # compiled (or gone): nothing to hold back
+        try:
+            os.kill(self._worker.proc.pid, stop if on else cont)
+            self._held = on
+        except ProcessLookupError:
+            self._held = False
+
+    @property
+    def held(self) -> bool:
+        """``True`` while the worker's warm-up is paused for a training."""
+        return self._held
 
     def _connection(self):
         return self._worker.conn
@@ -122,6 +178,9 @@ class ViewsWorker:
 
     def shutdown(self) -> None:
         """Stop the worker process."""
+        with _trainings_lock:
+            self._hold(False)  # a stopped process would not act on SIGTERM
+            _workers.discard(self)
         self._worker.close(timeout=0)
 
 
