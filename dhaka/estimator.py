@@ -103,7 +103,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         :data:`LIBRARY_R2` of the log library size both overall and within its own clusters
         (a depth gradient; groups that differ in library size do not count), for that fit and
         the ones after it (``refinement_`` records ``library_r2``, ``library_r2_within`` and
-        ``library_axis``). Normalised or log input is used as it is (no library size to read).
+        ``library_axis``). Normalised or log input is used as it is (no library size to read), and
+        so are prepared rows (:class:`dhaka.preprocess.PreparedRows`, out of core).
         bench/RESULTS.md, independent data.
     epochs, batch_size, lr, optimizer, clip_norm
         Training settings (RMSprop as in the paper; global gradient-norm clipping).
