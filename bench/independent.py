@@ -103,18 +103,20 @@ def _baseline_input(adata, mode: str) -> np.ndarray:
     return X - X.mean(axis=0, keepdims=True)
 
 
-def _embed(adata, method: str, mode: str, seed: int) -> tuple[np.ndarray, float, dict]:
+def _embed(adata, method: str, mode: str, seed: int, params: dict | None = None) -> tuple[np.ndarray, float, dict]:
+    """Embedding by ``method``; ``params`` are a Dhaka variant's settings (``--variant``)."""
     from bench.common import embed_baseline
 
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
     method = method.partition("/")[0]  # "/ploidy": the caller passes the ploidy-relative profiles
-    if method == "dhaka":
+    if method.startswith("dhaka"):
         from dhaka import Dhaka
 
-        est = Dhaka(mode=mode, seed=seed).fit(adata)
+        est = Dhaka(mode=mode, seed=seed, **(params or {})).fit(adata)
         Z = est.transform(adata)
-        info = {"epochs": len(est.history_), "refinement": [r.get("genes") for r in est.refinement_]}
+        info = {"epochs": len(est.history_), "refinement": [r.get("genes") for r in est.refinement_],
+                "library": [{k: v for k, v in r.items() if k.startswith("library")} for r in est.refinement_]}
     else:
         S = _baseline_input(adata, mode)
         if method == "pca3":
@@ -128,14 +130,18 @@ def _embed(adata, method: str, mode: str, seed: int) -> tuple[np.ndarray, float,
     return np.asarray(Z, dtype=np.float64), time.perf_counter() - t0, info
 
 
-def cached_embedding(key: str, adata, method: str, mode: str, seed: int, *, refit: bool = False):
-    """Embedding of ``adata`` by ``method``, from ``OUT/key__method__s{seed}.npz`` when present."""
+def cached_embedding(key: str, adata, method: str, mode: str, seed: int, *, refit: bool = False,
+                     params: dict | None = None):
+    """Embedding of ``adata`` by ``method``, from ``OUT/key__method__s{seed}.npz`` when present.
+
+    A variant's cache is named by the variant (``dhaka-NAME``): change its settings under a new name.
+    """
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{key}__{method.replace('/', '+')}__s{seed}.npz"
     if path.exists() and not refit:
         f = np.load(path, allow_pickle=False)
         return f["Z"], float(f["seconds"]), json.loads(str(f["info"]))
-    Z, sec, info = _embed(adata, method, mode, seed)
+    Z, sec, info = _embed(adata, method, mode, seed, params)
     np.savez(path, Z=Z, seconds=sec, info=json.dumps(info))
     return Z, sec, info
 
@@ -216,9 +222,13 @@ def _ploidy_view(adata):
 
 
 def run_part(part: str, *, seeds=(0,), quick: bool = False, only=None, refit: bool = False,
-             cached_only: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+             cached_only: bool = False, variants: dict[str, dict] | None = None,
+             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Embed and score every data set of ``part``; ``variants`` (name -> Dhaka settings) add rows ``dhaka-NAME``."""
     rows: list[dict[str, Any]] = []
+    variants = variants or {}
     for key, desc, make, col, mode, methods in _datasets(part, quick, only):
+        methods = (*methods, *(f"dhaka-{name}" for name in variants))
         for seed in seeds:
             adata = make(seed)
             truth = adata.obs[col].astype(str).to_numpy()
@@ -235,8 +245,9 @@ def run_part(part: str, *, seeds=(0,), quick: bool = False, only=None, refit: bo
                 data = view if ploidy else adata
                 if cached_only and not (OUT / f"{key}__{method.replace('/', '+')}__s{seed}.npz").exists():
                     continue
-                Z, sec, info = cached_embedding(key, data, method, mode, seed, refit=refit)
-                sc = score_all(Z, truth, seed, mode=mode, dhaka=base == "dhaka")
+                Z, sec, info = cached_embedding(key, data, method, mode, seed, refit=refit,
+                                                params=variants.get(base.removeprefix("dhaka-")))
+                sc = score_all(Z, truth, seed, mode=mode, dhaka=base.startswith("dhaka"))
                 row = {"data": key, "seed": seed, "method": method, "k_true": k_true, "seconds": sec, **extra}
                 for c, (a, k) in sc.items():
                     row[f"{c}_ari"], row[f"{c}_k"] = a, k
@@ -286,16 +297,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="*", help="grid cell names to run")
     ap.add_argument("--refit", action="store_true", help="recompute cached embeddings")
     ap.add_argument("--cached-only", action="store_true", help="score only embeddings already cached")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="extra Dhaka row dhaka-NAME with these settings, e.g. 'nolib={\"library_axis\": \"remove\"}'")
     ap.add_argument("--write", action="store_true", help="record the tables in bench/RESULTS.md")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     set_threads(args.threads)
+    variants = {v.partition("=")[0]: json.loads(v.partition("=")[2]) for v in args.variant}
     machine = machine_description()
     parts = ("expression", "cnv", "real") if args.part == "all" else (args.part,)
     for part in parts:
         t0 = time.perf_counter()
         rows = run_part(part, seeds=tuple(range(args.seeds)), quick=args.quick, only=args.only, refit=args.refit,
-                        cached_only=args.cached_only)
+                        cached_only=args.cached_only, variants=variants)
         text = table(rows)
         lines = checks(rows)
         print(text)

@@ -38,6 +38,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``library_axis="auto"`` repeats a fit without the library-size axis when its latent explains more than this
+#: share of the cells' log library size, both overall and within the latent's clusters (a gradient of
+#: sequencing depth, not cell types that differ in library size). Measured on first fits (bench/RESULTS.md):
+#: Splatter with a 20x library spread 0.81-0.84 overall, 0.59-0.67 within clusters; simulate.counts() at most
+#: 0.23 and the other Splatter cells of bench/independent.py at most 0.11 overall (final latents); two groups of
+#: different library size (tests) 0.93 overall but 0.02-0.03 within clusters.
+LIBRARY_R2 = 0.5
+
+
 def _as_matrix(X: Any) -> tuple[Any, list[str] | None, list[str] | None]:
     """(matrix, cell names, feature names) from AnnData, DataFrame, ndarray or sparse."""
     if hasattr(X, "obs_names") and hasattr(X, "var_names") and hasattr(X, "X"):
@@ -83,6 +92,20 @@ class Dhaka(TransformerMixin, BaseEstimator):
         training matrix, a fixed linear layer saved with the model; the decoder still
         reconstructs every selected gene. With weak group signal spread over many noisy genes
         the paper's direct encoder (``None``) learns noise instead of groups (bench/RESULTS.md).
+    library_axis
+        On raw counts (where the pipeline normalises library sizes), the gene axis along which
+        the model's input follows the cells' log library size (each gene's regression
+        coefficient on it) can be projected out of what the encoder reads and the decoder
+        reconstructs (the encoder's principal axes are then orthogonal to it): normalisation then
+        log leaves library size in the data wherever dropout depends on depth, and a 3-D latent
+        can spend a dimension on it. ``"remove"`` always, ``"keep"`` never, ``"auto"`` (default)
+        repeats a fit with the axis removed when its latent explains more than
+        :data:`LIBRARY_R2` of the log library size both overall and within its own clusters
+        (a depth gradient; groups that differ in library size do not count), for that fit and
+        the ones after it (``refinement_`` records ``library_r2``, ``library_r2_within`` and
+        ``library_axis``). Normalised or log input is used as it is (no library size to read), and
+        so are prepared rows (:class:`dhaka.preprocess.PreparedRows`, out of core).
+        bench/RESULTS.md, independent data.
     epochs, batch_size, lr, optimizer, clip_norm
         Training settings (RMSprop as in the paper; global gradient-norm clipping).
         ``batch_size="auto"`` takes the power of two nearest n_cells / 8, between 32 and 512:
@@ -134,6 +157,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         likelihood: Literal["gaussian", "mse", "bernoulli"] = "gaussian",
         batch_norm: bool = True,
         encoder_pcs: int | None = 50,
+        library_axis: Literal["auto", "remove", "keep"] = "auto",
         epochs: int = 200,
         batch_size: int | Literal["auto"] = "auto",
         lr: float = 1e-3,
@@ -164,6 +188,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.likelihood = likelihood
         self.batch_norm = batch_norm
         self.encoder_pcs = encoder_pcs
+        self.library_axis = library_axis
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -208,6 +233,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         if not (self.refine == "auto" or (isinstance(self.refine, (int, np.integer))
                                           and not isinstance(self.refine, bool) and self.refine >= 0)):
             raise ValueError(f"refine must be 'auto' or a number of rounds >= 0, got {self.refine!r}")
+        if self.library_axis not in ("auto", "remove", "keep"):
+            raise ValueError(f"library_axis must be 'auto', 'remove' or 'keep', got {self.library_axis!r}")
         if not 0 < float(self.refine_alpha) < 1:
             raise ValueError(f"refine_alpha must be in (0, 1), got {self.refine_alpha}")
         from dhaka.model import resolve_structure
@@ -248,8 +275,13 @@ class Dhaka(TransformerMixin, BaseEstimator):
     target_sum_ = property(lambda self: self.preprocessor_.target_sum_, doc="Normalisation target.")
     gene_indices_ = property(lambda self: self.preprocessor_.gene_indices_, doc="Selected feature indices.")
 
-    def _principal_axes(self, S: Any, center: np.ndarray, scale: np.ndarray) -> np.ndarray | None:
-        """Top principal axes (genes x n_pcs, float32) of (S - center) / scale, sparse-safe."""
+    def _principal_axes(self, S: Any, center: np.ndarray, scale: np.ndarray,
+                        nuisance: np.ndarray | None = None) -> np.ndarray | None:
+        """Top principal axes (genes x n_pcs, float32) of (S - center) / scale, sparse-safe.
+
+        With a unit gene axis ``nuisance`` they are the axes of the input with it projected out
+        (what the model reads, :meth:`dhaka.model.VAE.prepare`), so they are orthogonal to it.
+        """
         if not self.encoder_pcs:
             return None
         n, g = S.shape
@@ -260,12 +292,17 @@ class Dhaka(TransformerMixin, BaseEstimator):
 
         c = (center / scale).astype(np.float64)
         inv = (1.0 / scale).astype(np.float64)
+        w = nuisance
         if sp.issparse(S):
             A = LinearOperator((n, g), dtype=np.float64,
                                matvec=lambda v: S @ (inv * np.ravel(v)) - c @ np.ravel(v),
                                rmatvec=lambda u: inv * (S.T @ np.ravel(u)) - c * np.ravel(u).sum())
+            if w is not None:
+                A = _deflated(A, w)
         else:
             A = (np.asarray(S, dtype=np.float64) * inv) - c
+            if w is not None:
+                A = A - np.outer(A @ w, w)
         if not sp.issparse(S) and min(n, g) <= 3000:
             _, _, vt = np.linalg.svd(A, full_matrices=False)
             return np.ascontiguousarray(vt[:k].T, dtype=np.float32)
@@ -273,6 +310,24 @@ class Dhaka(TransformerMixin, BaseEstimator):
         _, _, vt = svds(A, k=min(k, min(n, g) - 1), v0=rng.standard_normal(min(n, g)), random_state=int(self.seed))
         order = np.arange(vt.shape[0])[::-1]  # svds returns ascending singular values
         return np.ascontiguousarray(vt[order].T, dtype=np.float32)
+
+    def _library_covariate(self, M: Any, pre: Preprocessor) -> np.ndarray | None:
+        """Log library size of each cell of the raw matrix ``M`` when its axis is to be removed, else ``None``.
+
+        Only where the pipeline normalises library sizes (raw counts): normalised or log input
+        carries no library size to read. Empty cells get the mean of the others.
+        """
+        if self.library_axis == "keep" or not pre.normalize_:
+            return None
+        from dhaka.preprocess import library_size
+
+        sizes = library_size(M)
+        positive = sizes > 0
+        if positive.sum() < 2:
+            return None
+        logs = np.log(np.where(positive, sizes, 1.0))
+        logs[~positive] = logs[positive].mean()
+        return logs
 
     # -------------------------------------------------------------------- fit
     def fit(
@@ -314,7 +369,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         P = pre.apply_steps(M)
         pre.fit_genes(P)
         self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(), max_genes=pre.n_select(P.shape[1]),
-                         callback=callback, stop_event=stop_event, checkpoint=checkpoint,
+                         covariate=self._library_covariate(M, pre), callback=callback, stop_event=stop_event, checkpoint=checkpoint,
                          checkpoint_every=checkpoint_every, seams=seams)
         return self
 
@@ -340,24 +395,26 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return self
 
     def _fit_rounds(self, P: Any, pre: Preprocessor, *, names: Sequence[str] | None, rounds: int,
-                    max_genes: int | None, columns: np.ndarray | None = None, **train_kw: Any) -> None:
+                    max_genes: int | None, columns: np.ndarray | None = None,
+                    covariate: np.ndarray | None = None, **train_kw: Any) -> None:
         """Train on the genes ``pre`` chose among the columns of ``P``, then refine them ``rounds`` times.
 
         ``P`` holds every feature (value steps applied), or, for prepared rows, only the prepared
         genes (``columns`` = their feature indices). Each round keeps the genes of ``P`` the
         current latent explains (:meth:`_refined_genes`) and refits ``pre``'s affine on them; it
         stops early when nothing is significant or the selection no longer changes; warm starts
-        (``n_starts``) run in the last fit. ``train_kw`` goes to :meth:`_train`.
+        (``n_starts``) run in the last fit. ``covariate`` (per cell, or ``None``) defines the gene
+        axis each fit's model projects out (:func:`_covariate_axis`). ``train_kw`` goes to :meth:`_train`.
         """
         t0 = time.perf_counter()
         self.preprocessor_ = pre
         try:
             self._refine_loop(P, pre, names=names, rounds=rounds, max_genes=max_genes, columns=columns,
-                              **train_kw)
+                              covariate=covariate, **train_kw)
         finally:
             self.train_seconds_ = time.perf_counter() - t0  # every fit and the gene tests between them
 
-    def _refine_loop(self, P: Any, pre: Preprocessor, *, names, rounds, max_genes, columns,
+    def _refine_loop(self, P: Any, pre: Preprocessor, *, names, rounds, max_genes, columns, covariate,
                      **train_kw: Any) -> None:
         """The body of :meth:`_fit_rounds`."""
         from dhaka.train import is_row_source
@@ -367,16 +424,29 @@ class Dhaka(TransformerMixin, BaseEstimator):
         idx = np.array([pos[int(f)] for f in pre.gene_indices_], dtype=np.int64)  # columns of P
         self.refinement_: list[dict[str, Any]] = [
             {"fit": 1, "genes": int(len(idx)), "selected_by": self.gene_selection}]
+        remove = covariate is not None and self.library_axis == "remove"
         r = 0
         while True:
             final = r == rounds
             feat = pre.gene_indices_
             self.genes_ = [names[i] for i in feat] if names is not None else [str(i) for i in feat]
             S = P if np.array_equal(idx, np.arange(P.shape[1])) else P[:, idx]
-            loadings = None if is_row_source(S) else self._principal_axes(S, pre.center_, pre.scale_)
+            nuisance = _covariate_axis(S, 1.0 / pre.scale_, covariate) if remove else None
+            loadings = None if is_row_source(S) else self._principal_axes(S, pre.center_, pre.scale_, nuisance)
             label = f"fit {r + 1}/{rounds + 1} ({len(idx)} genes)" if rounds else ""
-            self._train(S, pre.center_, pre.scale_, loadings=loadings, n_starts=int(self.n_starts) if final else 1,
+            self._train(S, pre.center_, pre.scale_, loadings=loadings, nuisance=nuisance,
+                        n_starts=int(self.n_starts) if final else 1,
                         pass_offset=r, n_passes=rounds + int(self.n_starts), stage=label, **train_kw)
+            if nuisance is not None:
+                self.refinement_[-1]["library_axis"] = "removed"
+            if covariate is not None and not remove and self.library_axis == "auto" and not self.stopped_:
+                share = self._library_share(S, covariate)
+                self.refinement_[-1].update(share)
+                if share.get("library_r2_within", 0.0) > LIBRARY_R2:  # a depth gradient: this fit again, without it
+                    remove = True
+                    self.refinement_.append({"fit": len(self.refinement_) + 1, "genes": int(len(idx)),
+                                             "selected_by": "repeated without the library axis"})
+                    continue
             if final or self.stopped_:
                 return
             new = self._refined_genes(P, S, max_genes)
@@ -389,11 +459,38 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 if int(self.n_starts) == 1:
                     return
                 rounds = r
-                self.refinement_.append({"fit": r + 1, "genes": int(len(idx)), "selected_by": "unchanged"})
+                self.refinement_.append({"fit": len(self.refinement_) + 1, "genes": int(len(idx)),
+                                         "selected_by": "unchanged"})
                 continue
             idx = new["indices"]
             pre.fit_genes(P, indices=idx, columns=columns)
-            self.refinement_.append({"fit": r + 1, "genes": int(len(idx)), "selected_by": "latent R^2"})
+            self.refinement_.append({"fit": len(self.refinement_) + 1, "genes": int(len(idx)),
+                                     "selected_by": "latent R^2"})
+
+    def _library_share(self, S: Any, covariate: np.ndarray) -> dict[str, float]:
+        """How much of ``covariate`` (per cell) the current latent of ``S`` explains, as rank 0 sees it.
+
+        ``library_r2``: R^2 of a linear fit on the latent; where it exceeds :data:`LIBRARY_R2`,
+        also ``library_r2_within``: the same within the latent's clusters (``gmm_bic`` as the app
+        clusters), i.e. the share of a gradient inside clusters rather than of differences between
+        them (cell types may differ in library size; that is kept).
+        """
+        import torch.distributed as dist
+
+        from dhaka.cluster import gmm_bic, latent_merge
+        from dhaka.preprocess import latent_r2
+        from dhaka.train import encode
+
+        Z = encode(self.model_, S, device="cpu").astype(np.float64)
+        c = np.asarray(covariate, dtype=np.float64)[:, None]
+        out = {"library_r2": float(latent_r2(c, Z)[0])}
+        if out["library_r2"] > LIBRARY_R2:
+            labels = gmm_bic(Z, seed=int(self.seed), merge=latent_merge(self.mode)).labels
+            out["library_r2_within"] = float(latent_r2(_within_clusters(c, labels), _within_clusters(Z, labels))[0])
+        box = [out]
+        if dist.is_available() and dist.is_initialized():  # data-parallel: every rank takes rank 0's answer
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def _refined_genes(self, P: Any, S: Any, n_select: int | None) -> dict[str, Any]:
         """Genes of ``P`` the current latent explains (:func:`select_by_latent`), or ``None``."""
@@ -414,10 +511,13 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return out
 
     def _train(self, S: Any, center: np.ndarray, scale: np.ndarray, *, loadings: np.ndarray | None,
-               callback=None, stop_event=None, checkpoint=None, checkpoint_every: int = 5,
+               nuisance: np.ndarray | None = None, callback=None, stop_event=None, checkpoint=None, checkpoint_every: int = 5,
                n_starts: int | None = None, pass_offset: int = 0, n_passes: int | None = None,
                stage: str = "", seams: Any = None) -> None:
         """Train ``n_starts`` models on the selected matrix ``S`` and keep the best start.
+
+        ``loadings``: the encoder's principal axes; ``nuisance``: the unit gene axis the models
+        project out of their input (both ``None`` when not used).
 
         ``S`` is a matrix or a row source (prepared rows, e.g. out of core). ``pass_offset`` / ``n_passes`` place
         these starts among all training passes of a fit (refinement rounds + starts), so the
@@ -442,8 +542,11 @@ class Dhaka(TransformerMixin, BaseEstimator):
             torch.manual_seed(seed)
             model = VAE(S.shape[1], hidden=hidden, latent_dim=int(self.latent_dim),
                         likelihood=self.likelihood, batch_norm=bool(self.batch_norm),
-                        n_pcs=loadings.shape[1] if loadings is not None else None)
+                        n_pcs=loadings.shape[1] if loadings is not None else None,
+                        nuisance_axis=nuisance is not None)
             model.set_input_affine(torch.from_numpy(center), torch.from_numpy(scale))
+            if nuisance is not None:
+                model.set_nuisance_axis(torch.from_numpy(nuisance.astype(np.float32)))
             if loadings is not None:
                 model.set_projection(torch.from_numpy(loadings))
             self.model_ = model
@@ -584,7 +687,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
             "format": "dhaka-model/1", "dhaka_version": __version__, "torch_version": torch.__version__,
             "params": params,
             "model": {"n_input": model.n_input, "hidden": list(model.hidden), "latent_dim": model.latent_dim,
-                      "likelihood": model.likelihood, "batch_norm": model.batch_norm, "n_pcs": model.n_pcs},
+                      "likelihood": model.likelihood, "batch_norm": model.batch_norm, "n_pcs": model.n_pcs,
+                      "nuisance_axis": model.nuisance_axis},
             "n_features_in": int(self.n_features_in_), "has_feature_names": self.feature_names_ is not None,
             "gene_indices": [int(i) for i in self.gene_indices_],
             "start_scores": getattr(self, "start_scores_", []), "device": getattr(self, "device_", "cpu"),
@@ -635,7 +739,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         est = cls(**params)
         m = cfg["model"]
         model = VAE(m["n_input"], hidden=m["hidden"], latent_dim=m["latent_dim"], likelihood=m["likelihood"],
-                    batch_norm=m["batch_norm"], n_pcs=m.get("n_pcs"))
+                    batch_norm=m["batch_norm"], n_pcs=m.get("n_pcs"), nuisance_axis=m.get("nuisance_axis", False))
         state = load_file(str(path / "weights.safetensors"))
         model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
         est.model_ = model.eval()
@@ -652,6 +756,45 @@ class Dhaka(TransformerMixin, BaseEstimator):
         hist_path = path / "history.json"
         est.history_ = json.loads(hist_path.read_text()) if hist_path.exists() else []
         return est
+
+
+def _covariate_axis(S: Any, inv: np.ndarray, covariate: np.ndarray) -> np.ndarray | None:
+    """Unit gene vector along which the scaled input ``S * inv`` follows ``covariate`` (per cell).
+
+    Its entries are the genes' regression coefficients on the centred covariate (the column
+    means of ``S`` cancel against it, so ``S`` need not be centred); ``None`` when the covariate
+    is constant or no gene follows it.
+    """
+    u = np.asarray(covariate, dtype=np.float64) - float(np.mean(covariate))
+    if not np.any(u):
+        return None
+    t = inv * np.ravel(np.asarray(S.T @ u))
+    norm = float(np.linalg.norm(t))
+    return t / norm if norm > 1e-12 else None
+
+
+def _within_clusters(V: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``V`` (cells x columns) minus the mean of each cell's cluster."""
+    out = np.array(V, dtype=np.float64)
+    for label in np.unique(labels):
+        rows = labels == label
+        out[rows] -= out[rows].mean(axis=0)
+    return out
+
+
+def _deflated(A: Any, w: np.ndarray) -> Any:
+    """The linear operator ``A (I - w w^T)``: ``A`` with the unit gene axis ``w`` projected out."""
+    from scipy.sparse.linalg import LinearOperator
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        v = np.ravel(v)
+        return A.matvec(v - w * (w @ v))
+
+    def rmatvec(u: np.ndarray) -> np.ndarray:
+        t = np.ravel(A.rmatvec(np.ravel(u)))
+        return t - w * (w @ t)
+
+    return LinearOperator(A.shape, dtype=np.float64, matvec=matvec, rmatvec=rmatvec)
 
 
 def _prepared_columns(X: PreparedRows, genes: np.ndarray) -> Any:

@@ -96,6 +96,10 @@ class VAE(nn.Module):
         or ``"bernoulli"`` (sigmoid output, the paper's choice; inputs in [0, 1]).
     batch_norm
         Batch normalisation after each hidden linear layer.
+    n_pcs
+        Width of the fixed projection the encoder reads its input through (``None``: none).
+    nuisance_axis
+        Whether the model holds a unit feature axis that :meth:`prepare` projects out.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class VAE(nn.Module):
         likelihood: Likelihood = "gaussian",
         batch_norm: bool = True,
         n_pcs: int | None = None,
+        nuisance_axis: bool = False,
     ) -> None:
         super().__init__()
         if likelihood not in ("gaussian", "mse", "bernoulli"):
@@ -123,6 +128,11 @@ class VAE(nn.Module):
         self.n_pcs = int(n_pcs) if n_pcs else None
         if self.n_pcs:
             self.register_buffer("projection", torch.zeros(n_input, self.n_pcs))
+        # Optional unit feature axis removed from the prepared values (filled by set_nuisance_axis):
+        # neither the encoder reads nor the decoder reconstructs variation along it.
+        self.nuisance_axis = bool(nuisance_axis)
+        if self.nuisance_axis:
+            self.register_buffer("nuisance", torch.zeros(n_input))
         self.encoder = _mlp((self.n_pcs or n_input, *self.hidden), batch_norm)
         self.mu = nn.Linear(self.hidden[-1], latent_dim)
         self.logvar = nn.Linear(self.hidden[-1], latent_dim)
@@ -137,8 +147,16 @@ class VAE(nn.Module):
         self.scale.copy_(torch.as_tensor(scale, dtype=self.scale.dtype))
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw (preprocessed, selected) input -> the centred/scaled values the VAE models."""
-        return (x - self.center) / self.scale
+        """Raw (preprocessed, selected) input -> the centred/scaled values the VAE models
+        (with the nuisance axis projected out when the model has one)."""
+        y = (x - self.center) / self.scale
+        if self.nuisance_axis:
+            y = y - (y @ self.nuisance)[:, None] * self.nuisance
+        return y
+
+    def set_nuisance_axis(self, axis: torch.Tensor) -> None:
+        """Store the unit feature axis that :meth:`prepare` projects out."""
+        self.nuisance.copy_(torch.as_tensor(axis, dtype=self.nuisance.dtype))
 
     def set_projection(self, loadings: torch.Tensor) -> None:
         """Store the (n_input x n_pcs) principal axes the encoder reads its input through."""

@@ -246,6 +246,10 @@ PARAMS: tuple[Param, ...] = (
     Param("encoder_pcs", "int", "Encoder input PCs", "the encoder reads the top principal axes of its input "
           "('off' = the paper's direct encoder)", low=1, high=10000, special={None: ("off", "off")},
           group="library", example=50),
+    Param("library_axis", "choice", "Library-size axis", "raw counts: project the genes' response to log "
+          "library size out of the model's input: 'remove' always, 'keep' never, 'auto' when a fit's latent "
+          "follows library size within its clusters (that fit is repeated)", choices=("auto", "remove", "keep"),
+          group="library"),
     Param("weight_decay", "float", "Weight decay", "L2 penalty on the weights", low=0.0, high=1.0,
           group="library"),
     Param("kl_weight", "float", "KL weight", "final weight of the KL term (beta)", low=0.0, high=100.0,

@@ -271,3 +271,66 @@ def test_the_core_estimator_does_not_import_the_run_store():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
+
+
+def _depth_counts(seed: int = 0, n: int = 300, g: int = 200, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson counts of ``k`` groups with a 20-fold library-size spread and Splatter's depth-dependent
+    dropout (a count of mean mu is zeroed with probability 1 / (1 + mu)); returns (X, log library size)."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, k, n)
+    fac = np.ones((k, g))
+    de = rng.random((k, g)) < 0.1
+    fac[de] = np.exp(rng.normal(0.7, 0.3, de.sum()))
+    props = rng.gamma(0.6, 1 / 0.3, g) * fac
+    props /= props.sum(1, keepdims=True)
+    mu = rng.lognormal(8.0, 0.8, n)[:, None] * props[group]
+    X = rng.poisson(mu).astype(np.float32)
+    X[rng.random((n, g)) < 1 / (1 + mu)] = 0
+    return X, np.log(X.sum(1))
+
+
+def test_library_axis_auto_keeps_library_size_out_of_the_latent():
+    from dhaka.preprocess import latent_r2
+
+    X, loglib = _depth_counts()
+    kept = Dhaka(**FAST, library_axis="keep").fit(X)
+    assert latent_r2(loglib[:, None], kept.transform(X))[0] > 0.5  # normalise + log leaves depth in the latent
+    est = Dhaka(**FAST).fit(X)
+    assert est.refinement_[0]["library_r2"] > 0.5
+    assert est.refinement_[1]["selected_by"] == "repeated without the library axis"
+    assert all(r["library_axis"] == "removed" for r in est.refinement_[1:])
+    assert latent_r2(loglib[:, None], est.transform(X))[0] < 0.1
+
+
+def test_library_axis_auto_keeps_groups_that_differ_in_library_size():
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 2.0, size=200)
+    up = base.copy()
+    up[:15] *= 6.0  # the second group has more RNA: its libraries are ~1.8x larger
+    X = np.vstack([rng.poisson(base, (100, 200)), rng.poisson(up, (100, 200))]).astype(np.float32)
+    y = np.repeat([0, 1], 100)
+    est = Dhaka(**FAST).fit(X)
+    assert est.refinement_[0]["library_r2"] > 0.5 > est.refinement_[0]["library_r2_within"]
+    assert not any("library_axis" in r for r in est.refinement_)
+    labels = GaussianMixture(2, random_state=0).fit_predict(est.transform(X))
+    assert adjusted_rand_score(y, labels) > 0.95
+
+
+def test_removed_library_axis_is_left_out_of_encoder_and_decoder_and_saved(tmp_path):
+    import torch
+
+    X, loglib = _depth_counts(n=120, g=60)
+    est = Dhaka(**{**FAST, "epochs": 2, "encoder_pcs": 10, "refine": 0, "library_axis": "remove"}).fit(X)
+    w, V = est.model_.nuisance.numpy(), est.model_.projection.numpy()
+    assert abs(np.linalg.norm(w) - 1.0) < 1e-5
+    np.testing.assert_allclose(V.T @ w, 0.0, atol=1e-5)  # the encoder's axes avoid it
+    S, _ = est.align(X)
+    prepared = est.model_.prepare(torch.from_numpy(np.asarray(S, dtype=np.float32))).numpy()
+    np.testing.assert_allclose(prepared @ w, 0.0, atol=1e-4)  # and the decoder's target has nothing along it
+    C = (S - est.model_.center.numpy()) / est.model_.scale.numpy()
+    assert abs(np.corrcoef(C @ w, loglib)[0, 1]) > 0.8  # it is the library-size axis of the input
+    np.testing.assert_allclose(Dhaka.load(est.save(tmp_path / "m")).transform(X), est.transform(X), atol=1e-5)
+    logged = Dhaka(**{**FAST, "epochs": 2, "refine": 0, "library_axis": "remove"}).fit(np.log2(X + 1))
+    assert not logged.model_.nuisance_axis  # no library size to read in log input
+    with pytest.raises(ValueError, match="library_axis must be"):
+        Dhaka(library_axis="off").fit(X)
