@@ -15,10 +15,11 @@ widgets.require_entrypoint()
 # dhaka/ui/live_chart.py), the interactive figure after. While a training runs the form is replaced by a
 # summary of its settings: the browser's cost of a poll grows with the number of widgets on the page.
 POLL_SECONDS = 2.0
-# Near the end (the last fit, or embedding and clustering) a poll also waits up to this long for the end,
-# so "Finished" shows when the training ends instead of at the next poll (1 s later on average). A click
-# (Stop) made during such a wait is handled when it is over.
+# Near the end (the last fit with at most END_WAIT_ETA seconds to go, or embedding and clustering) a poll
+# also waits up to END_WAIT_SECONDS for the end, so "Finished" shows when the training ends instead of at the
+# next poll (1 s later on average). A click (Stop) made during such a wait is handled when it is over.
 END_WAIT_SECONDS = 1.5
+END_WAIT_ETA = 10.0
 
 st.title("Train")
 adata = state.require_dataset()
@@ -112,7 +113,8 @@ def live_progress() -> None:
                       help="Ends training within one epoch; the model is kept as it is.")
         # one element: the bar, then the curves (our own markup, every text escaped)
         st.markdown(bar + live_chart.loss_svg(snap["history"]), unsafe_allow_html=True)
-        if active and (prog.get("phase") == "embedding" or (ep and s >= ns)) and j.wait(END_WAIT_SECONDS):
+        near_end = prog.get("phase") == "embedding" or (ep and s >= ns and (prog.get("eta") or 0.0) <= END_WAIT_ETA)
+        if active and near_end and j.wait(END_WAIT_SECONDS):
             st.rerun()  # ended while we waited: show it now
     elif status == "done":
         n_epochs, n_fits = snap["n_history"], int(prog.get("n_fits") or 1)
