@@ -119,6 +119,10 @@ def test_a_training_pauses_a_umap_warm_up_and_lets_it_finish_after():
             with trainings_first():  # a second training at once: still held when the first ends
                 pass
             assert w.held
+            with trainings_first() as release:  # released early (its embedding phase): the first still holds
+                release()
+                release()  # idempotent
+                assert w.held
         assert not w.held
         assert w.run("umap", _blobs(), n_components=2).shape == (90, 2)  # it went on compiling
         with trainings_first():

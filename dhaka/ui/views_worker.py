@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -47,25 +47,37 @@ _workers: "weakref.WeakSet[ViewsWorker]" = weakref.WeakSet()
 
 
 @contextlib.contextmanager
-def trainings_first() -> Iterator[None]:
+def trainings_first() -> Iterator[Callable[[], None]]:
     """Pause the UMAP warm-up of every views worker still compiling while the block (a training) runs.
 
-    Re-entrant across threads: the warm-ups go on when the last such block has ended. A worker that
-    has compiled (it connects right after) is never paused.
+    Yields ``release``: call it to end this block's hold early (when the training's epochs are over
+    and only its embedding is left, the views that follow need the compiler). Re-entrant across
+    threads: the warm-ups go on when the last hold has ended. A worker that has compiled (it connects
+    right after) is never paused.
     """
     global _trainings
+    released = False
+
+    def release() -> None:
+        global _trainings
+        nonlocal released
+        with _trainings_lock:
+            if released:
+                return
+            released = True
+            _trainings -= 1
+            if _trainings == 0:
+                for w in list(_workers):
+                    w._hold(False)
+
     with _trainings_lock:
         _trainings += 1
         for w in list(_workers):
             w._hold(True)
     try:
-        yield
+        yield release
     finally:
-        with _trainings_lock:
-            _trainings -= 1
-            if _trainings == 0:
-                for w in list(_workers):
-                    w._hold(False)
+        release()
 
 
 def _warm() -> float:
