@@ -369,8 +369,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         P = pre.apply_steps(M)
         pre.fit_genes(P)
         self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(), max_genes=pre.n_select(P.shape[1]),
-                         covariate=self._library_covariate(M, pre), callback=callback, stop_event=stop_event, checkpoint=checkpoint,
-                         checkpoint_every=checkpoint_every, seams=seams)
+                         covariate=self._library_covariate(M, pre), callback=callback, stop_event=stop_event,
+                         checkpoint=checkpoint, checkpoint_every=checkpoint_every, seams=seams)
         return self
 
     def _fit_prepared(self, X: PreparedRows, **train_kw: Any) -> "Dhaka":
@@ -475,8 +475,6 @@ class Dhaka(TransformerMixin, BaseEstimator):
         clusters), i.e. the share of a gradient inside clusters rather than of differences between
         them (cell types may differ in library size; that is kept).
         """
-        import torch.distributed as dist
-
         from dhaka.cluster import gmm_bic, latent_merge
         from dhaka.preprocess import latent_r2
         from dhaka.train import encode
@@ -487,15 +485,10 @@ class Dhaka(TransformerMixin, BaseEstimator):
         if out["library_r2"] > LIBRARY_R2:
             labels = gmm_bic(Z, seed=int(self.seed), merge=latent_merge(self.mode)).labels
             out["library_r2_within"] = float(latent_r2(_within_clusters(c, labels), _within_clusters(Z, labels))[0])
-        box = [out]
-        if dist.is_available() and dist.is_initialized():  # data-parallel: every rank takes rank 0's answer
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return _from_rank0(out)
 
     def _refined_genes(self, P: Any, S: Any, n_select: int | None) -> dict[str, Any]:
         """Genes of ``P`` the current latent explains (:func:`select_by_latent`), or ``None``."""
-        import torch.distributed as dist
-
         from dhaka.preprocess import select_by_latent
         from dhaka.train import encode
 
@@ -504,14 +497,11 @@ class Dhaka(TransformerMixin, BaseEstimator):
                                max_genes=n_select)
         out = {"n_significant": sel.n_significant, "r2_threshold": sel.threshold,
                "indices": sel.indices if sel.n_significant > 0 else None}
-        if dist.is_available() and dist.is_initialized():  # data-parallel: every rank takes rank 0's genes
-            box = [out]
-            dist.broadcast_object_list(box, src=0)
-            out = box[0]
-        return out
+        return _from_rank0(out)
 
     def _train(self, S: Any, center: np.ndarray, scale: np.ndarray, *, loadings: np.ndarray | None,
-               nuisance: np.ndarray | None = None, callback=None, stop_event=None, checkpoint=None, checkpoint_every: int = 5,
+               nuisance: np.ndarray | None = None, callback=None, stop_event=None, checkpoint=None,
+               checkpoint_every: int = 5,
                n_starts: int | None = None, pass_offset: int = 0, n_passes: int | None = None,
                stage: str = "", seams: Any = None) -> None:
         """Train ``n_starts`` models on the selected matrix ``S`` and keep the best start.
@@ -756,6 +746,17 @@ class Dhaka(TransformerMixin, BaseEstimator):
         hist_path = path / "history.json"
         est.history_ = json.loads(hist_path.read_text()) if hist_path.exists() else []
         return est
+
+
+def _from_rank0(value: Any) -> Any:
+    """``value`` as rank 0 computed it when training data-parallel (every rank takes one decision), else itself."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _covariate_axis(S: Any, inv: np.ndarray, covariate: np.ndarray) -> np.ndarray | None:
