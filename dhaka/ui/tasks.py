@@ -373,18 +373,16 @@ def make_train_task(
         def on_checkpoint(save_fn: Callable[[Any], None], epoch: int) -> None:
             run.write_checkpoint(save_fn, epoch)
 
-        release_views = [lambda: None]
-
-        def on_phase(phase: str) -> None:
-            release_views[0]()  # only the embedding is left: a paused UMAP compile may go on
-            ctx.report(phase="embedding", message="Embedding cells and calling clusters",
-                       n_fits=len({row.get("start", 0) for row in history}) or 1)
-
         try:
             kw = dict(truth=truth_arr, k_max=k_max, checkpoint_every=checkpoint_every,
                       checkpoint_seconds=checkpoint_seconds)
-            with trainings_first() as release:  # a UMAP warm-up still compiling waits (dhaka.ui.views_worker)
-                release_views[0] = release
+            with trainings_first() as release_views:  # a UMAP warm-up still compiling waits (dhaka.ui.views_worker)
+
+                def on_phase(phase: str) -> None:
+                    release_views()  # only the embedding is left: a paused UMAP compile may go on
+                    ctx.report(phase="embedding", message="Embedding cells and calling clusters",
+                               n_fits=len({row.get("start", 0) for row in history}) or 1)
+
                 if use_thread:
                     fit = fit_embed_cluster(adata, params, on_epoch=on_epoch, stop_event=ctx.stop_event,
                                             checkpoint=on_checkpoint, on_phase=on_phase, **kw)

@@ -18,8 +18,9 @@ The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks
 
 A worker whose parent disappears stops its training within one epoch and exits. One spare worker is
 kept started (:func:`prestart`), with torch and the estimator imported and one tiny fit run
-(:func:`warm_up`), so a training starts at once and warm: one when the server starts, the next when the Train page is shown again (not when a
-training ends: its imports, seconds of CPU, then competed with the views being computed). Both ends
+(:func:`warm_up`), so a training starts at once and warm: one when the server starts, the next when
+the Train page is shown again (not when a training ends: its imports, seconds of CPU, then competed
+with the views being computed). Both ends
 are this project's code on the same machine, connected over an authenticated socket, so pickled
 messages are safe here.
 
