@@ -8,6 +8,7 @@ Several benchmark scripts write into one ``bench/RESULTS.md``; each owns the tex
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import re
@@ -296,3 +297,14 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def add_variant_option(ap: Any) -> None:
+    """``--variant NAME=JSON`` (repeatable): extra Dhaka rows ``NAME`` with these settings, defaults unchanged."""
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="extra Dhaka row NAME with these settings, e.g. 'nolib={\"library_axis\": \"remove\"}'")
+
+
+def parse_variants(values: list[str]) -> dict[str, dict]:
+    """The ``--variant`` values as ``{NAME: settings}``."""
+    return {v.partition("=")[0]: json.loads(v.partition("=")[2]) for v in values}

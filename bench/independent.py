@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.common import machine_description, markdown_table, set_threads, write_section
+from bench.common import (add_variant_option, machine_description, markdown_table, parse_variants, set_threads,
+                          write_section)
 
 OUT = Path(__file__).resolve().parent / "out" / "independent"
 METHODS = ("dhaka", "pca3", "pca10", "umap3")
@@ -297,13 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="*", help="grid cell names to run")
     ap.add_argument("--refit", action="store_true", help="recompute cached embeddings")
     ap.add_argument("--cached-only", action="store_true", help="score only embeddings already cached")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help="extra Dhaka row dhaka-NAME with these settings, e.g. 'nolib={\"library_axis\": \"remove\"}'")
+    add_variant_option(ap)  # rows dhaka-NAME
     ap.add_argument("--write", action="store_true", help="record the tables in bench/RESULTS.md")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    variants = {v.partition("=")[0]: json.loads(v.partition("=")[2]) for v in args.variant}
+    variants = parse_variants(args.variant)
     machine = machine_description()
     parts = ("expression", "cnv", "real") if args.part == "all" else (args.part,)
     for part in parts:

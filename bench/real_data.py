@@ -38,8 +38,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.common import (embed_baseline, latent_sd, machine_description, markdown_table, mean_sd,
-                          preprocessed, set_threads, write_section)
+from bench.common import (add_variant_option, embed_baseline, latent_sd, machine_description, markdown_table, mean_sd,
+                          parse_variants, preprocessed, set_threads, write_section)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "assets" / "data"
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--datasets", default="oligodendroglioma,pbmc68k_reduced")
     ap.add_argument("--methods", default="pca,tsne,umap")
-    ap.add_argument("--variant", action="append", default=[], help="extra Dhaka row NAME=JSON of parameters")
+    add_variant_option(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--report-only", action="store_true",
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()
     print(machine, flush=True)
     methods = [m for m in args.methods.split(",") if m]
-    variants = {v.partition("=")[0]: json.loads(v.partition("=")[2]) for v in args.variant}
+    variants = parse_variants(args.variant)
     order = ["dhaka", *variants, *BASELINES]
     OUT.mkdir(exist_ok=True)
     for ds in [d for d in args.datasets.split(",") if d]:
