@@ -91,7 +91,7 @@ def _cpu_seconds(server_pid: int) -> dict[str, float]:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
         procs[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, cmd)
-    out = {"server": 0.0, "browser": 0.0, "views worker": 0.0}
+    out = {"server": 0.0, "browser": 0.0, "views worker": 0.0, "training processes": 0.0}
     for pid, (_ppid, cpu, cmd) in procs.items():
         if pid == server_pid:
             out["server"] += cpu
@@ -99,6 +99,8 @@ def _cpu_seconds(server_pid: int) -> dict[str, float]:
             out["browser"] += cpu
         elif "dhaka.ui.views_worker" in cmd:
             out["views worker"] += cpu
+        elif "dhaka.ui.train_worker" in cmd:
+            out["training processes"] += cpu
     # the training process has exited by the end: count what no process used instead
     cpu = Path("/proc/stat").read_text().split()
     out["idle"] = int(cpu[4]) / tick
@@ -149,8 +151,10 @@ def app_run(timeout: float = 900.0, env_extra: dict | None = None) -> dict:
             cpu0 = _cpu_seconds(proc.pid)
             start.click()
             t_click = time.perf_counter()
+            res["launch_to_start_s"] = t_click - t_launch
             expect(page.get_by_text("Finished:")).to_be_visible(timeout=timeout * 1000)
             res["app_s"] = time.perf_counter() - t_click
+            res["launch_to_finished_s"] = time.perf_counter() - t_launch
             cpu1 = _cpu_seconds(proc.pid)
             res["cpu_s"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
             res["epoch_s"] = _epoch_seconds(home)
@@ -159,10 +163,15 @@ def app_run(timeout: float = 900.0, env_extra: dict | None = None) -> dict:
             info: dict = {}
             while time.perf_counter() < deadline:
                 info = page.evaluate(VIEWS)
+                for m in ("PCA", "t-SNE", "UMAP"):
+                    if any(m in v for v in info["views"]):
+                        res.setdefault("launch_to_view_s", {}).setdefault(m, round(time.perf_counter() - t_launch, 1))
                 if info["scatter3d"] and "launch_to_3d_s" not in res:
                     res["launch_to_3d_s"] = time.perf_counter() - t_launch
                 if info["scatter3d"] and all(any(m in v for v in info["views"]) for m in ("PCA", "t-SNE", "UMAP")):
                     res["launch_to_views_s"] = time.perf_counter() - t_launch
+                    cpu2 = _cpu_seconds(proc.pid)
+                    res["cpu_views_s"] = {k: round(cpu2.get(k, 0) - cpu1.get(k, 0), 1) for k in cpu2}
                     break
                 time.sleep(0.25)
             res["views_drawn"] = info.get("views", [])
@@ -214,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                **{f"CPU {k} s": round(v, 1) for k, v in app["cpu_s"].items()}}
         rows.append(row)
         print(markdown_table([row]), flush=True)
-        print(f"(server log and Explore screenshot in {app['home']})", flush=True)
+        print(f"(server log and Explore screenshot in {app['home']}; launch -> Start "
+              f"{app.get('launch_to_start_s', float('nan')):.1f} s, -> Finished {app.get('launch_to_finished_s', float('nan')):.1f} s, "
+              f"-> each view {app.get('launch_to_view_s', {})}; CPU s from Finished to all views {app.get('cpu_views_s')})", flush=True)
     table = markdown_table(rows)
     print(table)
     if args.write:

@@ -45,10 +45,13 @@ def _fmt_seconds(s: float | None) -> str:
 
 job = state.get_job()
 active = job is not None and not job.done
-if not active and not tasks.train_in_thread():
+views_job = state.get_views_job()
+if not active and not tasks.train_in_thread() and (views_job is None or views_job[0].done):
     from dhaka.ui import train_worker
 
-    train_worker.prestart()  # the next training's process imports torch while the form is being set
+    # the next training's process imports torch while the form is being set; not while the last
+    # training's views are computed (its 5 s of CPU slowed them: bench/app_live.py), they start it when done
+    train_worker.prestart()
 
 st.caption(f"Dataset: **{info.get('name')}** · {adata.n_obs:,} cells × {adata.n_vars:,} genes · "
            f"mode **{state.get_preprocess().get('mode', 'expression')}** (change on the Data page)")

@@ -114,6 +114,27 @@ def test_tsne_dense_and_sparse(groups, k):
     assert _separates(Yd, y)
 
 
+def test_tsne_sklearn_threads_follow_n_jobs(groups, monkeypatch):
+    """scikit-learn's OpenMP gradient runs on ``n_jobs`` threads (spinning threads cost 3x on busy cores)."""
+    from sklearn.manifold import TSNE
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    X, _, _ = groups
+    seen: list[int] = []
+    real = TSNE.fit_transform
+
+    def spy(self, Y0, *a, **kw):
+        seen.append(_openmp_effective_n_threads())
+        return real(self, Y0, *a, **kw)
+
+    monkeypatch.setattr(TSNE, "fit_transform", spy)
+    outside = _openmp_effective_n_threads()
+    reduce.tsne(X, method="sklearn")                    # default: one thread
+    reduce.tsne(X, method="sklearn", n_jobs=-1)         # all of them
+    assert seen == [1, outside]
+    assert _openmp_effective_n_threads() == outside      # the limit ends with the call
+
+
 def test_tsne_fft_3d_refused_and_unknown_method(groups):
     X, _, _ = groups
     with pytest.raises(ValueError, match="FFT"):

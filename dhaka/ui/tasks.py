@@ -26,6 +26,7 @@ checkpoint) and re-raised so the job reports its message.
 from __future__ import annotations
 
 import io as _io
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from dhaka.ui.views_worker import trainings_first
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -425,34 +428,71 @@ class ViewsTask:
     random_state=)`` computes UMAP elsewhere (the app's worker process, where numba compiled it
     ahead); PCA and t-SNE run here (the training has its own process, so they hold no training's GIL;
     t-SNE in the worker waited for UMAP's compilation: 15 s after the default demo's training).
+    ``after()`` is called when all views are done (not when the job was stopped): the app starts
+    the next training's spare process then, whose start-up would otherwise compete with the views.
     """
 
     def __init__(self, X: Any, *, digest: str, n_components: int = 2, seed: int = 0,
                  methods: tuple[str, ...] = VIEW_METHODS, done: tuple[str, ...] = (),
-                 run: Callable[..., np.ndarray] | None = None) -> None:
+                 run: Callable[..., np.ndarray] | None = None, after: Callable[[], None] | None = None) -> None:
         self.X = X
         self.run = run
+        self.after = after
         self.digest = digest
         self.n_components = int(n_components)
         self.seed = int(seed)
         self.methods = tuple(m for m in methods if f"{m}_{int(n_components)}d" not in done)
         self.results: dict[str, np.ndarray] = {}
 
+    def _key(self, method: str) -> str:
+        return f"{method}_{self.n_components}d"
+
     def __call__(self, ctx: JobContext) -> dict[str, np.ndarray]:
+        import threading
+
         from dhaka import reduce
 
         fns = {"pca": reduce.pca, "tsne": reduce.tsne, "umap": reduce.umap}
-        for i, method in enumerate(self.methods):
+        here = [m for m in self.methods if self.run is None or m != "umap"]
+        away = [m for m in self.methods if m not in here]
+        errors: list[BaseException] = []
+
+        def compute(method: str, fn: Callable[..., Any]) -> None:
+            t0 = time.perf_counter()
+            coords = fn(self.X, n_components=self.n_components, random_state=self.seed)
+            self.results[self._key(method)] = np.asarray(coords, dtype=np.float32)
+            _log.info("view %s_%dd of %d cells: %.2f s", method, self.n_components, len(coords),
+                      time.perf_counter() - t0)
+
+        def compute_away(method: str) -> None:
+            try:
+                compute(method, lambda X, **kw: self.run(method, X, **kw))
+            except BaseException as exc:  # noqa: BLE001 - raised in the job's thread below
+                errors.append(exc)
+
+        # UMAP in the worker process runs beside PCA and t-SNE here: on 2 cores the views came
+        # 1-2 s sooner than one after the other (bench/app_live.py)
+        helpers = [threading.Thread(target=compute_away, args=(m,), daemon=True, name=f"views-{m}") for m in away]
+        for t in helpers:
+            t.start()
+        for i, method in enumerate(here):
             if ctx.stopped:
                 break
-            ctx.report(done=i, total=len(self.methods), method=method,
-                       message=f"Computing {VIEW_LABELS[method]} ({self.n_components}-D)")
-            if self.run is None or method != "umap":
-                coords = fns[method](self.X, n_components=self.n_components, random_state=self.seed)
-            else:
-                coords = self.run(method, self.X, n_components=self.n_components, random_state=self.seed)
-            self.results[f"{method}_{self.n_components}d"] = np.asarray(coords, dtype=np.float32)
+            ctx.report(done=len(self.results), total=len(self.methods), method=method,
+                       message=f"Computing {' and '.join(VIEW_LABELS[m] for m in [method, *away])} "
+                               f"({self.n_components}-D)")
+            compute(method, fns[method])
+        for t in helpers:
+            if not ctx.stopped:
+                ctx.report(done=len(self.results), total=len(self.methods), method=away[0],
+                           message=f"Computing {', '.join(VIEW_LABELS[m] for m in away if self._key(m) not in self.results)}"
+                                   f" ({self.n_components}-D)")
+            t.join()
+        if errors:
+            raise errors[0]
         ctx.report(done=len(self.methods), total=len(self.methods), message="done")
+        if self.after is not None and not ctx.stopped:
+            self.after()
         return dict(self.results)
 
 

@@ -456,8 +456,13 @@ def start_views(*, n_components: int = 2) -> None:
     if model_input is None:
         return
     seed = int(state.get_estimator_params().get("seed", 0))
+    after = None
+    if not tasks.train_in_thread():
+        from dhaka.ui import train_worker
+
+        after = train_worker.prestart  # the next training's spare process, once the views are done
     task = tasks.ViewsTask(model_input[0], digest=model_input[1], n_components=n_components, seed=seed,
-                           done=tuple(state.get_embeddings()), run=cached.views_worker().run)
+                           done=tuple(state.get_embeddings()), run=cached.views_worker().run, after=after)
     if not task.methods:
         return
     previous = state.get_views_job()
