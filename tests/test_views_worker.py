@@ -80,6 +80,49 @@ def test_only_umap_goes_to_the_worker():
     assert sent == ["umap"] and set(out) == {"pca_2d", "tsne_2d", "umap_2d"}
 
 
+def test_umap_runs_beside_the_other_views_and_after_runs_once_all_are_done():
+    # UMAP waits in the worker (its compile) while t-SNE runs here; `after` (the app starts the next
+    # training's spare process) comes when all views are in, and not for a stopped job
+    import threading
+
+    umap_started, tsne_done = threading.Event(), threading.Event()
+    calls = []
+
+    def run(method, X, *, n_components, random_state=0):
+        umap_started.set()
+        assert tsne_done.wait(30), "UMAP waited for t-SNE"
+        return np.zeros((X.shape[0], n_components), dtype=np.float32)
+
+    task = ViewsTask(_blobs(), digest="x", methods=("tsne", "umap"), run=run, after=lambda: calls.append(1))
+    from dhaka import reduce
+
+    real = reduce.tsne
+
+    def tsne(X, **kw):
+        assert umap_started.wait(30), "t-SNE ran before UMAP was sent"
+        out = real(X, **kw)
+        tsne_done.set()
+        return out
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(reduce, "tsne", tsne):
+        out = task(_Ctx())
+    assert set(out) == {"tsne_2d", "umap_2d"} and calls == [1]
+    stopped = _Ctx()
+    stopped.stopped = True
+    ViewsTask(_blobs(), digest="x", methods=("pca",), after=lambda: calls.append(2))(stopped)
+    assert calls == [1]
+
+
+def test_a_failed_umap_fails_the_views_job():
+    def run(method, X, **kw):
+        raise RuntimeError("worker said no")
+
+    with pytest.raises(RuntimeError, match="worker said no"):
+        ViewsTask(_blobs(), digest="x", methods=("pca", "umap"), run=run)(_Ctx())
+
+
 def test_umap_compiles_as_soon_as_the_worker_starts():
     # the warm-up once waited for the server to accept the connection, which it did on the first UMAP
     # asked for (or the first look at `warm`): the worker now compiles first, then connects
