@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                "ratio": round(app["app_s"] / plain["seconds"], 2),
                "launch->3-D view s": round(app.get("launch_to_3d_s", float("nan")), 1),
                "launch->all views s": round(app.get("launch_to_views_s", float("nan")), 1),
+               "launch->Start s": round(app.get("launch_to_start_s", float("nan")), 1),
+               "Finished->all views s": round(app.get("launch_to_views_s", float("nan"))
+                                              - app.get("launch_to_finished_s", float("nan")), 1),
                "fits": plain["fits"], "k": plain["k"],
                "plain epochs s": round(plain["epoch_s"], 1), "app epochs s": round(app["epoch_s"], 1),
                **{f"CPU {k} s": round(v, 1) for k, v in app["cpu_s"].items()}}

@@ -19,8 +19,9 @@ The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks
 A worker whose parent disappears stops its training within one epoch and exits. One spare worker is
 kept started (:func:`prestart`), with torch and the estimator imported and one tiny fit run
 (:func:`warm_up`), so a training starts at once and warm: one when the server starts, the next when
-the Train page is shown again (not when a training ends: its imports, seconds of CPU, then competed
-with the views being computed). Both ends
+the finished training's comparison views are done, or when the Train page is shown with no views
+being computed (not when a training ends: its imports and warm-up, 5 s of CPU, then competed with
+the views; bench/app_live.py measures the CPU of every process from Finished to the views). Both ends
 are this project's code on the same machine, connected over an authenticated socket, so pickled
 messages are safe here.
 
