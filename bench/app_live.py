@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                                               - app.get("launch_to_finished_s", float("nan")), 1),
                "fits": plain["fits"], "k": plain["k"],
                "plain epochs s": round(plain["epoch_s"], 1), "app epochs s": round(app["epoch_s"], 1),
-               **{f"CPU {k} s": round(v, 1) for k, v in app["cpu_s"].items()}}
+               **{f"CPU {k} s": round(v, 1) for k, v in app["cpu_s"].items()
+                  if k != "training processes"}}  # the training's own process has exited by Finished
         rows.append(row)
         print(markdown_table([row]), flush=True)
         print(f"(server log and Explore screenshot in {app['home']}; launch -> Start "

@@ -151,8 +151,8 @@ def cached_embedding(key: str, adata, method: str, mode: str, seed: int, *, refi
 def call(Z: np.ndarray, caller: str, k_true: int, seed: int, mode: str = "expression", dhaka: bool = True) -> np.ndarray:
     from dhaka.cluster import gmm_bic, gmm_fixed_k, latent_merge
 
-    if caller == "default":  # as the app clusters: a Dhaka latent by its mode's rule, the other views by gmm_bic's default
-        return gmm_bic(Z, seed=seed, merge=latent_merge(mode) if dhaka else True).labels
+    if caller == "default":  # as the app clusters: a Dhaka latent by latent_merge, the other views by gmm_bic's default
+        return gmm_bic(Z, seed=seed, merge=latent_merge(mode) if dhaka else "auto").labels
     if caller == "merge":
         return gmm_bic(Z, seed=seed, merge=True, min_cluster_size="auto").labels
     if caller == "plain":

@@ -63,6 +63,9 @@ class GMMResult:
         Cells the mixtures were fitted on (a random subsample when above ``max_fit_cells``).
     params
         The settings of the call.
+    merge_choice
+        With ``merge="auto"``: ``"chosen"`` (``"merge"`` or ``"plain"``) and the silhouettes and
+        cluster counts it was decided on; ``None`` otherwise.
     """
 
     k: int
@@ -79,6 +82,7 @@ class GMMResult:
     criterion: str = "bic"
     n_fit: int = 0
     params: dict = field(default_factory=dict)
+    merge_choice: dict | None = None
 
     def predict(self, Z) -> np.ndarray:
         """Cluster labels of new points ``Z`` (same columns as the fitted data)."""
@@ -362,17 +366,22 @@ def merge_components(
 
 
 # ----------------------------------------------------------------------------- GMM-BIC
-def latent_merge(mode: str) -> bool:
-    """Whether to merge mixture components when clustering a Dhaka latent of ``mode`` data: for copy number only.
+#: Silhouette gain from which ``merge="auto"`` keeps the merged clusters (see :func:`gmm_bic`).
+MERGE_SILHOUETTE_GAIN = 0.02
 
-    Measured on data the project did not generate (bench/RESULTS.md, "Independent data"; Dhaka latents,
-    default settings): on copy number the merge step is needed (plain BIC over-splits heavy-tailed clones:
-    ARI 0.94 vs 0.99 on the clone-tree base cell, 0.60 vs 0.99 on ploidy-relative doubled cells); on
-    expression it never helped by more than 0.03 and cost 0.33 on the weak-effect Splatter cell (two real
-    groups with a unimodal union) and 0.10 on the shipped oligodendroglioma data (0.60 vs 0.70). The CLI
-    had this rule of its own; it, the app, :mod:`dhaka.tl` and the estimator all call this now.
+
+def latent_merge(mode: str) -> Literal["auto"]:
+    """The ``merge`` rule for clustering a Dhaka latent of ``mode`` data: ``"auto"`` for every mode.
+
+    Until 2026-12-03 this was "merge for copy number only". On data the project did not generate
+    (bench/RESULTS.md, "Independent data", 21 Dhaka latents: Splatter counts, clone-tree copy number with and
+    without relative ploidy, the shipped real data) that data-type rule was more than 0.05 ARI below the
+    better of merge / plain BIC on three latents (a noisy copy-number cell: 0.50 vs 0.90), while
+    ``merge="auto"`` (keep the merged clusters only where they raise the silhouette) was on one (small
+    copy-number events on relative-ploidy states, where merging leaves one cluster: 0.00 vs 0.47). Kept as a function: the CLI, the app, :mod:`dhaka.tl` and the
+    estimator all call it, so a rule per data type can come back in one place.
     """
-    return str(mode) == "cnv"
+    return "auto"
 
 
 def gmm_bic(
@@ -382,7 +391,7 @@ def gmm_bic(
     seed: int = 0,
     covariance_type: CovarianceType = "full",
     min_cluster_size: int | float | Literal["auto"] | None = "auto",
-    merge: bool = True,
+    merge: bool | Literal["auto"] = "auto",
     merge_tol: float = 0.9,
     merge_offset: float | None = None,
     criterion: Literal["bic", "icl"] = "bic",
@@ -410,17 +419,26 @@ def gmm_bic(
     cells (BIC is compared on that subsample) and every cell is then labelled by the
     chosen mixture. With ``n_jobs != 1`` the ``k`` sweep runs in parallel threads.
 
-    Merging (``merge=True``, the default) then combines mixture components that
+    Merging (``merge=True``) then combines mixture components that
     describe one cluster (see :func:`merge_components`): components whose two-component
     union is unimodal along the ridgeline (ratio >= ``merge_tol``) are joined, and
     clusters smaller than ``min_cluster_size`` are folded into the nearest kept
     cluster. ``min_cluster_size="auto"`` means ``max(10 cells, 1% of cells)`` with
     merging and nothing without; ``None`` or 0 switches it off.
     ``result.n_components`` is the BIC choice, ``result.k`` the clusters after merging;
-    ``merge=False, min_cluster_size=None`` is the paper's plain GMM-BIC. For a Dhaka latent, the app,
-    :mod:`dhaka.tl` and the CLI pass ``merge=latent_merge(mode)`` (merging for copy number only; see there).
+    ``merge=False, min_cluster_size=None`` is the paper's plain GMM-BIC.
 
-    Why merging is the default (measured with PCA-3 as the latent, seeds 0-2):
+    ``merge="auto"`` (the default) decides from the data: it keeps the merged clusters when their
+    mean silhouette exceeds that of the plain BIC clusters by at least :data:`MERGE_SILHOUETTE_GAIN`,
+    and the plain ones otherwise (``result.merge_choice`` records both silhouettes and the choice);
+    where merging leaves one cluster (every union unimodal, e.g. a sample of one clone) that stands.
+    Merging joins components into clusters that are unimodal but not compact, and no fixed rule was
+    right everywhere: on 84 embeddings of data the project did not generate (Dhaka, PCA-3, PCA-10 and
+    UMAP-3 of Splatter counts, clone-tree copy number and the shipped real data; bench/RESULTS.md,
+    "Independent data") "always merge" was more than 0.05 ARI below the better of the two on 7,
+    "never" on 14, "merge for copy number" on 6, ``"auto"`` on 2 (gains 0.01-0.05 gave the same).
+
+    Why merging is needed at all (measured with PCA-3 as the latent, seeds 0-2):
 
     ============================================  ======================  ==========================
     data                                          plain BIC: k (ARI)      merge=True: k (ARI)
@@ -455,7 +473,8 @@ def gmm_bic(
         into the kept cluster under which their cells are most likely; ``"auto"``:
         ``max(10, 1% of cells)`` when ``merge`` else off; ``None``: off.
     merge
-        Merge components whose union is unimodal (see above).
+        Merge components whose union is unimodal (see above); ``"auto"``: where that raises the
+        silhouette by :data:`MERGE_SILHOUETTE_GAIN`.
     merge_tol
         Ridgeline ratio (:func:`ridge_ratio`) from which two components are one cluster.
     merge_offset
@@ -483,6 +502,10 @@ def gmm_bic(
     n, d = Z.shape
     if k_max < 1:
         raise ValueError(f"k_max must be at least 1, got {k_max}")
+    if isinstance(merge, str) and merge != "auto":
+        raise ValueError(f"merge must be True, False or 'auto', got {merge!r}")
+    auto_merge = isinstance(merge, str)
+    auto_size = isinstance(min_cluster_size, str)
     if isinstance(min_cluster_size, str):
         if min_cluster_size != "auto":
             raise ValueError(f"min_cluster_size must be a number, None or 'auto', got {min_cluster_size!r}")
@@ -548,9 +571,27 @@ def gmm_bic(
     if min_cluster_size is not None:
         frac = min_cluster_size if min_cluster_size < 1 else min_cluster_size / n
         mcs_fit = max(1, int(np.ceil(frac * nf)))
-    return _finish(Z, Zf, models[best], bic=bic, icl=icl, ks=ks, skipped=skipped, skip_reasons=skip_reasons,
-                   merge=bool(merge), merge_tol=merge_tol, min_cluster_size=mcs_fit,
-                   criterion=criterion, params=params, max_offset=merge_offset)
+    kw = dict(bic=bic, icl=icl, ks=ks, skipped=skipped, skip_reasons=skip_reasons, merge_tol=merge_tol,
+              criterion=criterion, params=params, max_offset=merge_offset)
+    merged = _finish(Z, Zf, models[best], merge=bool(merge), min_cluster_size=mcs_fit, **kw)
+    if not auto_merge:
+        return merged
+    # "auto": the plain BIC clusters unless merging makes them clearly more compact and separated
+    plain = _finish(Z, Zf, models[best], merge=False, min_cluster_size=None if auto_size else mcs_fit, **kw)
+    if merged.k == plain.k:
+        merged.merge_choice = {"chosen": "merge", "reason": "nothing to merge"}
+        return merged
+    if merged.k == 1:  # every union unimodal: one population (a silhouette cannot weigh one cluster)
+        merged.merge_choice = {"chosen": "merge", "reason": "one unimodal cluster", "k_plain": plain.k}
+        return merged
+    s_merged = silhouette(Zf, merged.predict(Zf), seed=seed)
+    s_plain = silhouette(Zf, plain.predict(Zf), seed=seed)
+    use = bool(np.isfinite(s_merged) and (not np.isfinite(s_plain) or s_merged >= s_plain + MERGE_SILHOUETTE_GAIN))
+    out = merged if use else plain
+    out.merge_choice = {"chosen": "merge" if use else "plain", "silhouette_merged": s_merged,
+                        "silhouette_plain": s_plain, "gain": MERGE_SILHOUETTE_GAIN,
+                        "k_merged": merged.k, "k_plain": plain.k}
+    return out
 
 
 def _finish(Z, Zf, gm, *, bic, icl, ks, skipped, skip_reasons, merge, merge_tol, min_cluster_size,

@@ -235,12 +235,49 @@ def test_merge_offset_keeps_a_shoulder_group_that_unimodality_alone_would_join()
     assert r.k == 2 and r.params["merge_offset"] == 1.0
 
 
-def test_dhaka_latents_merge_components_for_copy_number_only():
+def test_dhaka_latents_are_clustered_with_the_data_driven_merge_rule():
     # one rule for the app, dhaka.tl, the estimator and the CLI (evidence in latent_merge's docstring)
     from dhaka import tl
 
-    assert cluster.latent_merge("cnv") and not cluster.latent_merge("expression")
+    assert cluster.latent_merge("cnv") == cluster.latent_merge("expression") == "auto"
     rng = np.random.default_rng(0)
     Z = np.concatenate([rng.normal(0, 1, (60, 3)), rng.normal(6, 1, (60, 3))])
-    assert tl._cluster(Z, seed=0, k_max=4, mode="expression").params["merge"] is False
-    assert tl._cluster(Z, seed=0, k_max=4, mode="cnv").params["merge"] is True
+    for mode in ("expression", "cnv"):
+        assert tl._cluster(Z, seed=0, k_max=4, mode=mode).params["merge"] == "auto"
+
+
+def test_auto_merge_keeps_the_merged_clusters_only_where_the_silhouette_rises(cnv_first_pca3, monkeypatch):
+    Z1, clone, _ = cnv_first_pca3
+    plain = cluster.gmm_bic(Z1, seed=0, merge=False, min_cluster_size=None, n_init=2)
+    merged = cluster.gmm_bic(Z1, seed=0, merge=True, n_init=2)
+    auto = cluster.gmm_bic(Z1, seed=0, n_init=2)                   # the default is "auto"
+    assert auto.merge_choice["chosen"] == "merge"                  # heavy-tailed clones: merging is more compact
+    assert auto.merge_choice["silhouette_merged"] >= auto.merge_choice["silhouette_plain"] + cluster.MERGE_SILHOUETTE_GAIN
+    np.testing.assert_array_equal(auto.labels, merged.labels)
+
+    # where merging does not raise the silhouette by the gain, the plain BIC clusters stand
+    real = cluster.silhouette
+    monkeypatch.setattr(cluster, "silhouette", lambda Z, lab, **kw: 0.5 if len(np.unique(lab)) == merged.k else 0.49)
+    kept = cluster.gmm_bic(Z1, seed=0, n_init=2)
+    assert kept.merge_choice["chosen"] == "plain" and kept.k == plain.k
+    np.testing.assert_array_equal(kept.labels, plain.labels)
+    monkeypatch.setattr(cluster, "silhouette", real)
+    with pytest.raises(ValueError, match="merge"):
+        cluster.gmm_bic(Z1, merge="sometimes")
+    assert cluster.gmm_bic(Z1, seed=0, merge=True, n_init=2).merge_choice is None
+
+
+def test_explore_says_how_the_mixture_became_the_clusters(cnv_first_pca3):
+    from dhaka.ui.views import merge_note
+
+    Z1, _, Z2 = cnv_first_pca3
+    merged = cluster.gmm_bic(Z1, seed=0, n_init=2)
+    assert merge_note(merged).startswith(f"BIC chose {merged.n_components} mixture components; merged into 2 clusters")
+    assert "one cluster" in merge_note(cluster.gmm_bic(Z2, seed=0, n_init=2))
+    kept = cluster.GMMResult(k=5, labels=np.zeros(3, dtype=np.int64), bic=np.zeros(5), ks=[1, 2, 3, 4, 5], skipped=[],
+                             skip_reasons={}, model=None, n_components=5,
+                             merge_choice={"chosen": "plain", "k_merged": 3, "silhouette_plain": 0.41,
+                                           "silhouette_merged": 0.40})
+    assert merge_note(kept) == ("BIC chose 5 mixture components, kept as clusters: merging them into 3 would not "
+                                "raise the silhouette (0.41 vs 0.40).")
+    assert merge_note(cluster.gmm_bic(Z1, seed=0, merge=False, n_init=2)) is None

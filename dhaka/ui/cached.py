@@ -92,7 +92,7 @@ def embedding(
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def gmm_bic(_Z: np.ndarray, *, digest: str, k_max: int, seed: int, merge: bool = True) -> Any:
+def gmm_bic(_Z: np.ndarray, *, digest: str, k_max: int, seed: int, merge: bool | str = "auto") -> Any:
     """GMM BIC search on ``_Z`` (``dhaka.cluster.gmm_bic``), cached by content digest and settings."""
     from threadpoolctl import threadpool_limits
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = ["ClusterChoice", "choose_clusters", "cluster_controls", "ViewCell", "plan_views", "model_input",
-           "compute_views", "view_cell", "scores_table", "scores_panel", "selection_views"]
+           "compute_views", "view_cell", "merge_note", "scores_table", "scores_panel", "selection_views"]
 
 METHODS = tasks.VIEW_LABELS
 
@@ -58,6 +58,21 @@ def choose_clusters(gmm: Any, k_choice: int | str, fixed: Any = None) -> Cluster
     return ClusterChoice(np.asarray(fixed.labels), k, note)
 
 
+def merge_note(gmm: Any) -> str | None:
+    """One line on how the BIC mixture became the clusters (``merge="auto"``'s decision), or ``None``."""
+    mc = getattr(gmm, "merge_choice", None) or {}
+    n = int(getattr(gmm, "n_components", gmm.k))
+    if mc.get("chosen") == "merge" and "silhouette_merged" in mc:
+        return (f"BIC chose {n} mixture components; merged into {gmm.k} clusters (unimodal unions), which raised "
+                f"the silhouette from {mc['silhouette_plain']:.2f} to {mc['silhouette_merged']:.2f}.")
+    if mc.get("reason") == "one unimodal cluster":
+        return f"BIC chose {n} mixture components; every union of them is unimodal: one cluster."
+    if mc.get("chosen") == "plain":
+        return (f"BIC chose {n} mixture components, kept as clusters: merging them into {mc['k_merged']} would not "
+                f"raise the silhouette ({mc['silhouette_plain']:.2f} vs {mc['silhouette_merged']:.2f}).")
+    return None
+
+
 def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.ndarray | None, int]:
     """The sidebar's cluster settings; sets the clusters in use.
 
@@ -88,6 +103,8 @@ def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.
         choice = choose_clusters(gmm, k_choice, fixed)
         if choice.note:
             st.sidebar.caption(choice.note)
+        elif k_choice == "BIC" and (note := merge_note(gmm)):
+            st.sidebar.caption(note)
         if state.get_cluster_k() != choice.k or state.get_clusters() is None:
             state.set_clusters(choice.labels, k=choice.k)
     return gmm, state.get_clusters(), k_max
