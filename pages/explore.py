@@ -10,6 +10,8 @@ from dhaka.ui import annotate, figures, state, tasks, views, widgets
 widgets.require_entrypoint()
 
 st.title("Explore")
+if state.get_dataset() is not None and not state.results_match_dataset():
+    widgets.offer_latest_run()
 Z = state.require_latent()
 adata = state.get_dataset()
 res = state.get_result_info()

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["safe_call", "error_message", "preprocess_form", "train_form", "ColorChoice", "color_control",
            "sidebar", "collect_finished_job", "show_notices", "job_is_active",
            "STRUCTURE_PRESETS", "PLOTLY_CONFIG", "require_entrypoint", "entrypoint", "navigation",
-           "start_views", "views_progress", "selected_points"]
+           "start_views", "views_progress", "selected_points", "offer_latest_run"]
 REFINE_CHOICES: list[Any] = ["auto", 0, 1, 2, 3]  # rounds of latent-guided gene refinement
 
 T = TypeVar("T")
@@ -626,6 +626,31 @@ def sidebar(pages: dict[str, list[Any]] | None = None, *, job_status: bool = Tru
 
 
 # -------------------------------------------------------------------- runs
+def offer_latest_run() -> None:
+    """A button that opens this person's newest finished run of the loaded dataset (Explore after a reload).
+
+    A reload or a page opened by its URL starts a new session, which holds no model; the runs are kept.
+    Shows nothing when there is no such run.
+    """
+    from dhaka.runs import RunStore
+    from dhaka.ui import owner
+
+    view = RunStore().view(owner.owner_key())
+    name = state.get_dataset_info().get("name")
+    runs = [i for i in (safe_call(view.list, include_shared=False, what="Cannot list runs") or [])
+            if i.data_name == name and i.status in ("done", "stopped")]
+    if not runs:
+        return
+    newest = max(runs, key=lambda i: (i.created is not None, i.created or 0))
+    when = newest.created.strftime("%Y-%m-%d %H:%M") if newest.created else "?"
+    if st.button(f"Open your latest run of this dataset ({newest.id}, {newest.status}, {when})", type="primary",
+                 key="w.exp.open_latest", icon=":material/history:",
+                 help="This page was reloaded or opened by its address, which starts a new session; "
+                      "every training is kept as a run (Runs page)."):
+        if open_run(newest.id, store=view):
+            st.rerun()
+
+
 def open_run(run_id: str, *, store: Any = None) -> bool:
     """Load a stored run (final model or last checkpoint) as the session's result.
 

@@ -257,3 +257,32 @@ def test_run_store_keeps_annotations_only_for_the_owner_of_a_finished_run(home):
     home.view(me).save_annotations(running.id, table.iloc[:, :0])  # no columns: the annotations are removed
     assert home.open(running.id, owner=me).load_annotations().empty
     assert not (home.runs_dir / running.id / "annotations.csv").exists()
+
+
+def test_a_reloaded_explore_offers_the_latest_run_of_this_dataset(small_paper, home):
+    # a reload starts a new session (no model in it); the person's runs are kept and one click brings the newest back
+    from dhaka.estimator import Dhaka
+
+    est = Dhaka(structure=(16,), epochs=1, batch_size=64, kl_warmup=0, patience=None, val_fraction=0.0)
+    est.fit(small_paper)
+    Z = np.asarray(est.transform(small_paper))
+    _run(home, small_paper, Z, est=est)
+    newest = _run(home, small_paper, Z, est=est)
+    _run(home, small_paper, Z, est=est, who="Z" * 32)               # someone else's run is not offered
+    at = AppTest.from_file(EXPLORE, default_timeout=120)
+    at.query_params[owner.OWNER_PARAM] = TOKEN
+    at.session_state[state.DATASET] = small_paper
+    at.session_state[state.DATASET_INFO] = {"key": "k1", "name": NAME}
+    at.run()
+    _ok(at)
+    button = at.button(key="w.exp.open_latest")
+    assert newest in button.label and "Train a model on this dataset first" in " ".join(i.value for i in at.info)
+    button.click().run()
+    _ok(at)
+    assert at.session_state[state.RESULT_INFO]["run_id"] == newest
+    assert [c for c in at.get("plotly_chart") if c.key == "fig_dhaka"]      # the run's latent space is drawn
+    assert not any("Train a model" in i.value for i in at.info)
+    views = at.session_state[state.VIEWS_JOB]
+    if views is not None:
+        views[0].cancel()
+        assert views[0].wait(300)
