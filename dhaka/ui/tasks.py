@@ -470,23 +470,24 @@ class ViewsTask:
             except BaseException as exc:  # noqa: BLE001 - raised in the job's thread below
                 errors.append(exc)
 
-        # UMAP in the worker process runs beside PCA and t-SNE here: on 2 cores the views came
-        # 1-2 s sooner than one after the other (bench/app_live.py)
+        def pending(*first: str) -> str:
+            return " and ".join(VIEW_LABELS[m] for m in [*first, *away] if self._key(m) not in self.results)
+
+        # UMAP goes to the worker first and runs beside PCA and t-SNE here: right after a training the
+        # worker may still be finishing its compile, which the views here need not wait for
         helpers = [threading.Thread(target=compute_away, args=(m,), daemon=True, name=f"views-{m}") for m in away]
         for t in helpers:
             t.start()
-        for i, method in enumerate(here):
+        for method in here:
             if ctx.stopped:
                 break
             ctx.report(done=len(self.results), total=len(self.methods), method=method,
-                       message=f"Computing {' and '.join(VIEW_LABELS[m] for m in [method, *away])} "
-                               f"({self.n_components}-D)")
+                       message=f"Computing {pending(method)} ({self.n_components}-D)")
             compute(method, fns[method])
-        for t in helpers:
-            if not ctx.stopped:
-                ctx.report(done=len(self.results), total=len(self.methods), method=away[0],
-                           message=f"Computing {', '.join(VIEW_LABELS[m] for m in away if self._key(m) not in self.results)}"
-                                   f" ({self.n_components}-D)")
+        for m, t in zip(away, helpers):
+            if not ctx.stopped and pending():
+                ctx.report(done=len(self.results), total=len(self.methods), method=m,
+                           message=f"Computing {pending()} ({self.n_components}-D)")
             t.join()
         if errors:
             raise errors[0]
