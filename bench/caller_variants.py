@@ -59,7 +59,7 @@ for name in VARIANTS:
     gaps = [best(r) - r[name][0] for r in rows]
     bad = [f"{r['data']}/{r['method']}({g:+.2f})" for r, g in zip(rows, gaps) if g > 0.05]
     print(f"{name:15s} {len(bad):2d} | {np.mean([r[name][0] for r in rows]):.3f} | {', '.join(bad)}")
+dh = [r for r in rows if r["method"].startswith("dhaka")]
 for name in VARIANTS:
-    dh = [r for r in rows if r["method"].startswith("dhaka")]
     bad = [f"{r['data']}/{r['method']}({best(r) - r[name][0]:+.2f})" for r in dh if best(r) - r[name][0] > 0.05]
     print(f"dhaka {name:9s} {len(bad):2d} | {np.mean([r[name][0] for r in dh]):.3f} | {', '.join(bad)}")

@@ -379,8 +379,9 @@ def latent_merge(mode: str) -> Literal["auto"]:
     better of merge / plain BIC on three latents (a noisy copy-number cell: 0.50 vs 0.90), while
     ``merge="auto"`` (keep the merged clusters only where they raise the silhouette) was on one (small
     copy-number events on relative-ploidy states, where merging leaves one cluster: 0.00 vs 0.47). On held-out
-    data (seed 1, fresh fits) the two rules tied: 3 vs 2 misses of 19, mean ARI 0.710 vs 0.717. Kept as a function: the CLI, the app, :mod:`dhaka.tl` and the
-    estimator all call it, so a rule per data type can come back in one place.
+    data (seed 1, fresh fits) the two rules tied: 3 vs 2 misses of 19, mean ARI 0.710 vs 0.717. Kept as a
+    function: the CLI, the app, :mod:`dhaka.tl` and the estimator all call it, so a rule per data type can
+    come back in one place.
     """
     return "auto"
 
@@ -586,8 +587,9 @@ def gmm_bic(
     if merged.k == 1:  # every union unimodal: one population (a silhouette cannot weigh one cluster)
         merged.merge_choice = {"chosen": "merge", "reason": "one unimodal cluster", "k_plain": plain.k}
         return merged
-    s_merged = silhouette(Zf, merged.predict(Zf), seed=seed)
-    s_plain = silhouette(Zf, plain.predict(Zf), seed=seed)
+    on_fit = (lambda lab: lab) if fit_idx is None else (lambda lab: lab[fit_idx])  # labels of Zf's cells
+    s_merged = silhouette(Zf, on_fit(merged.labels), seed=seed)
+    s_plain = silhouette(Zf, on_fit(plain.labels), seed=seed)
     use = bool(np.isfinite(s_merged) and (not np.isfinite(s_plain) or s_merged >= s_plain + MERGE_SILHOUETTE_GAIN))
     out = merged if use else plain
     out.merge_choice = {"chosen": "merge" if use else "plain", "silhouette_merged": s_merged,

@@ -45,8 +45,7 @@ def _fmt_seconds(s: float | None) -> str:
 
 job = state.get_job()
 active = job is not None and not job.done
-views_job = state.get_views_job()
-if not active and not tasks.train_in_thread() and (views_job is None or views_job[0].done):
+if not active and not tasks.train_in_thread() and not state.views_running():
     from dhaka.ui import train_worker
 
     # the next training's process imports torch while the form is being set; not while the last

@@ -170,13 +170,6 @@ def from_frame(table: pd.DataFrame, obs_names: Sequence[str], *,
 
 
 # ----------------------------------------------------------- session + store
-def _store() -> Any:
-    from dhaka.runs import RunStore
-    from dhaka.ui import owner
-
-    return RunStore().view(owner.owner_key())
-
-
 def save() -> str | None:
     """Keep the session's annotations with the run in use; the reason when they could not be.
 
@@ -186,14 +179,14 @@ def save() -> str | None:
         ``None`` when saved; otherwise a message (no run, someone else's run, a disk problem): the
         annotations then stay in this session only.
     """
-    from dhaka.ui import widgets
+    from dhaka.ui import owner, widgets
 
     run_id = state.get_result_info().get("run_id")
     if not run_id:
         return "This result is not stored as a run, so the annotations are kept in this session only."
     obs_names = state.get_result_info().get("obs_names") or [str(o) for o in state.get_dataset().obs_names]
     try:
-        _store().save_annotations(run_id, to_frame(state.get_annotations(), obs_names))
+        owner.run_store().save_annotations(run_id, to_frame(state.get_annotations(), obs_names))
     except Exception as exc:  # noqa: BLE001 - the labels stay in the session; say why they were not kept
         return f"The annotations are kept in this session only: {widgets.error_message(exc)}"
     return None

@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
+from typing import Any
 
 import streamlit as st
 
@@ -53,6 +54,7 @@ __all__ = [
     "owner_key",
     "owner_label",
     "proxy_user",
+    "run_store",
     "unlock_admin",
     "user_from_headers",
     "valid_token",
@@ -194,6 +196,13 @@ def owner_key() -> str:
         log.warning("DHAKA_OWNER_HEADER=%s is set but the request has no valid user in it; "
                     "using an anonymous browser owner", owner_header())
     return key_for_token(_browser_token())
+
+
+def run_store() -> Any:
+    """The run store as this person sees it (:meth:`dhaka.runs.RunStore.view` for :func:`owner_key`)."""
+    from dhaka.runs import RunStore
+
+    return RunStore().view(owner_key())
 
 
 def admin_token_configured() -> bool:

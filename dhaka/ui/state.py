@@ -48,7 +48,7 @@ __all__ = [
     "init_state", "get_session_id", "get_dataset", "get_dataset_info", "get_dataset_key", "get_second_dataset",
     "set_dataset", "get_preprocess", "set_preprocess", "get_train_params", "set_train_params",
     "get_estimator_params", "get_job", "set_job", "get_estimator", "get_latent", "get_gmm", "get_clusters",
-    "get_cluster_k", "set_clusters", "get_annotations", "set_annotations", "get_embeddings", "set_embedding", "get_views_job", "set_views_job", "get_model_input", "set_model_input",
+    "get_cluster_k", "set_clusters", "get_annotations", "set_annotations", "get_embeddings", "set_embedding", "get_views_job", "set_views_job", "views_running", "get_model_input", "set_model_input",
     "get_result_info", "set_result", "clear_results", "results_match_dataset", "get_truth_column",
     "set_truth_column", "get_truth_labels", "push_notice", "pop_notices", "require_dataset",
     "require_latent",
@@ -303,6 +303,12 @@ def set_embedding(name: str, coords: np.ndarray) -> None:
 def get_views_job() -> tuple[Job, Any] | None:
     """``(job, task)`` of the background comparison views of the result in use, or ``None``."""
     return _get(VIEWS_JOB)
+
+
+def views_running() -> bool:
+    """``True`` while the background comparison views of the result in use are still being computed."""
+    views = get_views_job()
+    return views is not None and not views[0].done
 
 
 def set_views_job(job: Job, task: Any) -> None:

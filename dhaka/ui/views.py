@@ -228,8 +228,7 @@ def scores_panel(Z: np.ndarray, labels: np.ndarray | None, *, k_max: int, seed: 
     state.set_truth_column(truth_col)
     # the views' own GMMs (about 1 s each) wait for the last view: computed on every view's arrival they
     # took CPU from the views still running (bench/app_live.py, launch -> all views)
-    job = state.get_views_job()
-    views_running = job is not None and not job[0].done
+    views_running = state.views_running()
     st.dataframe(scores_table(Z, labels, k_max=k_max, seed=seed, truth_col=truth_col, with_views=not views_running),
                  key="scores",
                  column_config={"silhouette": st.column_config.NumberColumn(

@@ -632,10 +632,9 @@ def offer_latest_run() -> None:
     A reload or a page opened by its URL starts a new session, which holds no model; the runs are kept.
     Shows nothing when there is no such run.
     """
-    from dhaka.runs import RunStore
     from dhaka.ui import owner
 
-    view = RunStore().view(owner.owner_key())
+    view = owner.run_store()
     name = state.get_dataset_info().get("name")
     runs = [i for i in (safe_call(view.list, include_shared=False, what="Cannot list runs") or [])
             if i.data_name == name and i.status in ("done", "stopped")]
@@ -666,10 +665,10 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
         ``True`` when the run is now the result in use.
     """
     from dhaka.estimator import Dhaka
-    from dhaka.runs import RunError, RunStore
+    from dhaka.runs import RunError
     from dhaka.ui import cached, demos, owner, tasks
 
-    store = store if store is not None else RunStore().view(owner.owner_key())
+    store = store if store is not None else owner.run_store()
     try:
         run = store.open(run_id)
         record = run.record
