@@ -152,22 +152,29 @@ def cmd_embed(args: argparse.Namespace) -> int:
     est = Dhaka.from_preset(args.preset, **params)
     args.merge = args.merge or latent_merge(est.mode)  # the app's rule (dhaka.cluster.latent_merge)
     if args.distributed:
-        from dhaka.distributed import fit_estimator_distributed, init_from_env, is_main_process
+        from dhaka.distributed import fit_estimator_distributed, init_from_env, is_main_process, shutdown
 
         init_from_env()
-        main_rank = is_main_process()
-        fit_estimator_distributed(est, adata, callback=_progress(args.quiet or not main_rank))
-        if not main_rank:  # rank 0 writes the results
-            return 0
-    else:
-        est.fit(adata, callback=_progress(args.quiet))
+        try:
+            main_rank = is_main_process()
+            fit_estimator_distributed(est, adata, callback=_progress(args.quiet or not main_rank))
+            if main_rank:  # rank 0 writes the results; the others wait for it in shutdown()
+                _write_embedding(args, est, adata)
+        finally:
+            shutdown()
+        return 0
+    est.fit(adata, callback=_progress(args.quiet))
+    _write_embedding(args, est, adata)
+    return 0
+
+
+def _write_embedding(args: argparse.Namespace, est, adata) -> None:
     args.seed = int(est.seed)
     Z = est.transform(adata)
     if args.save_model:
         est.save(args.save_model)
         print(f"saved model to {args.save_model}", file=sys.stderr)
     _cluster_and_write(args, Z, adata, extra_meta={"params": est.get_params()})
-    return 0
 
 
 def cmd_project(args: argparse.Namespace) -> int:

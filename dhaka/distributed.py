@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["init_from_env", "is_distributed", "is_main_process", "world", "ddp_fit_vae", "data_parallel_seams",
+__all__ = ["init_from_env", "is_distributed", "is_main_process", "world", "shutdown", "ddp_fit_vae", "data_parallel_seams",
            "GlobalBatchNorm1d", "fit_estimator_distributed", "run_distributed_fit", "torchrun_command"]
 
 
@@ -79,6 +79,20 @@ def world() -> tuple[int, int]:
 
 def is_main_process() -> bool:
     return world()[0] == 0
+
+
+def shutdown() -> None:
+    """Wait for every rank, then destroy the process groups (the default one and each fit's).
+
+    Call it in every rank before the process ends: a rank that exits with its gloo groups
+    alive can abort in their destructors ("terminate called without an active exception",
+    SIGABRT) while another rank still works, and torchrun then fails the whole job.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def init_from_env(*, backend: str | None = None, timeout_s: float = 600.0) -> tuple[int, int]:
@@ -380,9 +394,7 @@ def run_distributed_fit(estimator_params: dict, X_path: str | os.PathLike, out_d
         (out / "run.json").write_text(json.dumps(info))
         if save_model:
             est.save(out / "model")
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    shutdown()
     return info
 
 

@@ -152,3 +152,19 @@ def test_global_batch_norm_swaps_this_models_layers_only_and_puts_them_back():
         vae.eval()
     assert [m for m in vae.modules() if isinstance(m, torch.nn.BatchNorm1d)] == before
     assert not any(m.training for m in before)  # the mode set inside carries over
+
+
+def test_shutdown_destroys_every_group_and_is_a_no_op_outside_one(tmp_path):
+    """Each fit makes its own group; shutdown() must leave none alive (a rank exiting with live gloo
+    groups can abort in their destructors while another rank still writes: the CI flake of stop 19)."""
+    import torch.distributed as dist
+
+    distributed.shutdown()  # nothing to do, no error
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        extra = dist.new_group(backend="gloo")
+        assert dist.is_initialized() and extra is not None
+    finally:
+        distributed.shutdown()
+    assert not dist.is_initialized()
