@@ -1,0 +1,162 @@
+"""Does subsample stability decide merge / plain better than the silhouette? (issue 12; no refits)
+
+For every embedding cached by ``bench.independent`` (seeds given by ``--seeds``) this fits BIC's mixture
+once (``gmm_bic``), takes its plain and merged clusters, and scores each by
+
+* the mean silhouette (what ``merge="auto"`` compares today), and
+* stability: ``--boot`` mixtures with the same number of components fitted on random 80 % subsamples,
+  each turned into plain and merged clusters the same way and compared (ARI, all cells) with the
+  full-data clusters. A split of one blob into overlapping components moves from subsample to
+  subsample; real groups stay (Ben-Hur et al. 2002; Lange et al. 2004).
+
+Rules are then chosen on seed 0 and checked on seed 1 (held out). Prints a row per embedding and the
+rule table; writes the rows to ``bench/out/caller_stability.json``.
+
+    python -m bench.caller_stability --seeds 0 1 --boot 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import independent as B  # noqa: E402
+from dhaka.cluster import _labels_from_map, ari, gmm_bic, merge_components, silhouette  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out" / "caller_stability.json"
+
+
+def stability(Z: np.ndarray, plain, merged, *, boot: int, frac: float = 0.8, seed: int = 0) -> tuple[float, float]:
+    """Mean ARI of the plain / merged clusters of ``boot`` subsample mixtures against the full-data ones."""
+    from sklearn.mixture import GaussianMixture
+
+    n = Z.shape[0]
+    K = plain.n_components
+    if K == 1:
+        return 1.0, 1.0
+    reg = 1e-6 * float(np.mean(np.var(Z, axis=0)))
+    mcs = merged.params.get("min_cluster_size")
+    rng = np.random.default_rng(seed + 1000)
+    sp, sm = [], []
+    for b in range(boot):
+        idx = np.sort(rng.choice(n, size=int(frac * n), replace=False))
+        gm = GaussianMixture(K, covariance_type="full", n_init=1, reg_covar=reg, random_state=seed + b).fit(Z[idx])
+        sp.append(ari(plain.labels, gm.predict(Z)))
+        m_b = None if mcs is None else max(1, int(np.ceil((mcs if mcs < 1 else mcs / n) * idx.size)))
+        cmap, _ = merge_components(gm, Z[idx], tol=merged.params["merge_tol"], min_cluster_size=m_b)
+        sm.append(ari(merged.labels, _labels_from_map(gm, Z, cmap, int(cmap.max()) + 1)))
+    return float(np.mean(sp)), float(np.mean(sm))
+
+
+def collect(seeds, boot: int) -> list[dict]:
+    rows = []
+    for part in ("expression", "cnv", "real"):
+        for key, _desc, make, col, _mode, methods in B._datasets(part, False, None):
+            for s in seeds:
+                if part == "real" and s != 0:
+                    continue  # the real data have one truth; seed 1 would only refit the baselines
+                files = {m: B.OUT / f"{key}__{m.replace('/', '+')}__s{s}.npz" for m in methods}
+                if not any(p.exists() for p in files.values()):
+                    continue
+                truth = make(s).obs[col].astype(str).to_numpy()
+                for m, p in files.items():
+                    if not p.exists():
+                        continue
+                    Z = np.load(p)["Z"].astype(np.float64)
+                    t0 = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        pl = gmm_bic(Z, seed=s, merge=False, min_cluster_size=None)
+                        me = gmm_bic(Z, seed=s, merge=True)
+                        st_p, st_m = stability(Z, pl, me, boot=boot, seed=s)
+                    r = {"data": key, "method": m, "seed": s, "plain": ari(truth, pl.labels), "k_plain": pl.k,
+                         "merged": ari(truth, me.labels), "k_merged": me.k, "k_true": int(np.unique(truth).size),
+                         "sil_plain": silhouette(Z, pl.labels, seed=s) if pl.k > 1 else float("nan"),
+                         "sil_merged": silhouette(Z, me.labels, seed=s) if me.k > 1 else float("nan"),
+                         "stab_plain": st_p, "stab_merged": st_m, "seconds": time.perf_counter() - t0}
+                    rows.append(r)
+                    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}),
+                          flush=True)
+    return rows
+
+
+def rule_silhouette(r, gain=0.02):
+    if r["k_merged"] == r["k_plain"]:
+        return "merged"
+    if r["k_merged"] == 1:
+        return "merged"
+    sm, sp = r["sil_merged"], r["sil_plain"]
+    return "merged" if np.isfinite(sm) and (not np.isfinite(sp) or sm >= sp + gain) else "plain"
+
+
+def rule_stability(r, gain=0.0):
+    if r["k_merged"] == r["k_plain"]:
+        return "merged"
+    return "merged" if r["stab_merged"] >= r["stab_plain"] + gain else "plain"
+
+
+def rule_both(r, gain=0.0):
+    """Merged where it is both more stable and (for k > 1) not less compact."""
+    if r["k_merged"] == r["k_plain"]:
+        return "merged"
+    if r["stab_merged"] < r["stab_plain"] + gain:
+        return "plain"
+    if r["k_merged"] == 1:
+        return "merged"
+    return "merged" if r["sil_merged"] >= r["sil_plain"] else "plain"
+
+
+RULES = {
+    "always merge": lambda r: "merged",
+    "never merge": lambda r: "plain",
+    "silhouette +0.02 (shipped)": rule_silhouette,
+    "stability": rule_stability,
+    "stability +0.02": lambda r: rule_stability(r, 0.02),
+    "stability +0.05": lambda r: rule_stability(r, 0.05),
+    "stability +0.10": lambda r: rule_stability(r, 0.10),
+    "stability and silhouette": rule_both,
+}
+
+
+def table(rows: list[dict]) -> None:
+    for s in sorted({r["seed"] for r in rows}):
+        sub = [r for r in rows if r["seed"] == s]
+        dh = [r for r in sub if r["method"].startswith("dhaka")]
+        print(f"\nseed {s}: {len(dh)} Dhaka latents, {len(sub)} embeddings")
+        print("| rule | misses, Dhaka | mean ARI, Dhaka | misses, all | mean ARI, all | Dhaka misses |")
+        print("|---|---|---|---|---|---|")
+        for name, rule in RULES.items():
+            def score(rs):
+                got = [r[rule(r)] for r in rs]
+                gaps = [max(r["plain"], r["merged"]) - g for r, g in zip(rs, got)]
+                return sum(g > 0.05 for g in gaps), float(np.mean(got)), gaps
+            md, ad, gd = score(dh)
+            ma, aa, _ = score(sub)
+            which = ", ".join(f"{r['data']}/{r['method']} ({-g:+.2f})" for r, g in zip(dh, gd) if g > 0.05)
+            print(f"| {name} | {md} | {ad:.3f} | {ma} | {aa:.3f} | {which} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--boot", type=int, default=8)
+    ap.add_argument("--cached", action="store_true", help=f"only print the table from {OUT.name}")
+    a = ap.parse_args(argv)
+    if a.cached:
+        rows = json.loads(OUT.read_text())
+    else:
+        rows = collect(a.seeds, a.boot)
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(rows, indent=1))
+    table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
