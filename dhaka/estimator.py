@@ -132,6 +132,10 @@ class Dhaka(TransformerMixin, BaseEstimator):
         no longer changes or nothing is significant. 0 = the paper's single fit.
     refine_alpha
         Family-wise significance level of the refinement's gene test.
+    refine_epochs
+        Most epochs of each fit that only chooses genes for the next one (every fit but the last);
+        ``None``: ``epochs``. Where such a fit's selection turns out final (unchanged, or nothing
+        significant), the last fit is trained in full on the same genes.
     n_starts
         Random starts; the one with the best silhouette of its GMM clusters is kept (in the
         final fit; refinement rounds train one start each).
@@ -171,6 +175,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         patience: int | None = 20,
         refine: int | Literal["auto"] = "auto",
         refine_alpha: float = 0.01,
+        refine_epochs: int | None = None,
         n_starts: int = 1,
         seed: int = 0,
         device: str = "auto",
@@ -202,6 +207,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.patience = patience
         self.refine = refine
         self.refine_alpha = refine_alpha
+        self.refine_epochs = refine_epochs
         self.n_starts = n_starts
         self.seed = seed
         self.device = device
@@ -237,6 +243,10 @@ class Dhaka(TransformerMixin, BaseEstimator):
             raise ValueError(f"library_axis must be 'auto', 'remove' or 'keep', got {self.library_axis!r}")
         if not 0 < float(self.refine_alpha) < 1:
             raise ValueError(f"refine_alpha must be in (0, 1), got {self.refine_alpha}")
+        if self.refine_epochs is not None and (isinstance(self.refine_epochs, bool)
+                                               or not isinstance(self.refine_epochs, (int, np.integer))
+                                               or self.refine_epochs < 1):
+            raise ValueError(f"refine_epochs must be None or a number of epochs >= 1, got {self.refine_epochs!r}")
         from dhaka.model import resolve_structure
 
         resolve_structure(self.structure)  # a bad structure fails before the data is read
@@ -434,9 +444,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
             nuisance = _covariate_axis(S, 1.0 / pre.scale_, covariate) if remove else None
             loadings = None if is_row_source(S) else self._principal_axes(S, pre.center_, pre.scale_, nuisance)
             label = f"fit {r + 1}/{rounds + 1} ({len(idx)} genes)" if rounds else ""
+            epochs = int(self.epochs) if final or self.refine_epochs is None else min(int(self.epochs),
+                                                                                      int(self.refine_epochs))
             self._train(S, pre.center_, pre.scale_, loadings=loadings, nuisance=nuisance,
-                        n_starts=int(self.n_starts) if final else 1,
+                        n_starts=int(self.n_starts) if final else 1, epochs=epochs,
                         pass_offset=r, n_passes=rounds + int(self.n_starts), stage=label, **train_kw)
+            shortened = epochs < int(self.epochs)
             if nuisance is not None:
                 self.refinement_[-1]["library_axis"] = "removed"
             if covariate is not None and not remove and self.library_axis == "auto" and not self.stopped_:
@@ -454,9 +467,10 @@ class Dhaka(TransformerMixin, BaseEstimator):
             r += 1
             if new["indices"] is None or np.array_equal(new["indices"], idx):
                 # nothing significant, or the selection is stable: the current fit stands,
-                # unless warm starts were asked for (they run once more on the same genes)
+                # unless warm starts were asked for or it was a shortened gene-choosing fit
+                # (then the last fit runs once more on the same genes)
                 self.refinement_[-1]["converged"] = True
-                if int(self.n_starts) == 1:
+                if int(self.n_starts) == 1 and not shortened:
                     return
                 rounds = r
                 self.refinement_.append({"fit": len(self.refinement_) + 1, "genes": int(len(idx)),
@@ -500,7 +514,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return _from_rank0(out)
 
     def _train(self, S: Any, center: np.ndarray, scale: np.ndarray, *, loadings: np.ndarray | None,
-               nuisance: np.ndarray | None = None, callback=None, stop_event=None, checkpoint=None,
+               nuisance: np.ndarray | None = None, epochs: int | None = None, callback=None, stop_event=None,
+               checkpoint=None,
                checkpoint_every: int = 5,
                n_starts: int | None = None, pass_offset: int = 0, n_passes: int | None = None,
                stage: str = "", seams: Any = None) -> None:
@@ -549,7 +564,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             ck = (lambda epoch, _f=save_fn: checkpoint(_f, epoch)) if checkpoint is not None else None
             try:
                 res = fit_vae(
-                    S, model=model, epochs=int(self.epochs), batch_size=self.resolved_batch_size(S.shape[0]),
+                    S, model=model, epochs=int(self.epochs if epochs is None else epochs), batch_size=self.resolved_batch_size(S.shape[0]),
                     lr=float(self.lr),
                     clip_norm=self.clip_norm, optimizer=self.optimizer, kl_warmup=int(self.kl_warmup),
                     val_fraction=float(self.val_fraction), patience=self.patience, seed=seed, device=self.device,

@@ -258,6 +258,9 @@ PARAMS: tuple[Param, ...] = (
           low=0.0, high=100.0, group="library"),
     Param("refine_alpha", "float", "Refinement alpha", "family-wise level of the refinement's gene test",
           low=1e-12, high=0.999, group="library"),
+    Param("refine_epochs", "int", "Gene-choosing fit epochs", "most epochs of each fit that only chooses "
+          "genes for the next ('off' = as many as the last fit)", low=1, high=100000,
+          special={None: ("off", "as many as the last fit")}, group="library", example=60),
     Param("precision", "choice", "Precision", "'bf16' trains under bfloat16 autocast (GPUs)",
           choices=("fp32", "bf16"), group="library"),
 )

@@ -216,6 +216,40 @@ def test_gene_refinement_keeps_the_genes_the_latent_explains(tmp_path):
     assert len(plain.refinement_) == 1 and len(plain.genes_) == 800
 
 
+def _epochs_per_stage(est, X):
+    seen: dict[str, int] = {}
+    est.fit(X, callback=lambda r: seen.__setitem__(r.stage, max(seen.get(r.stage, 0), r.epoch)))
+    return seen
+
+
+def test_refine_epochs_shortens_the_gene_choosing_fits_only(blobs_counts, monkeypatch):
+    X, _ = blobs_counts
+    kw = {**FAST, "epochs": 6, "patience": None, "refine": 2, "refine_epochs": 2}
+    picks = iter([np.arange(40), np.arange(30)])  # each round a new selection: three fits
+    with monkeypatch.context() as m:
+        m.setattr(Dhaka, "_refined_genes", lambda self, P, S, n: {"n_significant": 1, "r2_threshold": 0.1,
+                                                                   "indices": next(picks)})
+        seen = _epochs_per_stage(Dhaka(**kw), X)
+    assert [seen[k] for k in sorted(seen)] == [2, 2, 6], seen  # fit 1/3, fit 2/3: 2 epochs; the last: all 6
+    assert set(_epochs_per_stage(Dhaka(**{**kw, "refine_epochs": None}), X).values()) == {6}
+    # a shortened fit whose selection is final (nothing significant) is not the model kept: the last fit
+    # runs in full on the same genes
+    monkeypatch.setattr(Dhaka, "_refined_genes", lambda self, P, S, n: {"n_significant": 0, "r2_threshold": 1.0,
+                                                                         "indices": None})
+    est = Dhaka(**kw)
+    seen = _epochs_per_stage(est, X)
+    assert [seen[k] for k in sorted(seen)] == [2, 6], seen
+    assert est.refinement_[0]["converged"] and est.refinement_[1]["selected_by"] == "unchanged"
+    assert len(est.history_) == 6
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "auto"])
+def test_refine_epochs_must_be_none_or_positive(bad, blobs_counts):
+    X, _ = blobs_counts
+    with pytest.raises(ValueError, match="refine_epochs"):
+        Dhaka(**{**FAST, "refine_epochs": bad}).fit(X)
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "always", True])
 def test_refine_must_be_auto_or_rounds(bad, blobs_counts):
     X, _ = blobs_counts
