@@ -30,7 +30,7 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-max", type=int, default=10, help="largest number of GMM clusters tried (BIC picks k)")
     p.add_argument("--merge", action="store_true",
                    help="always merge overlapping GMM components (default: decided from the data, merged "
-                        "clusters are kept where they raise the silhouette; dhaka.cluster.gmm_bic merge='auto')")
+                        "clusters are kept where subsamples reproduce them better; dhaka.cluster.gmm_bic merge='auto')")
     p.add_argument("--h5ad", help="also write an .h5ad with obsm['X_dhaka'] and obs['dhaka_cluster']")
 
 

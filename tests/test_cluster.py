@@ -246,25 +246,44 @@ def test_dhaka_latents_are_clustered_with_the_data_driven_merge_rule():
         assert tl._cluster(Z, seed=0, k_max=4, mode=mode).params["merge"] == "auto"
 
 
-def test_auto_merge_keeps_the_merged_clusters_only_where_the_silhouette_rises(cnv_first_pca3, monkeypatch):
-    Z1, clone, _ = cnv_first_pca3
+def test_auto_merge_keeps_whichever_clusters_subsamples_reproduce_better(cnv_first_pca3, monkeypatch):
+    Z1, clone, Z2 = cnv_first_pca3
     plain = cluster.gmm_bic(Z1, seed=0, merge=False, min_cluster_size=None, n_init=2)
     merged = cluster.gmm_bic(Z1, seed=0, merge=True, n_init=2)
     auto = cluster.gmm_bic(Z1, seed=0, n_init=2)                   # the default is "auto"
-    assert auto.merge_choice["chosen"] == "merge"                  # heavy-tailed clones: merging is more compact
-    assert auto.merge_choice["silhouette_merged"] >= auto.merge_choice["silhouette_plain"] + cluster.MERGE_SILHOUETTE_GAIN
+    mc = auto.merge_choice
+    assert plain.k > merged.k == 2 and mc["chosen"] == "merge"   # heavy-tailed clones: BIC's split is not reproducible
+    assert mc["stability_merged"] > mc["stability_plain"] and (mc["k_merged"], mc["k_plain"]) == (merged.k, plain.k)
     np.testing.assert_array_equal(auto.labels, merged.labels)
+    assert cluster.ari(clone, auto.labels) > cluster.ari(clone, plain.labels)
+    # the second sample holds the major clone only: one cluster (the paper's xenograft result)
+    assert cluster.gmm_bic(Z2, seed=0, n_init=2).k == 1
 
-    # where merging does not raise the silhouette by the gain, the plain BIC clusters stand
-    real = cluster.silhouette
-    monkeypatch.setattr(cluster, "silhouette", lambda Z, lab, **kw: 0.5 if len(np.unique(lab)) == merged.k else 0.49)
+    # where subsamples reproduce the plain clusters better, they stand
+    monkeypatch.setattr(cluster, "merge_stability", lambda *a, **kw: (0.9, 0.8))
     kept = cluster.gmm_bic(Z1, seed=0, n_init=2)
     assert kept.merge_choice["chosen"] == "plain" and kept.k == plain.k
     np.testing.assert_array_equal(kept.labels, plain.labels)
-    monkeypatch.setattr(cluster, "silhouette", real)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="merge"):
         cluster.gmm_bic(Z1, merge="sometimes")
     assert cluster.gmm_bic(Z1, seed=0, merge=True, n_init=2).merge_choice is None
+
+
+def test_merge_stability_tells_a_split_blob_from_real_groups():
+    """Two components on one Gaussian blob move between subsamples; two separated groups do not."""
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    blob = rng.normal(0, 1, (400, 2))
+    gm = GaussianMixture(2, random_state=0).fit(blob)
+    plain = gm.predict(blob)
+    st_plain, st_merged = cluster.merge_stability(blob, gm, plain, np.zeros(400, dtype=int), merge_tol=0.0, seed=0)
+    assert st_merged == 1.0 and st_plain < 0.9
+    two = np.concatenate([rng.normal(0, 1, (200, 2)), rng.normal(8, 1, (200, 2))])
+    gm = GaussianMixture(2, random_state=0).fit(two)
+    st_plain, st_merged = cluster.merge_stability(two, gm, gm.predict(two), np.zeros(400, dtype=int), seed=0)
+    assert st_plain > 0.99 and st_merged == 0.0  # merge_tol 0.9 keeps the groups apart: one cluster is never found
 
 
 def test_explore_says_how_the_mixture_became_the_clusters(cnv_first_pca3):
@@ -276,8 +295,8 @@ def test_explore_says_how_the_mixture_became_the_clusters(cnv_first_pca3):
     assert "one cluster" in merge_note(cluster.gmm_bic(Z2, seed=0, n_init=2))
     kept = cluster.GMMResult(k=5, labels=np.zeros(3, dtype=np.int64), bic=np.zeros(5), ks=[1, 2, 3, 4, 5], skipped=[],
                              skip_reasons={}, model=None, n_components=5,
-                             merge_choice={"chosen": "plain", "k_merged": 3, "silhouette_plain": 0.41,
-                                           "silhouette_merged": 0.40})
-    assert merge_note(kept) == ("BIC chose 5 mixture components, kept as clusters: merging them into 3 would not "
-                                "raise the silhouette (0.41 vs 0.40).")
+                             merge_choice={"chosen": "plain", "k_merged": 3, "stability_plain": 0.91,
+                                           "stability_merged": 0.80})
+    assert merge_note(kept) == ("BIC chose 5 mixture components, kept as clusters: subsamples reproduce them better "
+                                "than merging them into 3 (stability 0.91 vs 0.80).")
     assert merge_note(cluster.gmm_bic(Z1, seed=0, merge=False, n_init=2)) is None

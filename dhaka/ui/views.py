@@ -62,14 +62,15 @@ def merge_note(gmm: Any) -> str | None:
     """One line on how the BIC mixture became the clusters (``merge="auto"``'s decision), or ``None``."""
     mc = getattr(gmm, "merge_choice", None) or {}
     n = int(getattr(gmm, "n_components", gmm.k))
-    if mc.get("chosen") == "merge" and "silhouette_merged" in mc:
-        return (f"BIC chose {n} mixture components; merged into {gmm.k} clusters (unimodal unions), which raised "
-                f"the silhouette from {mc['silhouette_plain']:.2f} to {mc['silhouette_merged']:.2f}.")
-    if mc.get("reason") == "one unimodal cluster":
-        return f"BIC chose {n} mixture components; every union of them is unimodal: one cluster."
+    if mc.get("chosen") == "merge" and "stability_merged" in mc:
+        one = int(gmm.k) == 1
+        return (f"BIC chose {n} mixture components; merged into {'one cluster' if one else f'{gmm.k} clusters'} "
+                f"(unimodal unions), which subsamples reproduce at least as well (stability {mc['stability_merged']:.2f} "
+                f"vs {mc['stability_plain']:.2f} unmerged).")
     if mc.get("chosen") == "plain":
-        return (f"BIC chose {n} mixture components, kept as clusters: merging them into {mc['k_merged']} would not "
-                f"raise the silhouette ({mc['silhouette_plain']:.2f} vs {mc['silhouette_merged']:.2f}).")
+        return (f"BIC chose {n} mixture components, kept as clusters: subsamples reproduce them better than "
+                f"merging them into {mc['k_merged']} (stability {mc['stability_plain']:.2f} vs "
+                f"{mc['stability_merged']:.2f}).")
     return None
 
 
