@@ -358,7 +358,8 @@ def prepare(
     path = Path(path)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    params = {k: getattr(pre, k) for k in ("mode", "n_genes", "gene_selection", "normalize", "log", "min_cells")}
+    params = {k: getattr(pre, k) for k in ("mode", "n_genes", "gene_selection", "normalize", "log", "log_pseudocount",
+                                           "min_cells")}
     root = Path(cache_root) if cache_root is not None else cache_dir()
     key, cpath = "", None
     if cache:
@@ -385,7 +386,7 @@ def prepare(
             pre.fit_steps(raw.read_csr(sample_rows), vmin=vmin, library_sizes=lib)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
-        scale = pre.size_factors(lib)
+        scale = pre.stream_factors(pre.size_factors(lib), len(lib))
         timings["pass1"] = time.perf_counter() - t
         # ---- pass 2: per-gene moments of the preprocessed values -> genes and input affine
         t = time.perf_counter()
@@ -619,6 +620,7 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
         scale = None
         if pre.normalize_:
             scale = pre.size_factors(_library_sizes(raw, path, obs_names, chunk_nnz=chunk_nnz)[0])
+        scale = pre.stream_factors(scale, raw.file_shape[0])
         bounds = raw.chunk_bounds(chunk_nnz=chunk_nnz)
     finally:
         raw.close()

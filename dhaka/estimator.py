@@ -77,6 +77,9 @@ class Dhaka(TransformerMixin, BaseEstimator):
         ``"cv"`` (coefficient of variation), ``"entropy"``, ``"mean"`` or ``"variance"``.
     normalize, log
         ``"auto"`` follows :func:`dhaka.preprocess.detect_kind`; ``True``/``False`` force.
+    log_pseudocount
+        The log step computes log2(1 + x / log_pseudocount): 1 is log2(x + 1); a larger value is the
+        shifted logarithm (Ahlmann-Eltze & Huber 2023), which damps the noise of small counts.
     relative
         Centre each gene over cells (the paper's relative expression).
     scale
@@ -156,6 +159,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         gene_selection: Literal["cv", "entropy", "mean", "variance"] = "cv",
         normalize: bool | Literal["auto"] = "auto",
         log: bool | Literal["auto"] = "auto",
+        log_pseudocount: float = 1.0,
         relative: bool = True,
         scale: Literal["global", "gene", "none", "minmax"] = "global",
         likelihood: Literal["gaussian", "mse", "bernoulli"] = "gaussian",
@@ -188,6 +192,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.gene_selection = gene_selection
         self.normalize = normalize
         self.log = log
+        self.log_pseudocount = log_pseudocount
         self.relative = relative
         self.scale = scale
         self.likelihood = likelihood

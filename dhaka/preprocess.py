@@ -114,14 +114,24 @@ def normalize_total(X: Matrix, *, target_sum: float | None = None) -> tuple[Matr
     return (np.asarray(X, dtype=np.float32) * factors[:, None]), target_sum
 
 
-def log2p(X: Matrix) -> Matrix:
-    """log2(x + 1), keeping sparsity (any array shape when dense, e.g. a CSR ``data`` vector)."""
+def log2p(X: Matrix, *, pseudocount: float = 1.0) -> Matrix:
+    """log2(1 + x / pseudocount), keeping sparsity (any array shape when dense, e.g. a CSR ``data`` vector).
+
+    With ``pseudocount=1`` this is log2(x + 1); a larger one is the shifted logarithm log(x + y0) of
+    Ahlmann-Eltze & Huber (2023) less its constant log(y0), so zeros stay zeros.
+    """
+    pc = np.float32(pseudocount)
     if sp.issparse(X):
         out = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        if pc != 1:
+            out.data /= pc
         np.log1p(out.data, out=out.data)
         out.data /= np.float32(np.log(2.0))
         return out
-    return (np.log1p(np.asarray(X, dtype=np.float32)) / np.float32(np.log(2.0))).astype(np.float32)
+    M = np.asarray(X, dtype=np.float32)
+    if pc != 1:
+        M = M / pc
+    return (np.log1p(M) / np.float32(np.log(2.0))).astype(np.float32)
 
 
 def scale_and_log(values: np.ndarray, *, factors: np.ndarray | None = None, log: bool = False) -> np.ndarray:
@@ -491,15 +501,18 @@ class Preprocessor:
         Genes detected in fewer cells are not selected while enough others exist.
     """
 
-    SETTINGS = ("mode", "normalize", "log", "n_genes", "gene_selection", "relative", "scale", "min_cells")
+    SETTINGS = ("mode", "normalize", "log", "log_pseudocount", "n_genes", "gene_selection", "relative", "scale",
+                "min_cells")
 
     def __init__(self, *, mode: Literal["expression", "cnv"] = "expression",
                  normalize: bool | Literal["auto"] = "auto", log: bool | Literal["auto"] = "auto",
+                 log_pseudocount: float = 1.0,
                  n_genes: int | Literal["auto"] | None = "auto", gene_selection: GeneSelection = "cv",
                  relative: bool = True, scale: Scale = "global", min_cells: int = 3) -> None:
         self.mode = mode
         self.normalize = normalize
         self.log = log
+        self.log_pseudocount = log_pseudocount
         self.n_genes = n_genes
         self.gene_selection = gene_selection
         self.relative = relative
@@ -527,6 +540,10 @@ class Preprocessor:
         for name in ("normalize", "log"):
             if getattr(self, name) not in ("auto", True, False):
                 raise ValueError(f"{name} must be 'auto', True or False, got {getattr(self, name)!r}")
+        pc = self.log_pseudocount
+        if isinstance(pc, bool) or not isinstance(pc, (int, float, np.integer, np.floating)) or not np.isfinite(pc) \
+                or pc <= 0:
+            raise ValueError(f"log_pseudocount must be a positive number, got {pc!r}")
         n_selected(self.n_genes, 1, mode=self.mode)
 
     def __repr__(self) -> str:
@@ -591,8 +608,17 @@ class Preprocessor:
         if self.log_:
             if _min_value(M) < 0:
                 raise ValueError("log2(x+1) needs non-negative values; set log=False for centred or scaled input")
-            M = log2p(M)
+            M = log2p(M, pseudocount=float(self.log_pseudocount))
         return M
+
+    def stream_factors(self, size_factors: np.ndarray | None, n_cells: int) -> np.ndarray | None:
+        """Per-cell factors for readers that stream rows (:func:`scale_and_log`): the size factors, with
+        the log's pseudocount folded in (log2(1 + f x / c) = log2(1 + (f / c) x)); ``None``: none."""
+        pc = float(self.log_pseudocount)
+        if not self.log_ or pc == 1.0:
+            return size_factors
+        base = np.ones(n_cells, dtype=np.float32) if size_factors is None else np.asarray(size_factors, np.float32)
+        return (base / np.float32(pc)).astype(np.float32)
 
     # ------------------------------------------------------------ genes and affine
     def fit_genes(self, P: Matrix, *, indices: np.ndarray | None = None,
