@@ -63,10 +63,12 @@ def merge_note(gmm: Any) -> str | None:
     mc = getattr(gmm, "merge_choice", None) or {}
     n = int(getattr(gmm, "n_components", gmm.k))
     if mc.get("chosen") == "merge" and "stability_merged" in mc:
-        one = int(gmm.k) == 1
-        return (f"BIC chose {n} mixture components; merged into {'one cluster' if one else f'{gmm.k} clusters'} "
-                f"(unimodal unions), which subsamples reproduce at least as well (stability {mc['stability_merged']:.2f} "
-                f"vs {mc['stability_plain']:.2f} unmerged).")
+        if int(gmm.k) == 1:
+            return (f"BIC chose {n} mixture components; every union of them is unimodal: one cluster, which "
+                    f"subsamples reproduce (stability {mc['stability_merged']:.2f}).")
+        return (f"BIC chose {n} mixture components; merged into {gmm.k} clusters (unimodal unions), which subsamples "
+                f"reproduce at least as well (stability {mc['stability_merged']:.2f} vs {mc['stability_plain']:.2f} "
+                "unmerged).")
     if mc.get("chosen") == "plain":
         return (f"BIC chose {n} mixture components, kept as clusters: subsamples reproduce them better than "
                 f"merging them into {mc['k_merged']} (stability {mc['stability_plain']:.2f} vs "
