@@ -519,15 +519,15 @@ class Dhaka(TransformerMixin, BaseEstimator):
         return _from_rank0(out)
 
     def _train(self, S: Any, center: np.ndarray, scale: np.ndarray, *, loadings: np.ndarray | None,
-               nuisance: np.ndarray | None = None, epochs: int | None = None, callback=None, stop_event=None,
-               checkpoint=None,
+               epochs: int, nuisance: np.ndarray | None = None, callback=None, stop_event=None, checkpoint=None,
                checkpoint_every: int = 5,
                n_starts: int | None = None, pass_offset: int = 0, n_passes: int | None = None,
                stage: str = "", seams: Any = None) -> None:
         """Train ``n_starts`` models on the selected matrix ``S`` and keep the best start.
 
         ``loadings``: the encoder's principal axes; ``nuisance``: the unit gene axis the models
-        project out of their input (both ``None`` when not used).
+        project out of their input (both ``None`` when not used); ``epochs``: this fit's most epochs
+        (``refine_epochs`` shortens the gene-choosing fits).
 
         ``S`` is a matrix or a row source (prepared rows, e.g. out of core). ``pass_offset`` / ``n_passes`` place
         these starts among all training passes of a fit (refinement rounds + starts), so the
@@ -569,7 +569,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             ck = (lambda epoch, _f=save_fn: checkpoint(_f, epoch)) if checkpoint is not None else None
             try:
                 res = fit_vae(
-                    S, model=model, epochs=int(self.epochs if epochs is None else epochs), batch_size=self.resolved_batch_size(S.shape[0]),
+                    S, model=model, epochs=int(epochs), batch_size=self.resolved_batch_size(S.shape[0]),
                     lr=float(self.lr),
                     clip_norm=self.clip_norm, optimizer=self.optimizer, kl_warmup=int(self.kl_warmup),
                     val_fraction=float(self.val_fraction), patience=self.patience, seed=seed, device=self.device,
