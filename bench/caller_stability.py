@@ -4,7 +4,8 @@ For every embedding cached by ``bench.independent`` (seeds given by ``--seeds``)
 once (``gmm_bic``), takes its plain and merged clusters, and scores each by
 
 * the mean silhouette (what ``merge="auto"`` compares today), and
-* stability: ``--boot`` mixtures with the same number of components fitted on random 80 % subsamples,
+* stability (:func:`dhaka.cluster.merge_stability`, what the shipped rule calls): ``--boot`` mixtures
+  with the same number of components fitted on random 80 % subsamples,
   each turned into plain and merged clusters the same way and compared (ARI, all cells) with the
   full-data clusters. A split of one blob into overlapping components moves from subsample to
   subsample; real groups stay (Ben-Hur et al. 2002; Lange et al. 2004).
@@ -27,31 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import independent as B  # noqa: E402
-from dhaka.cluster import _labels_from_map, ari, gmm_bic, merge_components, silhouette  # noqa: E402
+from dhaka.cluster import MERGE_ONE_CLUSTER_STABILITY, ari, gmm_bic, merge_stability, silhouette  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "caller_stability.json"
-
-
-def stability(Z: np.ndarray, plain, merged, *, boot: int, frac: float = 0.8, seed: int = 0) -> tuple[float, float]:
-    """Mean ARI of the plain / merged clusters of ``boot`` subsample mixtures against the full-data ones."""
-    from sklearn.mixture import GaussianMixture
-
-    n = Z.shape[0]
-    K = plain.n_components
-    if K == 1:
-        return 1.0, 1.0
-    reg = 1e-6 * float(np.mean(np.var(Z, axis=0)))
-    mcs = merged.params.get("min_cluster_size")
-    rng = np.random.default_rng(seed + 1000)
-    sp, sm = [], []
-    for b in range(boot):
-        idx = np.sort(rng.choice(n, size=int(frac * n), replace=False))
-        gm = GaussianMixture(K, covariance_type="full", n_init=1, reg_covar=reg, random_state=seed + b).fit(Z[idx])
-        sp.append(ari(plain.labels, gm.predict(Z)))
-        m_b = None if mcs is None else max(1, int(np.ceil((mcs if mcs < 1 else mcs / n) * idx.size)))
-        cmap, _ = merge_components(gm, Z[idx], tol=merged.params["merge_tol"], min_cluster_size=m_b)
-        sm.append(ari(merged.labels, _labels_from_map(gm, Z, cmap, int(cmap.max()) + 1)))
-    return float(np.mean(sp)), float(np.mean(sm))
 
 
 def collect(seeds, boot: int) -> list[dict]:
@@ -74,7 +53,11 @@ def collect(seeds, boot: int) -> list[dict]:
                         warnings.simplefilter("ignore")
                         pl = gmm_bic(Z, seed=s, merge=False, min_cluster_size=None)
                         me = gmm_bic(Z, seed=s, merge=True)
-                        st_p, st_m = stability(Z, pl, me, boot=boot, seed=s)
+                        mcs = me.params["min_cluster_size"]  # a count for len(Z) cells
+                        st_p, st_m = merge_stability(Z, pl.model, pl.labels, me.labels,
+                                                     merge_tol=me.params["merge_tol"],
+                                                     min_cluster_size=None if mcs is None else mcs / len(Z),
+                                                     n_boot=boot, seed=s)
                     r = {"data": key, "method": m, "seed": s, "plain": ari(truth, pl.labels), "k_plain": pl.k,
                          "merged": ari(truth, me.labels), "k_merged": me.k, "k_true": int(np.unique(truth).size),
                          "sil_plain": silhouette(Z, pl.labels, seed=s) if pl.k > 1 else float("nan"),
@@ -106,7 +89,7 @@ def rule_shipped(r):
     if r["k_merged"] == r["k_plain"]:
         return "merged"
     if r["k_merged"] == 1:
-        return "merged" if r["stab_merged"] >= 0.5 else "plain"
+        return "merged" if r["stab_merged"] >= MERGE_ONE_CLUSTER_STABILITY else "plain"
     return "merged" if r["stab_merged"] >= r["stab_plain"] else "plain"
 
 
