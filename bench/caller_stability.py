@@ -3,7 +3,7 @@
 For every embedding cached by ``bench.independent`` (seeds given by ``--seeds``) this fits BIC's mixture
 once (``gmm_bic``), takes its plain and merged clusters, and scores each by
 
-* the mean silhouette (what ``merge="auto"`` compares today), and
+* the mean silhouette (what ``merge="auto"`` compared until this study), and
 * stability (:func:`dhaka.cluster.merge_stability`, what the shipped rule calls): ``--boot`` mixtures
   with the same number of components fitted on random 80 % subsamples,
   each turned into plain and merged clusters the same way and compared (ARI, all cells) with the
