@@ -318,6 +318,7 @@ def prepare(
     gene_selection: Literal["cv", "mean", "variance", "dispersion"] = "cv",
     normalize: bool | Literal["auto"] = "auto",
     log: bool | Literal["auto"] = "auto",
+    log_pseudocount: float = 1.0,
     preprocessor: Preprocessor | None = None,
     cache: bool = True,
     cache_root: str | os.PathLike | None = None,
@@ -332,7 +333,7 @@ def prepare(
     ----------
     path
         An ``.h5ad`` with a CSR (or dense) ``X``, cells in rows.
-    mode, n_genes, gene_selection, normalize, log
+    mode, n_genes, gene_selection, normalize, log, log_pseudocount
         As in :class:`dhaka.Dhaka`; ignored when ``preprocessor`` is given.
     preprocessor
         An unfitted :class:`dhaka.preprocess.Preprocessor` (e.g. ``Dhaka.make_preprocessor()``);
@@ -351,7 +352,8 @@ def prepare(
         log / scaled), as :func:`dhaka.preprocess.detect_kind` does with a value sample.
     """
     pre = preprocessor if preprocessor is not None else Preprocessor(
-        mode=mode, n_genes=n_genes, gene_selection=gene_selection, normalize=normalize, log=log)
+        mode=mode, n_genes=n_genes, gene_selection=gene_selection, normalize=normalize, log=log,
+        log_pseudocount=log_pseudocount)
     if pre.gene_selection == "entropy":
         raise ValueError("gene_selection='entropy' is not available out of core; use 'cv', 'mean', 'variance' "
                          "or 'dispersion', or read the data into memory")

@@ -89,6 +89,20 @@ def test_prepare_matches_in_memory_preprocessing(h5, tmp_path):
     np.testing.assert_allclose(prep.var, var, rtol=1e-5, atol=1e-6)
 
 
+def test_prepare_honours_log_pseudocount_without_a_preprocessor(h5):
+    from dhaka.preprocess import log2p, normalize_total, select_genes
+
+    path, X = h5
+    prep = backed.prepare(path, n_genes=30, log_pseudocount=4.0, cache=False, chunk_nnz=300)
+    P, _ = normalize_total(sp.csr_matrix(X))
+    P = log2p(P, pseudocount=4.0)
+    idx = select_genes(P, n_genes=30, method="cv")
+    np.testing.assert_array_equal(prep.gene_indices, idx)
+    np.testing.assert_allclose(prep.matrix.toarray(), P[:, idx].toarray(), rtol=1e-6, atol=1e-6)
+    plain = backed.prepare(path, n_genes=30, cache=False, chunk_nnz=300)
+    assert not np.allclose(prep.matrix.toarray(), plain.matrix.toarray())
+
+
 def test_cache_is_reused_and_keyed_by_content_and_settings(h5, tmp_path):
     path, X = h5
     root = tmp_path / "cache"
