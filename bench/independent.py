@@ -131,6 +131,18 @@ def _embed(adata, method: str, mode: str, seed: int, params: dict | None = None)
     return np.asarray(Z, dtype=np.float64), time.perf_counter() - t0, info
 
 
+def code_version() -> str:
+    """``git describe`` of the checkout (``+dirty`` when it has changes), or "unknown" outside git."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty=+dirty"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def cached_embedding(key: str, adata, method: str, mode: str, seed: int, *, refit: bool = False,
                      params: dict | None = None):
     """Embedding of ``adata`` by ``method``, from ``OUT/key__method__s{seed}.npz`` when present.
@@ -143,6 +155,7 @@ def cached_embedding(key: str, adata, method: str, mode: str, seed: int, *, refi
         f = np.load(path, allow_pickle=False)
         return f["Z"], float(f["seconds"]), json.loads(str(f["info"]))
     Z, sec, info = _embed(adata, method, mode, seed, params)
+    info["code"] = code_version()  # a cache says which code made it (it is not part of the key)
     np.savez(path, Z=Z, seconds=sec, info=json.dumps(info))
     return Z, sec, info
 
