@@ -318,7 +318,7 @@ def prepare(
     gene_selection: Literal["cv", "mean", "variance", "dispersion"] = "cv",
     normalize: bool | Literal["auto"] = "auto",
     log: bool | Literal["auto"] = "auto",
-    log_pseudocount: float = 1.0,
+    log_pseudocount: float | Literal["auto"] = "auto",
     preprocessor: Preprocessor | None = None,
     cache: bool = True,
     cache_root: str | os.PathLike | None = None,

@@ -80,6 +80,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
     log_pseudocount
         The log step computes log2(1 + x / log_pseudocount): 1 is log2(x + 1); a larger value is the
         shifted logarithm (Ahlmann-Eltze & Huber 2023), which damps the noise of small counts.
+        ``"auto"`` (default): 2 on raw counts in expression mode, 1 on anything else (TPM/CPM-like
+        values, copy number); :func:`dhaka.preprocess.resolve_pseudocount`.
     relative
         Centre each gene over cells (the paper's relative expression).
     scale
@@ -159,7 +161,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         gene_selection: Literal["cv", "entropy", "mean", "variance"] = "cv",
         normalize: bool | Literal["auto"] = "auto",
         log: bool | Literal["auto"] = "auto",
-        log_pseudocount: float = 1.0,
+        log_pseudocount: float | Literal["auto"] = "auto",
         relative: bool = True,
         scale: Literal["global", "gene", "none", "minmax"] = "global",
         likelihood: Literal["gaussian", "mse", "bernoulli"] = "gaussian",

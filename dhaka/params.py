@@ -257,7 +257,8 @@ PARAMS: tuple[Param, ...] = (
     Param("free_bits", "float", "Free bits", "nats per latent dimension below which the KL is free",
           low=0.0, high=100.0, group="library"),
     Param("log_pseudocount", "float", "Log pseudocount", "the log step is log2(1 + x / this): 1 = log2(x + 1); "
-          "larger values damp small counts (shifted logarithm)", low=1e-3, high=1e6, group="library"),
+          "larger values damp small counts (shifted logarithm)", low=1e-3, high=1e6,
+          special={"auto": ("auto", "2 on raw counts, 1 on TPM/CPM-like values")}, group="library", example=1.0),
     Param("refine_alpha", "float", "Refinement alpha", "family-wise level of the refinement's gene test",
           low=1e-12, high=0.999, group="library"),
     Param("refine_epochs", "int", "Gene-choosing fit epochs", "most epochs of each fit that only chooses "

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dhaka import plots
 from dhaka.estimator import Dhaka
-from dhaka.preprocess import detect_kind
+from dhaka.preprocess import detect_kind, log_label
 from dhaka.ui import cached, demos, figures, state, widgets
 
 widgets.require_entrypoint()
@@ -148,7 +148,8 @@ state.set_truth_column(truth)
 refine = state.get_train_params().get("refine", "auto")
 preview = widgets.safe_call(lambda: Dhaka(**prep, refine=refine).preview(adata), what="Preprocessing")
 if preview is not None:
-    steps = [s for s, on in (("normalise", preview.get("normalize")), ("log2(x+1)", preview.get("log")),
+    steps = [s for s, on in (("normalise", preview.get("normalize")),
+                             (log_label(preview.get("log_pseudocount", 1.0)), preview.get("log")),
                              ("centre genes", prep.get("relative"))) if on]
     rounds = preview.get("refine_rounds", 0)
     then = (f" The first fit uses these; {rounds} round{'s' if rounds > 1 else ''} of gene refinement then keep "

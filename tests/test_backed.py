@@ -76,9 +76,10 @@ def test_prepare_matches_in_memory_preprocessing(h5, tmp_path):
     path, X = h5
     prep = backed.prepare(path, n_genes=30, cache=False, chunk_nnz=300)
     P, target = normalize_total(sp.csr_matrix(X))
-    P = log2p(P)
+    P = log2p(P, pseudocount=2.0)  # "auto" on raw counts
     idx = select_genes(P, n_genes=30, method="cv")
     assert prep.input_kind.kind == "counts" and prep.normalize and prep.log
+    assert prep.preprocessor.log_pseudocount_ == 2.0
     assert prep.target_sum == pytest.approx(target)
     np.testing.assert_array_equal(prep.gene_indices, idx)
     assert 1 not in prep.gene_indices and 0 not in prep.gene_indices

@@ -144,7 +144,8 @@ def test_preprocessor_fit_transform_matches_the_pure_steps(blobs_counts):
     out = pre.fit_transform(S)
     assert sp.issparse(out) and out.shape == (X.shape[0], 40)
     assert pre.kind_.kind == "counts" and pre.normalize_ and pre.log_
-    P = pp.log2p(pp.normalize_total(S)[0])
+    assert pre.log_pseudocount_ == pp.COUNTS_PSEUDOCOUNT  # "auto" on raw counts: the shifted log
+    P = pp.log2p(pp.normalize_total(S)[0], pseudocount=pp.COUNTS_PSEUDOCOUNT)
     idx = pp.select_genes(P, n_genes=40)
     np.testing.assert_array_equal(pre.gene_indices_, idx)
     np.testing.assert_allclose(out.toarray(), P[:, idx].toarray(), rtol=1e-6)
@@ -249,7 +250,8 @@ def test_log_pseudocount_is_the_shifted_log_in_memory_sparse_and_streamed(tmp_pa
     ad.AnnData(sp.csr_matrix(X)).write_h5ad(path)
     with BackedRows(path, row_scale=pre.stream_factors(pre.size_factors(sizes), 40), log=True) as rows:
         np.testing.assert_allclose(rows.take_rows(np.arange(40)), np.asarray(want), rtol=1e-5, atol=1e-6)
-    assert pre.stream_factors(None, 3) is not None and Preprocessor().fit(X).stream_factors(None, 3) is None
+    assert pre.stream_factors(None, 3) is not None
+    assert Preprocessor(log_pseudocount=1.0).fit(X).stream_factors(None, 3) is None
     for bad in (0, -1.0, float("nan"), True, "4"):
         with pytest.raises(ValueError, match="log_pseudocount"):
             Preprocessor(log_pseudocount=bad)
@@ -257,3 +259,36 @@ def test_log_pseudocount_is_the_shifted_log_in_memory_sparse_and_streamed(tmp_pa
     again = Dhaka.load(est.save(tmp_path / "m"))
     assert again.preprocessor_.log_pseudocount == 4.0
     np.testing.assert_allclose(again.transform(X), est.transform(X), atol=1e-5)
+
+
+def test_auto_pseudocount_is_the_shifted_log_on_raw_counts_only(tmp_path):
+    """"auto" (the default) resolves from the detected kind: 2 on raw counts, 1 on TPM/CPM-like values and
+    in copy-number mode; the resolved value is what the transform uses and what a saved model keeps, and a
+    model saved before "auto" existed (no fitted value stored) loads with its numeric setting."""
+    from dhaka.preprocess import COUNTS_PSEUDOCOUNT, Preprocessor, log2p, normalize_total
+
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(3.0, (40, 25)).astype(np.float32)
+    tpm = counts * 137.3 + 0.01 * (counts > 0)  # non-integers up to ~1e3: TPM/CPM-like
+    pre = Preprocessor(n_genes=None).fit(counts)
+    assert pre.log_pseudocount == "auto" and pre.log_pseudocount_ == COUNTS_PSEUDOCOUNT == 2.0
+    np.testing.assert_allclose(pre.apply_steps(counts),
+                               log2p(normalize_total(counts, target_sum=pre.target_sum_)[0], pseudocount=2.0),
+                               rtol=1e-6)
+    t = Preprocessor(n_genes=None).fit(tpm)
+    assert t.kind_.kind == "normalized" and t.log_pseudocount_ == 1.0
+    np.testing.assert_allclose(t.apply_steps(tpm), log2p(tpm), rtol=1e-6)
+    assert Preprocessor(mode="cnv", log=True, n_genes=None).fit(counts).log_pseudocount_ == 1.0
+    assert Preprocessor(log_pseudocount=3.0, n_genes=None).fit(counts).log_pseudocount_ == 3.0
+    d = pre.to_dict()
+    assert d["settings"]["log_pseudocount"] == "auto" and d["log_pseudocount"] == 2.0
+    assert Preprocessor.from_dict(d).log_pseudocount_ == 2.0
+    old = Preprocessor(log_pseudocount=1.0, n_genes=None).fit(counts).to_dict()
+    del old["log_pseudocount"]  # as written before "auto"
+    assert Preprocessor.from_dict(old).log_pseudocount_ == 1.0
+    plan = Preprocessor().plan(counts)
+    assert plan["log_pseudocount"] == 2.0 and "log2(1 + x/2)" in plan["description"]
+    assert Preprocessor().plan(tpm)["log_pseudocount"] == 1.0 and "log2(x+1)" in Preprocessor().plan(tpm)["description"]
+    for bad in ("Auto", "2", None):
+        with pytest.raises(ValueError, match="log_pseudocount"):
+            Preprocessor(log_pseudocount=bad)

@@ -398,9 +398,12 @@ def test_failures_show_a_message_never_a_traceback(trained, monkeypatch):
     assert not at.exception and not at.error
 
 
-@pytest.mark.parametrize("key,truth", [("oligodendroglioma", "cell_type"), ("pbmc68k_reduced", "bulk_labels"),
-                                       ("trajectory", "branch")])
-def test_other_demos_load_with_their_truth(env, key, truth):
+@pytest.mark.parametrize("key,truth,log_step", [("oligodendroglioma", "cell_type", "log2(x+1)"),
+                                                ("pbmc68k_reduced", "bulk_labels", None),
+                                                ("trajectory", "branch", "log2(1 + x/2)")])
+def test_other_demos_load_with_their_truth(env, key, truth, log_step):
+    """Each demo's truth column is picked, and the Data page names the log step its values get: the shifted log
+    on raw counts (trajectory), log2(x+1) on TPM-like values, none on log values."""
     from dhaka.ui import demos
 
     if not demos.get(key).is_available:
@@ -412,7 +415,12 @@ def test_other_demos_load_with_their_truth(env, key, truth):
     adata = at.session_state["dhaka.dataset"]
     assert metric(at, "Cells") == f"{adata.n_obs:,}"
     assert at.session_state["dhaka.truth_column"] == truth
-    assert any("Training matrix" in s.value for s in at.success)
+    summary = [s.value for s in at.success if "Training matrix" in s.value]
+    assert summary, [s.value for s in at.success]
+    if log_step is None:
+        assert "log2" not in summary[0]
+    else:
+        assert log_step in summary[0]
 
 
 def test_settings_summary_names_every_training_setting_and_special_values():
