@@ -745,7 +745,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             raise ValueError(f"{path} is not a readable Dhaka model directory: {exc}") from None
         if cfg.get("format") != "dhaka-model/1":
             raise ValueError(f"{path}/config.json is not a Dhaka model (format {cfg.get('format')!r})")
-        params = dict(cfg["params"])
+        params = {"log_pseudocount": 1.0, **cfg["params"]}  # saved before the setting: log2(x + 1), not "auto"
         if isinstance(params.get("structure"), list):
             params["structure"] = tuple(params["structure"])
         est = cls(**params)

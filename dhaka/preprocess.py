@@ -631,7 +631,7 @@ class Preprocessor:
 
         The size factors and the log's pseudocount are one per-cell factor (:meth:`stream_factors`), as
         the streamed readers apply them, so in memory and out of core give the same float32 values
-        (the distributed training's match to a single process depends on it)."""
+        (a model applied to an ``.h5ad`` on disk gives what it gives in memory)."""
         M = X
         factors = None
         if self.normalize_ or self.log_:
@@ -762,7 +762,8 @@ class Preprocessor:
         """Rebuild a preprocessor written by :meth:`to_dict`."""
         if d.get("format") != PREPROCESSOR_FORMAT:
             raise ValueError(f"not a Dhaka preprocessor (format {d.get('format')!r})")
-        pre = cls(**d["settings"])
+        # a preprocessor saved before the setting existed took log2(x + 1), not today's "auto"
+        pre = cls(**{"log_pseudocount": 1.0, **d["settings"]})
         if "input_kind" in d:
             pre.kind_ = InputKind(**d["input_kind"])
             pre.normalize_, pre.log_ = bool(d["normalize"]), bool(d["log"])

@@ -259,6 +259,19 @@ def test_log_pseudocount_is_the_shifted_log_in_memory_sparse_and_streamed(tmp_pa
     again = Dhaka.load(est.save(tmp_path / "m"))
     assert again.preprocessor_.log_pseudocount == 4.0
     np.testing.assert_allclose(again.transform(X), est.transform(X), atol=1e-5)
+    # a model saved before the setting existed (no log_pseudocount anywhere) is read as log2(x + 1), not "auto"
+    import json
+
+    plain = Dhaka(log_pseudocount=1.0, epochs=2, structure=(8,), refine=0, n_genes=20, seed=0).fit(X)
+    d = plain.save(tmp_path / "old")
+    for name, drop in (("config.json", lambda c: c["params"].pop("log_pseudocount")),
+                       ("preprocess.json", lambda p: (p["settings"].pop("log_pseudocount"), p.pop("log_pseudocount")))):
+        cfg = json.loads((d / name).read_text())
+        drop(cfg)
+        (d / name).write_text(json.dumps(cfg))
+    old = Dhaka.load(d)
+    assert old.log_pseudocount == 1.0 and old.preprocessor_.log_pseudocount_ == 1.0
+    np.testing.assert_allclose(old.transform(X), plain.transform(X), atol=1e-5)
 
 
 def test_auto_pseudocount_is_the_shifted_log_on_raw_counts_only(tmp_path):
@@ -289,6 +302,9 @@ def test_auto_pseudocount_is_the_shifted_log_on_raw_counts_only(tmp_path):
     plan = Preprocessor().plan(counts)
     assert plan["log_pseudocount"] == 2.0 and "log2(1 + x/2)" in plan["description"]
     assert Preprocessor().plan(tpm)["log_pseudocount"] == 1.0 and "log2(x+1)" in Preprocessor().plan(tpm)["description"]
+    older = Preprocessor(log_pseudocount=1.0, n_genes=None).fit(counts).to_dict()
+    del older["log_pseudocount"], older["settings"]["log_pseudocount"]  # saved before the setting existed
+    assert Preprocessor.from_dict(older).log_pseudocount_ == 1.0
     for bad in ("Auto", "2", None):
         with pytest.raises(ValueError, match="log_pseudocount"):
             Preprocessor(log_pseudocount=bad)
