@@ -642,16 +642,15 @@ class Preprocessor:
                                  "for centred or scaled input")
         if self.normalize_:
             factors = size_factors(library_size(M), self.target_sum_)
-        if self.log_:
-            factors = self.stream_factors(factors, M.shape[0])
-        if factors is not None:
-            if sp.issparse(M):
-                M = sp.csr_matrix(sp.diags(factors) @ M, dtype=np.float32)
-            else:
-                M = np.asarray(M, dtype=np.float32) * factors[:, None]
-        if self.log_:
-            M = log2p(M)  # the pseudocount is in the factors
-        return M
+        factors = self.stream_factors(factors, M.shape[0])
+        if factors is None and not self.log_:
+            return M
+        if sp.issparse(M):
+            out = sp.csr_matrix(M, dtype=np.float32, copy=True)
+            rows = None if factors is None else np.repeat(factors, np.diff(out.indptr))
+            out.data = scale_and_log(out.data, factors=rows, log=self.log_)
+            return out
+        return scale_and_log(M, factors=None if factors is None else factors[:, None], log=self.log_)
 
     def stream_factors(self, size_factors: np.ndarray | None, n_cells: int) -> np.ndarray | None:
         """Per-cell factors for readers that stream rows (:func:`scale_and_log`): the size factors, with
@@ -750,7 +749,8 @@ class Preprocessor:
         d: dict[str, Any] = {"format": PREPROCESSOR_FORMAT, "settings": self.settings()}
         if hasattr(self, "kind_"):
             d.update(input_kind=dataclasses.asdict(self.kind_), normalize=bool(self.normalize_), log=bool(self.log_),
-                     log_pseudocount=float(self.log_pseudocount_), target_sum=self.target_sum_, n_features_in=int(self.n_features_in_))
+                     log_pseudocount=float(self.log_pseudocount_), target_sum=self.target_sum_,
+                     n_features_in=int(self.n_features_in_))
         if hasattr(self, "gene_indices_"):
             d["gene_indices"] = [int(i) for i in self.gene_indices_]
         if hasattr(self, "center_"):
@@ -768,8 +768,8 @@ class Preprocessor:
             pre.kind_ = InputKind(**d["input_kind"])
             pre.normalize_, pre.log_ = bool(d["normalize"]), bool(d["log"])
             # models saved before "auto" existed carry only the (numeric) setting
-            pre.log_pseudocount_ = float(d["log_pseudocount"]) if "log_pseudocount" in d else \
-                resolve_pseudocount(pre.log_pseudocount, pre.kind_, pre.mode)
+            pre.log_pseudocount_ = resolve_pseudocount(d.get("log_pseudocount", pre.log_pseudocount), pre.kind_,
+                                                       pre.mode)
             pre.target_sum_ = None if d.get("target_sum") is None else float(d["target_sum"])
             pre.n_features_in_ = int(d["n_features_in"])
         if "gene_indices" in d:
