@@ -12,7 +12,8 @@ so a rerun only re-scores (``--refit`` recomputes):
   FACS labels).
 
 Methods: default ``Dhaka`` 3-D latent, PCA-3, PCA-10 and UMAP-3 on the input of Dhaka's first fit
-(normalised, log, top 2000 genes by CV, gene-centred; copy number: the states, centred); for copy
+(its preprocessor: normalised, shifted log, top 2000 genes by CV, gene-centred; copy number: the states
+trimmed per bin, centred); for copy
 number also the same methods on states relative to each cell's ploidy
 (:func:`dhaka.analysis.copy_number.relative_ploidy`, suffix ``/ploidy``). Every embedding is
 clustered by four callers of :mod:`dhaka.cluster`: ``default`` (as the app clusters: a Dhaka latent with
@@ -86,21 +87,15 @@ REAL = {
 
 # ----------------------------------------------------------------------------- embeddings
 def _baseline_input(adata, mode: str) -> np.ndarray:
-    """What the default Dhaka's first fit reads (expression) or the states (cnv), centred, dense."""
+    """What the default Dhaka's first fit reads (its preprocessor: expression normalised, logged, top 2000
+    genes by CV; copy number trimmed per bin), centred, dense."""
     import scipy.sparse as sp
 
-    from dhaka.preprocess import detect_kind, log2p, normalize_total, select_genes
+    from dhaka import Dhaka
 
-    X = adata.X
-    X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-    if mode == "expression":
-        kind = detect_kind(X, mode="expression")
-        if kind.normalize:
-            X, _ = normalize_total(X)
-        if kind.log:
-            X = log2p(X)
-        X = np.asarray(X)[:, select_genes(X, n_genes=min(2000, X.shape[1]), method="cv")]
-    X = np.asarray(X, dtype=np.float64)
+    pre = Dhaka(mode=mode).make_preprocessor().fit(adata.X)
+    X = pre.transform(adata.X)
+    X = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
     return X - X.mean(axis=0, keepdims=True)
 
 

@@ -77,6 +77,9 @@ class BackedRows:
         normalisation); ``None`` leaves values as stored.
     log
         Apply ``log2(x + 1)`` after the row scaling.
+    clip
+        ``(lower, upper)`` per output column: values are clipped to them after the log (the
+        trim of :class:`dhaka.preprocess.Preprocessor`); rows are then read dense.
 
     Notes
     -----
@@ -87,7 +90,8 @@ class BackedRows:
     """
 
     def __init__(self, path: str | os.PathLike, *, group: str = "X", columns: Sequence[int] | None = None,
-                 row_scale: np.ndarray | None = None, log: bool = False) -> None:
+                 row_scale: np.ndarray | None = None, log: bool = False,
+                 clip: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         import h5py
 
         self.path = Path(path)
@@ -128,6 +132,12 @@ class BackedRows:
         if self.row_scale is not None and self.row_scale.shape != (n,):
             raise ValueError(f"row_scale must have one factor per row ({n}), got {self.row_scale.shape}")
         self.log = bool(log)
+        self.clip = None
+        if clip is not None:
+            self.clip = tuple(np.asarray(b, dtype=np.float32) for b in clip)
+            if any(b.shape != (self.shape[1],) for b in self.clip):
+                self._file.close()
+                raise ValueError(f"clip bounds must have one value per column ({self.shape[1]})")
 
     # -- basic properties
     @property
@@ -151,10 +161,12 @@ class BackedRows:
         self.close()
 
     def __getstate__(self) -> dict:  # for DataLoader workers / multiprocessing: reopen by path
-        return {"path": str(self.path), "columns": self.columns, "row_scale": self.row_scale, "log": self.log}
+        return {"path": str(self.path), "columns": self.columns, "row_scale": self.row_scale, "log": self.log,
+                "clip": self.clip}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], columns=state["columns"], row_scale=state["row_scale"], log=state["log"])
+        self.__init__(state["path"], columns=state["columns"], row_scale=state["row_scale"], log=state["log"],
+                      clip=state.get("clip"))
 
     # -- values
     def _finish_values(self, data: np.ndarray, rows_local: np.ndarray, rows_global: np.ndarray) -> np.ndarray:
@@ -188,6 +200,8 @@ class BackedRows:
         if isinstance(rows, slice):
             rows = np.arange(*rows.indices(self.file_shape[0]))
         rows = np.asarray(rows, dtype=np.int64)
+        if self.clip is not None:  # a bound above zero changes implicit zeros: go through dense rows
+            return sp.csr_matrix(self.take_rows(rows))
         if self.sparse:
             M = self._read_csr(rows)
         else:
@@ -214,7 +228,7 @@ class BackedRows:
                                   log=self.log)
             if self.columns is not None:
                 block = block[:, self.columns]
-            return np.ascontiguousarray(block[inverse], dtype=np.float32)
+            return self._clipped(np.ascontiguousarray(block[inverse], dtype=np.float32))
         M = self._read_csr(uniq)
         local = np.repeat(np.arange(uniq.size), np.diff(M.indptr))
         cols = M.indices.astype(np.int64, copy=False)
@@ -225,7 +239,10 @@ class BackedRows:
             local, cols, data = local[keep], cols[keep], data[keep]
         out = np.zeros((uniq.size, n_cols), dtype=np.float32)
         out[local, cols] = data
-        return out if uniq.size == idx.size and np.array_equal(uniq, idx) else out[inverse]
+        return self._clipped(out if uniq.size == idx.size and np.array_equal(uniq, idx) else out[inverse])
+
+    def _clipped(self, block: np.ndarray) -> np.ndarray:
+        return block if self.clip is None else np.clip(block, self.clip[0], self.clip[1], out=block)
 
     def chunks(self, *, chunk_nnz: int = DEFAULT_CHUNK_NNZ, max_rows: int = 50_000) -> Iterator[tuple[int, int, sp.csr_matrix]]:
         """Contiguous row chunks ``(start, stop, CSR)`` of at most ``chunk_nnz`` stored values each."""
@@ -319,6 +336,7 @@ def prepare(
     normalize: bool | Literal["auto"] = "auto",
     log: bool | Literal["auto"] = "auto",
     log_pseudocount: float | Literal["auto"] = "auto",
+    winsorize: float | Literal["auto"] | None = "auto",
     preprocessor: Preprocessor | None = None,
     cache: bool = True,
     cache_root: str | os.PathLike | None = None,
@@ -333,8 +351,9 @@ def prepare(
     ----------
     path
         An ``.h5ad`` with a CSR (or dense) ``X``, cells in rows.
-    mode, n_genes, gene_selection, normalize, log, log_pseudocount
-        As in :class:`dhaka.Dhaka`; ignored when ``preprocessor`` is given.
+    mode, n_genes, gene_selection, normalize, log, log_pseudocount, winsorize
+        As in :class:`dhaka.Dhaka`; ignored when ``preprocessor`` is given (the trim's bounds are
+        the quantiles of the value sample, ``sample_cells``).
     preprocessor
         An unfitted :class:`dhaka.preprocess.Preprocessor` (e.g. ``Dhaka.make_preprocessor()``);
         it is fitted here from a value sample, the library sizes and streamed column moments.
@@ -353,15 +372,15 @@ def prepare(
     """
     pre = preprocessor if preprocessor is not None else Preprocessor(
         mode=mode, n_genes=n_genes, gene_selection=gene_selection, normalize=normalize, log=log,
-        log_pseudocount=log_pseudocount)
+        log_pseudocount=log_pseudocount, winsorize=winsorize)
     if pre.gene_selection == "entropy":
         raise ValueError("gene_selection='entropy' is not available out of core; use 'cv', 'mean', 'variance' "
                          "or 'dispersion', or read the data into memory")
     path = Path(path)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    params = {k: getattr(pre, k) for k in ("mode", "n_genes", "gene_selection", "normalize", "log", "log_pseudocount",
-                                           "min_cells")}
+    # the key: every setting of the value steps and the gene choice (the affine is refitted from the moments)
+    params = {k: v for k, v in pre.settings().items() if k not in ("relative", "scale")}
     root = Path(cache_root) if cache_root is not None else cache_dir()
     key, cpath = "", None
     if cache:
@@ -392,14 +411,14 @@ def prepare(
         timings["pass1"] = time.perf_counter() - t
         # ---- pass 2: per-gene moments of the preprocessed values -> genes and input affine
         t = time.perf_counter()
-        with BackedRows(path, row_scale=scale, log=pre.log_) as values:
+        with BackedRows(path, row_scale=scale, log=pre.log_, clip=pre.clip_bounds()) as values:
             moments = _column_moments(values, chunk_nnz=chunk_nnz)
         pre.fit_moments(moments)
         idx = pre.gene_indices_
         timings["pass2"] = time.perf_counter() - t
         # ---- pass 3: write the selected preprocessed matrix (cache) or keep it in memory
         t = time.perf_counter()
-        with BackedRows(path, columns=idx, row_scale=scale, log=pre.log_) as sel:
+        with BackedRows(path, columns=idx, row_scale=scale, log=pre.log_, clip=pre.clip_bounds(idx)) as sel:
             if cache:
                 _write_cache(cpath, sel, chunk_nnz=chunk_nnz, meta={
                     "format": CACHE_FORMAT, "key": key, "params": params, "source": str(path),
@@ -628,7 +647,8 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
         raw.close()
     fill = est.model_.center.numpy()
     out = []
-    with BackedRows(path, columns=np.where(have, cols, 0), row_scale=scale, log=bool(pre.log_)) as src:
+    with BackedRows(path, columns=np.where(have, cols, 0), row_scale=scale, log=bool(pre.log_),
+                    clip=pre.clip_bounds(est.gene_indices_)) as src:
         with torch.no_grad():
             for a, b in bounds:
                 for s in range(a, b, batch_size):

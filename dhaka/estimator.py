@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(structure="deep", likelihood="bernoulli", scale="minmax", relative=False, batch_norm=False,
                   encoder_pcs=None,
                   kl_warmup=0, patience=None, val_fraction=0.0, lr=1e-4, batch_size=50, epochs=100, clip_norm=2.0,
-                  refine=0),
+                  refine=0, winsorize=None, log_pseudocount=1.0),
     "fast": dict(structure="shallow", epochs=40, patience=10, kl_warmup=5),
 }
 
@@ -82,6 +82,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
         shifted logarithm (Ahlmann-Eltze & Huber 2023), which damps the noise of small counts.
         ``"auto"`` (default): 2 on raw counts in expression mode, 1 on anything else (TPM/CPM-like
         values, copy number); :func:`dhaka.preprocess.resolve_pseudocount`.
+    winsorize
+        Trim each feature to its q and 1 - q quantiles over the training cells (after the log step;
+        new cells get the training bounds); ``None`` = off. ``"auto"`` (default): 0.02 in copy-number
+        mode, where events carried by fewer than ~2 % of the cells (private events, state-call errors,
+        single-cell amplifications) otherwise dominate the input while every clone of more than 2 %
+        keeps its states; off for expression. :func:`dhaka.preprocess.resolve_winsorize`.
     relative
         Centre each gene over cells (the paper's relative expression).
     scale
@@ -162,6 +168,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         normalize: bool | Literal["auto"] = "auto",
         log: bool | Literal["auto"] = "auto",
         log_pseudocount: float | Literal["auto"] = "auto",
+        winsorize: float | Literal["auto"] | None = "auto",
         relative: bool = True,
         scale: Literal["global", "gene", "none", "minmax"] = "global",
         likelihood: Literal["gaussian", "mse", "bernoulli"] = "gaussian",
@@ -195,6 +202,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.normalize = normalize
         self.log = log
         self.log_pseudocount = log_pseudocount
+        self.winsorize = winsorize
         self.relative = relative
         self.scale = scale
         self.likelihood = likelihood
@@ -660,9 +668,9 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 raise ValueError(f"X has {M.shape[1]} features, but the model was trained on "
                                  f"{self.n_features_in_} (and names are not available to align them)")
             cols, missing = np.asarray(self.gene_indices_), []
-        P = self.preprocessor_.apply_steps(M)
+        P = self.preprocessor_.apply_steps(M, clip=False)
         have = cols >= 0
-        S = P[:, np.where(have, cols, 0)]
+        S = self.preprocessor_.clip_features(P[:, np.where(have, cols, 0)], self.gene_indices_)
         if missing:
             fill = self.model_.center.numpy()
             if sp.issparse(S):
@@ -745,7 +753,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
             raise ValueError(f"{path} is not a readable Dhaka model directory: {exc}") from None
         if cfg.get("format") != "dhaka-model/1":
             raise ValueError(f"{path}/config.json is not a Dhaka model (format {cfg.get('format')!r})")
-        params = {"log_pseudocount": 1.0, **cfg["params"]}  # saved before the setting: log2(x + 1), not "auto"
+        # saved before a setting existed: log2(x + 1) and no trim, not today's "auto"
+        params = {"log_pseudocount": 1.0, "winsorize": None, **cfg["params"]}
         if isinstance(params.get("structure"), list):
             params["structure"] = tuple(params["structure"])
         est = cls(**params)

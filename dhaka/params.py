@@ -187,7 +187,8 @@ AUTO = {"auto": ("auto", "automatic")}
 #: Every parameter of ``Dhaka.__init__``, in the order the form and ``--help`` show them.
 PARAMS: tuple[Param, ...] = (
     # ---- preprocessing (the Data page's form)
-    Param("mode", "choice", "Mode", "'expression' (scRNA-seq) or 'cnv' (copy-number states, used as given)",
+    Param("mode", "choice", "Mode", "'expression' (scRNA-seq) or 'cnv' (copy-number states: not normalised or "
+          "logged; each bin trimmed to its 2nd-98th percentiles, see --winsorize)",
           choices=("expression", "cnv"), group="preprocess"),
     Param("n_genes", "int", "Number of genes kept",
           "genes kept by gene_selection: 'auto' = 2000 in expression mode (all bins in cnv mode), 'all' = all",
@@ -259,6 +260,10 @@ PARAMS: tuple[Param, ...] = (
     Param("log_pseudocount", "float", "Log pseudocount", "the log step is log2(1 + x / this): 1 = log2(x + 1); "
           "larger values damp small counts (shifted logarithm)", low=1e-3, high=1e6,
           special={"auto": ("auto", "2 on raw counts, 1 on TPM/CPM-like values")}, group="library", example=1.0),
+    Param("winsorize", "float", "Trim quantile", "trim each feature to its q and 1 - q quantiles over the "
+          "training cells (events in fewer cells stop dominating); 'off' = no trim", low=0.0, high=0.49,
+          special={"auto": ("auto", "0.02 for copy number, off for expression"), None: ("off", "off")},
+          group="library", example=0.02),
     Param("refine_alpha", "float", "Refinement alpha", "family-wise level of the refinement's gene test",
           low=1e-12, high=0.999, group="library"),
     Param("refine_epochs", "int", "Gene-choosing fit epochs", "most epochs of each fit that only chooses "

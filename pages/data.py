@@ -6,7 +6,7 @@ import streamlit as st
 
 from dhaka import plots
 from dhaka.estimator import Dhaka
-from dhaka.preprocess import detect_kind, log_label
+from dhaka.preprocess import detect_kind, log_label, trim_label
 from dhaka.ui import cached, demos, figures, state, widgets
 
 widgets.require_entrypoint()
@@ -150,6 +150,7 @@ preview = widgets.safe_call(lambda: Dhaka(**prep, refine=refine).preview(adata),
 if preview is not None:
     steps = [s for s, on in (("normalise", preview.get("normalize")),
                              (log_label(preview.get("log_pseudocount", 1.0)), preview.get("log")),
+                             (trim_label(preview.get("winsorize")), preview.get("winsorize") is not None),
                              ("centre genes", prep.get("relative"))) if on]
     rounds = preview.get("refine_rounds", 0)
     then = (f" The first fit uses these; {rounds} round{'s' if rounds > 1 else ''} of gene refinement then keep "

@@ -308,3 +308,97 @@ def test_auto_pseudocount_is_the_shifted_log_on_raw_counts_only(tmp_path):
     for bad in ("Auto", "2", None):
         with pytest.raises(ValueError, match="log_pseudocount"):
             Preprocessor(log_pseudocount=bad)
+
+
+def _clone_states(seed: int = 0, n: int = 100, bins: int = 30) -> np.ndarray:
+    """Copy-number states of two clones (70 / 30 %, differing in bins 5-9), plus one cell with a private
+    amplification (state 9 in bin 20) and one with a private homozygous loss (state 0 in bin 25)."""
+    rng = np.random.default_rng(seed)
+    X = np.full((n, bins), 2.0, dtype=np.float32)
+    X[70:, 5:10] = 3.0
+    X[rng.random(X.shape) < 0.01] += 1.0  # state-call noise
+    X[3, 20] = 9.0
+    X[50, 25] = 0.0
+    return X
+
+
+def test_copy_number_trim_removes_single_cell_events_and_keeps_clones():
+    """winsorize="auto" trims each bin to its 2-98 % quantiles in copy-number mode only: a private event
+    of one cell is set back to its bin's common state, a 30 % clone keeps its gain; new cells get the
+    training bounds (a state of 12 is cut to the training maximum), not bounds of their own."""
+    from dhaka.preprocess import CNV_WINSORIZE, Preprocessor, resolve_winsorize, trim_label
+
+    X = _clone_states()
+    assert resolve_winsorize("auto", "cnv") == CNV_WINSORIZE == 0.02
+    assert resolve_winsorize("auto", "expression") is None and resolve_winsorize(0.0, "cnv") is None
+    pre = Preprocessor(mode="cnv").fit(X)
+    assert pre.winsorize_ == 0.02 and pre.clip_ is not None
+    lo, hi = np.quantile(X.astype(np.float64), [0.02, 0.98], axis=0)
+    np.testing.assert_allclose(pre.clip_[0], lo, rtol=1e-6)
+    np.testing.assert_allclose(pre.clip_[1], hi, rtol=1e-6)
+    S = np.asarray(pre.transform(X))
+    assert S[3, 20] == 2.0 and S[50, 25] == 2.0  # the private events are gone
+    np.testing.assert_array_equal(S[70:, 5:10] >= 3.0, True)  # the minor clone's gain is kept
+    new = np.full((2, X.shape[1]), 2.0, dtype=np.float32)
+    new[0, 7] = 12.0
+    assert np.asarray(pre.transform(new))[0, 7] == pre.clip_[1][7] < 12.0
+    off = Preprocessor(mode="cnv", winsorize=None).fit(X)
+    assert off.clip_ is None and np.asarray(off.transform(X))[3, 20] == 9.0
+    assert Preprocessor().fit(np.abs(X)).clip_ is None  # expression: no trim unless asked
+    assert "2-98 %" in trim_label(0.02)
+    plan = Preprocessor(mode="cnv").plan(X)
+    assert plan["winsorize"] == 0.02 and "trim" in plan["description"]
+    for bad in (-0.1, 0.5, True, "0.02", float("nan")):
+        with pytest.raises(ValueError, match="winsorize"):
+            Preprocessor(mode="cnv", winsorize=bad)
+
+
+def test_copy_number_trim_is_the_same_in_memory_sparse_streamed_and_saved(tmp_path):
+    """The trim goes wherever the values go: a sparse matrix (its zeros are trimmed too), the streamed
+    rows of an .h5ad (prepare and transform_backed), a saved model, features matched by name in another
+    order; a model saved before the setting existed loads without a trim."""
+    import json
+
+    import anndata as ad
+    import pandas as pd
+
+    from dhaka import Dhaka
+    from dhaka.backed import BackedRows, prepare, transform_backed
+    from dhaka.preprocess import Preprocessor
+
+    X = _clone_states(1)
+    pre = Preprocessor(mode="cnv").fit(X)
+    want = np.asarray(pre.transform(X))
+    np.testing.assert_array_equal(np.asarray(Preprocessor(mode="cnv").fit(sp.csr_matrix(X)).transform(
+        sp.csr_matrix(X))), want)
+    path = tmp_path / "cn.h5ad"
+    names = [f"chr1:{i}" for i in range(X.shape[1])]
+    adata = ad.AnnData(X, var=pd.DataFrame(index=names))
+    adata.write_h5ad(path)
+    prep = prepare(path, mode="cnv", cache_root=tmp_path / "cache")
+    np.testing.assert_array_equal(prep.matrix.toarray() if sp.issparse(prep.matrix) else prep.matrix, want)
+    np.testing.assert_array_equal(prep.preprocessor.clip_[1], pre.clip_[1])
+    with BackedRows(path, clip=pre.clip_bounds()) as rows:
+        np.testing.assert_array_equal(rows.take_rows(np.arange(X.shape[0])), want)
+        np.testing.assert_array_equal(rows.read_csr(np.arange(5)).toarray(), want[:5])
+    assert prepare(path, mode="cnv", winsorize=None, cache_root=tmp_path / "cache").key != prep.key
+
+    est = Dhaka(mode="cnv", epochs=2, structure=(8,), seed=0).fit(adata)
+    Z = est.transform(adata)
+    np.testing.assert_allclose(transform_backed(est, path), Z, atol=1e-5)
+    shuffled = adata[:, adata.var_names[::-1]].copy()
+    np.testing.assert_allclose(est.transform(shuffled), Z, atol=1e-5)
+    again = Dhaka.load(est.save(tmp_path / "m"))
+    assert again.preprocessor_.winsorize_ == 0.02
+    np.testing.assert_allclose(again.transform(adata), Z, atol=1e-5)
+    d = Dhaka(mode="cnv", winsorize=None, epochs=2, structure=(8,), seed=0).fit(adata).save(tmp_path / "old")
+    ref = Dhaka.load(d).transform(adata)
+    for name, drop in (("config.json", lambda c: c["params"].pop("winsorize")),
+                       ("preprocess.json", lambda p: (p["settings"].pop("winsorize"), p.pop("winsorize"),
+                                                      p.pop("clip")))):
+        cfg = json.loads((d / name).read_text())
+        drop(cfg)
+        (d / name).write_text(json.dumps(cfg))
+    old = Dhaka.load(d)
+    assert old.winsorize is None and old.preprocessor_.clip_ is None
+    np.testing.assert_allclose(old.transform(adata), ref, atol=1e-5)

@@ -112,7 +112,9 @@ def preprocess_form(adata: anndata.AnnData, *, detected: str | None = None) -> d
     with c1:
         mode = st.radio("Mode", ["expression", "cnv"], key="w.prep.mode", horizontal=True,
                         format_func={"expression": "Expression (scRNA-seq)", "cnv": "Copy number"}.get,
-                        help="Copy-number profiles are used as given (no normalisation or log).")
+                        help="Copy-number profiles are not normalised or logged; each bin is trimmed to its 2-98 % "
+                             "quantiles over the cells, so events of fewer than ~2 % of the cells (private "
+                             "events, state-call errors) do not dominate.")
         cnv = mode == "cnv"
         auto_label = f"auto (detected: {detected})" if detected else _TRI["auto"]
         fmt = lambda v: auto_label if v == "auto" else _TRI[v]  # noqa: E731
