@@ -87,16 +87,11 @@ REAL = {
 
 # ----------------------------------------------------------------------------- embeddings
 def _baseline_input(adata, mode: str) -> np.ndarray:
-    """What the default Dhaka's first fit reads (its preprocessor: expression normalised, logged, top 2000
-    genes by CV; copy number trimmed per bin), centred, dense."""
-    import scipy.sparse as sp
+    """What the default Dhaka's first fit reads (:func:`dhaka.analysis.robustness.baseline_input` with its
+    gene rule: expression normalised, logged, top 2000 genes by CV; copy number trimmed per bin), centred."""
+    from dhaka.analysis.robustness import baseline_input
 
-    from dhaka import Dhaka
-
-    pre = Dhaka(mode=mode).make_preprocessor().fit(adata.X)
-    X = pre.transform(adata.X)
-    X = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
-    return X - X.mean(axis=0, keepdims=True)
+    return np.asarray(baseline_input(adata.X, mode=mode, n_genes="auto"), dtype=np.float64)
 
 
 def _embed(adata, method: str, mode: str, seed: int, params: dict | None = None) -> tuple[np.ndarray, float, dict]:

@@ -63,7 +63,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
     ----------
     mode
         ``"expression"`` (scRNA-seq; counts or normalised or log values) or ``"cnv"``
-        (copy-number states per bin, used as given).
+        (copy-number states per bin: not normalised or logged, trimmed per bin, see ``winsorize``).
     latent_dim
         Dimension of the latent space.
     structure

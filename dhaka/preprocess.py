@@ -65,7 +65,7 @@ def _values_sample(X: Matrix, max_values: int = 200_000, seed: int = 0) -> np.nd
 def detect_kind(X: Matrix, *, mode: Literal["expression", "cnv"] = "expression") -> InputKind:
     """Guess whether ``X`` holds raw counts, normalised values, log values or scaled values."""
     if mode == "cnv":
-        return InputKind("cnv", "copy-number mode: states are used as given", False, False)
+        return InputKind("cnv", "copy-number mode: states are not normalised or logged", False, False)
     if sp.issparse(X):
         vmin = min(float(X.data.min()), 0.0) if X.nnz else 0.0
         if X.nnz < X.shape[0] * X.shape[1]:

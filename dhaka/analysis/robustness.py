@@ -88,9 +88,9 @@ def baseline_input(
 ) -> np.ndarray:
     """The matrix the baselines (PCA, t-SNE, UMAP) see: Dhaka's preprocessing, dense, gene-centred.
 
-    A :class:`dhaka.preprocess.Preprocessor` with these settings (library-size normalisation and
-    log2(x+1) as the detected kind asks, unless forced; copy-number input used as given), its top
-    ``n_genes`` genes, each centred over cells.
+    A :class:`dhaka.preprocess.Preprocessor` with these settings and Dhaka's defaults for the rest
+    (library-size normalisation and the log step as the detected kind asks, unless forced; copy-number
+    states trimmed per bin, ``winsorize="auto"``), its top ``n_genes`` genes, each centred over cells.
 
     Parameters
     ----------
