@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import independent as B  # noqa: E402
-from dhaka.cluster import MERGE_ONE_CLUSTER_STABILITY, ari, gmm_bic, merge_stability, silhouette  # noqa: E402
+from dhaka.cluster import MERGE_ONE_CLUSTER_STABILITY, MERGE_STABILITY_TOL, ari, gmm_bic, merge_stability, silhouette  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "caller_stability.json"
 
@@ -84,13 +84,14 @@ def rule_stability(r, gain=0.0):
     return "merged" if r["stab_merged"] >= r["stab_plain"] + gain else "plain"
 
 
-def rule_shipped(r):
-    """``gmm_bic(merge="auto")``: stability; one cluster where most subsamples also merge into one."""
+def rule_shipped(r, tol=MERGE_STABILITY_TOL):
+    """``gmm_bic(merge="auto")``: stability, merging kept while within ``tol`` of the plain clusters' (fewer
+    clusters when both reproduce about as well); one cluster where most subsamples also merge into one."""
     if r["k_merged"] == r["k_plain"]:
         return "merged"
     if r["k_merged"] == 1:
         return "merged" if r["stab_merged"] >= MERGE_ONE_CLUSTER_STABILITY else "plain"
-    return "merged" if r["stab_merged"] >= r["stab_plain"] else "plain"
+    return "merged" if r["stab_merged"] >= r["stab_plain"] - tol else "plain"
 
 
 def rule_both(r, gain=0.0):
@@ -109,7 +110,10 @@ RULES = {
     "never merge": lambda r: "plain",
     "silhouette +0.02 (the rule before)": rule_silhouette,
     "stability": rule_stability,
-    "stability, one cluster if >= 0.5 (shipped)": rule_shipped,
+    "stability, one cluster if >= 0.5 (shipped until 2026-12-03 19:30)": lambda r: rule_shipped(r, 0.0),
+    "the same, merged within 0.01": lambda r: rule_shipped(r, 0.01),
+    f"the same, merged within {MERGE_STABILITY_TOL} (shipped)": rule_shipped,
+    "the same, merged within 0.03": lambda r: rule_shipped(r, 0.03),
     "stability +0.02": lambda r: rule_stability(r, 0.02),
     "stability +0.05": lambda r: rule_stability(r, 0.05),
     "stability +0.10": lambda r: rule_stability(r, 0.10),
