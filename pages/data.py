@@ -148,13 +148,14 @@ state.set_truth_column(truth)
 refine = state.get_train_params().get("refine", "auto")
 preview = widgets.safe_call(lambda: Dhaka(**prep, refine=refine).preview(adata), what="Preprocessing")
 if preview is not None:
+    features = "bins" if prep.get("mode") == "cnv" else "genes"
     steps = [s for s, on in (("normalise", preview.get("normalize")),
                              (log_label(preview.get("log_pseudocount", 1.0)), preview.get("log")),
                              (trim_label(preview.get("winsorize")), preview.get("winsorize") is not None),
-                             ("centre genes", prep.get("relative"))) if on]
+                             (f"centre {features}", prep.get("relative"))) if on]
     rounds = preview.get("refine_rounds", 0)
     then = (f" The first fit uses these; {rounds} round{'s' if rounds > 1 else ''} of gene refinement then keep "
             "the genes its latent space explains (Train page › Advanced)." if rounds else "")
-    st.success(f"Training matrix: **{preview['n_cells']:,} cells × {preview['n_selected']:,} genes** "
+    st.success(f"Training matrix: **{preview['n_cells']:,} cells × {preview['n_selected']:,} {features}** "
                f"(of {preview['n_features']:,}; {' → '.join(steps) or 'used as given'}).{then} "
                "Next: the Train page.", icon=":material/check_circle:")

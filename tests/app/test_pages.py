@@ -90,7 +90,7 @@ def test_load_other_demo_and_preprocessing_changes_matrix_size(env):
     assert at.radio(key="w.prep.mode").value == "cnv"
     at.checkbox(key="w.prep.all_genes").uncheck().run()
     at.number_input(key="w.prep.n_genes").set_value(100).run()
-    assert any("× 100 genes" in s.value for s in at.success), [s.value for s in at.success]
+    assert any("× 100 bins" in s.value for s in at.success), [s.value for s in at.success]  # copy number
     assert at.session_state["dhaka.preprocess"]["n_genes"] == 100
 
 
@@ -400,10 +400,12 @@ def test_failures_show_a_message_never_a_traceback(trained, monkeypatch):
 
 @pytest.mark.parametrize("key,truth,log_step", [("oligodendroglioma", "cell_type", "log2(x+1)"),
                                                 ("pbmc68k_reduced", "bulk_labels", None),
-                                                ("trajectory", "branch", "log2(1 + x/2)")])
+                                                ("trajectory", "branch", "log2(1 + x/2)"),
+                                                ("cnv_pair", "clone", None)])
 def test_other_demos_load_with_their_truth(env, key, truth, log_step):
     """Each demo's truth column is picked, and the Data page names the log step its values get: the shifted log
-    on raw counts (trajectory), log2(x+1) on TPM-like values, none on log values."""
+    on raw counts (trajectory), log2(x+1) on TPM-like values, none on log values or copy number, whose bins it
+    says are trimmed."""
     from dhaka.ui import demos
 
     if not demos.get(key).is_available:
@@ -421,6 +423,10 @@ def test_other_demos_load_with_their_truth(env, key, truth, log_step):
         assert "log2" not in summary[0]
     else:
         assert log_step in summary[0]
+    if key == "cnv_pair":  # copy number: bins, trimmed per bin (winsorize="auto"), not logged
+        assert "bins" in summary[0] and "2-98 %" in summary[0], summary[0]
+    else:
+        assert "genes" in summary[0] and "trim" not in summary[0], summary[0]
 
 
 def test_settings_summary_names_every_training_setting_and_special_values():
