@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from dhaka import __version__
-from dhaka.preprocess import PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
+from dhaka.preprocess import LEGACY_SETTINGS, PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
 from dhaka.store import MODEL_FILES, atomic_write_dir, check_model_dir  # noqa: F401 - MODEL_FILES re-exported
 
 # Settings of the paper as we read it (Rashid et al.): sigmoid/Bernoulli output on [0, 1]-scaled
@@ -753,8 +753,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             raise ValueError(f"{path} is not a readable Dhaka model directory: {exc}") from None
         if cfg.get("format") != "dhaka-model/1":
             raise ValueError(f"{path}/config.json is not a Dhaka model (format {cfg.get('format')!r})")
-        # saved before a setting existed: log2(x + 1) and no trim, not today's "auto"
-        params = {"log_pseudocount": 1.0, "winsorize": None, **cfg["params"]}
+        params = {**LEGACY_SETTINGS, **cfg["params"]}  # settings saved before they existed: what the code did
         if isinstance(params.get("structure"), list):
             params["structure"] = tuple(params["structure"])
         est = cls(**params)

@@ -137,13 +137,26 @@ def resolve_winsorize(setting: float | str | None, mode: str = "expression") -> 
     return None if setting is None or float(setting) == 0.0 else float(setting)
 
 
-def winsor_bounds(X: Matrix, q: float, *, max_cells: int = 5_000, block: int = 1_000,
+#: Cells the trim's quantiles are estimated from (a seeded sample when there are more).
+WINSOR_MAX_CELLS = 5_000
+
+#: Saved settings that predate a setting: what the code did before it existed (log2(x + 1), no trim), not
+#: today's "auto". ``Preprocessor.from_dict`` and ``Dhaka.load`` both fill them in.
+LEGACY_SETTINGS: dict[str, Any] = {"log_pseudocount": 1.0, "winsorize": None}
+
+
+def _sample_rows(X: Matrix, max_cells: int, seed: int = 0) -> Matrix:
+    """At most ``max_cells`` rows of ``X`` (a seeded sample, in order), or ``X`` itself."""
+    n = X.shape[0]
+    return X if n <= max_cells else X[np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))]
+
+
+def winsor_bounds(X: Matrix, q: float, *, max_cells: int = WINSOR_MAX_CELLS, block: int = 1_000,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each column's q and 1 - q quantiles (float32), from at most ``max_cells`` rows (a seeded sample),
     ``block`` columns at a time (memory ~ 8 x max_cells x block bytes)."""
-    n, g = X.shape
-    if n > max_cells:
-        X = X[np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))]
+    X = _sample_rows(X, max_cells, seed)
+    g = X.shape[1]
     lo, hi = np.empty(g, np.float32), np.empty(g, np.float32)
     for a in range(0, g, block):
         part = X[:, a:a + block]
@@ -619,13 +632,14 @@ class Preprocessor:
         for name in ("normalize", "log"):
             if getattr(self, name) not in ("auto", True, False):
                 raise ValueError(f"{name} must be 'auto', True or False, got {getattr(self, name)!r}")
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
         pc = self.log_pseudocount
-        number = isinstance(pc, (int, float, np.integer, np.floating)) and not isinstance(pc, bool)
-        if not (pc == "auto" if isinstance(pc, str) else number and np.isfinite(pc) and pc > 0):
+        if not (pc == "auto" if isinstance(pc, str) else number(pc) and np.isfinite(pc) and pc > 0):
             raise ValueError(f"log_pseudocount must be 'auto' or a positive number, got {pc!r}")
         w = self.winsorize
-        number = isinstance(w, (int, float, np.integer, np.floating)) and not isinstance(w, bool)
-        if not (w is None or (w == "auto" if isinstance(w, str) else number and 0 <= w < 0.5)):
+        if not (w is None or (w == "auto" if isinstance(w, str) else number(w) and 0 <= w < 0.5)):
             raise ValueError(f"winsorize must be 'auto', None or a quantile in [0, 0.5), got {w!r}")
         n_selected(self.n_genes, 1, mode=self.mode)
 
@@ -651,10 +665,10 @@ class Preprocessor:
         norm, lg = self.steps(kind)
         pc = resolve_pseudocount(self.log_pseudocount, kind, self.mode)
         n_sel = self.n_select(X.shape[1])
+        q = resolve_winsorize(self.winsorize, self.mode)
         return {"n_cells": X.shape[0], "n_features": X.shape[1], "n_selected": X.shape[1] if n_sel is None else n_sel,
                 "input_kind": kind.kind, "reason": kind.reason, "normalize": norm, "log": lg,
-                "log_pseudocount": pc, "winsorize": resolve_winsorize(self.winsorize, self.mode),
-                "description": kind.describe(pc, resolve_winsorize(self.winsorize, self.mode))}
+                "log_pseudocount": pc, "winsorize": q, "description": kind.describe(pc, q)}
 
     def fit_steps(self, X: Matrix, *, vmin: float | None = None,
                   library_sizes: np.ndarray | None = None) -> "Preprocessor":
@@ -680,8 +694,9 @@ class Preprocessor:
         self.n_features_in_ = int(X.shape[1])
         self.winsorize_ = resolve_winsorize(self.winsorize, self.mode)
         self.clip_ = None
-        if self.winsorize_ is not None:
-            self.clip_ = winsor_bounds(self.apply_steps(X), self.winsorize_)
+        if self.winsorize_ is not None:  # the value steps are per cell: apply them to the sampled cells only
+            self.clip_ = winsor_bounds(self.apply_steps(_sample_rows(X, WINSOR_MAX_CELLS)), self.winsorize_,
+                                       max_cells=WINSOR_MAX_CELLS)
         return self
 
     def size_factors(self, library_sizes: np.ndarray) -> np.ndarray | None:
@@ -697,22 +712,22 @@ class Preprocessor:
         (a model applied to an ``.h5ad`` on disk gives what it gives in memory). ``clip=False`` leaves
         the trim to the caller (:meth:`clip_features`, for columns matched by name)."""
         M = self._value_steps(X)
-        if clip and getattr(self, "clip_", None) is not None:
+        bounds = self.clip_bounds() if clip else None
+        if bounds is not None:
             if M.shape[1] != self.n_features_in_:
                 raise ValueError(f"X has {M.shape[1]} features, but the preprocessor was fitted on "
                                  f"{self.n_features_in_}")
-            M = clip_columns(M, *self.clip_)
+            M = clip_columns(M, *bounds)
         return M
 
     def clip_features(self, S: Matrix, features: np.ndarray) -> Matrix:
         """``S`` (columns = these training features) trimmed to their fitted bounds; as is without a trim."""
-        if getattr(self, "clip_", None) is None:
-            return S
-        f = np.asarray(features, dtype=np.int64)
-        return clip_columns(S, self.clip_[0][f], self.clip_[1][f])
+        bounds = self.clip_bounds(features)
+        return S if bounds is None else clip_columns(S, *bounds)
 
     def clip_bounds(self, features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-        """The trim's (lower, upper) bounds of these training features (all: ``None``), or ``None`` without a trim."""
+        """The trim's (lower, upper) bounds of these training features (all: ``None``), or ``None`` without a trim
+        (also for a preprocessor fitted or pickled before the trim existed)."""
         if getattr(self, "clip_", None) is None:
             return None
         if features is None:
@@ -852,8 +867,7 @@ class Preprocessor:
         """Rebuild a preprocessor written by :meth:`to_dict`."""
         if d.get("format") != PREPROCESSOR_FORMAT:
             raise ValueError(f"not a Dhaka preprocessor (format {d.get('format')!r})")
-        # a preprocessor saved before a setting existed took log2(x + 1) and no trim, not today's "auto"
-        pre = cls(**{"log_pseudocount": 1.0, "winsorize": None, **d["settings"]})
+        pre = cls(**{**LEGACY_SETTINGS, **d["settings"]})
         if "input_kind" in d:
             pre.kind_ = InputKind(**d["input_kind"])
             pre.normalize_, pre.log_ = bool(d["normalize"]), bool(d["log"])
