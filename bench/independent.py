@@ -12,8 +12,8 @@ so a rerun only re-scores (``--refit`` recomputes):
   FACS labels).
 
 Methods: default ``Dhaka`` 3-D latent, PCA-3, PCA-10 and UMAP-3 on the input of Dhaka's first fit
-(its preprocessor: normalised, shifted log, top 2000 genes by CV, gene-centred; copy number: the states
-trimmed per bin, centred); for copy
+(its preprocessor: Pearson residuals of the raw counts, top 2000 genes by residual variance, gene-centred;
+TPM-like or log values: normalised / logged, top 2000 by CV; copy number: the states trimmed per bin, centred); for copy
 number also the same methods on states relative to each cell's ploidy
 (:func:`dhaka.analysis.copy_number.relative_ploidy`, suffix ``/ploidy``). Every embedding is
 clustered by four callers of :mod:`dhaka.cluster`: ``default`` (as the app clusters: a Dhaka latent with
@@ -88,7 +88,8 @@ REAL = {
 # ----------------------------------------------------------------------------- embeddings
 def _baseline_input(adata, mode: str) -> np.ndarray:
     """What the default Dhaka's first fit reads (:func:`dhaka.analysis.robustness.baseline_input` with its
-    gene rule: expression normalised, logged, top 2000 genes by CV; copy number trimmed per bin), centred."""
+    gene rule: raw counts as Pearson residuals, top 2000 genes by residual variance; other expression values
+    normalised / logged, top 2000 by CV; copy number trimmed per bin), centred."""
     from dhaka.analysis.robustness import baseline_input
 
     return np.asarray(baseline_input(adata.X, mode=mode, n_genes="auto"), dtype=np.float64)

@@ -1,9 +1,10 @@
-"""The log step's pseudocount on the app's count demos: log2(x + 1) vs the shifted log log2(1 + x / 2).
+"""The value transform on the app's count demos: log2(x + 1), the shifted log log2(1 + x / 2), Pearson residuals.
 
-    python -m bench.pseudocount [--seeds 3] [--demos trajectory counts]
+    python -m bench.pseudocount [--seeds 3] [--demos trajectory counts] [--transforms log1 log2 pearson]
 
 For each demo with raw counts (``trajectory``: truth obs['branch'] and the true time; ``counts``: obs['group'])
-and model seeds 0..N-1, the default ``Dhaka`` with ``log_pseudocount`` 1 and 2, clustered as the app does
+and model seeds 0..N-1, the default ``Dhaka`` with each transform (``value_transform="log"`` with
+``log_pseudocount`` 1 or 2, or ``value_transform="pearson"``), clustered as the app does
 (``gmm_bic`` with ``latent_merge``). Prints ARI and k, and for the trajectory the R^2 of the true time on a
 quadratic of the latent (how well the latent keeps the pseudotime). Rows go to bench/out/pseudocount.json.
 The grid of independent data for the same question is ``python -m bench.independent --variant``.
@@ -20,9 +21,12 @@ import numpy as np
 
 OUT = Path(__file__).resolve().parent / "out"
 TRUTH = {"trajectory": "branch", "counts": "group"}
+TRANSFORMS = {"log1": dict(value_transform="log", log_pseudocount=1.0),
+              "log2": dict(value_transform="log", log_pseudocount=2.0),
+              "pearson": dict(value_transform="pearson")}
 
 
-def run(demos=("trajectory", "counts"), seeds=(0, 1, 2), pseudocounts=(1.0, 2.0)) -> list[dict]:
+def run(demos=("trajectory", "counts"), seeds=(0, 1, 2), transforms=tuple(TRANSFORMS)) -> list[dict]:
     from sklearn.linear_model import LinearRegression
     from sklearn.preprocessing import PolynomialFeatures
 
@@ -34,9 +38,9 @@ def run(demos=("trajectory", "counts"), seeds=(0, 1, 2), pseudocounts=(1.0, 2.0)
         a = simulate.load(demo)
         y = a.obs[TRUTH[demo]].astype(str).to_numpy()
         for seed in seeds:
-            for c in pseudocounts:
+            for c in transforms:
                 t = time.perf_counter()
-                est = Dhaka(seed=seed, log_pseudocount=c).fit(a)
+                est = Dhaka(seed=seed, **TRANSFORMS[c]).fit(a)
                 Z = est.transform(a)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -54,10 +58,10 @@ def run(demos=("trajectory", "counts"), seeds=(0, 1, 2), pseudocounts=(1.0, 2.0)
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| demo | seed | c | ARI | k (true) | time R^2 | seconds |", "|---|---|---|---|---|---|---|"]
+    out = ["| demo | seed | transform | ARI | k (true) | time R^2 | seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         tr = f"{r['time_r2']:.3f}" if "time_r2" in r else ""
-        out.append(f"| {r['demo']} | {r['seed']} | {r['c']:g} | {r['ari']:.2f} | {r['k']} ({r['k_true']}) | {tr} | "
+        out.append(f"| {r['demo']} | {r['seed']} | {r['c']} | {r['ari']:.2f} | {r['k']} ({r['k_true']}) | {tr} | "
                    f"{r['seconds']:.0f} |")
     return "\n".join(out)
 
@@ -66,11 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--demos", nargs="+", default=list(TRUTH), choices=list(TRUTH))
+    ap.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=list(TRANSFORMS))
     args = ap.parse_args(argv)
     from bench.common import machine_description
 
     print(machine_description())
-    rows = run(tuple(args.demos), tuple(range(args.seeds)))
+    rows = run(tuple(args.demos), tuple(range(args.seeds)), tuple(args.transforms))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "pseudocount.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))

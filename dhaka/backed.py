@@ -638,21 +638,28 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
     pre = est.preprocessor_
     raw = BackedRows(path)
     try:
-        scale = None
+        scale = lib = None
+        if pre.normalize_ or pre.pearson:
+            lib = _library_sizes(raw, path, obs_names, chunk_nnz=chunk_nnz)[0]
         if pre.normalize_:
-            scale = pre.size_factors(_library_sizes(raw, path, obs_names, chunk_nnz=chunk_nnz)[0])
+            scale = pre.size_factors(lib)
         scale = pre.stream_factors(scale, raw.file_shape[0])
         bounds = raw.chunk_bounds(chunk_nnz=chunk_nnz)
     finally:
         raw.close()
     fill = est.model_.center.numpy()
     out = []
+    pearson = pre.pearson  # residuals from the raw counts of each block and every cell's library
     with BackedRows(path, columns=np.where(have, cols, 0), row_scale=scale, log=bool(pre.log_),
-                    clip=pre.clip_bounds(est.gene_indices_)) as src:
+                    clip=None if pearson else pre.clip_bounds(est.gene_indices_)) as src:
         with torch.no_grad():
             for a, b in bounds:
                 for s in range(a, b, batch_size):
-                    block = src.take_rows(np.arange(s, min(b, s + batch_size)))
+                    rows = np.arange(s, min(b, s + batch_size))
+                    block = src.take_rows(rows)
+                    if pearson:
+                        block = pre.clip_features(pre.residuals(block, lib[rows], est.gene_indices_),
+                                                  est.gene_indices_)
                     if not have.all():
                         block[:, ~have] = fill[~have]
                     out.append(encode(est.model_, block, device="cpu"))

@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(structure="deep", likelihood="bernoulli", scale="minmax", relative=False, batch_norm=False,
                   encoder_pcs=None,
                   kl_warmup=0, patience=None, val_fraction=0.0, lr=1e-4, batch_size=50, epochs=100, clip_norm=2.0,
-                  refine=0, winsorize=None, log_pseudocount=1.0),
+                  refine=0, winsorize=None, log_pseudocount=1.0, value_transform="log"),
     "fast": dict(structure="shallow", epochs=40, patience=10, kl_warmup=5),
 }
 
@@ -74,7 +74,15 @@ class Dhaka(TransformerMixin, BaseEstimator):
         Number of features kept by ``gene_selection``; ``"auto"`` = 2000 in expression mode
         (or all if fewer), all bins in copy-number mode; ``None`` = all.
     gene_selection
-        ``"cv"`` (coefficient of variation), ``"entropy"``, ``"mean"`` or ``"variance"``.
+        ``"cv"`` (coefficient of variation), ``"entropy"``, ``"mean"`` or ``"variance"``; under Pearson
+        residuals genes are ranked by residual variance.
+    value_transform
+        ``"auto"`` (default): analytic Pearson residuals (Lause et al. 2021) on raw counts in expression
+        mode, which take library size and the mean-variance relation out of the values (on independent
+        Splatter data they kept groups the log lost: bench/RESULTS.md); other input (TPM-like, log, copy
+        number) gets the normalise / log steps. ``"log"``: those steps for raw counts too; ``"pearson"``:
+        the residuals, refused with a reason on other input.
+        :func:`dhaka.preprocess.resolve_transform`.
     normalize, log
         ``"auto"`` follows :func:`dhaka.preprocess.detect_kind`; ``True``/``False`` force.
     log_pseudocount
@@ -169,6 +177,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         log: bool | Literal["auto"] = "auto",
         log_pseudocount: float | Literal["auto"] = "auto",
         winsorize: float | Literal["auto"] | None = "auto",
+        value_transform: Literal["auto", "log", "pearson"] = "auto",
         relative: bool = True,
         scale: Literal["global", "gene", "none", "minmax"] = "global",
         likelihood: Literal["gaussian", "mse", "bernoulli"] = "gaussian",
@@ -196,6 +205,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
     ) -> None:
         self.mode = mode
         self.latent_dim = latent_dim
+        self.value_transform = value_transform
         self.structure = structure
         self.n_genes = n_genes
         self.gene_selection = gene_selection
@@ -390,11 +400,11 @@ class Dhaka(TransformerMixin, BaseEstimator):
         M, _, names = _as_matrix(X)
         M = self._validate(M, reset=True)
         self.feature_names_ = names
-        pre = self.make_preprocessor().fit_steps(M)
-        P = pre.apply_steps(M)
-        pre.fit_genes(P)
-        self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(), max_genes=pre.n_select(P.shape[1]),
-                         covariate=self._library_covariate(M, pre), callback=callback, stop_event=stop_event,
+        pre = self.make_preprocessor()
+        P, columns = pre.fit_values(M)  # columns: the residuals' gene pool (None: P holds every feature)
+        pre.fit_genes(P, columns=columns)
+        self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(), max_genes=pre.n_select(M.shape[1]),
+                         columns=columns, covariate=self._library_covariate(M, pre), callback=callback, stop_event=stop_event,
                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, seams=seams)
         return self
 
@@ -448,7 +458,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         pos = {int(f): i for i, f in enumerate(base)}
         idx = np.array([pos[int(f)] for f in pre.gene_indices_], dtype=np.int64)  # columns of P
         self.refinement_: list[dict[str, Any]] = [
-            {"fit": 1, "genes": int(len(idx)), "selected_by": self.gene_selection}]
+            {"fit": 1, "genes": int(len(idx)), "selected_by": pre.selected_by}]
         remove = covariate is not None and self.library_axis == "remove"
         r = 0
         while True:
@@ -668,9 +678,15 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 raise ValueError(f"X has {M.shape[1]} features, but the model was trained on "
                                  f"{self.n_features_in_} (and names are not available to align them)")
             cols, missing = np.asarray(self.gene_indices_), []
-        P = self.preprocessor_.apply_steps(M, clip=False)
+        pre = self.preprocessor_
         have = cols >= 0
-        S = self.preprocessor_.clip_features(P[:, np.where(have, cols, 0)], self.gene_indices_)
+        take = np.where(have, cols, 0)
+        if pre.pearson:  # each cell's library over all of its own features, the training genes' shares
+            from dhaka.preprocess import library_size
+
+            S = pre.clip_features(pre.residuals(M[:, take], library_size(M), self.gene_indices_), self.gene_indices_)
+        else:
+            S = pre.clip_features(pre.apply_steps(M, clip=False)[:, take], self.gene_indices_)
         if missing:
             fill = self.model_.center.numpy()
             if sp.issparse(S):

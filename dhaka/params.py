@@ -190,6 +190,11 @@ PARAMS: tuple[Param, ...] = (
     Param("mode", "choice", "Mode", "'expression' (scRNA-seq) or 'cnv' (copy-number states: not normalised or "
           "logged; each bin trimmed to its 2nd-98th percentiles, see --winsorize)",
           choices=("expression", "cnv"), group="preprocess"),
+    Param("value_transform", "choice", "Value transform",
+          "'pearson': analytic Pearson residuals of raw counts (library size and the mean-variance relation taken "
+          "out; genes ranked by residual variance); 'log': library-size normalisation and log; 'auto' = Pearson "
+          "residuals on raw counts in expression mode held in memory, log otherwise",
+          choices=("log", "pearson"), special=AUTO, group="preprocess"),
     Param("n_genes", "int", "Number of genes kept",
           "genes kept by gene_selection: 'auto' = 2000 in expression mode (all bins in cnv mode), 'all' = all",
           low=1, special={"auto": ("auto", "automatic"), None: ("all", "all genes / bins")}, step=100,

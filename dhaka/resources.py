@@ -146,6 +146,7 @@ def estimate_training_memory(
     sparse: bool,
     density: float | None = None,
     n_selected: int | None = None,
+    dense_pool: int = 0,
 ) -> int:
     """Estimate the peak memory of training one VAE, in bytes.
 
@@ -166,6 +167,9 @@ def estimate_training_memory(
         ``sparse`` and not given).
     n_selected
         Genes the model is trained on after gene selection (default: all).
+    dense_pool
+        Genes held as a dense float32 matrix through the whole fit (Pearson residuals' gene pool,
+        :meth:`dhaka.preprocess.Preprocessor.pool_size`; 0: none).
 
     Returns
     -------
@@ -213,7 +217,9 @@ def estimate_training_memory(
     act_width = sum(widths_enc) + 2 * latent_dim + sum(widths_dec)
     activations = 4 * batch * act_width * _FLOAT
 
-    training_peak = stored + selected + params + activations
+    pool = int(dense_pool) * n_cells * _FLOAT  # held from preprocessing to the end of the fit
+    preprocess_peak += pool
+    training_peak = stored + pool + selected + params + activations
     return int(max(preprocess_peak, training_peak) * SAFETY_FACTOR + OVERHEAD)
 
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dhaka import plots
 from dhaka.estimator import Dhaka
-from dhaka.preprocess import detect_kind, log_label, trim_label
+from dhaka.preprocess import detect_kind, log_label, transform_label, trim_label
 from dhaka.ui import cached, demos, figures, state, widgets
 
 widgets.require_entrypoint()
@@ -149,7 +149,8 @@ refine = state.get_train_params().get("refine", "auto")
 preview = widgets.safe_call(lambda: Dhaka(**prep, refine=refine).preview(adata), what="Preprocessing")
 if preview is not None:
     features = "bins" if prep.get("mode") == "cnv" else "genes"
-    steps = [s for s, on in (("normalise", preview.get("normalize")),
+    steps = [s for s, on in ((transform_label("pearson"), preview.get("transform") == "pearson"),
+                             ("normalise", preview.get("normalize")),
                              (log_label(preview.get("log_pseudocount", 1.0)), preview.get("log")),
                              (trim_label(preview.get("winsorize")), preview.get("winsorize") is not None),
                              (f"centre {features}", prep.get("relative"))) if on]

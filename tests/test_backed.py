@@ -135,8 +135,9 @@ def test_fit_backed_equals_in_memory_fit_and_transform_backed(h5, tmp_path):
     from dhaka import Dhaka
 
     path, X = h5
-    # without gene refinement: out of core it chooses among the prepared genes, in memory among all
-    mem = Dhaka(**SMALL, refine=0).fit(sp.csr_matrix(X))
+    # without gene refinement: out of core it chooses among the prepared genes, in memory among all;
+    # streamed raw counts take the log steps (Pearson residuals are computed in memory)
+    mem = Dhaka(**SMALL, refine=0, value_transform="log").fit(sp.csr_matrix(X))
     est = backed.fit_backed(path, cache_root=tmp_path / "c", **SMALL, refine=0)
     assert est.genes_ == [f"g{j}" for j in mem.gene_indices_]
     np.testing.assert_allclose(est.model_.center.numpy(), mem.model_.center.numpy(), rtol=1e-5, atol=1e-6)
@@ -151,6 +152,22 @@ def test_fit_backed_equals_in_memory_fit_and_transform_backed(h5, tmp_path):
     est.save(tmp_path / "model")
     again = Dhaka.load(tmp_path / "model")
     np.testing.assert_allclose(backed.transform_backed(again, path), Z, atol=1e-5)
+
+
+def test_pearson_model_transforms_a_file_on_disk_as_in_memory(h5, tmp_path):
+    """A model fitted in memory on Pearson residuals embeds an .h5ad chunk by chunk with each cell's library
+    read from the whole file row; streaming cannot fit them and says so."""
+    from dhaka import Dhaka
+
+    path, X = h5
+    mem = Dhaka(**SMALL, refine=0).fit(sp.csr_matrix(X))
+    assert mem.preprocessor_.pearson
+    Z = backed.transform_backed(mem, path, chunk_nnz=250, batch_size=16)
+    np.testing.assert_allclose(Z, mem.transform(sp.csr_matrix(X)), atol=1e-5)
+    assert not backed.fit_backed(path, cache_root=tmp_path / "c", **SMALL, refine=0).preprocessor_.pearson
+    with pytest.raises(ValueError, match="Pearson residuals are computed in memory"):
+        backed.prepare(path, preprocessor=Dhaka(value_transform="pearson").make_preprocessor(),
+                       cache_root=tmp_path / "c")
 
 
 def test_training_streamed_from_the_cache_equals_training_in_memory(h5, tmp_path):
@@ -217,7 +234,7 @@ def test_cached_entry_serves_other_input_scalings_with_their_own_affine(h5, tmp_
         pre = Dhaka(n_genes=30, **kw).make_preprocessor()
         prep = backed.prepare(path, preprocessor=pre, cache_root=root)
         assert prep.from_cache
-        mem = Dhaka(n_genes=30, **kw).make_preprocessor().fit(sp.csr_matrix(X))
+        mem = Dhaka(n_genes=30, value_transform="log", **kw).make_preprocessor().fit(sp.csr_matrix(X))
         np.testing.assert_array_equal(prep.gene_indices, mem.gene_indices_)
         np.testing.assert_allclose(prep.preprocessor.center_, mem.center_, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(prep.preprocessor.scale_, mem.scale_, rtol=1e-5, atol=1e-6)

@@ -41,7 +41,8 @@ def test_fit_transform_finds_known_groups(blobs_counts, kind):
     est = Dhaka(**FAST)
     Z = est.fit_transform(data)
     assert Z.shape == (X.shape[0], 3) and np.isfinite(Z).all()
-    assert est.input_kind_.kind == "counts" and est.normalize_ and est.log_
+    # raw counts take Pearson residuals by default (no normalise / log steps)
+    assert est.input_kind_.kind == "counts" and est.preprocessor_.pearson and not (est.normalize_ or est.log_)
     labels = GaussianMixture(3, random_state=0, n_init=3).fit_predict(Z)
     assert adjusted_rand_score(y, labels) > 0.8
     assert len(est.history_) >= 1 and {"loss", "reconstruction", "kl"} <= set(est.history_[0])
@@ -261,7 +262,7 @@ def test_models_saved_before_the_preprocessor_still_load(blobs_counts, tmp_path)
     """A preprocess.json of the first format (steps only) is rebuilt from config.json and the weights."""
     X, y = blobs_counts
     a = _adata(sp.csr_matrix(X), y)
-    est = Dhaka(**{**FAST, "epochs": 2, "n_genes": 30, "refine": 0}).fit(a)
+    est = Dhaka(**{**FAST, "epochs": 2, "n_genes": 30, "refine": 0, "value_transform": "log"}).fit(a)
     path = est.save(tmp_path / "model")
     pre = json.loads((path / "preprocess.json").read_text())
     assert pre["format"] == "dhaka-preprocessor/1" and len(pre["gene_indices"]) == 30
@@ -327,13 +328,17 @@ def test_library_axis_auto_keeps_library_size_out_of_the_latent():
     from dhaka.preprocess import latent_r2
 
     X, loglib = _depth_counts()
-    kept = Dhaka(**FAST, library_axis="keep").fit(X)
+    kept = Dhaka(**FAST, library_axis="keep", value_transform="log").fit(X)
     assert latent_r2(loglib[:, None], kept.transform(X))[0] > 0.5  # normalise + log leaves depth in the latent
-    est = Dhaka(**FAST).fit(X)
+    est = Dhaka(**FAST, value_transform="log").fit(X)
     assert est.refinement_[0]["library_r2"] > 0.5
     assert est.refinement_[1]["selected_by"] == "repeated without the library axis"
     assert all(r["library_axis"] == "removed" for r in est.refinement_[1:])
     assert latent_r2(loglib[:, None], est.transform(X))[0] < 0.1
+    # the default on raw counts, Pearson residuals, takes depth out of the values themselves: no axis to remove
+    res = Dhaka(**FAST).fit(X)
+    assert res.preprocessor_.pearson and not any("library_r2" in r for r in res.refinement_)
+    assert latent_r2(loglib[:, None], res.transform(X))[0] < 0.1
 
 
 def test_library_axis_auto_keeps_groups_that_differ_in_library_size():
@@ -343,7 +348,7 @@ def test_library_axis_auto_keeps_groups_that_differ_in_library_size():
     up[:15] *= 6.0  # the second group has more RNA: its libraries are ~1.8x larger
     X = np.vstack([rng.poisson(base, (100, 200)), rng.poisson(up, (100, 200))]).astype(np.float32)
     y = np.repeat([0, 1], 100)
-    est = Dhaka(**FAST).fit(X)
+    est = Dhaka(**FAST, value_transform="log").fit(X)
     assert est.refinement_[0]["library_r2"] > 0.5 > est.refinement_[0]["library_r2_within"]
     assert not any("library_axis" in r for r in est.refinement_)
     labels = GaussianMixture(2, random_state=0).fit_predict(est.transform(X))
@@ -354,7 +359,8 @@ def test_removed_library_axis_is_left_out_of_encoder_and_decoder_and_saved(tmp_p
     import torch
 
     X, loglib = _depth_counts(n=120, g=60)
-    est = Dhaka(**{**FAST, "epochs": 2, "encoder_pcs": 10, "refine": 0, "library_axis": "remove"}).fit(X)
+    est = Dhaka(**{**FAST, "epochs": 2, "encoder_pcs": 10, "refine": 0, "library_axis": "remove",
+                   "value_transform": "log"}).fit(X)
     w, V = est.model_.nuisance.numpy(), est.model_.projection.numpy()
     assert abs(np.linalg.norm(w) - 1.0) < 1e-5
     np.testing.assert_allclose(V.T @ w, 0.0, atol=1e-5)  # the encoder's axes avoid it

@@ -140,7 +140,7 @@ def test_select_by_latent_limits_and_collapsed_latent():
 def test_preprocessor_fit_transform_matches_the_pure_steps(blobs_counts):
     X, _ = blobs_counts
     S = sp.csr_matrix(X)
-    pre = pp.Preprocessor(n_genes=40)
+    pre = pp.Preprocessor(n_genes=40, value_transform="log")
     out = pre.fit_transform(S)
     assert sp.issparse(out) and out.shape == (X.shape[0], 40)
     assert pre.kind_.kind == "counts" and pre.normalize_ and pre.log_
@@ -164,6 +164,7 @@ def test_preprocessor_from_moments_equals_the_in_memory_fit(blobs_counts):
     X, _ = blobs_counts
     for kw in (dict(n_genes=30), dict(n_genes=25, gene_selection="dispersion", scale="gene"),
                dict(n_genes=20, scale="minmax", relative=False)):
+        kw = {**kw, "value_transform": "log"}  # what the streamed fit does to raw counts
         mem = pp.Preprocessor(**kw).fit(X)
         streamed = pp.Preprocessor(**kw).fit_steps(X[:60], vmin=float(X.min()), library_sizes=pp.library_size(X))
         P = streamed.apply_steps(X)
@@ -242,7 +243,7 @@ def test_log_pseudocount_is_the_shifted_log_in_memory_sparse_and_streamed(tmp_pa
     np.testing.assert_array_equal(log2p(X, pseudocount=1.0), log2p(X))
     np.testing.assert_allclose(log2p(X, pseudocount=4.0), np.log2(X + 4) - 2, atol=1e-5)
     np.testing.assert_allclose(log2p(sp.csr_matrix(X), pseudocount=4.0).toarray(), log2p(X, pseudocount=4.0))
-    pre = Preprocessor(log_pseudocount=4.0, n_genes=None).fit(X)
+    pre = Preprocessor(value_transform="log", log_pseudocount=4.0, n_genes=None).fit(X)
     assert pre.normalize_ and pre.log_
     sizes = X.sum(1)
     want = pre.apply_steps(X)
@@ -251,18 +252,20 @@ def test_log_pseudocount_is_the_shifted_log_in_memory_sparse_and_streamed(tmp_pa
     with BackedRows(path, row_scale=pre.stream_factors(pre.size_factors(sizes), 40), log=True) as rows:
         np.testing.assert_allclose(rows.take_rows(np.arange(40)), np.asarray(want), rtol=1e-5, atol=1e-6)
     assert pre.stream_factors(None, 3) is not None
-    assert Preprocessor(log_pseudocount=1.0).fit(X).stream_factors(None, 3) is None
+    assert Preprocessor(value_transform="log", log_pseudocount=1.0).fit(X).stream_factors(None, 3) is None
     for bad in (0, -1.0, float("nan"), True, "4"):
         with pytest.raises(ValueError, match="log_pseudocount"):
-            Preprocessor(log_pseudocount=bad)
-    est = Dhaka(log_pseudocount=4.0, epochs=2, structure=(8,), refine=0, n_genes=20, seed=0).fit(X)
+            Preprocessor(value_transform="log", log_pseudocount=bad)
+    est = Dhaka(value_transform="log", log_pseudocount=4.0, epochs=2, structure=(8,), refine=0, n_genes=20,
+                seed=0).fit(X)
     again = Dhaka.load(est.save(tmp_path / "m"))
     assert again.preprocessor_.log_pseudocount == 4.0
     np.testing.assert_allclose(again.transform(X), est.transform(X), atol=1e-5)
     # a model saved before the setting existed (no log_pseudocount anywhere) is read as log2(x + 1), not "auto"
     import json
 
-    plain = Dhaka(log_pseudocount=1.0, epochs=2, structure=(8,), refine=0, n_genes=20, seed=0).fit(X)
+    plain = Dhaka(value_transform="log", log_pseudocount=1.0, epochs=2, structure=(8,), refine=0, n_genes=20,
+                  seed=0).fit(X)
     d = plain.save(tmp_path / "old")
     for name, drop in (("config.json", lambda c: c["params"].pop("log_pseudocount")),
                        ("preprocess.json", lambda p: (p["settings"].pop("log_pseudocount"), p.pop("log_pseudocount")))):
@@ -283,7 +286,7 @@ def test_auto_pseudocount_is_the_shifted_log_on_raw_counts_only(tmp_path):
     rng = np.random.default_rng(1)
     counts = rng.poisson(3.0, (40, 25)).astype(np.float32)
     tpm = counts * 137.3 + 0.01 * (counts > 0)  # non-integers up to ~1e3: TPM/CPM-like
-    pre = Preprocessor(n_genes=None).fit(counts)
+    pre = Preprocessor(n_genes=None, value_transform="log").fit(counts)
     assert pre.log_pseudocount == "auto" and pre.log_pseudocount_ == COUNTS_PSEUDOCOUNT == 2.0
     np.testing.assert_allclose(pre.apply_steps(counts),
                                log2p(normalize_total(counts, target_sum=pre.target_sum_)[0], pseudocount=2.0),
@@ -292,22 +295,22 @@ def test_auto_pseudocount_is_the_shifted_log_on_raw_counts_only(tmp_path):
     assert t.kind_.kind == "normalized" and t.log_pseudocount_ == 1.0
     np.testing.assert_allclose(t.apply_steps(tpm), log2p(tpm), rtol=1e-6)
     assert Preprocessor(mode="cnv", log=True, n_genes=None).fit(counts).log_pseudocount_ == 1.0
-    assert Preprocessor(log_pseudocount=3.0, n_genes=None).fit(counts).log_pseudocount_ == 3.0
+    assert Preprocessor(value_transform="log", log_pseudocount=3.0, n_genes=None).fit(counts).log_pseudocount_ == 3.0
     d = pre.to_dict()
     assert d["settings"]["log_pseudocount"] == "auto" and d["log_pseudocount"] == 2.0
     assert Preprocessor.from_dict(d).log_pseudocount_ == 2.0
-    old = Preprocessor(log_pseudocount=1.0, n_genes=None).fit(counts).to_dict()
+    old = Preprocessor(value_transform="log", log_pseudocount=1.0, n_genes=None).fit(counts).to_dict()
     del old["log_pseudocount"]  # as written before "auto"
     assert Preprocessor.from_dict(old).log_pseudocount_ == 1.0
-    plan = Preprocessor().plan(counts)
+    plan = Preprocessor(value_transform="log").plan(counts)
     assert plan["log_pseudocount"] == 2.0 and "log2(1 + x/2)" in plan["description"]
     assert Preprocessor().plan(tpm)["log_pseudocount"] == 1.0 and "log2(x+1)" in Preprocessor().plan(tpm)["description"]
-    older = Preprocessor(log_pseudocount=1.0, n_genes=None).fit(counts).to_dict()
+    older = Preprocessor(value_transform="log", log_pseudocount=1.0, n_genes=None).fit(counts).to_dict()
     del older["log_pseudocount"], older["settings"]["log_pseudocount"]  # saved before the setting existed
     assert Preprocessor.from_dict(older).log_pseudocount_ == 1.0
     for bad in ("Auto", "2", None):
         with pytest.raises(ValueError, match="log_pseudocount"):
-            Preprocessor(log_pseudocount=bad)
+            Preprocessor(value_transform="log", log_pseudocount=bad)
 
 
 def _clone_states(seed: int = 0, n: int = 100, bins: int = 30) -> np.ndarray:
@@ -402,3 +405,110 @@ def test_copy_number_trim_is_the_same_in_memory_sparse_streamed_and_saved(tmp_pa
     old = Dhaka.load(d)
     assert old.winsorize is None and old.preprocessor_.clip_ is None
     np.testing.assert_allclose(old.transform(adata), ref, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- Pearson residuals
+def _counts(n=80, g=60, seed=0):
+    rng = np.random.default_rng(seed)
+    mu = rng.lognormal(0.0, 1.0, g)[None, :] * rng.lognormal(0.0, 0.6, n)[:, None]
+    return rng.poisson(mu).astype(np.float32)
+
+
+def test_pearson_residuals_equal_scanpys():
+    """The analytic residuals (Lause et al. 2021) as scanpy computes them: theta 100, clipped to sqrt(n)."""
+    import anndata as ad
+    import scanpy as sc
+
+    X = _counts()
+    want = sc.experimental.pp.normalize_pearson_residuals(ad.AnnData(X.copy()), theta=100, inplace=False)["X"]
+    pre = pp.Preprocessor(n_genes=None).fit(sp.csr_matrix(X))
+    assert pre.transform_ == "pearson" and pre.residual_clip_ == pytest.approx(np.sqrt(X.shape[0]))
+    np.testing.assert_allclose(pre.transform(sp.csr_matrix(X)), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pp.pearson_residuals(X, pp.library_size(X), pp.gene_shares(X), clip=np.sqrt(80),
+                                                    block=7), want, rtol=1e-4, atol=1e-4)
+    mean, var = pp.residual_moments(sp.csr_matrix(X), pp.library_size(X), pp.gene_shares(X), clip=np.sqrt(80),
+                                    block=9)
+    np.testing.assert_allclose(var, np.asarray(want, np.float64).var(0), rtol=1e-4)
+
+
+def test_value_transform_auto_is_pearson_on_raw_counts_only():
+    X = _counts()
+    tpm = X * 137.3 + 0.01 * (X > 0)
+    assert pp.Preprocessor().plan(X)["transform"] == "pearson"
+    assert "Pearson residuals" in pp.Preprocessor().plan(X)["description"]
+    for data, mode in ((tpm, "expression"), (np.log2(X + 1), "expression"), (X, "cnv")):
+        pre = pp.Preprocessor(mode=mode, n_genes=None).fit(data)
+        assert pre.transform_ == "log" and not pre.pearson and pre.shares_ is None
+    assert pp.Preprocessor(value_transform="log").fit(X).log_  # raw counts on request: normalise + log
+    with pytest.raises(ValueError, match="raw counts.*value_transform='log'"):
+        pp.Preprocessor(value_transform="pearson").fit(tpm)
+    with pytest.raises(ValueError, match="value_transform"):
+        pp.Preprocessor(value_transform="residuals")
+    # genes are ranked by residual variance whatever gene_selection says (CV of residuals means nothing)
+    pre = pp.Preprocessor(n_genes=10, gene_selection="cv").fit(X)
+    var = np.asarray(pre.transform(X)).var(0)
+    full = pp.Preprocessor(n_genes=None).fit(X)
+    top = np.sort(np.argsort(-np.asarray(full.transform(X)).var(0))[:10])
+    np.testing.assert_array_equal(pre.gene_indices_, top)
+    assert pre.selected_by == "variance" and var.min() > 0
+
+
+def test_pearson_gene_pool_holds_the_top_genes_and_transform_matches(monkeypatch, tmp_path):
+    """Residuals are dense: a fit holds those of the genes of highest residual variance only (twice the genes
+    it keeps), never a gene seen in fewer than min_cells cells; the memory estimate counts them; new cells,
+    saved models and genes matched by name agree."""
+    import anndata as ad
+
+    from dhaka import Dhaka
+    from dhaka.resources import estimate_training_memory
+
+    X = _counts(g=60)
+    X[:, 5] = 0
+    X[0, 5] = 400  # one cell: the largest residual variance, but detected once
+    pre = pp.Preprocessor(n_genes=12)
+    P, columns = pre.fit_values(X)
+    assert pre.pool_size(60) == 24 == pre.plan(X)["pool"] and P.shape == (80, 24) and 5 not in columns
+    _, var = pp.residual_moments(X, pp.library_size(X), pre.shares_, clip=pre.residual_clip_)
+    var[5] = -1
+    np.testing.assert_array_equal(columns, np.sort(np.argsort(-var)[:24]))
+    assert pp.Preprocessor(n_genes=None).pool_size(60) == 60 and pp.Preprocessor(n_genes=40).pool_size(60) == 60
+    kw = dict(hidden=(8,), latent_dim=3, batch_size=32, sparse=True, density=0.01, n_selected=2000)
+    base = estimate_training_memory(50_000, 20_000, **kw)
+    assert estimate_training_memory(50_000, 20_000, dense_pool=4000, **kw) - base >= 50_000 * 4000 * 4
+    monkeypatch.setattr(pp, "PEARSON_POOL_FACTOR", 1)
+    assert pp.Preprocessor(n_genes=12).pool_size(60) == 12
+    fitted = pp.Preprocessor(n_genes=10)
+    S = fitted.fit_transform(X)
+    np.testing.assert_allclose(S, fitted.transform(X), rtol=1e-6)
+    np.testing.assert_allclose(pp.Preprocessor.from_dict(fitted.to_dict()).transform(X), S, rtol=1e-6)
+    names = [f"g{j}" for j in range(60)]
+    a = ad.AnnData(X, var=dict(index=names))
+    est = Dhaka(epochs=2, structure=(8,), n_genes=10, refine=1, seed=0).fit(a)
+    assert est.preprocessor_.pearson and est.refinement_[0]["selected_by"] == "variance"
+    Z = est.transform(a)
+    shuffled = a[:, ::-1].copy()  # same genes, other order: matched by name, libraries read from all genes
+    np.testing.assert_allclose(est.transform(shuffled), Z, atol=1e-5)
+    again = Dhaka.load(est.save(tmp_path / "m"))
+    assert again.preprocessor_.pearson
+    np.testing.assert_allclose(again.transform(a), Z, atol=1e-5)
+
+
+def test_models_saved_before_value_transform_load_with_the_log_steps(tmp_path):
+    """A model saved before the setting existed was a normalise + log model: it loads as one, not as "auto"."""
+    import json
+
+    from dhaka import Dhaka
+
+    X = _counts()
+    est = Dhaka(epochs=2, structure=(8,), n_genes=20, refine=0, seed=0, value_transform="log").fit(X)
+    d = est.save(tmp_path / "old")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["params"].pop("value_transform")
+    (d / "config.json").write_text(json.dumps(cfg))
+    pre = json.loads((d / "preprocess.json").read_text())
+    pre["settings"].pop("value_transform")
+    pre.pop("transform")
+    (d / "preprocess.json").write_text(json.dumps(pre))
+    old = Dhaka.load(d)
+    assert old.value_transform == "log" and not old.preprocessor_.pearson and old.preprocessor_.log_
+    np.testing.assert_allclose(old.transform(X), est.transform(X), atol=1e-5)

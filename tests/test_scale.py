@@ -77,11 +77,18 @@ def test_fit_vae_and_encode_densify_only_batches(sparse_counts):
 def test_estimator_keeps_sparse_input_sparse(sparse_counts):
     from dhaka import Dhaka
 
-    est = Dhaka(structure=(16,), latent_dim=2, epochs=1, n_genes=500, batch_size=128, device="cpu", kl_warmup=1)
+    kw = dict(structure=(16,), latent_dim=2, epochs=1, n_genes=500, batch_size=128, device="cpu", kl_warmup=1)
+    est = Dhaka(value_transform="log", **kw)
     Z, peak = _peak_mb(lambda: est.fit_transform(sparse_counts))
     assert Z.shape == (N, 2) and np.isfinite(Z).all()
     dense_mb = N * G * 4 / 1024**2
     assert peak < dense_mb / 2, f"the estimator allocated {peak:.1f} MB; dense X is {dense_mb:.0f} MB"
+    # Pearson residuals (the default on raw counts) are dense by nature: a fit holds those of its gene pool
+    # (2 x 500 genes, 11 MB) and dense selected rows, never the whole matrix (measured 42 MB)
+    pearson = Dhaka(**kw)
+    Z, peak = _peak_mb(lambda: pearson.fit_transform(sparse_counts))
+    assert pearson.preprocessor_.pearson and np.isfinite(Z).all()
+    assert peak < dense_mb, f"Pearson residuals allocated {peak:.1f} MB; dense X is {dense_mb:.0f} MB"
 
 
 def test_backed_prepare_reads_in_bounded_chunks(sparse_counts, tmp_path):

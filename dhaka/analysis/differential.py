@@ -88,7 +88,7 @@ def prepare_expression(X, *, mode: Literal["expression", "cnv"] = "expression") 
 
     if mode == "cnv":
         return X, "linear"
-    pre = Preprocessor(mode=mode).fit_steps(X)
+    pre = Preprocessor(mode=mode, value_transform="log").fit_steps(X)  # fold changes are read on the log scale
     return pre.apply_steps(X), "log"
 
 

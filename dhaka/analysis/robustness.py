@@ -89,8 +89,9 @@ def baseline_input(
     """The matrix the baselines (PCA, t-SNE, UMAP) see: Dhaka's preprocessing, dense, gene-centred.
 
     A :class:`dhaka.preprocess.Preprocessor` with these settings and Dhaka's defaults for the rest
-    (library-size normalisation and the log step as the detected kind asks, unless forced; copy-number
-    states trimmed per bin, ``winsorize="auto"``), its top ``n_genes`` genes, each centred over cells.
+    (Pearson residuals of raw counts, ``value_transform="auto"``, else library-size normalisation and the
+    log step as the detected kind asks, unless forced; copy-number states trimmed per bin,
+    ``winsorize="auto"``), its top ``n_genes`` genes, each centred over cells.
 
     Parameters
     ----------

@@ -165,7 +165,7 @@ def check_training_memory(adata: anndata.AnnData, params: dict[str, Any]) -> int
         int(adata.n_obs), int(adata.n_vars), hidden=resolve_structure(p["structure"]),
         latent_dim=int(p["latent_dim"]), batch_size=est.resolved_batch_size(int(adata.n_obs)), sparse=sparse,
         density=density,
-        n_selected=int(preview["n_selected"]))
+        n_selected=int(preview["n_selected"]), dense_pool=int(preview.get("pool", 0)))
     if not train_in_thread():
         # the training process gets its own copy of the matrix, through a pickled message of the same size
         estimate += 2 * _matrix_bytes(X)

@@ -400,12 +400,12 @@ def test_failures_show_a_message_never_a_traceback(trained, monkeypatch):
 
 @pytest.mark.parametrize("key,truth,log_step", [("oligodendroglioma", "cell_type", "log2(x+1)"),
                                                 ("pbmc68k_reduced", "bulk_labels", None),
-                                                ("trajectory", "branch", "log2(1 + x/2)"),
+                                                ("trajectory", "branch", "Pearson residuals"),
                                                 ("cnv_pair", "clone", None)])
 def test_other_demos_load_with_their_truth(env, key, truth, log_step):
-    """Each demo's truth column is picked, and the Data page names the log step its values get: the shifted log
-    on raw counts (trajectory), log2(x+1) on TPM-like values, none on log values or copy number, whose bins it
-    says are trimmed."""
+    """Each demo's truth column is picked, and the Data page names the value step its values get: Pearson
+    residuals on raw counts (trajectory, no log), log2(x+1) on TPM-like values, none on log values or copy number,
+    whose bins it says are trimmed."""
     from dhaka.ui import demos
 
     if not demos.get(key).is_available:
@@ -419,9 +419,9 @@ def test_other_demos_load_with_their_truth(env, key, truth, log_step):
     assert at.session_state["dhaka.truth_column"] == truth
     summary = [s.value for s in at.success if "Training matrix" in s.value]
     assert summary, [s.value for s in at.success]
-    if log_step is None:
-        assert "log2" not in summary[0]
-    else:
+    if log_step is None or log_step.startswith("Pearson"):
+        assert "log2" not in summary[0] and "normalise" not in summary[0], summary[0]
+    if log_step is not None:
         assert log_step in summary[0]
     if key == "cnv_pair":  # copy number: bins, trimmed per bin (winsorize="auto"), not logged
         assert "bins" in summary[0] and "2-98 %" in summary[0], summary[0]
