@@ -138,7 +138,9 @@ def preprocess_form(adata: anndata.AnnData, *, detected: str | None = None) -> d
         gene_selection = st.selectbox(
             "Gene selection", ["cv", "entropy", "mean", "variance"], key="w.prep.gene_selection",
             format_func={"cv": "coefficient of variation", "entropy": "entropy", "mean": "mean expression",
-                         "variance": "variance"}.get)
+                         "variance": "variance"}.get,
+            help="Score that ranks the genes of log or TPM-like values. Under Pearson residuals genes are ranked by "
+                 "residual variance (the coefficient of variation means nothing on residuals).")
         all_genes = st.checkbox("Use all genes / bins", key="w.prep.all_genes")
         n_genes = st.number_input("Number of genes kept", min_value=1, max_value=max(1, n_vars), step=100,
                                   key="w.prep.n_genes", disabled=all_genes)
