@@ -138,15 +138,20 @@ def cached_embedding(key: str, adata, method: str, mode: str, seed: int, *, refi
                      params: dict | None = None):
     """Embedding of ``adata`` by ``method``, from ``OUT/key__method__s{seed}.npz`` when present.
 
-    A variant's cache is named by the variant (``dhaka-NAME``): change its settings under a new name.
+    A variant's cache is named by the variant (``dhaka-NAME``) and records its settings: a cache of the same name
+    made with other settings is refitted, not re-read.
     """
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{key}__{method.replace('/', '+')}__s{seed}.npz"
     if path.exists() and not refit:
         f = np.load(path, allow_pickle=False)
-        return f["Z"], float(f["seconds"]), json.loads(str(f["info"]))
+        info = json.loads(str(f["info"]))
+        if params is None or info.get("params") == params:
+            return f["Z"], float(f["seconds"]), info
     Z, sec, info = _embed(adata, method, mode, seed, params)
     info["code"] = code_version()  # a cache says which code made it (it is not part of the key)
+    if params is not None:
+        info["params"] = params
     np.savez(path, Z=Z, seconds=sec, info=json.dumps(info))
     return Z, sec, info
 
