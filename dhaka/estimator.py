@@ -205,7 +205,6 @@ class Dhaka(TransformerMixin, BaseEstimator):
     ) -> None:
         self.mode = mode
         self.latent_dim = latent_dim
-        self.value_transform = value_transform
         self.structure = structure
         self.n_genes = n_genes
         self.gene_selection = gene_selection
@@ -213,6 +212,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.log = log
         self.log_pseudocount = log_pseudocount
         self.winsorize = winsorize
+        self.value_transform = value_transform
         self.relative = relative
         self.scale = scale
         self.likelihood = likelihood
@@ -404,8 +404,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         P, columns = pre.fit_values(M)  # columns: the residuals' gene pool (None: P holds every feature)
         pre.fit_genes(P, columns=columns)
         self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(), max_genes=pre.n_select(M.shape[1]),
-                         columns=columns, covariate=self._library_covariate(M, pre), callback=callback, stop_event=stop_event,
-                         checkpoint=checkpoint, checkpoint_every=checkpoint_every, seams=seams)
+                         columns=columns, covariate=self._library_covariate(M, pre), callback=callback,
+                         stop_event=stop_event, checkpoint=checkpoint, checkpoint_every=checkpoint_every, seams=seams)
         return self
 
     def _fit_prepared(self, X: PreparedRows, **train_kw: Any) -> "Dhaka":

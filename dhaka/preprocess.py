@@ -131,8 +131,9 @@ COUNTS_PSEUDOCOUNT = 2.0
 #: Analytic Pearson residuals (Lause, Berens & Kobak 2021, Genome Biology; scanpy's
 #: ``normalize_pearson_residuals``): r = (x - mu) / sqrt(mu + mu^2 / theta) with mu = n_cell * p_gene,
 #: clipped to +-sqrt(n_training_cells). ``value_transform="auto"`` uses them on raw counts in expression mode:
-#: on 14 Splatter data sets (bench/RESULTS.md) they took the default latent's mean ARI from 0.77 to 0.95
-#: (library-size spread 0.76 -> 0.99, heavy dropout 0.50 -> 0.99), where the shifted log lost groups.
+#: on 21 Splatter data sets (bench/RESULTS.md) they took the default latent's mean ARI from 0.77 to 0.96
+#: (library-size spread 0.74-0.79 -> 0.99-1.00, heavy dropout 0.40-0.60 -> 0.98-1.00, nine groups 0.76-0.86 ->
+#: 0.90-1.00), where the shifted log lost groups.
 PEARSON_THETA = 100.0
 #: Genes whose residuals a fit holds, in multiples of the genes it keeps (the top ones by residual variance
 #: among the eligible): residuals are dense, so a 30,000-gene matrix is not expanded whole; gene choice and
@@ -665,8 +666,9 @@ class Preprocessor:
 
     Steps: kind detection (:func:`detect_kind`) -> library-size normalisation and log2(1 + x / c)
     where the kind asks for them (or as forced), or instead analytic Pearson residuals of raw counts
-    (``value_transform``; dense, held for the :meth:`pool_size` genes of highest residual variance) -> gene choice (``n_genes`` by
-    ``gene_selection`` among eligible genes: detected in ``min_cells`` cells, not constant)
+    (``value_transform``; dense, held for the :meth:`pool_size` genes of highest residual variance)
+    -> gene choice (``n_genes`` by ``gene_selection``, residual variance under the residuals, among
+    eligible genes: detected in ``min_cells`` cells, not constant)
     -> the input affine (centring and scaling, :func:`input_affine`), which the model applies
     so sparse matrices stay sparse. With ``winsorize`` (copy-number mode by default) each feature's
     values are also trimmed to its q and 1 - q quantiles of the training cells, after the value steps.
@@ -705,8 +707,8 @@ class Preprocessor:
         Genes detected in fewer cells are not selected while enough others exist.
     """
 
-    SETTINGS = ("mode", "value_transform", "normalize", "log", "log_pseudocount", "winsorize", "n_genes", "gene_selection",
-                "relative", "scale", "min_cells")
+    SETTINGS = ("mode", "value_transform", "normalize", "log", "log_pseudocount", "winsorize", "n_genes",
+                "gene_selection", "relative", "scale", "min_cells")
 
     def __init__(self, *, mode: Literal["expression", "cnv"] = "expression",
                  value_transform: Literal["auto", "log", "pearson"] = "auto",

@@ -144,8 +144,9 @@ def preprocess_form(adata: anndata.AnnData, *, detected: str | None = None) -> d
         all_genes = st.checkbox("Use all genes / bins", key="w.prep.all_genes")
         n_genes = st.number_input("Number of genes kept", min_value=1, max_value=max(1, n_vars), step=100,
                                   key="w.prep.n_genes", disabled=all_genes)
-    params: dict[str, Any] = {"mode": mode, "value_transform": value_transform, "normalize": normalize, "log": log, "relative": bool(relative),
-                              "gene_selection": gene_selection, "n_genes": None if all_genes else int(n_genes)}
+    params: dict[str, Any] = {"mode": mode, "value_transform": value_transform, "normalize": normalize, "log": log,
+                              "relative": bool(relative), "gene_selection": gene_selection,
+                              "n_genes": None if all_genes else int(n_genes)}
     state.set_preprocess(params)
     return params
 
