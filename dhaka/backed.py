@@ -658,8 +658,7 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
                     rows = np.arange(s, min(b, s + batch_size))
                     block = src.take_rows(rows)
                     if pearson:
-                        block = pre.clip_features(pre.residuals(block, lib[rows], est.gene_indices_),
-                                                  est.gene_indices_)
+                        block = pre.residuals(block, lib[rows], est.gene_indices_)
                     if not have.all():
                         block[:, ~have] = fill[~have]
                     out.append(encode(est.model_, block, device="cpu"))

@@ -684,7 +684,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         if pre.pearson:  # each cell's library over all of its own features, the training genes' shares
             from dhaka.preprocess import library_size
 
-            S = pre.clip_features(pre.residuals(M[:, take], library_size(M), self.gene_indices_), self.gene_indices_)
+            S = pre.residuals(M[:, take], library_size(M), self.gene_indices_)
         else:
             S = pre.clip_features(pre.apply_steps(M, clip=False)[:, take], self.gene_indices_)
         if missing:

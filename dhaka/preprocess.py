@@ -165,21 +165,23 @@ def gene_shares(X: Matrix) -> np.ndarray:
     return totals / s if s > 0 else np.full(totals.size, 1.0 / max(totals.size, 1))
 
 
-#: Values per row block of the residuals' float64 temporaries (2 MB each).
-RESIDUAL_BLOCK_VALUES = 2**18
+#: Values per row block of the dense float64 temporaries (2 MB each) of the residuals, dense column moments
+#: and latent R^2: float64 accuracy without a float64 copy of the matrix.
+ROW_BLOCK_VALUES = 2**18
 
 
-def _residual_rows(n_genes: int, block: int | None) -> int:
-    return int(block) if block else max(1, RESIDUAL_BLOCK_VALUES // max(int(n_genes), 1))
+def _block_rows(n_cols: int, block: int | None = None) -> int:
+    """Rows per block of a matrix with ``n_cols`` columns: ``block``, or :data:`ROW_BLOCK_VALUES` values' worth."""
+    return int(block) if block else max(1, ROW_BLOCK_VALUES // max(int(n_cols), 1))
 
 
 def pearson_residuals(C: Matrix, library: np.ndarray, shares: np.ndarray, *, theta: float = PEARSON_THETA,
                       clip: float, block: int | None = None) -> np.ndarray:
     """Dense float32 residuals of the counts ``C`` (cells x genes) given each cell's total ``library`` (over
-    all its genes) and these genes' ``shares``; computed in row blocks (default: :data:`RESIDUAL_BLOCK_VALUES`
+    all its genes) and these genes' ``shares``; computed in row blocks (default: :data:`ROW_BLOCK_VALUES`
     values), so the one full-size array is the result."""
     n, g = C.shape
-    block = _residual_rows(g, block)
+    block = _block_rows(g, block)
     out = np.empty((n, g), dtype=np.float32)
     share = np.asarray(shares, dtype=np.float64)[None, :]
     lib = np.asarray(library, dtype=np.float64)
@@ -198,7 +200,7 @@ def residual_moments(C: Matrix, library: np.ndarray, shares: np.ndarray, *, thet
                      clip: float, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean, variance) of each gene's clipped residuals over the cells, without holding them all."""
     n, g = C.shape
-    block = _residual_rows(g, block)
+    block = _block_rows(g, block)
     s1 = np.zeros(g)
     s2 = np.zeros(g)
     for a in range(0, n, block):
@@ -331,7 +333,7 @@ def column_moments(X: Matrix) -> tuple[np.ndarray, np.ndarray]:
         var = np.asarray(sq.mean(axis=0)).ravel() - mean**2
     else:  # two passes over row blocks: float64 accuracy without a float64 copy of the matrix
         Xd = np.asarray(X)
-        rows = max(1, RESIDUAL_BLOCK_VALUES // max(Xd.shape[1], 1))
+        rows = _block_rows(Xd.shape[1])
         total = np.zeros(Xd.shape[1])
         for a in range(0, n, rows):
             total += Xd[a:a + rows].sum(0, dtype=np.float64)
@@ -532,7 +534,7 @@ def _r2_on_basis(X: Matrix, Q: np.ndarray, var: np.ndarray) -> np.ndarray:
         proj = np.asarray(X.T @ Q)
     else:  # float64 over row blocks, not a float64 copy of the matrix
         Xd = np.asarray(X)
-        rows = max(1, RESIDUAL_BLOCK_VALUES // max(Xd.shape[1], 1))
+        rows = _block_rows(Xd.shape[1])
         proj = np.zeros((Xd.shape[1], Q.shape[1]))
         for a in range(0, Xd.shape[0], rows):
             proj += Xd[a:a + rows].astype(np.float64).T @ Q[a:a + rows]
@@ -849,8 +851,7 @@ class Preprocessor:
             if X.shape[1] != self.n_features_in_:
                 raise ValueError(f"X has {X.shape[1]} features, but the preprocessor was fitted on "
                                  f"{self.n_features_in_}")
-            M = self.residuals(X if features is None else X[:, f], library_size(X), f)
-            return self.clip_features(M, f) if clip else M
+            return self.residuals(X if features is None else X[:, f], library_size(X), f, trim=clip)
         if features is not None:
             raise ValueError("features= selects residuals; the log steps keep every feature")
         M = self._value_steps(X)
@@ -867,11 +868,13 @@ class Preprocessor:
         """Whether the fitted value step is Pearson residuals (``False`` before fitting and for older models)."""
         return getattr(self, "transform_", "log") == "pearson"
 
-    def residuals(self, C: Matrix, library: np.ndarray, features: np.ndarray) -> np.ndarray:
+    def residuals(self, C: Matrix, library: np.ndarray, features: np.ndarray, *, trim: bool = True) -> np.ndarray:
         """Pearson residuals of counts ``C`` whose columns are these training ``features``, given each cell's
-        ``library`` (its total over all its genes), with the training gene shares, theta and clip."""
-        return pearson_residuals(C, library, self.shares_[np.asarray(features, dtype=np.int64)], theta=self.theta_,
-                                 clip=self.residual_clip_)
+        ``library`` (its total over all its genes), with the training gene shares, theta and clip; then the
+        features' trim (:meth:`clip_features`) unless ``trim=False``."""
+        f = np.asarray(features, dtype=np.int64)
+        R = pearson_residuals(C, library, self.shares_[f], theta=self.theta_, clip=self.residual_clip_)
+        return self.clip_features(R, f) if trim else R
 
     def pool_size(self, n_features: int) -> int:
         """How many genes' residuals a fit on ``n_features`` features holds (:data:`PEARSON_POOL_FACTOR`)."""
@@ -880,13 +883,12 @@ class Preprocessor:
 
     def residual_pool(self, X: Matrix) -> np.ndarray | None:
         """Under Pearson residuals, the features whose residuals the fit holds: the top :meth:`pool_size` by
-        residual variance among those detected in ``min_cells`` cells (while enough are); else ``None``."""
-        if not self.pearson:
-            return None
+        residual variance among those detected in ``min_cells`` cells (while enough are); ``None`` when that is
+        every feature, or without the residuals."""
         g = X.shape[1]
         size = self.pool_size(g)
-        if size >= g:
-            return np.arange(g)
+        if not self.pearson or size >= g:
+            return None
         _, var = residual_moments(X, library_size(X), self.shares_, theta=self.theta_, clip=self.residual_clip_)
         return top_genes(var, eligible_genes(var, detected_cells(X), X.shape[0], min_cells=self.min_cells), size)
 
@@ -1005,8 +1007,6 @@ class Preprocessor:
         (columns ``None``), or the residuals of :meth:`residual_pool`'s features (columns = those)."""
         self.fit_steps(X)
         pool = self.residual_pool(X)
-        if pool is not None and pool.size == X.shape[1]:
-            pool = None
         return self.apply_steps(X, features=pool), pool
 
     def fit(self, X: Matrix) -> "Preprocessor":
