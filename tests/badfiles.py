@@ -24,7 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_bad_corpus", "EXPECTED", "LOADS_OK", "message_ok"]
+__all__ = ["make_bad_corpus", "EXPECTED", "LOADS_OK", "READS_AS", "message_ok", "LONG_LINE_BYTES"]
+
+#: Length of the one-line files (``long_line_gz``, ``tenx_long_barcode_line``): past the reader's line limit
+#: (``dhaka.io.MAX_LINE_BYTES``, 16 MiB), a few KB of gzip.
+LONG_LINE_BYTES = 17 * 2**20
 
 #: name -> (keywords every error message must contain (case-insensitive), read() kwargs)
 EXPECTED: dict[str, tuple[tuple[str, ...], dict]] = {
@@ -74,10 +78,26 @@ EXPECTED: dict[str, tuple[tuple[str, ...], dict]] = {
     "h5ad_virtual_dataset": (("virtual dataset", "'/X'"), {}),
     "h5ad_dangling_soft_link": (("soft link", "dangling", "/uns/ghost"), {}),
     "mtx_absurd_shape": (("declares", "2,000,000 x 2,000,000", "names"), {}),
+    # read with values moved, summed or transposed, or at a cost out of all proportion (issue 25)
+    "ragged_rows_cancel": (("ragged", "line 3", "has 2 fields", "3 were expected"), {}),
+    "ragged_rows_cancel_tsv": (("ragged", "line 4", "has 4 fields", "3 were expected"), {}),
+    "long_line_gz": (("line 1", "longer than", "MAX_LINE_BYTES"), {}),
+    "tenx_long_barcode_line": (("barcodes.tsv.gz", "line 1", "longer than", "MAX_LINE_BYTES"), {}),
+    "mtx_duplicate_entry": (("duplicate", "(1, 1)", "entries 1 and 3"), {}),
+    "h5ad_many_chunks": (("'/X'", "chunks", "MAX_HDF5_CHUNKS"), {}),
+    "cn_long_no_shared_bins": (("every bin lacks", "300 cells", "300 bins"), {}),
+    "bom_latin1_corner": ((), {}),
 }
 
 #: corpus entries that must load (they sit exactly at a limit)
-LOADS_OK = frozenset({"two_by_two"})
+LOADS_OK = frozenset({"two_by_two", "bom_latin1_corner"})
+
+#: corpus entries that load, with what they must read as: (obs_names, var_names, X as nested lists)
+READS_AS: dict[str, tuple[list[str], list[str], list[list[float]]]] = {
+    "two_by_two": (["c1", "c2"], ["g1", "g2"], [[1, 2], [3, 4]]),
+    # a UTF-8 byte-order mark before latin-1 names: the BOM goes, so the corner 'cell' says rows are cells
+    "bom_latin1_corner": (["p\u00e9re", "q", "r"], ["x", "y"], [[1, 2], [3, 4], [5, 6]]),
+}
 
 
 def message_ok(name: str, message: str) -> bool:
@@ -165,6 +185,29 @@ def _hostile_h5ads(server: Path) -> dict[str, tuple[str, bytes]]:
     }
 
 
+def _many_chunks_h5ad(server: Path) -> bytes:
+    """An .h5ad whose X (2,000 x 2,000) is stored in 1 x 1 chunks: 4,000,000 chunks, only one written.
+
+    Reading such a dataset whole costs HDF5 a few KB of bookkeeping per chunk (gigabytes here) while
+    the file stays a few KB.
+    """
+    import anndata
+    import h5py
+    import pandas as pd
+
+    import scipy.sparse as sp
+
+    server.mkdir(parents=True, exist_ok=True)
+    path = server / "chunks.h5ad"
+    n = 2000
+    anndata.AnnData(X=sp.csr_matrix((n, n), dtype=np.float32), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),
+                    var=pd.DataFrame(index=[f"g{j}" for j in range(n)])).write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        del f["X"]
+        f.create_dataset("X", shape=(n, n), dtype="<f4", chunks=(1, 1))[0, 0] = 1.0
+    return path.read_bytes()
+
+
 def make_bad_corpus(tmpdir) -> dict[str, Path]:
     """Write the corpus into ``tmpdir`` and return ``{name: path}`` (see :data:`EXPECTED`)."""
     d = Path(tmpdir)
@@ -249,6 +292,21 @@ def make_bad_corpus(tmpdir) -> dict[str, Path]:
         "%%MatrixMarket matrix coordinate integer general\n2000000 2000000 1\n1 1 1\n")
     for name, (filename, data) in _hostile_h5ads(d / "server").items():
         put(name, filename, data)
+    # issue 25: short and long rows that cancel out in a block's total; one endless line; a summed duplicate
+    put("ragged_rows_cancel", "shifted.csv", "cell,g1,g2\nc1,1,2\nc2,3\nc3,4,5,6\n")
+    put("ragged_rows_cancel_tsv", "shifted.tsv", "cell\tg1\tg2\nc1\t1\t2\nc2\t3\t4\nc3\t5\t6\t7\nc4\t8\n")
+    long_line = b"0," * (LONG_LINE_BYTES // 2)
+    put("long_line_gz", "one_line.csv.gz", gzip.compress(long_line, compresslevel=6))
+    put("tenx_long_barcode_line", "long_barcodes.zip", _zip_bytes({
+        "matrix.mtx": _MTX, "barcodes.tsv.gz": gzip.compress(b"A" * LONG_LINE_BYTES, compresslevel=6),
+        "features.tsv": _FEATURES}))
+    put("mtx_duplicate_entry", "duplicate.mtx",
+        "%%MatrixMarket matrix coordinate integer general\n3 2 3\n1 1 5\n2 2 1\n1 1 6\n")
+    put("h5ad_many_chunks", "tiny_chunks.h5ad", _many_chunks_h5ad(d / "server"))
+    rows = "".join(f"cell{i},chr1,{i * 1000 + 1},{(i + 1) * 1000},2\n" for i in range(300))
+    put("cn_long_no_shared_bins", "no_shared_bins.csv.gz",
+        gzip.compress(("cell_id,chr,start,end,state\n" + rows).encode()))
+    put("bom_latin1_corner", "bom_latin1.csv", b"\xef\xbb\xbf" + "cell,x,y\np\u00e9re,1,2\nq,3,4\nr,5,6\n".encode("latin-1"))
 
     missing = set(EXPECTED) - set(files)
     assert not missing, f"corpus entries without files: {missing}"

@@ -6,7 +6,7 @@ import io
 import pytest
 
 from dhaka.io import DataError, read
-from tests.badfiles import EXPECTED, LOADS_OK, make_bad_corpus, message_ok
+from tests.badfiles import EXPECTED, LOADS_OK, READS_AS, make_bad_corpus, message_ok
 
 BAD = sorted(set(EXPECTED) - LOADS_OK)
 
@@ -54,6 +54,20 @@ def test_two_by_two_is_the_minimum_and_loads(corpus):
     assert list(adata.obs_names) == ["c1", "c2"]
     assert list(adata.var_names) == ["g1", "g2"]
     assert adata.X.tolist() == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize("name", sorted(LOADS_OK))
+def test_loadable_entries_read_exactly_as_written(corpus, name):
+    """Nothing accepted with values moved, summed or transposed."""
+    obs, var, X = READS_AS[name]
+    adata = read(corpus[name])
+    assert list(adata.obs_names) == obs
+    assert list(adata.var_names) == var
+    assert adata.X.tolist() == X
+
+
+def test_every_loadable_entry_says_what_it_reads_as():
+    assert set(READS_AS) == set(LOADS_OK)
 
 
 def test_corpus_is_complete(corpus):
