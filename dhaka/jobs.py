@@ -25,6 +25,18 @@ needs more than the whole limit (it can never fit; refused at submission).
 (:class:`QueueFullError`, ``DHAKA_MAX_QUEUED``) or beyond the owner's share
 (:class:`OwnerLimitError`, ``DHAKA_MAX_JOBS_PER_OWNER`` queued or running).
 
+Threads.  Every job runs with a share of the CPU budget (:func:`dhaka.cpu.budget`: affinity and
+cgroup quota, never ``os.cpu_count()`` alone): :func:`plan` gives each job ``threads`` threads
+(``DHAKA_THREADS_PER_JOB``, default :data:`THREADS_PER_JOB`, at most the budget) and runs at most
+``budget // threads`` jobs at once (``DHAKA_MAX_JOBS`` overrides; then each job gets ``budget //
+max_running`` threads, at least one).  The running jobs' threads never add up to more than the
+budget, so no job's threads wait at a barrier for a core another job holds, and (a fit's speed grows
+less than its thread count) running them side by side is never slower in all than queueing them.
+The share does not depend on the load of the moment: the same settings, seed and share give the same
+model, whoever else trains.  A job's function reads it as :attr:`JobContext.threads` and runs inside
+:func:`dhaka.cpu.share`, so a fit in its thread, or the training process it starts, takes that many
+threads; :meth:`Job.snapshot` shows it.  Views and analysis jobs take a slot and a share like any job.
+
 Abandoned owners.  The app calls :meth:`JobManager.touch` (or
 :meth:`Job.touch`) for its owner on every page run and poll.  An owner that
 was seen once and then not for ``DHAKA_ABANDON_GRACE_S`` seconds (the person
@@ -55,6 +67,7 @@ True
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import os
@@ -65,7 +78,7 @@ import uuid
 from collections.abc import Collection
 from typing import Any, Callable, Literal
 
-from dhaka import resources
+from dhaka import cpu, resources
 from dhaka.resources import ResourceError, format_bytes
 
 __all__ = [
@@ -77,11 +90,13 @@ __all__ = [
     "OwnerLimitError",
     "QueueFullError",
     "ResourceError",
+    "ThreadPlan",
     "default_abandon_grace_s",
     "default_max_per_owner",
     "default_max_queued",
     "default_max_running",
     "get_manager",
+    "plan",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,6 +114,11 @@ MAX_JOBS_PER_OWNER = 2
 ABANDON_GRACE_S = 900.0
 #: Seconds between two passes of the abandoned-owner sweeper.
 SWEEP_INTERVAL_S = 60.0
+#: Threads of one job when ``DHAKA_THREADS_PER_JOB`` is not set.  On the 2-core machine of
+#: bench/contention.py a default fit took 37.4 s with 2 threads and 47.7 s with 1: two threads keep a
+#: person training alone within 1.2x of a plain fit, and two trainings queue (the second is done at
+#: about 2x one alone; ``DHAKA_THREADS_PER_JOB=1`` runs both at once, each done at about 1.3x).
+THREADS_PER_JOB = 2
 
 
 class AdmissionError(RuntimeError):
@@ -142,11 +162,86 @@ def default_abandon_grace_s() -> float:
     return ABANDON_GRACE_S if value is None else value
 
 
+@dataclasses.dataclass(frozen=True)
+class ThreadPlan:
+    """How the CPU budget is split between jobs (see :func:`plan`).
+
+    Attributes
+    ----------
+    budget
+        CPUs the server may use (:func:`dhaka.cpu.budget`); ``None`` when the budget is switched off.
+    max_running
+        Jobs run at once.
+    threads
+        Threads each job gets; ``None`` when the budget is switched off (libraries keep their defaults).
+    """
+
+    budget: int | None
+    max_running: int
+    threads: int | None
+
+    def describe(self) -> str:
+        """The plan in words, for a log line or the docs."""
+        if self.threads is None:
+            return f"{self.max_running} job(s) at once, threads left to the libraries (DHAKA_CPU_BUDGET=0)"
+        return (f"{self.max_running} job(s) at once x {self.threads} thread(s) each, "
+                f"of a budget of {self.budget} CPU(s)")
+
+
+def plan(budget: int | None = None, *, max_running: int | None = None,
+         threads_per_job: int | None = None) -> ThreadPlan:
+    """How many jobs run at once and with how many threads each.
+
+    Parameters
+    ----------
+    budget
+        CPUs to share; default :func:`dhaka.cpu.budget` (affinity and cgroup quota, ``DHAKA_THREADS``).
+    max_running
+        Jobs at once; default ``DHAKA_MAX_JOBS``, else ``budget // threads_per_job`` (at least 1).
+        When it is given, each job gets ``budget // max_running`` threads (at least 1).
+    threads_per_job
+        Threads of one job; default ``DHAKA_THREADS_PER_JOB``, else :data:`THREADS_PER_JOB`; at most
+        the budget.
+
+    Returns
+    -------
+    ThreadPlan
+        With ``DHAKA_CPU_BUDGET=0``: one job per pair of cores as reported by ``os.cpu_count()``
+        (the behaviour before the budget), threads ``None``.
+
+    Examples
+    --------
+    >>> plan(2, threads_per_job=2)
+    ThreadPlan(budget=2, max_running=1, threads=2)
+    >>> plan(2, threads_per_job=1)
+    ThreadPlan(budget=2, max_running=2, threads=1)
+    >>> plan(16, threads_per_job=2)
+    ThreadPlan(budget=16, max_running=8, threads=2)
+    >>> plan(4, max_running=3, threads_per_job=2)
+    ThreadPlan(budget=4, max_running=3, threads=1)
+    """
+    if max_running is None:
+        max_running = _env_int("DHAKA_MAX_JOBS", 0, 1) or None
+    if not cpu.enabled() and budget is None:
+        return ThreadPlan(None, max_running or max(1, (os.cpu_count() or 1) // 2), None)
+    b = max(1, int(budget if budget is not None else cpu.budget()))
+    if max_running is not None:
+        if int(max_running) < 1:
+            raise ValueError(f"max_running must be at least 1, got {max_running}")
+        return ThreadPlan(b, int(max_running), max(1, b // int(max_running)))
+    per = threads_per_job if threads_per_job is not None else _env_int(
+        "DHAKA_THREADS_PER_JOB", THREADS_PER_JOB, 1)
+    if int(per) < 1:
+        raise ValueError(f"threads_per_job must be at least 1, got {per}")
+    per = min(int(per), b)
+    return ThreadPlan(b, max(1, b // per), per)
+
+
 def default_max_running() -> int:
     """Number of jobs allowed to run at once when none is given.
 
-    Reads ``DHAKA_MAX_JOBS`` (a positive integer); otherwise one job per pair
-    of CPU cores, at least one.
+    Reads ``DHAKA_MAX_JOBS`` (a positive integer); otherwise :func:`plan`'s: the CPU budget (affinity
+    and cgroup quota) divided by the threads of one job, at least one.
 
     Returns
     -------
@@ -158,16 +253,7 @@ def default_max_running() -> int:
     ValueError
         If ``DHAKA_MAX_JOBS`` is set but is not a positive integer.
     """
-    env = os.environ.get("DHAKA_MAX_JOBS", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"DHAKA_MAX_JOBS must be a positive integer, got {env!r}") from None
-        if value < 1:
-            raise ValueError(f"DHAKA_MAX_JOBS must be a positive integer, got {env!r}")
-        return value
-    return max(1, (os.cpu_count() or 1) // 2)
+    return plan().max_running
 
 
 class JobContext:
@@ -196,6 +282,15 @@ class JobContext:
     def job_id(self) -> str:
         """The job's id."""
         return self._job.id
+
+    @property
+    def threads(self) -> int | None:
+        """Threads this job may use (its share of the CPU budget; ``None`` when the budget is off).
+
+        The job's function runs inside :func:`dhaka.cpu.share` of it already: a fit in this thread
+        takes it by default; a process the job starts gets :func:`dhaka.cpu.worker_env` of it.
+        """
+        return self._job.threads
 
     @property
     def stopped(self) -> bool:
@@ -239,6 +334,8 @@ class Job:
         The memory the job declared it needs (admission at start counts it).
     waiting_for : str or None
         Why a queued job at the head of the queue has not started (memory).
+    threads : int or None
+        Its share of the CPU budget, set when it starts (see :func:`plan`).
     """
 
     def __init__(
@@ -265,6 +362,7 @@ class Job:
         self.finished: float | None = None
         self.memory_bytes = memory_bytes
         self.waiting_for: str | None = None
+        self.threads: int | None = None
         self._manager = manager
         self._fn = fn
         self._seq = 0  # submission order, set by the manager
@@ -302,8 +400,9 @@ class Job:
             fields), ``history`` (list of row dicts), ``n_history`` (its length), ``error``,
             ``created, started, finished`` (epoch seconds or ``None``),
             ``elapsed`` (seconds running so far, or ``None``),
-            ``stop_requested``, ``memory_bytes`` (declared) and
-            ``waiting_for`` (why a queued job has not started, or ``None``).
+            ``stop_requested``, ``memory_bytes`` (declared),
+            ``waiting_for`` (why a queued job has not started, or ``None``) and
+            ``threads`` (its share of the CPU budget once started).
         """
         status, position = self._manager._status_and_position(self)
         with self._lock:
@@ -332,6 +431,7 @@ class Job:
             "stop_requested": self._stop_event.is_set(),
             "memory_bytes": self.memory_bytes,
             "waiting_for": self.waiting_for if status == "queued" else None,
+            "threads": self.threads,
         }
 
     # -- control -----------------------------------------------------------
@@ -373,13 +473,19 @@ class Job:
 
 
 class JobManager:
-    """Runs jobs in threads, at most ``max_running`` at once, FIFO beyond that.
+    """Runs jobs in threads, at most ``max_running`` at once with ``threads`` each, FIFO beyond that.
 
     Parameters
     ----------
     max_running
         Jobs allowed to run at once.  ``None`` reads ``DHAKA_MAX_JOBS`` or
-        uses one per pair of CPU cores (see :func:`default_max_running`).
+        divides the CPU budget by the threads of one job (see :func:`plan`).
+    threads_per_job
+        Threads of each job; ``None`` reads ``DHAKA_THREADS_PER_JOB`` or uses
+        :data:`THREADS_PER_JOB` (with ``max_running`` given: the budget divided
+        by it).  See :func:`plan`.
+    cpu_budget
+        The CPUs the jobs share; ``None``: :func:`dhaka.cpu.budget`.
     history_maxlen
         Bound on each job's history rows (oldest rows are dropped).
     keep_finished
@@ -419,6 +525,8 @@ class JobManager:
         self,
         max_running: int | None = None,
         *,
+        threads_per_job: int | None = None,
+        cpu_budget: int | None = None,
         history_maxlen: int = HISTORY_MAXLEN,
         keep_finished: int = 50,
         max_queued: int | None = None,
@@ -430,11 +538,11 @@ class JobManager:
         clock: Callable[[], float] = time.time,
         sweep_interval_s: float | None = SWEEP_INTERVAL_S,
     ) -> None:
-        if max_running is None:
-            max_running = default_max_running()
-        if int(max_running) < 1:
+        if max_running is not None and int(max_running) < 1:
             raise ValueError(f"max_running must be at least 1, got {max_running}")
-        self.max_running = int(max_running)
+        self.plan = plan(cpu_budget, max_running=max_running, threads_per_job=threads_per_job)
+        self.max_running = self.plan.max_running
+        self.threads: int | None = self.plan.threads
         self.history_maxlen = int(history_maxlen)
         self.keep_finished = int(keep_finished)
         self.max_queued = default_max_queued() if max_queued is None else int(max_queued)
@@ -462,7 +570,7 @@ class JobManager:
     def __repr__(self) -> str:
         with self._lock:
             return (
-                f"JobManager(max_running={self.max_running}, running={len(self._running)}, "
+                f"JobManager(max_running={self.max_running}, threads={self.threads}, running={len(self._running)}, "
                 f"queued={len(self._queue)})"
             )
 
@@ -568,29 +676,6 @@ class JobManager:
     def queue_position(self, job: Job) -> int | None:
         """1-based place of a queued job in the queue, ``None`` if not queued."""
         return self._status_and_position(job)[1]
-
-    def forget(self, job_id: str, owner: str) -> bool:
-        """Drop a finished job of ``owner`` from the registry.
-
-        Returns
-        -------
-        bool
-            ``True`` if a finished job was forgotten.
-        """
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.owner != owner or job.status not in FINISHED:
-                return False
-            del self._jobs[job_id]
-            return True
-
-    def cancel_all(self, owner: str | None = None) -> None:
-        """Cancel every unfinished job (of ``owner`` when given)."""
-        with self._lock:
-            targets = [j for j in self._jobs.values()
-                       if j.status not in FINISHED and (owner is None or j.owner == owner)]
-        for job in targets:
-            job.cancel()
 
     def touch(self, owner: str) -> None:
         """Record that ``owner`` is still around (call it on every page run and poll).
@@ -804,6 +889,7 @@ class JobManager:
                 continue
             job.status = "running"
             job.started = time.time()
+            job.threads = self.threads
             self._running.add(job)
             thread = threading.Thread(target=self._run, args=(job,), daemon=True,
                                       name=f"dhaka-job-{job.id}")
@@ -832,7 +918,8 @@ class JobManager:
         error: str | None = None
         tb: str | None = None
         try:
-            result = job._fn(ctx)
+            with cpu.share(job.threads):  # a fit in this thread, or a process it starts, takes the job's share
+                result = job._fn(ctx)
         except BaseException as exc:  # noqa: BLE001 - a job must never leave a stuck slot
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             tb = _traceback.format_exc()
@@ -862,8 +949,8 @@ _MANAGER_LOCK = threading.Lock()
 def get_manager() -> JobManager:
     """The process-wide :class:`JobManager`, created on first use.
 
-    Its limit comes from ``DHAKA_MAX_JOBS`` or the CPU count (see
-    :func:`default_max_running`).
+    Its limits come from ``DHAKA_MAX_JOBS`` / ``DHAKA_THREADS_PER_JOB`` and the
+    CPU budget (see :func:`plan`).
     """
     global _MANAGER
     with _MANAGER_LOCK:

@@ -275,7 +275,10 @@ PARAMS: tuple[Param, ...] = (
           "genes for the next ('off' = as many as the last fit)", low=1, high=100000,
           special={None: ("off", "as many as the last fit")}, group="library", example=60),
     Param("precision", "choice", "Precision", "'bf16' trains under bfloat16 autocast (GPUs)",
-          choices=("fp32", "bf16"), group="library"),
+          choices=("fp32", "bf16"), group="library"),    Param("n_threads", "int", "CPU threads", "threads of torch, OpenMP/BLAS and numba during a fit ('auto' = the "
+          "job's share or the CPUs this process may use less those busy elsewhere: affinity, cgroup quota, "
+          "DHAKA_THREADS); the same seed and thread count give the same model", low=1, high=4096,
+          special={None: ("auto", "automatic (the CPU budget)")}, group="library", example=1),
 )
 
 #: name -> :class:`Param`.

@@ -16,6 +16,13 @@ The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks
   the parent moves into the run), ``("phase", "embedding")``, and at the end
   ``("done", FitResult)`` or ``("error", exception, traceback_text)``.
 
+Threads: the job's share of the CPU budget (:attr:`dhaka.jobs.JobContext.threads`, read in the job's
+thread through :func:`dhaka.cpu.current_share`) goes with the request as ``threads``; the worker takes
+it (:func:`dhaka.cpu.configure_process`) and fits inside :func:`dhaka.cpu.limit_threads` of it, and the
+count the fit used comes back in the result's ``metrics["n_threads"]``, which the run records. A
+process started for a request has the share in its environment before it imports torch
+(:func:`dhaka.cpu.worker_env`); the spare gets the job manager's share (:func:`dhaka.jobs.plan`).
+
 A worker whose parent disappears stops its training within one epoch and exits. One spare worker is
 kept started (:func:`prestart`), with torch and the estimator imported and one tiny fit run
 (:func:`warm_up`), so a training starts at once and warm: one when the server starts, the next when
@@ -30,6 +37,7 @@ Nothing here imports streamlit.
 from __future__ import annotations
 
 import atexit
+import os
 import pickle
 import shutil
 import sys
@@ -41,6 +49,7 @@ from pathlib import Path
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
+from dhaka import cpu
 from dhaka.ui.worker_process import WorkerProcess, connect_to_parent
 
 __all__ = ["run_in_worker", "prestart", "prestart_once", "shutdown_spare", "warm_up"]
@@ -57,16 +66,32 @@ MODULE = "dhaka.ui.train_worker"
 
 _spare_lock = threading.Lock()
 _spare: WorkerProcess | None = None
+_spare_threads: int | None = None
 _atexit_set = False
 _started_once = False
 
 
+def _plan_threads() -> int | None:
+    """The threads of one job in the process-wide job manager's plan (``None``: budget switched off)."""
+    from dhaka.jobs import plan
+
+    return plan().threads
+
+
+def _start(threads: int | None) -> WorkerProcess:
+    return WorkerProcess(MODULE, env=cpu.worker_env(threads))
+
+
 def prestart() -> None:
-    """Start a spare worker (it imports torch and the estimator now) unless one is waiting."""
-    global _spare, _atexit_set
+    """Start a spare worker (it imports torch and the estimator now) unless one is waiting.
+
+    It starts with the job manager's share of threads in its environment (:func:`dhaka.jobs.plan`).
+    """
+    global _spare, _spare_threads, _atexit_set
     with _spare_lock:
         if _spare is None or not _spare.alive():
-            _spare = WorkerProcess(MODULE)
+            _spare_threads = _plan_threads()
+            _spare = _start(_spare_threads)
         if not _atexit_set:
             atexit.register(shutdown_spare)
             _atexit_set = True
@@ -89,12 +114,13 @@ def shutdown_spare() -> None:
         spare.close(timeout=0)
 
 
-def _take() -> WorkerProcess:
+def _take(threads: int | None) -> WorkerProcess:
+    """The spare (it takes ``threads`` when the request comes), or a new worker with them from its start."""
     global _spare
     with _spare_lock:
         worker, _spare = _spare, None
     if worker is None or not worker.alive():
-        worker = WorkerProcess(MODULE)
+        worker = _start(threads)
     return worker
 
 
@@ -126,18 +152,23 @@ def run_in_worker(
     on_checkpoint: Callable[[Callable[[Path], None], int], None],
     on_phase: Callable[[str], None],
     poll_s: float = 0.25,
+    threads: int | None = None,
 ) -> Any:
     """Run :func:`dhaka.ui.tasks.fit_embed_cluster` on ``request`` in a worker; returns its result.
 
-    The callbacks run in the calling thread. A set ``stop_event`` is passed on to the worker (the
+    ``threads``: the worker's share of the CPU budget; default the share of the job running in this
+    thread (:func:`dhaka.cpu.current_share`), else the worker's own budget. The count used comes back
+    as ``result.metrics["n_threads"]``. The callbacks run in the calling thread. A set ``stop_event`` is passed on to the worker (the
     training then ends within one epoch and its result comes back as usual). An exception in the
     worker is raised here as itself; a worker that dies raises ``RuntimeError`` saying how it ended.
     """
-    worker = _take()
+    if threads is None:
+        threads = cpu.current_share()
+    worker = _take(threads)
     stop_sent = False
     try:
         conn = worker.conn
-        _send(conn, request)
+        _send(conn, {**request, "threads": threads})
         while True:
             if stop_event.is_set() and not stop_sent:
                 _send(conn, "stop")
@@ -201,6 +232,9 @@ def _serve(address: str) -> None:
     # the slow imports and one tiny fit first: a spare worker is warm when it connects
     from dhaka.ui.tasks import fit_embed_cluster
 
+    if os.environ.get(cpu.ENV_THREADS):
+        cpu.configure_process(cpu.budget())  # torch's inter-op threads too, while that is still allowed
+
     try:
         warm_up()
     except Exception:  # noqa: BLE001 - a warm-up is an optimisation: the real request reports real errors
@@ -237,12 +271,18 @@ def _serve(address: str) -> None:
         save_fn(folder)
         send(("checkpoint", epoch, folder))
 
+    threads = request.get("threads")
+    if threads is not None:
+        cpu.configure_process(int(threads))  # this process's budget is the share from now on
     try:
-        result = fit_embed_cluster(
-            request["adata"], request["params"], truth=request.get("truth"), k_max=request["k_max"],
-            on_epoch=lambda row: send(("epoch", row)), stop_event=stop, checkpoint=checkpoint,
-            checkpoint_every=request["checkpoint_every"],
-            checkpoint_seconds=request.get("checkpoint_seconds", 0.0), on_phase=lambda phase: send(("phase", phase)))
+        with cpu.limit_threads(threads) as used:
+            result = fit_embed_cluster(
+                request["adata"], request["params"], truth=request.get("truth"), k_max=request["k_max"],
+                on_epoch=lambda row: send(("epoch", row)), stop_event=stop, checkpoint=checkpoint,
+                checkpoint_every=request["checkpoint_every"], checkpoint_seconds=request.get("checkpoint_seconds", 0.0),
+                on_phase=lambda phase: send(("phase", phase)))
+        # recorded with the run (the job puts the metrics in it): the fit's own count, else the block's
+        result.metrics.setdefault("n_threads", int(getattr(result.estimator, "n_threads_", used)))
         send(("done", result))
     except (BrokenPipeError, EOFError, OSError):
         return

@@ -15,6 +15,11 @@ and the server accepts in a thread: the warm-up once came after a connection the
 when it first needed the worker, so it began with the first UMAP (15 s after the default demo's
 training, measured).
 
+Threads: the worker takes one job's share of the CPU budget (:func:`dhaka.jobs.plan`), in its
+environment before numba, numpy and openTSNE load (:func:`dhaka.cpu.worker_env`; numba sizes its pool
+once, at import) and around every embedding (:func:`dhaka.cpu.limit_threads`); :attr:`ViewsWorker.threads`
+says how many.
+
 The process is started and reached through :mod:`dhaka.ui.worker_process` (why not
 ``multiprocessing`` is said there).
 
@@ -34,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from dhaka import cpu
 from dhaka.ui.worker_process import WorkerProcess, connect_to_parent
 
 __all__ = ["ViewsWorker", "NICE", "trainings_first"]
@@ -106,10 +112,18 @@ class ViewsWorker:
         Compile UMAP as the worker's first task (``False`` in tests: it compiles on first use).
     nice
         Niceness of the worker.
+    threads
+        Threads of its embeddings; default one job's share of the CPU budget (:func:`dhaka.jobs.plan`;
+        ``None`` when the budget is switched off).
     """
 
-    def __init__(self, *, warm: bool = True, nice: int = NICE) -> None:
+    def __init__(self, *, warm: bool = True, nice: int = NICE, threads: int | None = None) -> None:
         self.started = time.time()
+        if threads is None:
+            from dhaka.jobs import plan
+
+            threads = plan().threads
+        self.threads = threads
         self._warm_wanted = bool(warm)
         self._nice = int(nice)
         self._lock = threading.Lock()  # one request at a time on the connection
@@ -119,7 +133,8 @@ class ViewsWorker:
 
     def _start(self) -> None:
         self._worker = WorkerProcess("dhaka.ui.views_worker", str(self._nice),
-                                     "1" if self._warm_wanted and not self._warm_done else "0")
+                                     "1" if self._warm_wanted and not self._warm_done else "0",
+                                     env=cpu.worker_env(self.threads))
         with _trainings_lock:
             _workers.add(self)
             if _trainings:
@@ -221,7 +236,9 @@ def _serve(address: str, nice: int, warm: bool) -> None:
         except (EOFError, OSError):
             return  # the server went away
         try:
-            conn.send(("ok", _embed(method, X, n_components, random_state)))
+            with cpu.limit_threads(None):  # DHAKA_THREADS from worker_env: the share; else this process's budget
+                coords = _embed(method, X, n_components, random_state)
+            conn.send(("ok", coords))
         except Exception as exc:  # noqa: BLE001 - reported to the page, the worker keeps serving
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
