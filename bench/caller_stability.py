@@ -11,9 +11,10 @@ once (``gmm_bic``), takes its plain and merged clusters, and scores each by
   subsample; real groups stay (Ben-Hur et al. 2002; Lange et al. 2004).
 
 Rules are then chosen on seed 0 and checked on seed 1 (held out). Prints a row per embedding and the
-rule table; writes the rows to ``bench/out/caller_stability.json``.
+rule table; writes the rows to ``bench/out/caller_stability.json`` (and with ``--write`` the table to
+bench/RESULTS.md).
 
-    python -m bench.caller_stability --seeds 0 1 --boot 8
+    python -m bench.caller_stability --seeds 0 1 --boot 8 --write
 """
 from __future__ import annotations
 
@@ -121,13 +122,15 @@ RULES = {
 }
 
 
-def table(rows: list[dict]) -> None:
+def table(rows: list[dict]) -> str:
+    """The rule table per seed, as markdown."""
+    out = []
     for s in sorted({r["seed"] for r in rows}):
         sub = [r for r in rows if r["seed"] == s]
         dh = [r for r in sub if r["method"].startswith("dhaka")]
-        print(f"\nseed {s}: {len(dh)} Dhaka latents, {len(sub)} embeddings")
-        print("| rule | misses, Dhaka | mean ARI, Dhaka | misses, all | mean ARI, all | Dhaka misses |")
-        print("|---|---|---|---|---|---|")
+        out += [f"\nseed {s}: {len(dh)} Dhaka latents, {len(sub)} embeddings\n",
+                "| rule | misses, Dhaka | mean ARI, Dhaka | misses, all | mean ARI, all | Dhaka misses |",
+                "|---|---|---|---|---|---|"]
         for name, rule in RULES.items():
             def score(rs):
                 got = [r[rule(r)] for r in rs]
@@ -136,7 +139,8 @@ def table(rows: list[dict]) -> None:
             md, ad, gd = score(dh)
             ma, aa, _ = score(sub)
             which = ", ".join(f"{r['data']}/{r['method']} ({-g:+.2f})" for r, g in zip(dh, gd) if g > 0.05)
-            print(f"| {name} | {md} | {ad:.3f} | {ma} | {aa:.3f} | {which} |")
+            out.append(f"| {name} | {md} | {ad:.3f} | {ma} | {aa:.3f} | {which} |")
+    return "\n".join(out).strip() + "\n"
 
 
 def main(argv=None) -> int:
@@ -146,16 +150,27 @@ def main(argv=None) -> int:
     ap.add_argument("--cached", action="store_true", help=f"only print the table from {OUT.name}")
     ap.add_argument("--verify", action="store_true",
                     help="with --cached: also run the shipped gmm_bic() on every embedding and compare with the rule")
+    ap.add_argument("--write", action="store_true", help="write the caller_stability section of bench/RESULTS.md")
     a = ap.parse_args(argv)
+    from bench.common import command_line, machine_description, write_section
+
+    machine = machine_description()
     if a.cached:
         rows = json.loads(OUT.read_text())
     else:
         rows = collect(a.seeds, a.boot)
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(rows, indent=1))
-    table(rows)
+    text = table(rows)
+    print(text)
     if a.verify:
         verify(rows)
+    if a.write:
+        write_section("caller_stability", "Every embedding `bench.independent` cached (no refits): BIC's mixture "
+                      "turned into plain and merged clusters, one picked by each rule. A miss is an embedding where "
+                      "the rule is more than 0.05 ARI below the better of the two. Seed 0 chose the rule, seed 1 is "
+                      "held out.\n\n" + text, title="Merge or plain: the caller's rule",
+                      machine=machine, command=command_line("python -m bench.caller_stability", argv))
     return 0
 
 

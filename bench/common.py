@@ -3,7 +3,8 @@ tables, RESULTS.md sections, the baselines (PCA / t-SNE / UMAP on the input of D
 and scoring.
 
 Several benchmark scripts write into one ``bench/RESULTS.md``; each owns the text between
-``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` and :func:`write_section` replaces only that.
+``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` and :func:`write_section` replaces only that, so
+the file holds one current section per benchmark (superseded runs live in git's history).
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
@@ -183,23 +186,61 @@ def _grid_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_section(name: str, text: str, *, path: str | os.PathLike = RESULTS) -> Path:
-    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``.
+def command_line(prog: str, argv: Sequence[str] | None = None) -> str:
+    """The command as it was run: ``prog`` and the arguments (``sys.argv[1:]`` unless given), shell-quoted.
 
-    The section is appended when the markers are absent; the file is created when missing.
-    Everything outside the markers (other benchmarks' sections) is left as it is.
+    What a section of RESULTS.md shows as the command that regenerates it.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join([prog, *(shlex.quote(str(a)) for a in args)])
+
+
+def _marker(name: str, which: str) -> re.Pattern:
+    # '-' and '_' spell the same section (io-memory / io_memory), so a renamed writer finds its old section
+    parts = (re.escape(p) for p in re.split(r"[-_]", name))
+    return re.compile(r"<!-- " + "[-_]".join(parts) + rf":{which} -->")
+
+
+def write_section(name: str, text: str, *, title: str | None = None, command: str | None = None,
+                  machine: str | None = None, path: str | os.PathLike = RESULTS) -> Path:
+    """Make ``text`` the section ``name`` of ``path``: everything between ``<!-- name:start -->`` and
+    ``<!-- name:end -->`` is replaced, the rest of the file is left as it is.
+
+    With ``title`` the section opens with the standard head: ``## name: title``, then
+    ``Command: `command``` (the one command that regenerates it, see :func:`command_line`) and
+    ``Machine: machine`` (:func:`machine_description` or :func:`describe`, which end with the date).
+    A rerun replaces the whole section, a reading written by hand under the table included; git
+    keeps the old one. The section is appended when its markers are absent and the file created
+    when missing; further copies of the section (left by a writer that appended) are removed.
+    ``-`` and ``_`` in ``name`` are the same character.
     """
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ValueError(f"section names are letters, digits, '-' and '_', got {name!r}")
+    head = []
+    if title is not None:
+        head.append(f"## {name}: {title}")
+        if command:
+            head.append(f"Command: `{command}`")
+        if machine:
+            head.append(f"Machine: {machine.rstrip('.')}.")
+    body = "\n\n".join([*head, text.strip()]) if head else text.strip()
+    block = f"<!-- {name}:start -->\n{body}\n<!-- {name}:end -->"
     path = Path(path)
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{text.rstrip()}\n{end}"
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    i, j = old.find(start), old.find(end)
-    if i >= 0 and j > i:
-        new = old[:i] + block + old[j + len(end):]
-    else:
+    start, end = _marker(name, "start"), _marker(name, "end")
+    spans = []
+    pos = 0
+    while (m := start.search(old, pos)) and (e := end.search(old, m.end())):
+        spans.append((m.start(), e.end()))
+        pos = e.end()
+    if not spans:
         new = old.rstrip() + "\n\n" + block + "\n"
+    else:
+        new, last = old[:spans[0][0]] + block, spans[0][1]
+        for a, b in spans[1:]:  # later copies go, with the blank lines before them
+            new += old[last:a].rstrip("\n")
+            last = b
+        new += old[last:]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(new)
     os.replace(tmp, path)

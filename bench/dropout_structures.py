@@ -28,7 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.common import (machine_description, markdown_table, mean_sd, set_threads, write_section)
+from bench.common import (command_line, machine_description, markdown_table, mean_sd, set_threads,
+                          write_section)
 
 LEVELS = (0.0, 0.1, 0.2, 0.3, 0.5)
 METHODS = ("dhaka", "pca", "tsne", "umap")
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 s = structure_table(adata, truth, seed=seed, structures=structures, params=params)
                 t_struct += time.perf_counter() - t0
                 struct.append(s.assign(seed=seed))
-    head = (f"Machine: {machine}. Data: `simulate.paper(n_noise={args.n_noise})` (500 cells, 5 groups, 3000 genes, "
+    command = command_line("python -m bench.dropout_structures", argv)
+    head = (f"Data: `simulate.paper(n_noise={args.n_noise})` (500 cells, 5 groups, 3000 genes, "
             f"{args.n_noise} noise), seeds 0..{args.seeds - 1} (mean ± sd; GMM k per seed). {setting} Computed with {via}. "
             "Clusters: `dhaka.cluster.gmm_bic` (k = 1..10).")
     if drop:
@@ -124,20 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + table, flush=True)
         if not args.no_write:
             suffix = "" if args.n_noise == 2500 else f"-{args.n_noise}"
-            flag = "" if args.n_noise == 2500 else f" --n-noise {args.n_noise}"
-            write_section(f"dropout{suffix}", f"## Dropout curve (issue 4; `python -m bench.dropout_structures "
-                          f"--only dropout{flag}`)"
-                          f"\n\n{head} Extra dropout: that fraction of each cell's non-zero values set to 0 "
-                          f"(`inject_dropout`, seed + level index). Whole run: {t_drop / 60:.1f} min.\n\n{table}")
+            write_section(f"dropout{suffix}", f"{head} Extra dropout: that fraction of each cell's non-zero "
+                          f"values set to 0 (`inject_dropout`, seed + level index). Whole run: {t_drop / 60:.1f} "
+                          f"min.\n\n{table}", title=f"Dropout curve (issue 4), paper(n_noise={args.n_noise})",
+                          command=command, machine=machine)
     if struct:
         df = pd.concat(struct, ignore_index=True)
         table = markdown_table(_summarise(df, ["structure"], ["ari", "silhouette", "n_clusters", "seconds"]))
         print("\n" + table, flush=True)
         if not args.no_write and args.n_noise == 2500:
-            write_section("structures", "## Structure comparison (paper Table 1; "
-                          "`python -m bench.dropout_structures --only structures`)\n\n"
-                          f"{head} deep = 1024-512-256, shallow = 1024; t-SNE is 2-D on the same "
-                          f"preprocessed genes. Whole run: {t_struct / 60:.1f} min.\n\n{table}")
+            write_section("structures", f"{head} deep = 1024-512-256, shallow = 1024; t-SNE is 2-D on the same "
+                          f"preprocessed genes. Whole run: {t_struct / 60:.1f} min.\n\n{table}",
+                          title="Structure comparison (paper Table 1)", command=command, machine=machine)
     return 0
 
 

@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.common import (add_variant_option, machine_description, markdown_table, parse_variants, set_threads,
-                          write_section)
+from bench.common import (add_variant_option, command_line, machine_description, markdown_table, parse_variants,
+                          set_threads, write_section)
 
 OUT = Path(__file__).resolve().parent / "out" / "independent"
 METHODS = ("dhaka", "pca3", "pca10", "umap3")
@@ -326,11 +326,11 @@ def main(argv: list[str] | None = None) -> None:
         with open(OUT / f"{part}_rows.json", "w") as f:
             json.dump(rows, f, default=float)
         if args.write:
-            head = (f"## Independent data: {part} (`python -m bench.independent --part {part}`)\n\n"
-                    f"Machine: {machine}. This run: {(time.perf_counter() - t0) / 60:.1f} min "
-                    f"(cached embeddings are re-scored, their `seconds` are from when they were computed). "
-                    f"Seeds: {args.seeds}.\n\n")
-            write_section(f"independent-{part}", head + text + "\n" + "\n".join(lines) + "\n")
+            head = (f"This run: {(time.perf_counter() - t0) / 60:.1f} min (cached embeddings are re-scored, their "
+                    f"`seconds` are from when they were computed). Seeds: {args.seeds}.\n\n")
+            write_section(f"independent-{part}", head + text + "\n" + "\n".join(lines) + "\n",
+                          title=f"Independent data, {part}", machine=machine,
+                          command=command_line("python -m bench.independent", argv))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The value transform on the app's count demos: log2(x + 1), the shifted log log2(1 + x / 2), Pearson residuals.
 
-    python -m bench.pseudocount [--seeds 3] [--demos trajectory counts] [--transforms log1 log2 pearson]
+    python -m bench.pseudocount [--seeds 3] [--demos trajectory counts] [--transforms log1 log2 pearson] [--write]
 
 For each demo with raw counts (``trajectory``: truth obs['branch'] and the true time; ``counts``: obs['group'])
 and model seeds 0..N-1, the default ``Dhaka`` with each transform (``value_transform="log"`` with
@@ -71,14 +71,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--demos", nargs="+", default=list(TRUTH), choices=list(TRUTH))
     ap.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=list(TRANSFORMS))
+    ap.add_argument("--write", action="store_true", help="write the pseudocount section of bench/RESULTS.md")
     args = ap.parse_args(argv)
-    from bench.common import machine_description
+    from bench.common import command_line, machine_description, write_section
 
-    print(machine_description())
+    machine = machine_description()
+    print(machine)
     rows = run(tuple(args.demos), tuple(range(args.seeds)), tuple(args.transforms))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "pseudocount.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
+    if args.write:
+        write_section("pseudocount", "The default `Dhaka` on the app's count demos under each value transform "
+                      "(`log1` = log2(x + 1), `log2` = log2(1 + x / 2), `pearson` = Pearson residuals), clustered as "
+                      "the app does; `time R^2`: the true time on a quadratic of the latent (trajectory only).\n\n"
+                      + table(rows), title="Value transform on the app's count demos", machine=machine,
+                      command=command_line("python -m bench.pseudocount", argv))
 
 
 if __name__ == "__main__":

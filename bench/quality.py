@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.common import (embed_baseline, latent_sd, machine_description, markdown_table, mean_sd,
+from bench.common import (command_line, embed_baseline, latent_sd, machine_description, markdown_table, mean_sd,
                           preprocessed, score, set_threads, write_section)
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -216,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table + "\n".join(checks) + f"\n\ntotal {total:.0f} s", flush=True)
     if not args.no_write:
         descs = "\n".join(f"- `{d}`: {datasets[d][0]}" for d in names)
-        text = (f"## Quality: ARI of GMM-BIC clusters vs truth (`python -m bench.quality`)\n\n"
-                f"Machine: {machine}. Whole run: {total / 60:.1f} min.\n\n"
+        text = (f"Whole run: {total / 60:.1f} min.\n\n"
                 f"Data sets (seed s seeds the data and every method):\n{descs}\n\n"
                 "Every embedding is 3-D and clustered by `dhaka.cluster.gmm_bic` (k = 1..10, full covariances). "
                 "Baselines embed the input of the default Dhaka's first fit (its normalisation and log, "
@@ -229,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 "(~0 means posterior collapse).\n\n"
                 f"{table}\nTargets (default Dhaka >= 0.85 and >= every baseline; paper(2500) > 0.71):\n"
                 + "\n".join(checks) + "\n")
-        write_section("quality", text)
+        write_section("quality", text, title="ARI of GMM-BIC clusters vs truth", machine=machine,
+                      command=command_line("python -m bench.quality", argv))
     return 0
 
 

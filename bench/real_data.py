@@ -38,8 +38,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.common import (add_variant_option, embed_baseline, latent_sd, machine_description, markdown_table, mean_sd,
-                          parse_variants, preprocessed, set_threads, write_section)
+from bench.common import (add_variant_option, command_line, embed_baseline, latent_sd, machine_description,
+                          markdown_table, mean_sd, parse_variants, preprocessed, set_threads, write_section)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "assets" / "data"
@@ -200,12 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + head + "\n" + table, flush=True)
         total = float(sum(r["seconds"] for r in records))
         if not args.no_write and records:
-            text = (f"## Real data: {ds} (`python -m bench.real_data --datasets {ds}`)\n\nMachine: {machine}. "
-                    f"Sum of method times: {total / 60:.1f} min. Seeds: "
+            text = (f"Sum of method times: {total / 60:.1f} min. Seeds: "
                     f"{', '.join(str(s) for s in sorted({r['seed'] for r in records}))} (mean ± sd). Every "
                     "embedding is 3-D, clustered by `dhaka.cluster.gmm_bic` (k = 1..10); baselines embed the "
                     "input of the default Dhaka's first fit (top 2000 CV genes, before gene refinement), gene-centred. `norefine` = `Dhaka(refine=0)`.\n\n" + head + "\n" + table)
-            write_section(f"real-data-{ds}", text)
+            write_section(f"real-data-{ds}", text, title=f"Real data, {ds}", machine=machine,
+                          command=command_line("python -m bench.real_data", argv))
     return 0
 
 

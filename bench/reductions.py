@@ -142,9 +142,7 @@ def main(argv=None) -> None:
                 print(rows[-1], flush=True)
     md_table = _machine.markdown_table(["method", "cells", "cells run", "dims", "seconds", "note"], rows)
     md = "\n".join([
-        "## Reductions at scale (`python bench/reductions.py`)",
-        "",
-        f"Machine: {machine}. Synthetic data: 10 groups in a 40-D latent mapped to 5000 genes plus noise. "
+        "Synthetic data: 10 groups in a 40-D latent mapped to 5000 genes plus noise. "
         "t-SNE and UMAP on the 50 principal components; openTSNE and scikit-learn with their defaults "
         "(perplexity 30), 2 threads; UMAP with `random_state=None` (parallel layout). "
         f"UMAP's one-time numba compilation ({umap_compile:.0f} s here) is excluded. "
@@ -155,7 +153,8 @@ def main(argv=None) -> None:
     ])
     print(md)
     if a.write:
-        _machine.write_section("reductions", md)
+        _machine.write_section("reductions", md, title="PCA, t-SNE and UMAP at scale", machine=machine,
+                               command=_machine.command_line("python bench/reductions.py", argv))
 
 
 if __name__ == "__main__":

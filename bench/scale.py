@@ -166,12 +166,8 @@ def run_memory(a) -> str:
     print(json.dumps(res, indent=1))
     pr = res["prepare_s"]
     gb = res["peak_rss_mb"] / 1024
+    machine = _machine.describe(a.threads)
     md = "\n".join([
-        f"## Peak memory out of core: {a.cells:,} cells x {a.genes:,} genes, {info['density']:.1%} density "
-        "(`python bench/scale.py memory`)",
-        "",
-        f"Machine: {_machine.describe(a.threads)}.",
-        "",
         f"Synthetic counts .h5ad (CSR, {info['nnz']:,} stored values, {info['bytes'] / 1e9:.2f} GB on disk), "
         f"read backed through `dhaka.backed.fit_backed` / `transform_backed`: select {a.select} genes (cv), "
         f"train {a.epochs} epoch of the `{a.structure}` structure (estimator defaults otherwise), embed all "
@@ -196,7 +192,9 @@ def run_memory(a) -> str:
     ])
     print(md)
     if a.write:
-        _machine.write_section("scale-memory", md)
+        _machine.write_section("scale-memory", md, machine=machine, command=_machine.command_line("python bench/scale.py"),
+                               title=f"Peak memory out of core, {a.cells:,} cells x {a.genes:,} genes, "
+                                     f"{info['density']:.1%} density")
     return md
 
 
@@ -307,10 +305,7 @@ def run_throughput(a) -> str:
         ["cells", "input", "density", "fit_vae cells/s", "GFLOP/s", "% of peak", "s/epoch (90 % train)",
          "plain cells/s", "plain / fit_vae"], rows)
     md = "\n".join([
-        f"## Training throughput at scale, deep structure x {a.genes} genes (`python bench/scale.py throughput`)",
-        "",
-        f"Machine: {_machine.describe(a.threads)}. Measured fp32 matmul peak {peak:.0f} GFLOP/s.",
-        "",
+        f"Measured fp32 matmul peak {peak:.0f} GFLOP/s. "
         f"Steady-state training throughput of `dhaka.train.fit_vae` (RMSprop, clip norm 5, batch {a.batch}, what "
         "`batch_size=\"auto\"` picks above ~4k cells), timed over up to "
         f"{a.batches} minibatches after the first (no validation pass: bench/speed.py measures that at 4k), "
@@ -324,7 +319,10 @@ def run_throughput(a) -> str:
     ])
     print(md)
     if a.write:
-        _machine.write_section("scale-throughput" + ("" if a.device == "cpu" else f"-{a.device}"), md)
+        _machine.write_section("scale-throughput" + ("" if a.device == "cpu" else f"-{a.device}"), md,
+                               title=f"Training throughput at scale, deep structure x {a.genes} genes, {a.device}",
+                               command=_machine.command_line("python bench/scale.py"),
+                               machine=_machine.describe(a.threads))
     return md
 
 

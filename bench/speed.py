@@ -171,8 +171,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(a.threads)
         md, _ = precision_check(device=a.device, seeds=tuple(a.seeds))
         body = "\n".join([
-            "## bf16 autocast vs fp32 (`python bench/speed.py --precision-check`)", "",
-            f"Machine: {_machine.describe(a.threads)}; device {a.device}.", "",
+            f"Device {a.device}. "
             "`Dhaka(precision=...)` with default settings on `simulate.counts(seed=0)` (2000 cells, 5 groups of "
             "unequal size), one row per training seed. A bf16 run follows its own stochastic trajectory, so the "
             "tolerance is stated on what the latent space is used for: clusters (ARI against the truth), the "
@@ -180,7 +179,9 @@ def main(argv=None) -> None:
             "", md])
         print(body)
         if a.write:
-            _machine.write_section(f"precision-{a.device}", body)
+            _machine.write_section(f"precision-{a.device}", body, title=f"bf16 autocast vs fp32, {a.device}",
+                                   command=_machine.command_line("python bench/speed.py", argv),
+                                   machine=_machine.describe(a.threads))
         return
 
     import torch
@@ -270,9 +271,7 @@ def main(argv=None) -> None:
         print(scvi_line)
     if a.write:
         body = "\n".join([
-            f"## Speed: deep structure, 4347 cells x 5000 genes, {dev} (`python bench/speed.py`)",
-            "",
-            f"Machine: {machine}. Measured fp32 matmul peak: **{peak:.0f} GFLOP/s** (best 2048^3 sgemm, "
+            f"Measured fp32 matmul peak: **{peak:.0f} GFLOP/s** (best 2048^3 sgemm, "
             f"{a.threads} threads). Network 5000-1024-512-256-3 (+ mirror), {fpc / 1e6:.1f} MFLOP per cell "
             "per training step (`VAE.flops_per_cell`). Medians of "
             f"{rows[0]['n']} timed epochs ({a.repeats} interleaved repeats x {a.epochs} epochs, after one "
@@ -286,7 +285,9 @@ def main(argv=None) -> None:
             "",
             md, "", scvi_line,
         ])
-        _machine.write_section("speed" if dev == "cpu" else f"speed-{dev}", body)
+        _machine.write_section("speed" if dev == "cpu" else f"speed-{dev}", body,
+                               title=f"Training speed, deep structure, {a.cells} cells x {a.genes} genes, {dev}",
+                               command=_machine.command_line("python bench/speed.py", argv), machine=machine)
         print("wrote bench/RESULTS.md (speed section)")
 
 
