@@ -147,22 +147,37 @@ def _read_long(inp: _Input, how: dict, *, value: str | None, expect: Expect):
     cell_codes, bin_codes, values = (np.concatenate(p) for p in zip(*parts))
     del parts
     n_cells, n_bins = len(cells), len(bins)
-    if n_cells * n_bins > _s.MAX_DENSE_ENTRIES:
-        raise DataError(
-            f"{name}: {n_cells:,} cells x {n_bins:,} bins is {n_cells * n_bins:,} values, above the limit of "
-            f"{_s.MAX_DENSE_ENTRIES:,}"
-        )
     cell_names = list(cells)
     bin_keys = list(bins)
     flat = cell_codes.astype(np.int64) * n_bins + bin_codes
     _refuse_duplicate_rows(flat, cell_names, bin_keys, name)
-    M = np.full((n_cells, n_bins), np.nan, dtype=np.float32)
-    M.reshape(-1)[flat] = values
-    del flat, cell_codes, bin_codes, values
+    del flat
+    # a bin is kept when every cell has a value for it; found from the rows, so the cells x bins
+    # matrix is built over the kept bins only (cells that share no bin cost nothing)
+    has_value = ~np.isnan(values)
+    complete = np.bincount(bin_codes[has_value], minlength=n_bins) == n_cells
+    del has_value
+    n_keep = int(complete.sum())
+    if n_keep == 0:
+        raise DataError(
+            f"{name}: every bin lacks a value for at least one cell (no row, or NA): the {n_cells:,} cells "
+            f"share none of their {n_bins:,} bins; nothing is left to read"
+        )
+    if n_cells * n_keep > _s.MAX_DENSE_ENTRIES:
+        raise DataError(
+            f"{name}: {n_cells:,} cells x {n_keep:,} bins is {n_cells * n_keep:,} values, above the limit of "
+            f"{_s.MAX_DENSE_ENTRIES:,}"
+        )
+    column = np.full(n_bins, -1, dtype=np.int64)
+    column[complete] = np.arange(n_keep)
+    rows = complete[bin_codes]
+    M = np.empty((n_cells, n_keep), dtype=np.float32)
+    M.reshape(-1)[cell_codes[rows].astype(np.int64) * n_keep + column[bin_codes[rows]]] = values[rows]
+    del rows, cell_codes, bin_codes, values
     coords = pd.DataFrame(bin_keys, columns=["chr", "start", "end"])
     return _assemble(M, cell_names, coords, name=name, fmt="copy-number long table", expect=expect,
                      reason="long table: one row per cell and bin", transposed=False,
-                     extra={"value_column": str(cols["value"])})
+                     extra={"value_column": str(cols["value"])}, kept=complete)
 
 
 def _long_blocks(fh: IO[str], how: dict, cols: dict, name: str):
@@ -290,18 +305,29 @@ def genome_bins(coords: pd.DataFrame, name: str) -> tuple[np.ndarray, pd.DataFra
 
 
 def _assemble(M: np.ndarray, cells: list[str], coords: pd.DataFrame, *, name: str, fmt: str, expect: Expect,
-              reason: str, transposed: bool, extra: dict | None = None):
-    """Cells x bins in genome order, incomplete bins dropped, coordinates in var; then the usual checks."""
+              reason: str, transposed: bool, extra: dict | None = None, kept: np.ndarray | None = None):
+    """Cells x bins in genome order, incomplete bins dropped, coordinates in var; then the usual checks.
+
+    ``kept`` (a mask over ``coords``) says that ``M`` holds only those bins, every one complete, in
+    ``coords`` order; the bins are still ordered and checked (overlaps) with all of ``coords``.
+    """
     order, var = genome_bins(coords, name)
-    M = M[:, order]
-    complete = ~np.isnan(M).any(axis=0)
-    n_dropped = int((~complete).sum())
-    if not complete.any():
-        raise DataError(
-            f"{name}: every bin lacks a value for at least one cell (no row, or NA); nothing is left to read"
-        )
-    if n_dropped:
-        M, var = M[:, complete], var[complete]
+    if kept is not None:
+        position = np.cumsum(kept) - 1  # column of each kept bin in M
+        in_order = order[kept[order]]
+        M = M[:, position[in_order]]
+        var = var[kept[order]]
+        n_dropped = int((~kept).sum())
+    else:
+        M = M[:, order]
+        complete = ~np.isnan(M).any(axis=0)
+        n_dropped = int((~complete).sum())
+        if not complete.any():
+            raise DataError(
+                f"{name}: every bin lacks a value for at least one cell (no row, or NA); nothing is left to read"
+            )
+        if n_dropped:
+            M, var = M[:, complete], var[complete]
     info = {"bins": {"n_bins": int(M.shape[1]), "dropped_incomplete": n_dropped, "genome_ordered": True}}
     return _finish(M, cells, list(var.index), name=name, fmt=fmt,
                    file_orientation="genes_x_cells" if transposed else "cells_x_genes", transposed=transposed,

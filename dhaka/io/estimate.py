@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from .h5ad import _matrix_path, _open_h5ad
+from .h5ad import _check_chunks, _matrix_path, _open_h5ad
 from .mtx import _MTX_RE, _find_10x, _mtx_header, _usable_member
 from .safety import (
     _GZIP_MAGIC,
@@ -15,7 +15,7 @@ from .safety import (
     _ZIP_MAGICS,
     DataError,
 )
-from .source import Source, _Input, _open_source, _open_zip, _split_ext, _zip_input
+from .source import Source, _Input, _lines_guarded, _open_source, _open_zip, _split_ext, _zip_input
 from .text import _open_text, _read_head, _sniff_delimiter, _text_encoding
 
 # --------------------------------------------------------------------------- #
@@ -98,7 +98,7 @@ def _estimate(inp: _Input, *, layer: str | None) -> dict:
 
 def _estimate_mtx(inp: _Input, fmt: str) -> dict:
     inp = inp.maybe_gunzipped()
-    with inp.open() as fh:
+    with _lines_guarded(inp.open(), inp.name) as fh:
         hdr = _mtx_header(fh, inp.name, inp.size())
     if hdr.layout == "array":
         matrix = hdr.nnz * 4
@@ -115,6 +115,7 @@ def _estimate_h5ad(inp: _Input, *, layer: str | None) -> dict:
         elem = f.get(_matrix_path(f, layer, inp.name))
         if elem is None:
             raise DataError(f"{inp.name}: .h5ad has no X matrix (not an AnnData file?)")
+        _check_chunks(elem, inp.name)
         if isinstance(elem, h5py.Dataset):
             shape = tuple(int(v) for v in elem.shape)
             matrix = int(np.prod(shape, dtype=np.int64)) * 4

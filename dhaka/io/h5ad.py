@@ -148,6 +148,35 @@ def _h5_declared_bytes(obj) -> int:
     return total
 
 
+def _check_chunks(obj, name: str) -> None:
+    """Refuse a dataset under ``obj`` split into more than ``MAX_HDF5_CHUNKS`` chunks, naming it.
+
+    The chunk grid is counted from the headers (written chunks or not): reading a
+    dataset whole costs HDF5 a few KB of bookkeeping for each chunk never written,
+    so a file of a few KB in 1 x 1 chunks would take gigabytes.
+    """
+    import h5py
+
+    def check(path: str, ds) -> None:
+        chunks = ds.chunks
+        if not chunks or not ds.shape:
+            return
+        grid = 1
+        for n, c in zip(ds.shape, chunks):
+            grid *= -(-int(n) // max(int(c), 1))
+        if grid > _s.MAX_HDF5_CHUNKS:
+            raise DataError(
+                f"{name}: HDF5 dataset {path!r} ({' x '.join(f'{int(n):,}' for n in ds.shape)}) is stored in "
+                f"{grid:,} chunks of {' x '.join(str(int(c)) for c in chunks)}, above the limit of "
+                f"{_s.MAX_HDF5_CHUNKS:,} chunks (MAX_HDF5_CHUNKS): reading it would cost HDF5 gigabytes of "
+                "bookkeeping; write the file again with larger chunks (anndata's write_h5ad does)")
+
+    if isinstance(obj, h5py.Dataset):
+        check(obj.name, obj)
+    else:
+        obj.visititems(lambda _n, o: check(o.name, o) if isinstance(o, h5py.Dataset) else None)
+
+
 def _h5_matrix(elem, path: str, name: str):
     """Read X (or a layer) from the h5ad: dense dataset or csr/csc group, straight to float32.
 
@@ -230,6 +259,8 @@ def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect, layer: 
         for part in ("obs", "var"):
             if not isinstance(f.get(part), (h5py.Group, h5py.Dataset)):
                 raise DataError(f"{name}: .h5ad has no {part} table (not an AnnData file?)")
+        for p in (path, "/obs", "/var"):
+            _check_chunks(f[p], name)
         declared = sum(_h5_declared_bytes(f[p]) for p in (path, "obs", "var"))
         if declared > _s.MAX_H5AD_BYTES:
             raise DataError(

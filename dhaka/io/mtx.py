@@ -16,8 +16,8 @@ import scipy.sparse as sp
 from . import safety as _s
 from .matrix import Expect, Orientation, _decide_orientation, _finish
 from .safety import DataError, _check_names_budget, _q
-from .source import _Input
-from .text import _INF_TOKENS, _NAN_TOKENS, _is_number, _text_encoding
+from .source import _Input, _lines_guarded
+from .text import _INF_TOKENS, _NAN_TOKENS, _is_number, _open_text, _text_encoding
 
 
 # --------------------------------------------------------------------------- #
@@ -199,7 +199,7 @@ def _mmread(inp: _Input, hdr: _MtxHeader, name: str):
     import scipy.io
 
     ncol = 1 if hdr.layout == "array" else (2 if hdr.field == "pattern" else 3)
-    with inp.open() as fh:
+    with _lines_guarded(inp.open(), name) as fh:
         guard = _EntryGuard(fh, skip=hdr.header_bytes, field=hdr.field)
         direct = inp.on_disk and not str(inp.path).lower().endswith((".gz", ".bz2"))
         try:
@@ -236,7 +236,7 @@ def _diagnose_mtx(inp: _Input, hdr: _MtxHeader, name: str) -> None:
     array = hdr.layout == "array"
     ncol = 1 if array else (2 if hdr.field == "pattern" else 3)
     k = 0
-    with inp.open() as fh:
+    with _lines_guarded(inp.open(), name) as fh:
         _skip_bytes(fh, hdr.header_bytes)
         line_no = hdr.line_no
         while block := list(itertools.islice(fh, _s._MTX_BLOCK_LINES)):
@@ -310,16 +310,47 @@ def _mtx_body(inp: _Input, hdr: _MtxHeader, name: str, *, transpose: bool):
     with np.errstate(over="ignore"):
         vals = out.data.astype(np.float32)  # beyond float32: inf, refused by the value check
     del out
-    if transpose:
-        rows, cols, shape = cols, rows, shape[::-1]
-    X = sp.csr_matrix((vals, (rows, cols)), shape=shape)
-    del rows, cols, vals
+    n_entries = vals.size
+    X = sp.csr_matrix((vals, (cols, rows) if transpose else (rows, cols)), shape=shape[::-1] if transpose else shape)
+    del vals
+    if X.nnz != n_entries:  # building the CSR summed entries listed twice
+        _refuse_duplicate_entries(rows, cols, shape, name, symmetric=hdr.symmetry == "symmetric")
+    del rows, cols
     return X
+
+
+def _refuse_duplicate_entries(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int], name: str, *,
+                              symmetric: bool) -> None:
+    """Refuse a coordinate listed twice, naming the first repeated pair (1-based, as in the file).
+
+    Building the CSR sums the two values without a word; the caller sees it (fewer
+    stored entries than read) and this finds the first pair, on one int64 key an entry.
+    """
+    if rows.size < 2:
+        return
+    keys = rows.astype(np.int64) * int(shape[1]) + cols
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    dup = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+    if not dup.size:
+        return
+    del sorted_keys
+    # the repeat that comes first in the file, and the entry it repeats
+    second = order[dup + 1]
+    k = int(np.argmin(second))
+    j, i = int(second[k]), int(order[dup[k]])
+    r, c = int(rows[j]) + 1, int(cols[j]) + 1
+    where = (f"entries {i + 1:,} and {j + 1:,}" if not symmetric
+             else "a symmetric file lists it and its mirror (or twice)")
+    raise DataError(
+        f"{name}: duplicate MatrixMarket coordinate ({r}, {c}): {where}; "
+        f"{dup.size:,} repeated coordinate(s) in all. Each (row, column) may appear once; "
+        "repeated entries would be summed, so the file is refused")
 
 
 def _read_mtx_file(inp: _Input, *, orientation: Orientation, expect: Expect):
     name = inp.name
-    with inp.open() as fh:
+    with _lines_guarded(inp.open(), name) as fh:
         hdr = _mtx_header(fh, name, inp.size())
     file_orient, reason = _decide_orientation(
         orientation, row_names=None, col_names=None, shape=hdr.shape, default="genes_x_cells"
@@ -347,7 +378,7 @@ def _tsv_lines(inp: _Input, *, max_lines: int) -> list[list[str]]:
     inp = inp.maybe_gunzipped()
     enc = _text_encoding(inp)
     out: list[list[str]] = []
-    with io.TextIOWrapper(inp.open(), encoding=enc, newline="\n") as fh:
+    with _open_text(inp, enc, newline="\n") as fh:
         for line in fh:
             line = line.rstrip("\n").rstrip("\r")
             if line.strip():
@@ -365,7 +396,7 @@ def _assemble_10x(
     mtx_label = f"{label}: {mtx_name}"
     mtx = _Input(name=mtx_label, opener=mtx.open, size=mtx.size() if mtx.on_disk else mtx._size)
     mtx = mtx.maybe_gunzipped()
-    with mtx.open() as fh:
+    with _lines_guarded(mtx.open(), mtx_label) as fh:
         hdr = _mtx_header(fh, mtx_label, mtx.size())
     n_rows, n_cols = hdr.shape
     cap = max(n_rows, n_cols) + 1  # one more than any match needs: enough to report a mismatch

@@ -17,7 +17,7 @@ import pandas as pd
 LIMITS = (
     "MIN_CELLS", "MIN_FEATURES", "MAX_UNCOMPRESSED_BYTES", "MAX_COMPRESSION_RATIO", "BOMB_MIN_BYTES",
     "MAX_ZIP_ENTRIES", "MAX_DIM", "MAX_NNZ", "MAX_DENSE_ENTRIES", "MAX_EMPTY_NAMES", "MAX_H5AD_BYTES",
-    "MAX_METADATA_ROWS_PER_CELL", "MAX_HDF5_LINKS", "_BLOCK_VALUES", "_TEXT_BLOCK_CHARS", "_MTX_BLOCK_LINES",
+    "MAX_METADATA_ROWS_PER_CELL", "MAX_HDF5_LINKS", "MAX_LINE_BYTES", "MAX_HDF5_CHUNKS", "_BLOCK_VALUES", "_TEXT_BLOCK_CHARS", "_MTX_BLOCK_LINES",
 )
 #: Smallest accepted matrix: 2 cells x 2 features.
 MIN_CELLS = 2
@@ -48,6 +48,16 @@ MAX_H5AD_BYTES = 4 * 2**30
 MAX_METADATA_ROWS_PER_CELL = 10
 #: Most links (groups, datasets, soft and external links) an HDF5 file may hold.
 MAX_HDF5_LINKS = 100_000
+#: Longest line of a text input (a table, a MatrixMarket file, barcodes or features), in bytes after
+#: decompression: about a million values a line.  A longer line is refused when the reader reaches
+#: it, before it is held in memory (one line with no newline in a gzip could otherwise decompress
+#: into gigabytes of one string).
+MAX_LINE_BYTES = 16 * 2**20
+#: Most chunks an HDF5 dataset that is read (X or the layer, obs and var columns) may be split into
+#: (its chunk grid, written or not).  Reading a dataset whole costs HDF5 about 3.7 KB of bookkeeping
+#: per chunk that was never written, so an .h5ad of 2,000 x 2,000 1 x 1 chunks (a few KB on disk)
+#: would take 15 GB; anndata's own files have a few thousand chunks at most.
+MAX_HDF5_CHUNKS = 100_000
 #: Values per block when checking dense matrices; characters per block of text
 #: and lines per block of MatrixMarket entries when streaming.
 _BLOCK_VALUES = 1 << 22

@@ -10,6 +10,8 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Callable, Union
 
+import numpy as np
+
 from . import safety as _s
 from .safety import (
     _GZIP_MAGIC,
@@ -112,6 +114,84 @@ class _GuardedStream(io.RawIOBase):
             self._fh.close()
         finally:
             super().close()
+
+
+class _LineGuard(io.RawIOBase):
+    """A binary text stream that refuses a line longer than ``MAX_LINE_BYTES`` as soon as it is read.
+
+    Readers hold a line whole (a text table's block carries a line across reads, ``readline`` and
+    pandas buffer it), so one line with no newline, decompressed from a few MB of gzip, would
+    otherwise become gigabytes of one string.  Each chunk is scanned for line ends at C speed; the
+    :class:`DataError` names the line (counted in ``\\n``, or in ``\\r`` for a file with only those)
+    and the limit.  A UTF-8 byte-order mark at the start is dropped with ``strip_bom``.
+    """
+
+    def __init__(self, fh: IO[bytes], name: str, *, strip_bom: bool = False, limit: int | None = None):
+        self._fh = fh
+        self._name = name
+        self._limit = _s.MAX_LINE_BYTES if limit is None else int(limit)
+        self._run = 0  # bytes of the line being read so far
+        self._lf = 0
+        self._cr = 0
+        self._pending = b""  # bytes read ahead (to look for a byte-order mark), served first
+        if strip_bom:
+            while len(self._pending) < 3 and (more := fh.read(3 - len(self._pending))):
+                self._pending += more
+            if self._pending == b"\xef\xbb\xbf":
+                self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._pending:
+            data, self._pending = self._pending[:len(b)], self._pending[len(b):]
+        else:
+            data = self._fh.read(len(b))
+        if data:
+            self._check(data)
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def _check(self, data: bytes) -> None:
+        buf = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero((buf == 10) | (buf == 13))
+        if ends.size == 0:
+            longest, at = self._run + len(data), 0
+            self._run += len(data)
+        else:
+            gaps = np.diff(ends) - 1
+            first = self._run + int(ends[0])
+            longest, at = first, 0
+            if gaps.size and int(gaps.max()) > longest:
+                at = int(np.argmax(gaps)) + 1
+                longest = int(gaps[at - 1])
+            tail = len(data) - int(ends[-1]) - 1
+            if tail > longest:
+                longest, at = tail, ends.size
+            self._run = tail
+        if longest > self._limit:
+            cut = int(ends[at - 1]) + 1 if at else 0
+            lf = self._lf + data.count(b"\n", 0, cut)
+            cr = self._cr + data.count(b"\r", 0, cut)
+            line = (lf if lf or b"\n" in data else cr) + 1
+            raise DataError(
+                f"{self._name}: line {line:,} is longer than {self._limit:,} bytes (MAX_LINE_BYTES); "
+                "refused before it is held in memory (a file with no line breaks, or not a text table?)")
+        self._lf += data.count(b"\n")
+        self._cr += data.count(b"\r")
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            super().close()
+
+
+def _lines_guarded(fh: IO[bytes], name: str, *, strip_bom: bool = False) -> IO[bytes]:
+    """``fh`` read through a :class:`_LineGuard`, buffered in 1 MB reads."""
+    return io.BufferedReader(_LineGuard(fh, name, strip_bom=strip_bom), 1 << 20)
 
 
 class _Input:

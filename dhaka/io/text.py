@@ -16,7 +16,7 @@ import pandas as pd
 from . import safety as _s
 from .matrix import Expect, Orientation, _corner_hint, _decide_orientation, _finish
 from .safety import _NUM_RE, DataError, _describe_magic, _plural, _q
-from .source import _Input
+from .source import _Input, _lines_guarded
 
 _NAN_TOKENS = {"nan", "-nan", "+nan", "na", "n/a", "#n/a", "null", "none", "nat", "."}
 _INF_TOKENS = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
@@ -178,7 +178,7 @@ def _text_encoding(inp: _Input) -> str:
         enc = "utf-8-sig"
     dec = codecs.getincrementaldecoder(enc)()
     offset, blank = 0, True
-    with inp.open() as fh:
+    with _lines_guarded(inp.open(), name) as fh:
         while True:
             chunk = fh.read(1 << 20)
             try:
@@ -206,9 +206,15 @@ def _text_encoding(inp: _Input) -> str:
     return enc
 
 
-def _open_text(inp: _Input, enc: str) -> IO[str]:
-    """The input as text with universal newlines (CRLF and CR become LF)."""
-    return io.TextIOWrapper(inp.open(), encoding=enc, newline=None)
+def _open_text(inp: _Input, enc: str, *, newline: str | None = None) -> IO[str]:
+    """The input as text, universal newlines by default (CRLF and CR become LF).
+
+    A line longer than ``MAX_LINE_BYTES`` is refused as it is read, and a UTF-8 byte-order mark is
+    dropped whatever the encoding (a latin-1 file that starts with one would otherwise keep it in
+    its first cell, and the header corner's orientation hint would be lost).
+    """
+    raw = _lines_guarded(inp.open(), inp.name, strip_bom=enc not in ("utf-8-sig", "utf-16"))
+    return io.TextIOWrapper(raw, encoding=enc, newline=newline)
 
 
 def _text_lines(inp: _Input, enc: str) -> Iterator[str]:
@@ -376,7 +382,9 @@ def _parse_block_fast(lines: list[str], delim: str | None, *, has_index: bool, n
 
     Every value goes on its own line and pandas' C parser reads one float32
     column: no per-column cost (a DataFrame of 100,000 columns a block would
-    take minutes).  Any oddity (quotes around a delimiter, a missing or extra
+    take minutes).  Every line's field count is checked first (a block's total
+    alone would let a short row and a long row cancel out, moving values
+    between cells).  Any oddity (quotes around a delimiter, a missing or extra
     field, a non-number) returns None.
     """
     if not lines:
@@ -395,6 +403,8 @@ def _parse_block_fast(lines: list[str], delim: str | None, *, has_index: bool, n
             rest.append(parts[1])
         text = "\n".join(rest)
         del rest
+    if not _fields_agree(text, delim, n_values):
+        return None
     if delim is None:
         text = text.replace(" ", "\n").replace("\t", "\n")
     else:
@@ -411,6 +421,30 @@ def _parse_block_fast(lines: list[str], delim: str | None, *, has_index: bool, n
     if col.size != len(lines) * n_values or col.dtype != np.float32:
         return None
     return col.reshape(len(lines), n_values), names
+
+
+def _fields_agree(text: str, delim: str | None, n_values: int) -> bool:
+    """Whether every line of ``text`` (lines joined by ``\\n``, ids already cut off) holds ``n_values`` fields.
+
+    Counted at C speed on the bytes: delimiters per line plus one, or for runs of
+    whitespace the starts of tokens.  The delimiters are ASCII, so UTF-8 text
+    cannot hide one inside a character.
+    """
+    buf = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    if buf.size == 0:
+        return False
+    if delim is None:
+        sep = (buf == 32) | (buf == 9) | (buf == 10) | (buf == 13)
+        marks = ~sep
+        marks[1:] &= sep[:-1]
+    else:
+        marks = buf == ord(delim)
+    ends = np.append(np.flatnonzero(buf == 10), buf.size)
+    totals = np.cumsum(marks, dtype=np.int64)[ends - 1]
+    per_line = np.diff(totals, prepend=0)
+    if delim is not None:
+        per_line += 1
+    return bool((per_line == n_values).all())
 
 
 def _parse_block(lines: list[str], kwargs: dict, *, n_values: int, diagnose: Callable[[], None], name: str):
