@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dhaka import runs as runs_mod
+from dhaka.runs import record as record_mod
 from dhaka.runs import (
     MODEL_FILES,
     ModelDirError,
@@ -74,7 +74,7 @@ def test_atomic_write_bytes_crash_keeps_old_file(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("simulated crash before rename")
 
-    monkeypatch.setattr(runs_mod.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="simulated"):
         atomic_write_json(target, {"v": 2})
     monkeypatch.undo()
@@ -125,7 +125,7 @@ def test_atomic_write_dir_replace_and_failed_replace_keeps_old(tmp_path):
         return real_replace(src, dst)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runs_mod.os, "replace", fail_second_replace)
+        mp.setattr(os, "replace", fail_second_replace)
         with pytest.raises(OSError, match="between"):
             atomic_write_dir(target, tiny_save("v5"))
     assert json.loads((target / "config.json").read_text()) == {"tag": "v2"}
@@ -230,7 +230,7 @@ def test_crash_during_create_lists_nothing(store, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("power cut")
 
-    monkeypatch.setattr(runs_mod.os, "rename", crash)
+    monkeypatch.setattr(os, "rename", crash)
     with pytest.raises(OSError, match="power cut"):
         store.create(settings=SETTINGS, data=DATA)
     monkeypatch.undo()
@@ -261,7 +261,7 @@ def test_crash_between_checkpoint_rename_and_record_update(store, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("died before run.json was updated")
 
-    monkeypatch.setattr(runs_mod, "atomic_write_json", crash)
+    monkeypatch.setattr(record_mod, "atomic_write_json", crash)
     with pytest.raises(OSError):
         run.write_checkpoint(tiny_save("newer"), epoch=3)
     monkeypatch.undo()
@@ -277,7 +277,7 @@ def test_crash_between_checkpoint_rename_and_record_update(store, monkeypatch):
 def test_orphan_checkpoints_are_cleaned_by_the_writer(store, monkeypatch):
     run = store.create(settings=SETTINGS, data=DATA)
     run.write_checkpoint(tiny_save("good"), epoch=2)
-    real = runs_mod.atomic_write_json
+    real = record_mod.atomic_write_json
     calls = {"n": 0}
 
     def crash_once(*args, **kwargs):
@@ -286,7 +286,7 @@ def test_orphan_checkpoints_are_cleaned_by_the_writer(store, monkeypatch):
             raise OSError("transient")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runs_mod, "atomic_write_json", crash_once)
+    monkeypatch.setattr(record_mod, "atomic_write_json", crash_once)
     with pytest.raises(OSError):
         run.write_checkpoint(tiny_save("orphan"), epoch=3)
     latest = run.write_checkpoint(tiny_save("latest"), epoch=4)
