@@ -570,6 +570,7 @@ def fit_backed(
     callback: Any = None,
     stop_event: Any = None,
     seams: Any = None,
+    clusterer: Any = None,
     **params: Any,
 ) -> Any:
     """Fit a :class:`dhaka.Dhaka` on an ``.h5ad`` without loading its matrix.
@@ -585,7 +586,7 @@ def fit_backed(
         An unfitted :class:`dhaka.Dhaka` whose settings to use; or give them as ``**params``.
     cache, cache_root, max_memory_bytes, chunk_nnz
         See :func:`prepare`.
-    callback, stop_event, seams
+    callback, stop_event, seams, clusterer
         As in :meth:`dhaka.Dhaka.fit`.
 
     Returns
@@ -603,7 +604,7 @@ def fit_backed(
     prep = prepare(path, preprocessor=est.make_preprocessor(), cache=cache, cache_root=cache_root,
                    max_memory_bytes=max_memory_bytes, chunk_nnz=chunk_nnz, seed=int(est.seed))
     try:
-        return est.fit(prep, callback=callback, stop_event=stop_event, seams=seams)
+        return est.fit(prep, callback=callback, stop_event=stop_event, seams=seams, clusterer=clusterer)
     finally:
         if isinstance(prep.matrix, BackedRows):
             prep.matrix.close()

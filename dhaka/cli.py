@@ -27,7 +27,11 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k-max", type=int, default=10, help="largest number of GMM clusters tried (BIC picks k)")
+    from dhaka.clusterers import DEFAULT_CLUSTERER, available
+
+    p.add_argument("--k-max", type=int, default=10, help="largest number of clusters tried (BIC picks k)")
+    p.add_argument("--clusterer", choices=available(), default=DEFAULT_CLUSTERER,
+                   help="how clusters are called (dhaka.clusterers; default: GMM with k by BIC)")
     p.add_argument("--merge", action="store_true",
                    help="always merge overlapping GMM components (default: decided from the data, merged "
                         "clusters are kept where subsamples reproduce them better; dhaka.cluster.gmm_bic merge='auto')")
@@ -124,77 +128,93 @@ def _progress(quiet: bool):
     return cb
 
 
-def _cluster_and_write(args, Z, adata, *, extra_meta: dict) -> None:
-    from dhaka import io
-    from dhaka.cluster import gmm_bic
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any training, outputs that could not be written (each named by its flag)."""
+    if args.k_max < 1:
+        raise ValueError(f"--k-max must be at least 1, got {args.k_max}")
+    for flag, value in (("--out", args.out), ("--h5ad", getattr(args, "h5ad", None))):
+        if value and not Path(value).resolve().parent.is_dir():
+            raise ValueError(f"{flag} {value}: the folder {Path(value).resolve().parent} does not exist")
+    save = getattr(args, "save_model", None)
+    if save and Path(save).exists() and any(Path(save).iterdir()):
+        raise ValueError(f"--save-model {save}: the folder exists and is not empty; choose a new one")
 
-    res = gmm_bic(Z, k_max=args.k_max, seed=int(getattr(args, "seed", 0)), merge=args.merge)
-    io.write_latent_csv(args.out, Z, obs_names=list(adata.obs_names), labels=res.labels)
-    skipped = f" (skipped k: {', '.join(map(str, res.skipped))})" if res.skipped else ""
-    print(f"wrote {args.out}: {Z.shape[0]} cells x {Z.shape[1]} latent dims, GMM-BIC chose k={res.k}{skipped}",
-          file=sys.stderr)
+
+def _clusterer(args: argparse.Namespace, mode: str):
+    from dhaka.clusterers import GMMBIC, resolve
+
+    if args.merge:
+        return GMMBIC(k_max=args.k_max, merge=True)
+    return resolve(args.clusterer, mode=mode, k_max=args.k_max)
+
+
+def _write_result(args: argparse.Namespace, result, adata, *, extra_meta: dict) -> None:
+    """Write the latent CSV (and the .h5ad) of a pipeline result."""
+    from dhaka import io
+
+    Z = result.latent
+    if getattr(args, "save_model", None):
+        result.estimator.save(args.save_model)
+        print(f"saved model to {args.save_model}", file=sys.stderr)
+    io.write_latent_csv(args.out, Z, obs_names=list(adata.obs_names), labels=result.labels)
+    c = result.clusters
+    if c is None:
+        called = f"no clusters ({result.metrics.get('cluster_error', 'not called')})"
+    else:
+        skipped = getattr(c, "skipped", None)
+        called = f"{c.record.get('method', 'clusterer')} chose k={c.k}" + (
+            f" (skipped k: {', '.join(map(str, skipped))})" if skipped else "")
+    print(f"wrote {args.out}: {Z.shape[0]} cells x {Z.shape[1]} latent dims, {called}", file=sys.stderr)
     if args.h5ad:
         from dhaka.tl import to_anndata
 
         meta = dict(extra_meta)
-        out = to_anndata(adata, latent=Z, clusters=res.labels, params=meta.pop("params", None), gmm=res,
-                         extra={**meta, "gmm_k": int(res.k)})
+        out = to_anndata(adata, latent=Z, clusters=result.labels, params=result.estimator.get_params(),
+                         cluster_result=c, extra={**meta, **({"gmm_k": int(c.k)} if c is not None else {})})
         Path(args.h5ad).write_bytes(io.to_h5ad_bytes(out))
         print(f"wrote {args.h5ad}", file=sys.stderr)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from dhaka import Dhaka
-    from dhaka.cluster import latent_merge
+    from dhaka.pipeline import run
 
-    params = _estimator_params(args)  # check the settings before reading a large file
+    params = _estimator_params(args)  # check the settings and outputs before reading a large file
+    _check_outputs(args)
     adata = _read(args)
     est = Dhaka.from_preset(args.preset, **params)
-    args.merge = args.merge or latent_merge(est.mode)  # the app's rule (dhaka.cluster.latent_merge)
+    clusterer = _clusterer(args, est.mode)
     if args.distributed:
-        from dhaka.distributed import fit_estimator_distributed, init_from_env, is_main_process, shutdown
+        from dhaka.distributed import data_parallel_seams, init_from_env, is_distributed, is_main_process, shutdown
 
         init_from_env()
         try:
             main_rank = is_main_process()
-            fit_estimator_distributed(est, adata, callback=_progress(args.quiet or not main_rank))
+            result = run(adata, estimator=est, clusterer=clusterer, callback=_progress(args.quiet or not main_rank),
+                         seams=data_parallel_seams(device=est.device) if is_distributed() else None,
+                         main_process=main_rank)
             if main_rank:  # rank 0 writes the results; the others wait for it in shutdown()
-                _write_embedding(args, est, adata)
+                _write_result(args, result, adata, extra_meta={})
         finally:
             shutdown()
         return 0
-    est.fit(adata, callback=_progress(args.quiet))
-    _write_embedding(args, est, adata)
+    result = run(adata, estimator=est, clusterer=clusterer, callback=_progress(args.quiet))
+    _write_result(args, result, adata, extra_meta={})
     return 0
 
 
-def _write_embedding(args: argparse.Namespace, est, adata) -> None:
-    args.seed = int(est.seed)
-    Z = est.transform(adata)
-    if args.save_model:
-        est.save(args.save_model)
-        print(f"saved model to {args.save_model}", file=sys.stderr)
-    _cluster_and_write(args, Z, adata, extra_meta={"params": est.get_params()})
-
-
 def cmd_project(args: argparse.Namespace) -> int:
-    import warnings
-
     from dhaka import Dhaka
-    from dhaka.cluster import latent_merge
+    from dhaka.pipeline import embed_cluster
 
+    _check_outputs(args)
     est = Dhaka.load(args.model_dir)
     adata = _read(args)
-    _, missing = est.align(adata)
-    if missing:
-        print(f"warning: {len(missing)} of {len(est.genes_)} model features are missing from {args.input} "
-              f"(e.g. {', '.join(missing[:5])}); filled with the training mean", file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        Z = est.transform(adata)
-    args.seed = int(est.seed)
-    args.merge = args.merge or latent_merge(est.mode)
-    _cluster_and_write(args, Z, adata, extra_meta={"model": str(args.model_dir), "missing": missing})
+    result = embed_cluster(est, adata, clusterer=_clusterer(args, est.mode))
+    if result.missing:
+        print(f"warning: {len(result.missing)} of {len(est.genes_)} model features are missing from {args.input} "
+              f"(e.g. {', '.join(result.missing[:5])}); filled with the training mean", file=sys.stderr)
+    _write_result(args, result, adata, extra_meta={"model": str(args.model_dir), "missing": result.missing})
     return 0
 
 

@@ -84,6 +84,12 @@ class GMMResult:
     params: dict = field(default_factory=dict)
     merge_choice: dict | None = None
 
+    @property
+    def record(self) -> dict[str, Any]:
+        """What a run records of this clustering (:class:`dhaka.clusterers.ClusterResult`'s ``record``)."""
+        return {"method": "gmm_bic", "k": int(self.k), "bic": np.asarray(self.bic, dtype=np.float64),
+                "n_components": int(self.n_components), "cluster_params": dict(self.params or {})}
+
     def predict(self, Z) -> np.ndarray:
         """Cluster labels of new points ``Z`` (same columns as the fitted data)."""
         Z = _as_2d(Z)

@@ -359,37 +359,32 @@ def run_distributed_fit(estimator_params: dict, X_path: str | os.PathLike, out_d
     import torch.distributed as dist
 
     from dhaka.estimator import Dhaka
+    from dhaka.pipeline import run
 
     rank, size = init_from_env()
     t0 = time.perf_counter()
     est = Dhaka(**estimator_params)
+    seams = data_parallel_seams(device=est.device) if is_distributed() else None
     if backed:
-        from dhaka.backed import fit_backed, transform_backed
-
-        est = fit_backed(X_path, estimator=est, seams=data_parallel_seams(device=est.device)
-                         if is_distributed() else None)
-        Z = transform_backed(est, X_path) if rank == 0 else None
-        obs_names = None
+        data, obs_names = X_path, None
     else:
         from dhaka.io import read
 
-        adata = read(X_path)
-        fit_estimator_distributed(est, adata)
-        Z = est.transform(adata) if rank == 0 else None
-        obs_names = list(adata.obs_names)
+        data = read(X_path)
+        obs_names = list(data.obs_names)
+    result = run(data, estimator=est, backed=backed, seams=seams, main_process=rank == 0)
+    Z = result.latent
     seconds = time.perf_counter() - t0
     info = {"rank": rank, "world_size": size, "backend": dist.get_backend() if dist.is_initialized() else "none",
             "n_cells": None if Z is None else int(Z.shape[0]), "epochs": len(est.history_), "seconds": seconds}
     if rank == 0:
-        from dhaka.cluster import gmm_bic, latent_merge
         from dhaka.io import write_latent_csv
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "latent.npy", Z)
-        labels = gmm_bic(Z, k_max=10, seed=int(est.seed), merge=latent_merge(est.mode)).labels
         write_latent_csv(out / "latent.csv", Z, obs_names=obs_names or [str(i) for i in range(len(Z))],
-                         labels=labels)
+                         labels=result.labels)
         (out / "history.json").write_text(json.dumps(est.history_, default=float))
         (out / "run.json").write_text(json.dumps(info))
         if save_model:

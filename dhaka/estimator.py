@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from dhaka import __version__
+from dhaka import __version__, cpu
 from dhaka.preprocess import LEGACY_SETTINGS, PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
 from dhaka.store import MODEL_FILES, atomic_write_dir, check_model_dir  # noqa: F401 - MODEL_FILES re-exported
 
@@ -54,6 +54,15 @@ def _as_matrix(X: Any) -> tuple[Any, list[str] | None, list[str] | None]:
     if hasattr(X, "columns") and hasattr(X, "index") and hasattr(X, "to_numpy"):
         return X.to_numpy(dtype=np.float32), [str(s) for s in X.index], [str(s) for s in X.columns]
     return X, None, None
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedding:
+    """What :meth:`Dhaka.embed` returns: latent coordinates, the encoder's input and the missing features."""
+
+    latent: np.ndarray
+    model_input: Any
+    missing: list[str]
 
 
 class Dhaka(TransformerMixin, BaseEstimator):
@@ -164,6 +173,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     precision
         ``"bf16"`` trains under bfloat16 autocast (for GPUs; weights and the latent stay float32).
+    n_threads
+        CPU threads of torch, OpenMP/BLAS and numba for the duration of ``fit`` (restored after;
+        :func:`dhaka.cpu.limit_threads`). ``None``: the job's share in the app, else
+        ``DHAKA_THREADS``, else the CPUs this process may use (affinity and cgroup quota) less the
+        cores other programs keep busy at the start. The count used is ``n_threads_``; the same
+        seed and count give the same model bit for bit.
     """
 
     def __init__(
@@ -202,6 +217,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         seed: int = 0,
         device: str = "auto",
         precision: Literal["fp32", "bf16"] = "fp32",
+        n_threads: int | None = None,
     ) -> None:
         self.mode = mode
         self.latent_dim = latent_dim
@@ -237,6 +253,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.seed = seed
         self.device = device
         self.precision = precision
+        self.n_threads = n_threads
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -375,6 +392,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         checkpoint: Callable[[Callable[[str | os.PathLike], None], int], None] | None = None,
         checkpoint_every: int = 5,
         seams: Any = None,
+        clusterer: Any = None,
     ) -> "Dhaka":
         """Preprocess ``X``, select genes, train the VAE (``n_starts`` times), keep the best start.
 
@@ -392,20 +410,31 @@ class Dhaka(TransformerMixin, BaseEstimator):
         seams
             A :class:`dhaka.train.TrainingSeams` handed to every :func:`dhaka.train.fit_vae` of
             the fit (e.g. :func:`dhaka.distributed.data_parallel_seams` for data-parallel training).
+        clusterer
+            The :class:`dhaka.clusterers.Clusterer` (or registered name) that scores the random starts and
+            finds the clusters the library-depth check looks within; ``None``: the mode's default
+            (:func:`dhaka.clusterers.resolve`). :func:`dhaka.pipeline.run` passes the caller it clusters with.
         """
+        from dhaka.clusterers import resolve
+
         self.validate_params()
-        if isinstance(X, PreparedRows):
-            return self._fit_prepared(X, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
-                                      checkpoint_every=checkpoint_every, seams=seams)
-        M, _, names = _as_matrix(X)
-        M = self._validate(M, reset=True)
-        self.feature_names_ = names
-        pre = self.make_preprocessor()
-        P, columns = pre.fit_values(M)  # columns: the residuals' gene pool (None: P holds every feature)
-        pre.fit_genes(P, columns=columns)
-        self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(), max_genes=pre.n_select(M.shape[1]),
-                         columns=columns, covariate=self._library_covariate(M, pre), callback=callback,
-                         stop_event=stop_event, checkpoint=checkpoint, checkpoint_every=checkpoint_every, seams=seams)
+        clusterer = resolve(clusterer, mode=self.mode)
+        with cpu.limit_threads(self.n_threads) as n_threads:
+            self.n_threads_ = n_threads
+            if isinstance(X, PreparedRows):
+                return self._fit_prepared(X, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
+                                          checkpoint_every=checkpoint_every, seams=seams, clusterer=clusterer)
+            M, _, names = _as_matrix(X)
+            M = self._validate(M, reset=True)
+            self.feature_names_ = names
+            pre = self.make_preprocessor()
+            P, columns = pre.fit_values(M)  # columns: the residuals' gene pool (None: P holds every feature)
+            pre.fit_genes(P, columns=columns)
+            self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(),
+                             max_genes=pre.n_select(M.shape[1]), columns=columns,
+                             covariate=self._library_covariate(M, pre), callback=callback, stop_event=stop_event,
+                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, seams=seams,
+                             clusterer=clusterer)
         return self
 
     def _fit_prepared(self, X: PreparedRows, **train_kw: Any) -> "Dhaka":
@@ -478,7 +507,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             if nuisance is not None:
                 self.refinement_[-1]["library_axis"] = "removed"
             if covariate is not None and not remove and self.library_axis == "auto" and not self.stopped_:
-                share = self._library_share(S, covariate)
+                share = self._library_share(S, covariate, train_kw["clusterer"])
                 self.refinement_[-1].update(share)
                 if share.get("library_r2_within", 0.0) > LIBRARY_R2:  # a depth gradient: this fit again, without it
                     remove = True
@@ -506,15 +535,13 @@ class Dhaka(TransformerMixin, BaseEstimator):
             self.refinement_.append({"fit": len(self.refinement_) + 1, "genes": int(len(idx)),
                                      "selected_by": "latent R^2"})
 
-    def _library_share(self, S: Any, covariate: np.ndarray) -> dict[str, float]:
+    def _library_share(self, S: Any, covariate: np.ndarray, clusterer: Any) -> dict[str, float]:
         """How much of ``covariate`` (per cell) the current latent of ``S`` explains, as rank 0 sees it.
 
         ``library_r2``: R^2 of a linear fit on the latent; where it exceeds :data:`LIBRARY_R2`,
-        also ``library_r2_within``: the same within the latent's clusters (``gmm_bic`` as the app
-        clusters), i.e. the share of a gradient inside clusters rather than of differences between
+        also ``library_r2_within``: the same within the latent's clusters (called by ``clusterer``), i.e. the share of a gradient inside clusters rather than of differences between
         them (cell types may differ in library size; that is kept).
         """
-        from dhaka.cluster import gmm_bic, latent_merge
         from dhaka.preprocess import latent_r2
         from dhaka.train import encode
 
@@ -522,7 +549,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         c = np.asarray(covariate, dtype=np.float64)[:, None]
         out = {"library_r2": float(latent_r2(c, Z)[0])}
         if out["library_r2"] > LIBRARY_R2:
-            labels = gmm_bic(Z, seed=int(self.seed), merge=latent_merge(self.mode)).labels
+            labels = clusterer.fit(Z, seed=int(self.seed)).labels
             out["library_r2_within"] = float(latent_r2(_within_clusters(c, labels), _within_clusters(Z, labels))[0])
         return _from_rank0(out)
 
@@ -542,7 +569,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
                epochs: int, nuisance: np.ndarray | None = None, callback=None, stop_event=None, checkpoint=None,
                checkpoint_every: int = 5,
                n_starts: int | None = None, pass_offset: int = 0, n_passes: int | None = None,
-               stage: str = "", seams: Any = None) -> None:
+               stage: str = "", seams: Any = None, clusterer: Any = None) -> None:
         """Train ``n_starts`` models on the selected matrix ``S`` and keep the best start.
 
         ``loadings``: the encoder's principal axes; ``nuisance``: the unit gene axis the models
@@ -601,7 +628,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             except Exception:
                 self.history_ = []
                 raise
-            score = self._score_start(model, S, seed) if n_starts > 1 else {"silhouette": float("nan"), "k": None}
+            score = self._score_start(model, S, seed, clusterer) if n_starts > 1 else {"silhouette": float("nan"), "k": None}
             hist = [r.as_dict() for r in res.history]
             final = hist[-1]["loss"] if hist else float("nan")
             self.start_scores_.append({"start": s, "seed": seed, **score, "final_loss": final,
@@ -640,13 +667,13 @@ class Dhaka(TransformerMixin, BaseEstimator):
 
         return cb
 
-    def _score_start(self, model, S, seed: int) -> dict[str, Any]:
-        from dhaka.cluster import gmm_bic, latent_merge, silhouette
+    def _score_start(self, model, S, seed: int, clusterer: Any) -> dict[str, Any]:
+        from dhaka.cluster import silhouette
         from dhaka.train import encode
 
         Z = encode(model, S, device="cpu")
         try:
-            res = gmm_bic(Z, k_max=10, seed=seed, merge=latent_merge(self.mode))
+            res = clusterer.fit(Z, seed=seed)
             return {"silhouette": float(silhouette(Z, res.labels)), "k": int(res.k)}
         except Exception as exc:  # a degenerate start must not kill the others
             warnings.warn(f"could not score start (seed {seed}): {exc}")
@@ -699,15 +726,25 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 S[:, ~have] = fill[~have]
         return S, missing
 
-    def transform(self, X: Any) -> np.ndarray:
-        """Latent coordinates (posterior means) of the cells in ``X``."""
+    def embed(self, X: Any) -> Embedding:
+        """The cells of ``X`` matched to the model's features, preprocessed once, and their latent coordinates.
+
+        Returns an :class:`Embedding`: ``latent`` (posterior means), ``model_input`` (the selected,
+        preprocessed matrix the encoder read) and ``missing`` (model features absent from ``X``,
+        filled with the training mean). :meth:`transform` is its ``latent``.
+        """
         from dhaka.train import encode
 
         S, missing = self.align(X)
-        if missing:
-            warnings.warn(f"{len(missing)} of {len(self.genes_)} selected features are missing from the "
-                          f"new data (e.g. {', '.join(missing[:5])}); they were filled with the training mean")
-        return encode(self.model_, S, device="cpu")
+        return Embedding(latent=encode(self.model_, S, device="cpu"), model_input=S, missing=list(missing))
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Latent coordinates (posterior means) of the cells in ``X`` (a warning names missing features)."""
+        out = self.embed(X)
+        if out.missing:
+            warnings.warn(f"{len(out.missing)} of {len(self.genes_)} selected features are missing from the "
+                          f"new data (e.g. {', '.join(out.missing[:5])}); they were filled with the training mean")
+        return out.latent
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
         return self.fit(X, y, **fit_params).transform(X)

@@ -19,16 +19,17 @@ stays light.
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from dhaka.record import uns_record, versions
+
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
 
-    from dhaka.cluster import GMMResult
+    from dhaka.clusterers import Clusterer, ClusterResult
     from dhaka.estimator import Dhaka
 
 __all__ = ["dhaka", "project", "to_anndata", "versions", "uns_record", "params_from_uns"]
@@ -38,78 +39,6 @@ EMBEDDING_METHODS = ("pca", "tsne", "umap")
 
 
 # ------------------------------------------------------------------ records
-def versions() -> dict[str, str]:
-    """Versions of the software that made a result (dhaka, torch, numpy, anndata, python)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from dhaka import __version__
-
-    out = {"dhaka": __version__, "numpy": np.__version__, "python": platform.python_version()}
-    for pkg in ("torch", "anndata", "scikit-learn"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:  # pragma: no cover - optional at run time
-            out[pkg] = "not installed"
-    return out
-
-
-def _h5_value(v: Any) -> Any:
-    """``v`` in a form ``write_h5ad`` stores (it refuses ``None``; tuples become lists)."""
-    if v is None:
-        return "None"
-    if isinstance(v, Mapping):
-        return {str(k): _h5_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        if all(isinstance(x, (bool, int, float, np.integer, np.floating)) for x in v):
-            return np.asarray(v)
-        return [str(x) for x in v]
-    if isinstance(v, (bool, int, float, str, np.integer, np.floating, np.bool_, np.ndarray)):
-        return v
-    return str(v)
-
-
-def uns_record(
-    *,
-    params: Mapping[str, Any] | None = None,
-    gmm: GMMResult | None = None,
-    seed: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``uns["dhaka"]`` record: settings, software versions, BIC curve, k and seed.
-
-    ``params`` is kept twice: ``params`` (values as ``write_h5ad`` can store them;
-    ``None`` becomes the string ``"None"``) and ``params_json`` (exact, for
-    ``Dhaka(**json.loads(...))``; see :func:`params_from_uns`).
-
-    Parameters
-    ----------
-    params
-        The estimator's settings (``Dhaka.get_params()``).
-    gmm
-        The clustering whose BIC curve and ``k`` are recorded.
-    seed
-        Seed of the run (defaults to ``params["seed"]``).
-    extra
-        Further entries (e.g. ``run_id``), stored as given (``None`` as ``"None"``).
-    """
-    params = dict(params or {})
-    rec: dict[str, Any] = {"versions": versions()}
-    if params:
-        rec["params"] = _h5_value(params)
-        rec["params_json"] = json.dumps(params, default=str)
-    seed = params.get("seed") if seed is None else seed
-    if seed is not None:
-        rec["seed"] = int(seed)
-    if gmm is not None:
-        rec["bic"] = np.asarray(gmm.bic, dtype=np.float64)
-        rec["k"] = int(gmm.k)
-        rec["n_components"] = int(getattr(gmm, "n_components", gmm.k))
-        rec["cluster_params"] = _h5_value(getattr(gmm, "params", {}) or {})
-    for key, value in (extra or {}).items():
-        rec[str(key)] = _h5_value(value)
-    return rec
-
-
 def params_from_uns(adata: anndata.AnnData, *, key: str = "dhaka") -> dict[str, Any]:
     """The exact ``Dhaka`` settings recorded in ``adata.uns[key]`` (``Dhaka(**params)`` rebuilds it)."""
     try:
@@ -183,6 +112,7 @@ def dhaka(
     copy: bool = False,
     seed: int = 0,
     k_max: int = 10,
+    clusterer: Clusterer | str | None = None,
     **params: Any,
 ) -> anndata.AnnData | None:
     """Train Dhaka on ``adata`` and store its latent space and clusters, scanpy style.
@@ -206,8 +136,10 @@ def dhaka(
     seed
         Seed of training and clustering.
     k_max
-        Largest number of Gaussian-mixture components tried by the clustering
-        (:func:`dhaka.cluster.gmm_bic` with its defaults otherwise).
+        Largest number of clusters tried by the clustering.
+    clusterer
+        How clusters are called (:mod:`dhaka.clusterers`: an object or a registered name);
+        ``None``: Gaussian mixtures with k by BIC, the mode's merge rule.
     **params
         Further :class:`dhaka.Dhaka` settings (``epochs``, ``structure``, ``n_genes``, ...).
 
@@ -229,24 +161,15 @@ def dhaka(
     >>> sc.pl.embedding(adata, basis="dhaka", projection="3d", color="dhaka_cluster")  # doctest: +SKIP
     """
     from dhaka.estimator import Dhaka
+    from dhaka.pipeline import run
 
     key = _check_key(key_added)
     data = _input(adata, layer)
-    model = Dhaka(mode=mode, latent_dim=latent_dim, seed=seed, **params)
-    Z = model.fit_transform(data)
-    gmm = _cluster(Z, seed=seed, k_max=k_max, mode=mode)
-    record = uns_record(params=model.get_params(), gmm=gmm, seed=seed, extra={
-        "layer": layer, "n_genes_used": len(model.genes_),
-        "train_seconds": float(getattr(model, "train_seconds_", 0.0) or 0.0)})
+    result = run(data, estimator=Dhaka(mode=mode, latent_dim=latent_dim, seed=seed, **params),
+                 clusterer=clusterer, k_max=k_max, extra={"layer": layer})
     out = adata.copy() if copy else adata
-    _write(out, key=key, Z=Z, clusters=gmm.labels, record=record)
+    _write(out, key=key, Z=result.latent, clusters=result.labels, record=result.record)
     return out if copy else None
-
-
-def _cluster(Z: np.ndarray, *, seed: int, k_max: int, mode: str) -> GMMResult:
-    from dhaka.cluster import gmm_bic, latent_merge
-
-    return gmm_bic(Z, k_max=k_max, seed=seed, merge=latent_merge(mode))
 
 
 def project(
@@ -257,6 +180,7 @@ def project(
     layer: str | None = None,
     cluster: bool = False,
     k_max: int = 10,
+    clusterer: Clusterer | str | None = None,
     copy: bool = False,
 ) -> anndata.AnnData | None:
     """Embed a second sample with a fitted model (no training), scanpy style.
@@ -276,9 +200,9 @@ def project(
     layer
         Read ``adata.layers[layer]`` instead of ``adata.X``.
     cluster
-        Also cluster the projected cells (GMM-BIC) into ``obs[key_added + "_cluster"]``.
-    k_max
-        Largest number of mixture components tried when ``cluster=True``.
+        Also cluster the projected cells into ``obs[key_added + "_cluster"]``.
+    k_max, clusterer
+        As in :func:`dhaka`, when ``cluster=True``.
     copy
         Work on a copy and return it.
 
@@ -288,17 +212,21 @@ def project(
     """
     from sklearn.utils.validation import check_is_fitted
 
+    from dhaka.pipeline import embed_cluster
+
     key = _check_key(key_added)
     check_is_fitted(model, "model_")
     data = _input(adata, layer)
-    _, missing = model.align(data)
-    Z = model.transform(data)
-    seed = int(model.get_params().get("seed", 0))
-    gmm = _cluster(Z, seed=seed, k_max=k_max, mode=model.get_params().get("mode", "expression")) if cluster else None
-    record = uns_record(params=model.get_params(), gmm=gmm, seed=seed, extra={
-        "projected": True, "layer": layer, "n_genes_used": len(model.genes_), "n_genes_missing": len(missing)})
+    result = embed_cluster(model, data, cluster=cluster, clusterer=clusterer, k_max=k_max)
+    if result.missing:
+        import warnings
+
+        warnings.warn(f"{len(result.missing)} of {len(model.genes_)} selected features are missing from the new "
+                      f"data (e.g. {', '.join(result.missing[:5])}); they were filled with the training mean")
+    record = {**result.record, "projected": True, "layer": "None" if layer is None else layer,
+              "n_genes_used": len(model.genes_), "n_genes_missing": len(result.missing)}
     out = adata.copy() if copy else adata
-    _write(out, key=key, Z=Z, clusters=None if gmm is None else gmm.labels, record=record)
+    _write(out, key=key, Z=result.latent, clusters=result.labels, record=record)
     return out if copy else None
 
 
@@ -334,7 +262,7 @@ def to_anndata(
     embeddings: Mapping[str, Any] | None = None,
     annotations: Mapping[str, Any] | Any = None,
     params: Mapping[str, Any] | None = None,
-    gmm: GMMResult | None = None,
+    cluster_result: ClusterResult | None = None,
     seed: int | None = None,
     key_added: str = "dhaka",
     cellxgene_views: bool = True,
@@ -358,8 +286,8 @@ def to_anndata(
         -> categorical ``obs`` columns (a name already in ``obs`` is replaced).
     params
         The estimator's settings (``Dhaka.get_params()``) for ``uns["dhaka"]``.
-    gmm
-        The clustering, for its BIC curve and ``k``.
+    cluster_result
+        The clustering (:class:`dhaka.clusterers.ClusterResult`), for its record (``k``, BIC curve).
     seed
         Seed of the run (defaults to ``params["seed"]``).
     key_added
@@ -384,7 +312,7 @@ def to_anndata(
     extra = dict(extra or {})
     if clusters is not None:  # the clusters in use may be a k the user chose, not the BIC's
         extra.setdefault("n_clusters", int(len(np.unique(np.asarray(clusters).astype(str)))))
-    record = uns_record(params=params, gmm=gmm, seed=seed, extra=extra)
+    record = uns_record(params=params, clusters=cluster_result, seed=seed, extra=extra)
     _write(out, key=key, Z=Z, clusters=clusters, record=record)
     if cellxgene_views and Z.shape[1] >= 3:
         out.obsm[f"X_{key}_dims13"] = Z[:, [0, 2]].copy()

@@ -63,9 +63,10 @@ for cell, col in zip(cells, [right, *st.columns(2)]):
 # ------------------------------------------------------------------ scores
 st.subheader("Clusters and scores")
 b1, b2 = st.columns([1, 1])
-if gmm is not None:
+if gmm is not None and "bic" in gmm.record:
     with b1:
-        fig_bic = plots.bic_curve(np.arange(1, len(gmm.bic) + 1), gmm.bic, best_k=int(gmm.k),
+        bic = gmm.record["bic"]
+        fig_bic = plots.bic_curve(np.arange(1, len(bic) + 1), bic, best_k=int(gmm.k),
                                   chosen_k=state.get_cluster_k(), skipped=list(getattr(gmm, "skipped", [])))
         figures.chart(fig_bic, "gmm-bic", key="fig_bic")
 with b2:
@@ -86,7 +87,7 @@ d1.download_button("Latent + clusters (CSV)", key="dl_csv", file_name=f"{stem}-l
                    on_click="ignore", icon=":material/download:", help="With your annotations as columns.")
 d2.download_button("AnnData (.h5ad)", key="dl_h5ad", file_name=f"{stem}.h5ad", mime="application/octet-stream",
                    data=lambda: tasks.h5ad_bytes(adata, latent=Z, labels=labels, embeddings=emb, annotations=ann,
-                                                 gmm=gmm, params=params, run_id=res.get("run_id")),
+                                                 cluster_result=gmm, params=params, run_id=res.get("run_id")),
                    on_click="ignore",
                    icon=":material/download:", help="obsm['X_dhaka'] (+ X_pca / X_tsne / X_umap when computed), "
                                                     "obs['dhaka_cluster']; opens in scanpy and cellxgene.")

@@ -138,7 +138,7 @@ def test_to_anndata_keeps_every_embedding_and_labels(adata, tmp_path):
     from dhaka.cluster import gmm_bic
 
     out = tl.to_anndata(adata, latent=Z, clusters=labels, embeddings=emb, params=params,
-                        gmm=gmm_bic(Z, k_max=3, seed=0), annotations={"my_label": np.where(labels < 3, "T", "B")},
+                        cluster_result=gmm_bic(Z, k_max=3, seed=0), annotations={"my_label": np.where(labels < 3, "T", "B")},
                         extra={"run_id": "r1"})
     assert "X_dhaka" not in adata.obsm and "my_label" not in adata.obs  # input untouched
     assert set(out.obsm) >= {"X_dhaka", "X_pca", "X_pca_3d", "X_umap", "X_tsne", "X_dhaka_dims13", "X_dhaka_dims23"}

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dhaka.jobs import JobManager
     from dhaka.ui.views_worker import ViewsWorker
 
-__all__ = ["job_manager", "views_worker", "load_demo", "embedding", "gmm_bic", "gmm_fixed_k",
+__all__ = ["job_manager", "views_worker", "load_demo", "embedding", "clusters", "gmm_fixed_k",
            "qc_stats", "view_scores", "pseudotime_root", "pseudotime", "clone_calls"]
 
 
@@ -92,14 +92,12 @@ def embedding(
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def gmm_bic(_Z: np.ndarray, *, digest: str, k_max: int, seed: int, merge: bool | str = "auto") -> Any:
-    """GMM BIC search on ``_Z`` (``dhaka.cluster.gmm_bic``), cached by content digest and settings."""
-    from threadpoolctl import threadpool_limits
+def clusters(_Z: np.ndarray, *, digest: str, k_max: int, seed: int, mode: str = "expression",
+             clusterer: str | None = None) -> Any:
+    """Clusters of ``_Z`` by the pipeline's caller (:func:`dhaka.clusterers.resolve`), cached by content and settings."""
+    from dhaka.clusterers import resolve
 
-    from dhaka.cluster import gmm_bic as _gmm_bic
-
-    with threadpool_limits(1, user_api="blas"):  # tiny matrices: threads only contend (50x slower under load)
-        return _gmm_bic(_Z, k_max=k_max, seed=seed, merge=merge)
+    return resolve(clusterer, mode=mode, k_max=k_max).fit(_Z, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -145,7 +143,7 @@ def view_scores(_coords: np.ndarray, _labels: np.ndarray, _truth: Any, *, key: s
     """
     from threadpoolctl import threadpool_limits
 
-    from dhaka.ui.tasks import cluster_metrics
+    from dhaka.pipeline import cluster_metrics
 
     with threadpool_limits(1, user_api="blas"):
         return cluster_metrics(_coords, _labels, _truth)

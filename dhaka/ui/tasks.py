@@ -9,13 +9,14 @@ The training task:
 
 1. creates a run in the :class:`dhaka.runs.RunStore` (settings, data
    fingerprint, owner);
-2. fits :class:`dhaka.Dhaka` (:func:`fit_embed_cluster`) in a training process
+2. fits :class:`dhaka.Dhaka` (:func:`dhaka.ui.training.fit_embed_cluster`, i.e.
+   :func:`dhaka.pipeline.run`) in a training process
    of its own (:mod:`dhaka.ui.train_worker`; ``DHAKA_TRAIN_IN_THREAD=1`` keeps it
    in the job's thread), relaying every epoch to the job
    (``ctx.report(..., history_row=...)``, which the Train page polls) and
    writing a checkpoint every few epochs;
-3. embeds the cells, calls GMM clusters (BIC), scores them against the true
-   labels when known (in the same process);
+3. embeds the cells, calls clusters (:mod:`dhaka.clusterers`), scores them against
+   the true labels when known (in the same process);
 4. finishes the run (model, latent + clusters CSV, history, metrics) and
    returns a :class:`TrainOutcome`.
 
@@ -35,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dhaka.pipeline import cluster_metrics
+from dhaka.ui.training import fit_embed_cluster
 from dhaka.ui.views_worker import trainings_first
 
 _log = logging.getLogger(__name__)
@@ -52,7 +55,6 @@ __all__ = [
     "data_fingerprint",
     "check_training_memory",
     "make_train_task",
-    "FitResult",
     "fit_embed_cluster",
     "train_in_thread",
     "cluster_metrics",
@@ -84,7 +86,8 @@ class TrainOutcome:
     latent
         ``(n_cells, latent_dim)`` posterior means, in the dataset's cell order.
     gmm
-        GMM BIC search on ``latent`` (``None`` if it could not be fitted).
+        The clusters called on ``latent`` (a :class:`dhaka.clusterers.ClusterResult`; ``None`` if
+        the latent could not be clustered).
     run_id
         The run the result is stored as.
     status
@@ -182,21 +185,6 @@ def _matrix_bytes(X: Any) -> int:
     return int(np.asarray(X).nbytes)
 
 
-def cluster_metrics(latent: np.ndarray, labels: np.ndarray | None, truth: Any = None) -> dict[str, float]:
-    """Silhouette of the clusters, and ARI / NMI against ``truth`` when given."""
-    from dhaka.cluster import ari, nmi, silhouette
-
-    out: dict[str, float] = {}
-    if labels is None:
-        return out
-    out["silhouette"] = float(silhouette(latent, labels))
-    if truth is not None:
-        t = np.asarray(truth).astype(str)
-        out["ari"] = float(ari(t, labels))
-        out["nmi"] = float(nmi(t, labels))
-    return out
-
-
 def latent_frame(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray | None = None) -> pd.DataFrame:
     """Latent coordinates as a table: index = cell ids, columns ``dhaka_1..dhaka_d`` (+ ``cluster``)."""
     import pandas as pd
@@ -209,17 +197,6 @@ def latent_frame(latent: np.ndarray, obs_names: list[str], *, labels: np.ndarray
     return df
 
 
-@dataclass
-class FitResult:
-    """What fitting, embedding and clustering return (from this thread or the training process)."""
-
-    estimator: Any
-    latent: np.ndarray
-    gmm: Any
-    labels: np.ndarray | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
 def train_in_thread() -> bool:
     """``True`` when ``DHAKA_TRAIN_IN_THREAD=1``: trainings run in the job's thread, not a process of their own.
 
@@ -229,63 +206,6 @@ def train_in_thread() -> bool:
     import os
 
     return os.environ.get("DHAKA_TRAIN_IN_THREAD", "0").strip() == "1"
-
-
-def fit_embed_cluster(
-    adata: anndata.AnnData,
-    params: dict[str, Any],
-    *,
-    truth: np.ndarray | None,
-    k_max: int,
-    on_epoch: Callable[[dict[str, Any]], None],
-    stop_event: Any,
-    checkpoint: Callable[[Callable[[Any], None], int], None] | None,
-    checkpoint_every: int,
-    checkpoint_seconds: float = 0.0,
-    on_phase: Callable[[str], None] = lambda phase: None,
-) -> FitResult:
-    """Fit :class:`dhaka.Dhaka`, embed the cells, call GMM clusters and score them (the training job's work).
-
-    ``on_epoch`` gets each epoch's report as a dict; ``on_phase("embedding")`` is called when the
-    fitting is over. Cluster metrics: ``k``, ``silhouette`` and, with ``truth``, ``ari`` / ``nmi``.
-    Checkpoints are offered every ``checkpoint_every`` epochs and taken at the first offer, then at
-    most once per ``checkpoint_seconds``.
-    """
-    from threadpoolctl import threadpool_limits
-
-    from dhaka.cluster import gmm_bic, latent_merge
-    from dhaka.estimator import Dhaka
-
-    est = Dhaka(**params)
-
-    def callback(report: Any) -> None:
-        on_epoch(report.as_dict() if hasattr(report, "as_dict") else dict(vars(report)))
-
-    last = [float("-inf")]
-
-    def timed_checkpoint(save_fn: Callable[[Any], None], epoch: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= checkpoint_seconds:
-            last[0] = now
-            checkpoint(save_fn, epoch)
-
-    est.fit(adata, callback=callback, stop_event=stop_event,
-            checkpoint=timed_checkpoint if checkpoint is not None else None, checkpoint_every=checkpoint_every)
-    on_phase("embedding")
-    Z = np.asarray(est.transform(adata))
-    metrics: dict[str, Any] = {}
-    # GMM works on tiny (d x d) matrices: BLAS threads only contend (50x slower on a busy CPU)
-    with threadpool_limits(1, user_api="blas"):
-        try:
-            gmm = gmm_bic(Z, k_max=min(k_max, max(1, Z.shape[0] - 1)), seed=int(est.get_params()["seed"]),
-                          merge=latent_merge(est.get_params()["mode"]))
-            labels = np.asarray(gmm.labels)
-        except Exception:  # clusters are a bonus: a degenerate latent space still is a result
-            gmm, labels = None, None
-        if gmm is not None:
-            metrics["k"] = int(gmm.k)
-            metrics.update(cluster_metrics(Z, labels, truth))
-    return FitResult(estimator=est, latent=Z, gmm=gmm, labels=labels, metrics=metrics)
 
 
 def _lean(adata: anndata.AnnData) -> anndata.AnnData:
@@ -396,7 +316,7 @@ def make_train_task(
                     fit = run_in_worker({"adata": _lean(adata), "params": params, "scratch": scratch, **kw},
                                         stop_event=ctx.stop_event,
                                         on_epoch=on_epoch, on_checkpoint=on_checkpoint, on_phase=on_phase)
-            est, Z, gmm, labels = fit.estimator, fit.latent, fit.gmm, fit.labels
+            est, Z, gmm, labels = fit.estimator, fit.latent, fit.clusters, fit.labels
             metrics: dict[str, Any] = {"n_epochs_run": len(history)}
             if history:
                 metrics["final_loss"] = history[-1].get("loss")
@@ -411,7 +331,7 @@ def make_train_task(
             except Exception:
                 run.close()
             raise
-        S, _missing = est.align(adata)
+        S = fit.model_input
         return TrainOutcome(estimator=est, latent=Z, gmm=gmm, run_id=run.id, status=status,
                             dataset_key=dataset_key, obs_names=obs_names, model_input=S,
                             model_input_digest=digest(S), latent_digest=digest(Z), metrics=metrics)
@@ -611,7 +531,7 @@ def h5ad_bytes(
     embeddings: dict[str, np.ndarray] | None = None,
     run_id: str | None = None,
     params: dict[str, Any] | None = None,
-    gmm: Any = None,
+    cluster_result: Any = None,
     annotations: Any = None,
 ) -> bytes:
     """An .h5ad of the dataset with the run's results (built by :func:`dhaka.tl.to_anndata`).
@@ -624,7 +544,7 @@ def h5ad_bytes(
     from dhaka.tl import to_anndata
 
     out = to_anndata(adata, latent=latent, clusters=labels, embeddings=embeddings, annotations=annotations,
-                     params=params, gmm=gmm, extra={"run_id": run_id or ""})
+                     params=params, cluster_result=cluster_result, extra={"run_id": run_id or ""})
     return to_h5ad_bytes(out)
 
 

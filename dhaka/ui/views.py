@@ -88,12 +88,10 @@ def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.
     with st.sidebar:
         st.subheader("Clusters")
         k_max = int(st.number_input("Largest k tried (BIC)", 2, 30, 10, key="w.exp.kmax"))
-    if gmm is None or len(gmm.bic) != k_max:
+    if gmm is None or len(gmm.record.get("bic", ())) != k_max:
         with st.spinner("Fitting Gaussian mixtures…"):
-            from dhaka.cluster import latent_merge
-
             mode = state.get_estimator_params().get("mode", "expression")
-            gmm = widgets.safe_call(cached.gmm_bic, Z, digest=digest, k_max=k_max, seed=seed, merge=latent_merge(mode),
+            gmm = widgets.safe_call(cached.clusters, Z, digest=digest, k_max=k_max, seed=seed, mode=mode,
                                     what="GMM clustering")
         if gmm is not None:
             st.session_state[state.GMM] = gmm
@@ -191,7 +189,7 @@ def scores_table(Z: np.ndarray, labels: np.ndarray | None, *, k_max: int, seed: 
     views: dict[str, tuple[np.ndarray, np.ndarray | None]] = {"Dhaka": (Z, labels)}
     for name, coords in (state.get_embeddings() if with_views else {}).items():
         method, d = name.split("_")
-        gmm = widgets.safe_call(cached.gmm_bic, coords, digest=tasks.digest(coords), k_max=k_max, seed=seed,
+        gmm = widgets.safe_call(cached.clusters, coords, digest=tasks.digest(coords), k_max=k_max, seed=seed,
                                 what=f"GMM on {METHODS[method]}")
         views[f"{METHODS[method]} {d.upper()}"] = (coords, None if gmm is None else np.asarray(gmm.labels))
     rows = []

@@ -701,6 +701,7 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
         est = Dhaka.load(run.model_dir())
         files = record.get("files") or {}
         cell_ids = [str(o) for o in adata.obs_names]
+        emb = None  # the model's input and latent, when computed here (preprocessed once)
         if files.get("latent"):
             lat = run.load_latent()
             lat.index = lat.index.astype(str)
@@ -717,20 +718,18 @@ def open_run(run_id: str, *, store: Any = None) -> bool:
                 st.error(f"Run {run_id} was trained on {plain(repr(data.get('name')))} with shape {fp.get('shape')}; "
                          "the loaded dataset differs. Load that dataset first.")
                 return False
-            Z = np.asarray(est.transform(adata))
+            emb = est.embed(adata)
+            Z = np.asarray(emb.latent)
         seed = int(est.get_params().get("seed", 0))
         z_digest = tasks.digest(Z)
-        from dhaka.cluster import latent_merge
-
-        gmm = cached.gmm_bic(Z, digest=z_digest, k_max=10, seed=seed,
-                             merge=latent_merge(est.get_params().get("mode", "expression")))
+        gmm = cached.clusters(Z, digest=z_digest, k_max=10, seed=seed, mode=est.get_params().get("mode", "expression"))
         state.set_result(est, Z, gmm=gmm, run_id=run_id, source="run", status=run.status,
                          latent_digest=z_digest, obs_names=cell_ids)
         from dhaka.ui import annotate
 
         for problem in annotate.load_from_run(run, cell_ids, taken=[str(c) for c in adata.obs.columns]):
             state.push_notice("warning", plain(f"Run {run_id}: {problem}."))
-        S, _ = est.align(adata)
+        S = emb.model_input if emb is not None else est.align(adata)[0]
         state.set_model_input(S, tasks.digest(S))
         start_views()
         state.push_notice("success", f"Opened run {run_id} ({run.status}"
