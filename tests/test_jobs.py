@@ -472,3 +472,81 @@ def test_touch_starts_one_sweeper_thread_that_stops_on_shutdown():
     assert manager.shutdown()
     manager._sweeper.join(WAIT)
     assert not manager._sweeper.is_alive()
+
+
+# ---------------------------------------------------------------------------
+# threads: the CPU budget split between jobs (dhaka.jobs.plan)
+# ---------------------------------------------------------------------------
+def _two_trainings(manager: JobManager):
+    """Submit two trainings at once; each records its share and whether the other ran beside it."""
+    from dhaka import cpu
+
+    started = {"a": threading.Event(), "b": threading.Event()}
+    seen: dict[str, dict] = {}
+
+    def training(name, other):
+        def fn(ctx):
+            started[name].set()
+            beside = started[other].wait(1.0)  # the other started while this one runs
+            seen[name] = {"threads": ctx.threads, "share": cpu.current_share(), "beside": beside}
+            return name
+
+        return fn
+
+    a = manager.submit(training("a", "b"), owner="a", name="a")
+    b = manager.submit(training("b", "a"), owner="b", name="b")
+    assert a.wait(WAIT) and b.wait(WAIT)
+    return seen, a, b
+
+
+def test_budget_of_two_one_thread_per_job_runs_two_trainings_side_by_side():
+    manager = _open_manager(max_running=None, cpu_budget=2, threads_per_job=1)
+    assert (manager.max_running, manager.threads) == (2, 1)
+    seen, a, b = _two_trainings(manager)
+    assert seen["a"] == {"threads": 1, "share": 1, "beside": True}
+    assert seen["b"] == {"threads": 1, "share": 1, "beside": True}
+    assert a.snapshot()["threads"] == b.snapshot()["threads"] == 1
+    manager.shutdown()
+
+
+def test_budget_of_two_two_threads_per_job_queues_the_second_training():
+    manager = _open_manager(max_running=None, cpu_budget=2, threads_per_job=2)
+    assert (manager.max_running, manager.threads) == (1, 2)
+    seen, a, b = _two_trainings(manager)
+    assert seen["a"] == {"threads": 2, "share": 2, "beside": False}  # b waited in the queue
+    assert seen["b"]["threads"] == 2 and seen["b"]["beside"] is True  # a had started before
+    assert b.started >= a.finished
+    manager.shutdown()
+
+
+def test_running_jobs_never_hold_more_threads_than_the_budget():
+    from dhaka.jobs import plan
+
+    for budget in range(1, 33):
+        for per in (1, 2, 3, 4):
+            p = plan(budget, threads_per_job=per)
+            assert p.max_running * p.threads <= budget and p.max_running >= 1 and p.threads >= 1
+            assert p.threads == min(per, budget)
+    # an administrator's DHAKA_MAX_JOBS splits the budget instead
+    assert plan(8, max_running=3).threads == 2
+    assert plan(2, max_running=4).threads == 1  # more jobs than CPUs: one thread each
+
+
+def test_plan_reads_the_budget_and_the_environment(monkeypatch):
+    from dhaka.jobs import THREADS_PER_JOB, plan
+
+    monkeypatch.delenv("DHAKA_MAX_JOBS", raising=False)
+    monkeypatch.delenv("DHAKA_THREADS_PER_JOB", raising=False)
+    monkeypatch.setenv("DHAKA_THREADS", "8")  # the budget: what affinity and quota give, overridden
+    assert plan().budget == 8 and plan().threads == THREADS_PER_JOB
+    assert JobManager().max_running == 8 // THREADS_PER_JOB
+    monkeypatch.setenv("DHAKA_THREADS_PER_JOB", "1")
+    assert (plan().max_running, plan().threads) == (8, 1)
+    monkeypatch.setenv("DHAKA_THREADS_PER_JOB", "0")
+    with pytest.raises(ValueError, match="DHAKA_THREADS_PER_JOB"):
+        plan()
+    monkeypatch.delenv("DHAKA_THREADS_PER_JOB")
+    monkeypatch.setenv("DHAKA_MAX_JOBS", "2")
+    assert (plan().max_running, plan().threads) == (2, 4)
+    monkeypatch.setenv("DHAKA_CPU_BUDGET", "0")  # switched off: threads left to the libraries
+    assert plan().threads is None and JobManager().threads is None

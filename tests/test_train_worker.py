@@ -168,3 +168,67 @@ def test_warm_up_runs_the_job_code_and_leaves_the_random_state_alone():
     seconds = train_worker.warm_up()
     assert seconds > 0
     assert (np.random.random(), torch.rand(1).item()) == before
+
+
+# ---------------------------------------------------------------------------
+# threads: the worker takes the job's share, or its own budget (affinity and cgroup quota)
+# ---------------------------------------------------------------------------
+def _one_cpu_quota(tmp_path):
+    """A fake cgroup v2 mount allowing one CPU (dhaka.cpu reads DHAKA_CGROUP_ROOT)."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpu\n")
+    (root / "cpu.max").write_text("100000 100000\n")
+    return root
+
+
+def test_worker_threads_follow_the_jobs_share(adata):
+    train_worker.shutdown_spare()
+    result, *_ = _run({**_request(adata), "threads": None}, threads=2)
+    assert result.metrics["n_threads"] == 2  # recorded with the run (the job puts metrics in it)
+    assert result.estimator.n_threads_ == 2
+
+
+def test_worker_threads_follow_a_quota_and_the_affinity(adata, tmp_path, monkeypatch):
+    monkeypatch.delenv("DHAKA_THREADS", raising=False)
+    monkeypatch.setenv("DHAKA_CGROUP_ROOT", str(_one_cpu_quota(tmp_path)))
+    train_worker.shutdown_spare()  # a new worker, started inside the (simulated) quota
+    result, *_ = _run(_request(adata))
+    assert result.metrics["n_threads"] == 1
+    monkeypatch.delenv("DHAKA_CGROUP_ROOT")
+    if len(os.sched_getaffinity(0)) >= 2:
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(mine)})  # the worker inherits it at its start
+        try:
+            worker = train_worker._take(None)
+        finally:
+            os.sched_setaffinity(0, mine)
+        with train_worker._spare_lock:
+            train_worker._spare = worker
+        result, *_ = _run(_request(adata))
+        assert result.metrics["n_threads"] == 1
+
+
+def test_a_job_hands_its_share_to_the_training_process(adata, tmp_path):
+    from dhaka.jobs import JobManager
+    from dhaka.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    task = tasks.make_train_task(adata, PARAMS, data_name="toy", store=store, checkpoint_every=2, in_thread=False)
+    manager = JobManager(cpu_budget=2, threads_per_job=1)
+    job = manager.submit(task, owner="me", name="train", kind="train")
+    assert job.wait(600)
+    assert job.snapshot()["status"] == "done", job.snapshot().get("error")
+    assert job.snapshot()["threads"] == 1 and job.result.metrics["n_threads"] == 1
+    manager.shutdown()
+
+
+def test_process_started_for_a_share_has_it_before_its_imports():
+    train_worker.shutdown_spare()
+    worker = train_worker._take(1)
+    try:
+        env = _child_env(worker.proc.pid)
+        for name in (b"OMP_NUM_THREADS", b"MKL_NUM_THREADS", b"NUMBA_NUM_THREADS", b"DHAKA_THREADS"):
+            assert env[name] == b"1"
+    finally:
+        worker.close(timeout=0)

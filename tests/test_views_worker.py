@@ -173,3 +173,28 @@ def test_a_training_pauses_a_umap_warm_up_and_lets_it_finish_after():
         assert w.warm
     finally:
         w.shutdown()
+
+
+def test_worker_takes_its_share_of_threads_before_numba_loads():
+    w = ViewsWorker(warm=False, threads=1)
+    try:
+        X = _blobs()
+        assert w.run("pca", X, n_components=2, random_state=0).shape == (90, 2)
+        with open(f"/proc/{w._worker.proc.pid}/environ", "rb") as f:
+            env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        assert env[b"NUMBA_NUM_THREADS"] == b"1" and env[b"DHAKA_THREADS"] == b"1"
+        assert w.threads == 1
+    finally:
+        w.shutdown()
+
+
+def test_worker_share_defaults_to_the_job_plan(monkeypatch):
+    from dhaka.jobs import plan
+
+    monkeypatch.setenv("DHAKA_THREADS", "4")
+    monkeypatch.setenv("DHAKA_THREADS_PER_JOB", "2")
+    w = ViewsWorker(warm=False)
+    try:
+        assert w.threads == plan().threads == 2
+    finally:
+        w.shutdown()
