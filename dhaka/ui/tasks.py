@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from dhaka.pipeline import cluster_metrics
+from dhaka.ui.train_worker import run_in_worker
 from dhaka.ui.training import fit_embed_cluster
 from dhaka.ui.views_worker import trainings_first
 
@@ -310,8 +311,6 @@ def make_train_task(
                     fit = fit_embed_cluster(adata, params, on_epoch=on_epoch, stop_event=ctx.stop_event,
                                             checkpoint=on_checkpoint, on_phase=on_phase, **kw)
                 else:
-                    from dhaka.ui.train_worker import run_in_worker
-
                     scratch = str(run.path) if getattr(run, "path", None) is not None else None
                     fit = run_in_worker({"adata": _lean(adata), "params": params, "scratch": scratch, **kw},
                                         stop_event=ctx.stop_event,

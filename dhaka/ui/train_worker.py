@@ -14,7 +14,7 @@ The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks
   checkpoints), then possibly ``"stop"``;
 - worker -> parent: ``("epoch", row)`` per epoch, ``("checkpoint", epoch, folder)`` (a model folder
   the parent moves into the run), ``("phase", "embedding")``, and at the end
-  ``("done", FitResult)`` or ``("error", exception, traceback_text)``.
+  ``("done", PipelineResult)`` (:mod:`dhaka.pipeline`) or ``("error", exception, traceback_text)``.
 
 Threads: the job's share of the CPU budget (:attr:`dhaka.jobs.JobContext.threads`, read in the job's
 thread through :func:`dhaka.cpu.current_share`) goes with the request as ``threads``; the worker takes
@@ -154,7 +154,7 @@ def run_in_worker(
     poll_s: float = 0.25,
     threads: int | None = None,
 ) -> Any:
-    """Run :func:`dhaka.ui.tasks.fit_embed_cluster` on ``request`` in a worker; returns its result.
+    """Run :func:`dhaka.ui.training.fit_embed_cluster` on ``request`` in a worker; returns its result.
 
     ``threads``: the worker's share of the CPU budget; default the share of the job running in this
     thread (:func:`dhaka.cpu.current_share`), else the worker's own budget. The count used comes back
@@ -213,7 +213,7 @@ def warm_up() -> float:
     import numpy as np
     import torch
 
-    from dhaka.ui.tasks import fit_embed_cluster
+    from dhaka.ui.training import fit_embed_cluster
 
     t0 = time.perf_counter()
     np_state, torch_state = np.random.get_state(), torch.random.get_rng_state()
@@ -230,7 +230,7 @@ def warm_up() -> float:
 
 def _serve(address: str) -> None:
     # the slow imports and one tiny fit first: a spare worker is warm when it connects
-    from dhaka.ui.tasks import fit_embed_cluster
+    from dhaka.ui.training import fit_embed_cluster
 
     if os.environ.get(cpu.ENV_THREADS):
         cpu.configure_process(cpu.budget())  # torch's inter-op threads too, while that is still allowed
