@@ -1,4 +1,5 @@
-"""Tests for dhaka.plots: figures are built (never shown), WebGL traces, hover, colours, subsampling."""
+"""Tests for dhaka.plots and dhaka.figure_export: figures are built (never shown), WebGL traces, hover, colours,
+subsampling; SVG / PNG / HTML files with their settings."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from dhaka import plots
+from dhaka import figure_export, plots
 
 
 @pytest.fixture
@@ -136,18 +137,18 @@ def _png_text(data: bytes) -> dict:
 
 
 def test_figure_filename_carries_the_settings():
-    name = plots.figure_filename("dhaka latent", SETTINGS, "svg")
+    name = figure_export.figure_filename("dhaka latent", SETTINGS, "svg")
     assert name == "dhaka-latent_k-4_seed-0_latent_dim-3_structure-shallow.svg"
-    odd = plots.figure_filename("a/b", {"path": "../x y", "lr": 0.001, "none": None}, "png")
+    odd = figure_export.figure_filename("a/b", {"path": "../x y", "lr": 0.001, "none": None}, "png")
     assert "/" not in odd and " " not in odd and "none" not in odd and odd.endswith(".png") and "lr-0.001" in odd
-    assert len(plots.figure_filename("f", {f"s{i}": "v" * 30 for i in range(20)})) <= 160
+    assert len(figure_export.figure_filename("f", {f"s{i}": "v" * 30 for i in range(20)})) <= 160
 
 
 def test_matplotlib_svg_of_a_3d_scatter_is_true_vectors_with_metadata(coords):
     fig = plots.scatter(coords, color=np.repeat(["a", "b"], 100), color_name="group", title="latent")
-    assert plots.static_engine(fig) == "matplotlib"  # WebGL traces: kaleido would embed a bitmap
-    meta = plots.figure_metadata("dhaka-latent", SETTINGS)
-    data = plots.figure_bytes(fig, "svg", metadata=meta)
+    assert figure_export.static_engine(fig) == "matplotlib"  # WebGL traces: kaleido would embed a bitmap
+    meta = figure_export.figure_metadata("dhaka-latent", SETTINGS)
+    data = figure_export.figure_bytes(fig, "svg", metadata=meta)
     root = _svg_root(data)
     ns = "{http://www.w3.org/2000/svg}"
     assert root.find(f".//{ns}image") is None  # no bitmap anywhere
@@ -159,13 +160,13 @@ def test_matplotlib_svg_of_a_3d_scatter_is_true_vectors_with_metadata(coords):
 
 def test_png_is_valid_at_publication_size_with_settings(coords):
     fig = plots.scatter(coords[:, :2], color=coords[:, 2], color_name="score")
-    data = plots.figure_bytes(fig, "png", width=350, height=300, scale=2,
-                              metadata=plots.figure_metadata("umap", SETTINGS))
+    data = figure_export.figure_bytes(fig, "png", width=350, height=300, scale=2,
+                              metadata=figure_export.figure_metadata("umap", SETTINGS))
     text, size = _png_text(data)
     assert size == (700, 600)
     assert text["Title"] == "umap" and '"seed": 0' in text["Description"] and "Dhaka" in text["Software"]
-    default = plots.figure_bytes(fig, "png")
-    assert abs(_png_text(default)[1][0] - plots.PUBLICATION_SIZE["width"] * plots.PUBLICATION_SIZE["scale"]) <= 1
+    default = figure_export.figure_bytes(fig, "png")
+    assert abs(_png_text(default)[1][0] - figure_export.PUBLICATION_SIZE["width"] * figure_export.PUBLICATION_SIZE["scale"]) <= 1
 
 
 def test_every_app_figure_kind_renders_with_matplotlib():
@@ -179,35 +180,35 @@ def test_every_app_figure_kind_renders_with_matplotlib():
             copy_number.figure_heatmap(rng.integers(1, 5, size=(20, 12)).astype(float), clusters=np.arange(20) % 2),
             go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))]
     for fig in figs:
-        _svg_root(plots.figure_bytes(fig, "svg", engine="matplotlib"))
+        _svg_root(figure_export.figure_bytes(fig, "svg", engine="matplotlib"))
 
 
-@pytest.mark.skipif(plots.browser_path() is None, reason="no Chrome/Chromium for kaleido")
+@pytest.mark.skipif(figure_export.browser_path() is None, reason="no Chrome/Chromium for kaleido")
 def test_kaleido_renders_offline_with_the_system_chromium():
     fig = plots.bic_curve([1, 2, 3], [3.0, 1.0, 2.0], best_k=2)
-    assert plots.static_engine(fig) == "kaleido"
-    _svg_root(plots.figure_bytes(fig, "svg", metadata=plots.figure_metadata("bic", SETTINGS)))
-    assert _png_text(plots.figure_bytes(fig, "png", width=300, height=200, scale=1))[1] == (300, 200)
+    assert figure_export.static_engine(fig) == "kaleido"
+    _svg_root(figure_export.figure_bytes(fig, "svg", metadata=figure_export.figure_metadata("bic", SETTINGS)))
+    assert _png_text(figure_export.figure_bytes(fig, "png", width=300, height=200, scale=1))[1] == (300, 200)
 
 
 def test_no_browser_gives_a_clear_message_not_a_traceback(monkeypatch, coords):
     monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")
     bic = plots.bic_curve([1, 2], [2.0, 1.0])
-    assert plots.static_engine(bic) == "matplotlib"  # auto falls back when no browser is found
-    with pytest.raises(plots.FigureExportError, match="Chrome or Chromium.*BROWSER_PATH"):
-        plots.figure_bytes(bic, "svg", engine="kaleido")
+    assert figure_export.static_engine(bic) == "matplotlib"  # auto falls back when no browser is found
+    with pytest.raises(figure_export.FigureExportError, match="Chrome or Chromium.*BROWSER_PATH"):
+        figure_export.figure_bytes(bic, "svg", engine="kaleido")
     pie = go.Figure(go.Pie(values=[1, 2]))
-    with pytest.raises(plots.FigureExportError, match="Chrome or Chromium"):  # only kaleido draws it
-        plots.figure_bytes(pie, "png")
-    with pytest.raises(plots.FigureExportError, match="cannot draw pie"):
-        plots.figure_bytes(pie, "png", engine="matplotlib")
+    with pytest.raises(figure_export.FigureExportError, match="Chrome or Chromium"):  # only kaleido draws it
+        figure_export.figure_bytes(pie, "png")
+    with pytest.raises(figure_export.FigureExportError, match="cannot draw pie"):
+        figure_export.figure_bytes(pie, "png", engine="matplotlib")
     with pytest.raises(ValueError, match="fmt"):
-        plots.figure_bytes(bic, "jpg")
+        figure_export.figure_bytes(bic, "jpg")
 
 
 def test_html_download_carries_the_settings():
     fig = plots.bic_curve([1, 2], [2.0, 1.0])
-    html = plots.figure_bytes(fig, "html", metadata=plots.figure_metadata("bic", SETTINGS)).decode()
+    html = figure_export.figure_bytes(fig, "html", metadata=figure_export.figure_metadata("bic", SETTINGS)).decode()
     assert "<title>bic</title>" in html and 'name="dhaka:description"' in html and "&quot;k&quot;: 4" in html
 
 
@@ -242,4 +243,4 @@ def test_page_helper_draws_chart_and_lazy_downloads(monkeypatch):
 def test_selection_scatter_with_legend_only_traces_exports():
     fig = plots.selection_scatter(np.random.default_rng(0).normal(size=(50, 2)),
                                   groups=np.where(np.arange(50) < 10, "A", None))
-    _svg_root(plots.figure_bytes(fig, "svg"))
+    _svg_root(figure_export.figure_bytes(fig, "svg"))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from dhaka import figure_export
 from dhaka.ui import state
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -77,16 +78,14 @@ def figure_downloads(fig: go.Figure, name: str, settings: Mapping[str, Any] | No
         Add the settings of the session's result in use; ``False`` for a figure of another
         run (the Runs page), which passes that run's settings itself.
     """
-    from dhaka import plots
-
     full = figure_settings(settings) if session else dict(settings or {})
-    meta = plots.figure_metadata(name, full)
+    meta = figure_export.figure_metadata(name, full)
     try:
-        engine = plots.static_engine(fig)
+        engine = figure_export.static_engine(fig)
         problem = None
-    except plots.FigureExportError as exc:
+    except figure_export.FigureExportError as exc:
         engine, problem = None, str(exc)
-    size = plots.PUBLICATION_SIZE
+    size = figure_export.PUBLICATION_SIZE
     static_help = (f"{int(size['width'])} x {int(size['height'])} px at {size['scale'] * 96:.0f} dpi "
                    f"(double-column figure); drawn by {engine}, with the settings in the file's metadata. "
                    "The default view: for the rotation on screen use the camera icon in the chart's toolbar."
@@ -95,7 +94,7 @@ def figure_downloads(fig: go.Figure, name: str, settings: Mapping[str, Any] | No
     for col, fmt in zip(cols, ("svg", "png", "html")):
         disabled = fmt != "html" and problem is not None
         col.download_button(
-            _LABEL[fmt], data=_builder(fig, fmt, meta), file_name=plots.figure_filename(name, _short(full), fmt),
+            _LABEL[fmt], data=_builder(fig, fmt, meta), file_name=figure_export.figure_filename(name, _short(full), fmt),
             mime=_MIME[fmt], key=f"{key}.{fmt}", on_click="ignore", icon=":material/download:", disabled=disabled,
             help=static_help if fmt != "html" else "A standalone interactive page (plotly.js embedded; opens offline).",
             width="stretch")
@@ -104,9 +103,7 @@ def figure_downloads(fig: go.Figure, name: str, settings: Mapping[str, Any] | No
 def _builder(fig: go.Figure, fmt: str, meta: dict[str, str]):
     """The deferred ``data`` callable of a download (runs on click in a worker thread: no ``st.*`` inside)."""
     def build() -> bytes:
-        from dhaka import plots
-
-        return plots.figure_bytes(fig, fmt, metadata=meta)  # type: ignore[arg-type]
+        return figure_export.figure_bytes(fig, fmt, metadata=meta)  # type: ignore[arg-type]
 
     return build
 
