@@ -45,7 +45,7 @@ __all__ = [
     "ESTIMATOR", "LATENT", "GMM", "CLUSTERS", "CLUSTER_K", "EMBEDDINGS", "MODEL_INPUT", "RESULT_INFO",
     "TRUTH_COLUMN", "NOTICE", "COLLECTED_JOB", "VIEWS_JOB", "ANNOTATIONS",
     # functions
-    "init_state", "get_session_id", "get_dataset", "get_dataset_info", "get_dataset_key", "get_second_dataset",
+    "init_state", "get_dataset", "get_dataset_info", "get_dataset_key", "get_second_dataset",
     "set_dataset", "get_preprocess", "set_preprocess", "get_train_params", "set_train_params",
     "get_estimator_params", "get_job", "set_job", "get_estimator", "get_latent", "get_gmm", "get_clusters",
     "get_cluster_k", "set_clusters", "get_annotations", "set_annotations", "get_embeddings", "set_embedding", "get_views_job", "set_views_job", "views_running", "get_model_input", "set_model_input",
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 _P = "dhaka."
-#: str: random id of this browser session; the owner of its jobs.
+#: str: random id of this browser session (jobs and runs belong to the person's key, :mod:`dhaka.ui.owner`).
 SESSION_ID = _P + "session_id"
 #: anndata.AnnData: the loaded dataset (cells x genes).
 DATASET = _P + "dataset"
@@ -123,13 +123,6 @@ def init_state() -> None:
 
 def _get(key: str, default: Any = None) -> Any:
     return st.session_state.get(key, default)
-
-
-# ----------------------------------------------------------------- identity
-def get_session_id() -> str:
-    """This session's id (the owner of its jobs and runs)."""
-    init_state()
-    return st.session_state[SESSION_ID]
 
 
 # ------------------------------------------------------------------ dataset
