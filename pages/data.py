@@ -7,9 +7,9 @@ import streamlit as st
 from dhaka import plots
 from dhaka.estimator import Dhaka
 from dhaka.preprocess import detect_kind, log_label, transform_label, trim_label
-from dhaka.ui import cached, demos, figures, state, widgets
+from dhaka.ui import cached, demos, entrypoint, figures, forms, messages, state, upload_worker
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 st.title("Data")
 st.caption("Load a built-in demo or your own matrix, check it, choose the preprocessing — then train on the Train page.")
@@ -20,15 +20,13 @@ limit_mb = int(st.get_option("server.maxUploadSize"))
 
 def h5ad_layers(upload) -> dict:
     """The layers of an uploaded .h5ad (name -> kind, shape, dtype), listed once per upload; {} otherwise."""
-    from dhaka import io
-
     if upload is None or not upload.name.lower().endswith((".h5ad", ".h5ad.gz")):
         return {}
     seen = st.session_state.get("dhaka.data.layers")
     if seen is None or seen[0] != upload.file_id:
-        try:
-            seen = (upload.file_id, io.h5ad_layers(upload.getvalue(), filename=upload.name))
-        except io.DataError:  # a broken file: "Load file" says what is wrong with it
+        try:  # listed in a capped child process, like every parse of an upload
+            seen = (upload.file_id, upload_worker.h5ad_layers(upload))
+        except Exception:  # noqa: BLE001 - a broken file: "Load file" says what is wrong with it
             seen = (upload.file_id, {})
         st.session_state["dhaka.data.layers"] = seen
     return {k: v for k, v in seen[1].items() if v["kind"] != "other"}
@@ -40,7 +38,7 @@ with demo_tab:
                        format_func=lambda k: demos.get(k).title)
     st.caption(demos.get(key).description)
     if st.button("Load demo", key="w.data.load_demo", type="primary"):
-        loaded = widgets.safe_call(cached.load_demo, key, what="Could not load the demo")
+        loaded = messages.safe_call(cached.load_demo, key, what="Could not load the demo")
         if loaded is not None:
             d = demos.get(key)
             adata, second = loaded
@@ -74,24 +72,18 @@ with upload_tab:
         layer = None if pick == "X" else pick
     if st.button("Load file", key="w.data.load_file", type="primary", disabled=up is None):
         from dhaka import io
-
-        def admit() -> bool:  # parsing counts against the memory that running jobs hold, as a job would
-            try:
-                need = io.estimate_read_memory(up.getvalue(), filename=up.name, layer=layer)
-            except Exception:  # noqa: BLE001 - a file it cannot size is refused by io.read with its own message
-                return True
-            cached.job_manager().check_memory(need["peak_bytes"], what=f"Reading {up.name}")
-            return True
+        from dhaka.io.sandbox import MetadataError
 
         adata = None
-        if widgets.safe_call(admit, what="Could not read the file"):
-            adata = widgets.safe_call(io.read, up.getvalue(), filename=up.name, orientation=orientation,
-                                      layer=layer, what="Could not read the file")
-        if adata is not None and meta is not None:
-            adata = widgets.safe_call(io.read_metadata, meta.getvalue(), adata, filename=meta.name,
-                                      what="Could not read the metadata")
+        try:  # parsed in a child process under a memory cap the job queue admits (upload_worker)
+            with st.spinner(f"Reading {up.name}…"):
+                adata = upload_worker.read_upload(up, meta=meta, orientation=orientation, layer=layer)
+        except MetadataError as exc:
+            st.error(f"Could not read the metadata: {messages.error_message(exc)}")
+        except Exception as exc:  # noqa: BLE001 - the UI never shows a traceback
+            st.error(f"Could not read the file: {messages.error_message(exc)}")
         if adata is not None:
-            fp = widgets.safe_call(io.fingerprint, adata)
+            fp = messages.safe_call(io.fingerprint, adata)
             name = up.name if layer is None else f"{up.name} (layer {layer})"
             state.set_dataset(adata, name=name, source="upload", filename=up.name, fingerprint=fp)
             st.session_state.pop("w.prep.mode", None)
@@ -104,8 +96,8 @@ info = state.get_dataset_info()
 st.subheader(f"{info.get('name', 'Dataset')}")
 
 X = adata.X
-qc = widgets.safe_call(cached.qc_stats, X, digest=info.get("digest", ""), what="QC statistics")
-kind = widgets.safe_call(detect_kind, X, mode=state.get_preprocess().get("mode", "expression"))
+qc = messages.safe_call(cached.qc_stats, X, digest=info.get("digest", ""), what="QC statistics")
+kind = messages.safe_call(detect_kind, X, mode=state.get_preprocess().get("mode", "expression"))
 c = st.columns(5)
 c[0].metric("Cells", f"{adata.n_obs:,}")
 c[1].metric("Genes / bins", f"{adata.n_vars:,}")
@@ -137,7 +129,7 @@ if qc is not None:
     figures.chart(plots.dropout_hist(qc["dropout"]), "qc-dropout", key="qc_drop", container=q2)
 
 st.subheader("Preprocessing")
-prep = widgets.preprocess_form(adata, detected=kind.kind if kind is not None else None)
+prep = forms.preprocess_form(adata, detected=kind.kind if kind is not None else None)
 truth_opts = [None] + [str(col) for col in adata.obs.columns]
 cur_truth = state.get_truth_column()
 truth = st.selectbox("True labels (for ARI / NMI), if known", truth_opts,
@@ -146,7 +138,7 @@ truth = st.selectbox("True labels (for ARI / NMI), if known", truth_opts,
 state.set_truth_column(truth)
 
 refine = state.get_train_params().get("refine", "auto")
-preview = widgets.safe_call(lambda: Dhaka(**prep, refine=refine).preview(adata), what="Preprocessing")
+preview = messages.safe_call(lambda: Dhaka(**prep, refine=refine).preview(adata), what="Preprocessing")
 if preview is not None:
     features = "bins" if prep.get("mode") == "cnv" else "genes"
     steps = [s for s, on in ((transform_label("pearson"), preview.get("transform") == "pearson"),
