@@ -20,7 +20,7 @@ The exchange never unpickles anything:
    ``uns["dhaka_io"]`` record in JSON beside it; the caller reads those back and removes the folder.
 
 Every failure is a :class:`~dhaka.io.DataError` naming the file: the reader's own message, or the
-cap (``... needed more than the 2.0 GB memory cap for reading an upload``) or the time limit.
+cap (``... needed more than the 2.0 GB memory cap for reading this upload``) or the time limit.
 Nothing here imports streamlit.
 """
 from __future__ import annotations
@@ -46,8 +46,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SandboxLimitError", "MetadataError", "read_sandboxed", "h5ad_layers_sandboxed", "format_size"]
 
 _ROOT = Path(__file__).resolve().parents[2]
-#: Bytes the child may use beyond its imports when no estimate could be made and no cap was given.
+#: Bytes the child may use beyond its imports to list an .h5ad's layers (headers only).
 _LAYERS_CAP = 512 * 2**20
+#: The smallest cap a parse gets, whatever its estimate: room for the readers' blocks and names.
+_MIN_CAP = 256 * 2**20
 #: Threads of the numeric libraries in the child: one (each thread's stack and arena count against the cap).
 _CHILD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "NUMEXPR_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
@@ -95,8 +97,9 @@ def read_sandboxed(
         The name for messages and for picking the format (default: the path's or ``source.name``).
     memory_limit
         Bytes the parse may allocate beyond the child's imports (its data segment is capped there).
-        The estimate from the file's headers lowers it to what the file should need (twice the
-        estimated peak, at least 256 MB), so the bytes admitted are the bytes enforced.
+        The estimate from the file's headers lowers it to what the file should need (2x the
+        estimated peak when the shape is exact, 4x for text tables whose rows are extrapolated,
+        at least 256 MB), so the bytes admitted are the bytes enforced.
     time_limit
         Seconds the child may take, from its start to its result; then it is killed.
     admit
@@ -196,13 +199,13 @@ def _run_child(ws: _Workspace, request: dict, *, name: str, memory_limit: int, t
         first = _line_before(proc, deadline)
         if first is None:
             return _outcome(proc, ws, name=name, memory_limit=memory_limit, time_limit=time_limit, deadline=deadline)
-        cap = _cap_from_estimate(first, memory_limit, name)
+        cap, why = _cap_from_estimate(first, memory_limit, name)
         if admit is not None:
             admit(cap)
         assert proc.stdin is not None
         proc.stdin.write(f"{json.dumps({'go': True, 'cap': cap})}\n".encode())
         proc.stdin.flush()
-        return _outcome(proc, ws, name=name, memory_limit=cap, time_limit=time_limit, deadline=deadline)
+        return _outcome(proc, ws, name=name, memory_limit=cap, time_limit=time_limit, deadline=deadline, why=why)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -237,25 +240,31 @@ def _line_before(proc: subprocess.Popen, deadline: float) -> dict | None:
     return line if isinstance(line, dict) else None
 
 
-def _cap_from_estimate(line: dict, memory_limit: int, name: str) -> int:
-    """The child's cap: twice the estimated peak (at least 256 MB), within ``memory_limit``.
+def _cap_from_estimate(line: dict, memory_limit: int, name: str) -> tuple[int, str]:
+    """The child's cap and what it came from: a margin over the estimated peak, within ``memory_limit``.
 
-    No estimate (the headers could not size the file): the whole ``memory_limit``.  An estimate
-    beyond ``memory_limit`` refuses the file at once, before any parsing.
+    Twice the estimate when the headers give the shape exactly (.h5ad, mtx, 10x), four times when
+    the rows are extrapolated from the first lines (text tables), at least 256 MB.  No estimate
+    (the headers could not size the file): the whole ``memory_limit``.  An estimate beyond
+    ``memory_limit`` refuses the file at once, before any parsing.
     """
     peak = line.get("peak_bytes")
     if not isinstance(peak, int) or isinstance(peak, bool) or peak < 0:
-        return memory_limit
+        return memory_limit, ""
     if peak > memory_limit:
         raise SandboxLimitError(
             f"{name}: reading it would need about {format_size(peak)} (estimated from its header), more than "
             f"the {format_size(memory_limit)} memory cap for reading an upload; upload a smaller or sparse file "
             "(.h5ad, .mtx, 10x) or subsample the cells")
-    return min(memory_limit, max(2 * peak, 256 * 2**20))
+    margin = 2 if line.get("exact") is True else 4
+    cap = max(margin * peak, _MIN_CAP)
+    if cap >= memory_limit:
+        return memory_limit, ""
+    return cap, f" ({margin}x the {format_size(peak)} its header suggests)"
 
 
 def _outcome(proc: subprocess.Popen, ws: _Workspace, *, name: str, memory_limit: int, time_limit: float,
-             deadline: float) -> dict:
+             deadline: float, why: str = "") -> dict:
     """The child's result record, or the error it stands for."""
     try:
         proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
@@ -278,11 +287,11 @@ def _outcome(proc: subprocess.Popen, ws: _Workspace, *, name: str, memory_limit:
         how = f"was stopped by signal {-code}" if code < 0 else f"exited with status {code}"
         raise SandboxLimitError(
             f"{name}: the reader {how} before finishing, most likely for want of memory under the "
-            f"{format_size(memory_limit)} memory cap for reading an upload; refused")
+            f"{format_size(memory_limit)} memory cap for reading this upload{why}; refused")
     if result.get("memory"):
         raise SandboxLimitError(
-            f"{name}: reading it needed more than the {format_size(memory_limit)} memory cap for reading an "
-            "upload; refused (upload a smaller or sparse file: .h5ad, .mtx, 10x, or subsample the cells)")
+            f"{name}: reading it needed more than the {format_size(memory_limit)} memory cap for reading this "
+            f"upload{why}; refused (upload a smaller or sparse file: .h5ad, .mtx, 10x, or subsample the cells)")
     if "error" in result:
         cls = MetadataError if result.get("stage") == "metadata" else DataError
         raise cls(str(result["error"]))
@@ -361,8 +370,9 @@ def _child(request_path: str) -> int:
             return finish({"layers": h5ad_layers(src, filename=name)})
         options = request.get("options") or {}
         try:
-            peak = int(estimate_read_memory(src, filename=name, layer=options.get("layer"))["peak_bytes"])
-            line = {"peak_bytes": peak}
+            estimate = estimate_read_memory(src, filename=name, layer=options.get("layer"))
+            peak = int(estimate["peak_bytes"])
+            line = {"peak_bytes": peak, "exact": bool(estimate.get("exact"))}
         except Exception as e:  # noqa: BLE001 - the read below gives the reader's own message
             if _out_of_memory(e):
                 return finish({"memory": True})
