@@ -73,8 +73,9 @@ def test_no_cgroup_files_means_no_quota(tmp_path):
 def test_environment_overrides_and_is_checked(monkeypatch, tmp_path):
     root, proc = _v2(tmp_path / "v2", "/", {"/": "100000 100000"})
     monkeypatch.setenv("DHAKA_THREADS", "3")
+    monkeypatch.setenv("DHAKA_THREADS_ADAPT", "0")
     assert cpu.budget(root=root, proc_cgroup=proc) == 3
-    assert cpu.choose_threads() == 3  # set by an administrator: no adapting to the load
+    assert cpu.choose_threads() == 3
     monkeypatch.setenv("DHAKA_THREADS", "none")
     with pytest.raises(ValueError, match="DHAKA_THREADS"):
         cpu.budget()
@@ -85,14 +86,38 @@ def test_environment_overrides_and_is_checked(monkeypatch, tmp_path):
 
 def test_choose_threads_prefers_the_asked_count_then_the_jobs_share(monkeypatch):
     monkeypatch.delenv("DHAKA_THREADS", raising=False)
+    monkeypatch.setenv("DHAKA_THREADS_ADAPT", "0")
     assert cpu.choose_threads(5) == 5
     with pytest.raises(ValueError, match="n_threads"):
         cpu.choose_threads(0)
     with cpu.share(2):
         assert cpu.current_share() == 2
         assert cpu.choose_threads() == 2
+        with cpu.limit_threads(None) as n:
+            assert n == 2
+            with cpu.limit_threads(None) as inner:  # a fit inside a block takes the block's count
+                assert inner == 2
     assert cpu.current_share() is None
-    assert 1 <= cpu.choose_threads() <= cpu.budget()
+    assert cpu.choose_threads() == cpu.budget()
+
+
+def test_a_busy_neighbour_takes_a_thread_off_the_share(monkeypatch):
+    monkeypatch.delenv("DHAKA_THREADS_ADAPT", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    if cores != 2:
+        pytest.skip("needs exactly two usable CPUs to make one busy")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert cpu.busy_elsewhere() >= 0.5  # the neighbour (and whatever else runs)
+        with cpu.share(2):
+            assert cpu.choose_threads() == 1
+            assert cpu.choose_threads(adapt=False) == 2
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_limit_threads_sets_torch_and_restores_it():

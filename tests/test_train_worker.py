@@ -182,7 +182,8 @@ def _one_cpu_quota(tmp_path):
     return root
 
 
-def test_worker_threads_follow_the_jobs_share(adata):
+def test_worker_threads_follow_the_jobs_share(adata, monkeypatch):
+    monkeypatch.setenv("DHAKA_THREADS_ADAPT", "0")  # the share as it is, however busy this machine is
     train_worker.shutdown_spare()
     result, *_ = _run({**_request(adata), "threads": None}, threads=2)
     assert result.metrics["n_threads"] == 2  # recorded with the run (the job puts metrics in it)
@@ -209,7 +210,9 @@ def test_worker_threads_follow_a_quota_and_the_affinity(adata, tmp_path, monkeyp
         assert result.metrics["n_threads"] == 1
 
 
-def test_a_job_hands_its_share_to_the_training_process(adata, tmp_path):
+def test_a_job_hands_its_share_to_the_training_process(adata, tmp_path, monkeypatch):
+    monkeypatch.setenv("DHAKA_THREADS_ADAPT", "0")
+    train_worker.shutdown_spare()
     from dhaka.jobs import JobManager
     from dhaka.runs import RunStore
 

@@ -18,7 +18,8 @@ The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks
 
 Threads: the job's share of the CPU budget (:attr:`dhaka.jobs.JobContext.threads`, read in the job's
 thread through :func:`dhaka.cpu.current_share`) goes with the request as ``threads``; the worker takes
-it (:func:`dhaka.cpu.configure_process`) and fits inside :func:`dhaka.cpu.limit_threads` of it, and the
+it (:func:`dhaka.cpu.configure_process`: its budget from then on) and fits inside
+:func:`dhaka.cpu.limit_threads` (the share, less a thread per core other programs keep busy), and the
 count the fit used comes back in the result's ``metrics["n_threads"]``, which the run records. A
 process started for a request has the share in its environment before it imports torch
 (:func:`dhaka.cpu.worker_env`); the spare gets the job manager's share (:func:`dhaka.jobs.plan`).
@@ -275,7 +276,8 @@ def _serve(address: str) -> None:
     if threads is not None:
         cpu.configure_process(int(threads))  # this process's budget is the share from now on
     try:
-        with cpu.limit_threads(threads) as used:
+        # the share, less the cores other programs keep busy now (dhaka.cpu.choose_threads)
+        with cpu.limit_threads(None) as used:
             result = fit_embed_cluster(
                 request["adata"], request["params"], truth=request.get("truth"), k_max=request["k_max"],
                 on_epoch=lambda row: send(("epoch", row)), stop_event=stop, checkpoint=checkpoint,
