@@ -251,3 +251,99 @@ def test_start_maintenance_runs_once_then_waits_and_is_idempotent(store, tmp_pat
     again = start_maintenance(store, interval_s=3600)  # a stopped one is replaced
     assert again is not m
     again.stop()
+
+
+# ---------------------------------------------------------------------------
+# fair queues without a login (issue 25)
+# ---------------------------------------------------------------------------
+def _blocking_manager(**kw):
+    import threading
+
+    from dhaka.jobs import JobManager
+
+    release = threading.Event()
+    manager = JobManager(max_running=2, max_queued=16, max_per_owner=2, memory_limit=None,
+                         available_memory=None, sweep_interval_s=None, **kw)
+    return manager, release, lambda ctx: release.wait(30)
+
+
+def test_fresh_anonymous_identities_share_one_quota():
+    """Nine fresh identities (nine bare-address visits) cannot take both running slots and the whole queue."""
+    from dhaka.ui import owner
+
+    manager, release, work = _blocking_manager()
+    try:
+        keys = [owner.key_for_token(owner.new_token()) for _ in range(9)]
+        submitted, refused = [], []
+        for key in keys:
+            for _ in range(2):
+                try:
+                    owner.check_quota(manager, key, owner.quota_key_for(key), kind="train")
+                except owner.AnonymousQuotaError as exc:
+                    refused.append(str(exc))
+                    continue
+                submitted.append(manager.submit(work, owner=key, name="fit"))
+        assert len(submitted) == 2  # the pool's limit (DHAKA_MAX_ANON_JOBS defaults to the per-person one)
+        assert refused and "without a login they share 2" in refused[0] and "login" in refused[0]
+        # a person behind the login proxy is their own pool: the per-person limit, not the anonymous one
+        for _ in range(2):
+            owner.check_quota(manager, "user:alice", owner.quota_key_for("user:alice"), kind="train")
+            manager.submit(work, owner="user:alice", name="fit")
+        # the views the app starts after a training are not held back by the pool
+        owner.check_quota(manager, keys[-1], owner.quota_key_for(keys[-1]), kind="views")
+    finally:
+        release.set()
+        manager.shutdown(timeout=10)
+
+
+def test_anonymous_pools_per_address_and_the_limit_setting(monkeypatch):
+    from dhaka.ui import owner
+
+    a, b = (owner.key_for_token(owner.new_token()) for _ in range(2))
+    assert owner.quota_key_for(a) == owner.quota_key_for(b) == "anon-pool"
+    pa = owner.quota_key_for(a, address="10.0.0.1", mode="address")
+    pb = owner.quota_key_for(b, address="10.0.0.2", mode="address")
+    assert pa != pb and pa.startswith("anon-pool:") and "10.0.0" not in pa
+    assert owner.quota_key_for(a, address=None, mode="address") == "anon-pool"
+    assert owner.quota_key_for("user:bob", address="10.0.0.1", mode="address") == "user:bob"
+    monkeypatch.setenv("DHAKA_ANON_QUOTA", "address")
+    assert owner.anon_quota_mode() == "address"
+    monkeypatch.setenv("DHAKA_ANON_QUOTA", "per-tab")
+    with pytest.raises(ValueError, match="DHAKA_ANON_QUOTA"):
+        owner.anon_quota_mode()
+    manager, release, work = _blocking_manager()
+    try:
+        monkeypatch.setenv("DHAKA_MAX_ANON_JOBS", "3")
+        assert owner.anon_job_limit(manager) == 3
+        monkeypatch.setenv("DHAKA_MAX_ANON_JOBS", "0")
+        with pytest.raises(ValueError, match="DHAKA_MAX_ANON_JOBS"):
+            owner.anon_job_limit(manager)
+    finally:
+        release.set()
+        manager.shutdown(timeout=10)
+
+
+def test_submit_checks_the_pool_then_submits_under_the_persons_own_key(monkeypatch):
+    from dhaka.ui import owner
+
+    manager, release, work = _blocking_manager()
+    keys = iter([owner.key_for_token(owner.new_token()) for _ in range(3)])
+    current = {}
+
+    def fresh_key():
+        return current["key"]
+
+    monkeypatch.setattr(owner, "owner_key", fresh_key)
+    try:
+        jobs = []
+        for _ in range(2):
+            current["key"] = next(keys)
+            jobs.append(owner.submit(work, name="fit", manager=manager))
+        assert [j.owner for j in jobs] == [j.owner for j in jobs if j.owner.startswith("anon:")]
+        assert len({j.owner for j in jobs}) == 2  # each job stays its person's
+        current["key"] = next(keys)
+        with pytest.raises(owner.AnonymousQuotaError):
+            owner.submit(work, name="fit", manager=manager)
+    finally:
+        release.set()
+        manager.shutdown(timeout=10)

@@ -21,6 +21,18 @@ Two ways to know the person, chosen by settings:
   token minted.  The key is ``"anon:<first 32 hex of sha256(token)>"``, so
   run records on disk and admin pages never show the token itself.
 
+Fair queues without a login.  Opening the bare address mints a new anonymous
+key, so a per-key job limit alone lets one person take every slot by opening
+tabs.  Anonymous keys therefore share a quota (:func:`quota_key`): all of them
+one pool (``DHAKA_ANON_QUOTA=shared``, the default), or one pool per client
+address (``DHAKA_ANON_QUOTA=address``; behind a reverse proxy every client has
+the proxy's address, so that is one pool again).  The pool may have
+``DHAKA_MAX_ANON_JOBS`` jobs queued or running (default: the per-person limit,
+``DHAKA_MAX_JOBS_PER_OWNER``).  Behind the login proxy each user is a pool of
+their own, and the per-person limit stays.  Jobs are submitted through
+:func:`submit`, which checks the pool and then hands the job to the job
+manager under the person's own key (their runs stay theirs).
+
 A cookie would be invisible in shared links, but Streamlit can read cookies
 (``st.context.cookies``) and not set them without a custom component; the
 query parameter needs nothing extra.
@@ -37,13 +49,25 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import streamlit as st
 
+from dhaka.jobs import FINISHED, Job, JobManager, OwnerLimitError
+from dhaka.ui import cached
+
 __all__ = [
     "OWNER_PARAM",
+    "AnonymousQuotaError",
+    "anon_job_limit",
+    "anon_quota_mode",
+    "check_quota",
+    "quota_key",
+    "quota_key_for",
+    "submit",
     "admin_token_configured",
     "is_admin",
     "key_for_token",
@@ -70,6 +94,9 @@ TOKEN_KEY = "dhaka.owner_token"
 ADMIN_KEY = "dhaka.admin_unlocked"
 #: Shortest ``DHAKA_ADMIN_TOKEN`` accepted.
 MIN_ADMIN_TOKEN = 16
+
+#: Pools keep the quota of this many owner keys in memory (the oldest without a live job are forgotten).
+MAX_TRACKED_OWNERS = 10_000
 
 _TOKEN_BYTES = 24  # token_urlsafe(24): 32 characters, 192 random bits
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
@@ -121,6 +148,115 @@ def user_from_headers(headers: Mapping[str, str] | None, header: str) -> str | N
         log.warning("ignoring %s header that is not a plain user name", header)
         return None
     return value
+
+
+def anon_quota_mode() -> Literal["shared", "address"]:
+    """How anonymous keys share a job quota: ``DHAKA_ANON_QUOTA`` = ``shared`` (default) or ``address``."""
+    mode = os.environ.get("DHAKA_ANON_QUOTA", "").strip().lower() or "shared"
+    if mode not in ("shared", "address"):
+        raise ValueError(f"DHAKA_ANON_QUOTA must be 'shared' or 'address', not {mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def anon_job_limit(manager: JobManager) -> int:
+    """Jobs the anonymous pool may have queued or running: ``DHAKA_MAX_ANON_JOBS`` or the per-person limit."""
+    env = os.environ.get("DHAKA_MAX_ANON_JOBS", "").strip()
+    if not env:
+        return manager.max_per_owner
+    try:
+        value = int(env)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"DHAKA_MAX_ANON_JOBS must be a whole number of at least 1, got {env!r}")
+    return value
+
+
+def quota_key_for(key: str, *, address: str | None = None, mode: str = "shared") -> str:
+    """The pool whose job quota ``key`` draws on.
+
+    A proxy user (``user:<name>``) and any other non-anonymous key is its own pool.  Anonymous
+    keys (``anon:...``) share ``"anon-pool"``, or with ``mode="address"`` one pool per client
+    address (a digest of it; no address known: the shared pool).
+    """
+    if not key.startswith("anon:"):
+        return key
+    if mode == "address" and address:
+        return "anon-pool:" + hashlib.sha256(address.encode("utf-8", "replace")).hexdigest()[:16]
+    return "anon-pool"
+
+
+class AnonymousQuotaError(OwnerLimitError):
+    """The anonymous pool (no login) has its jobs queued or running already."""
+
+
+class _Pools:
+    """Which owner keys draw on which pool, as seen by this server process (thread-safe, bounded)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool_of: OrderedDict[str, str] = OrderedDict()
+        self.submit_lock = threading.Lock()  # a check and its submission are one step
+
+    def note(self, key: str, pool: str) -> None:
+        with self._lock:
+            self._pool_of[key] = pool
+            self._pool_of.move_to_end(key)
+            while len(self._pool_of) > MAX_TRACKED_OWNERS:
+                self._pool_of.popitem(last=False)
+
+    def members(self, pool: str) -> list[str]:
+        with self._lock:
+            return [k for k, p in self._pool_of.items() if p == pool]
+
+
+_POOLS = _Pools()
+
+
+def _active(manager: JobManager, owners: list[str]) -> list[Job]:
+    """Unfinished jobs of ``owners``, less the kinds the manager counts apart."""
+    return [j for k in owners for j in manager.jobs(k)
+            if j.status not in FINISHED and j.kind not in manager.separate_kinds]
+
+
+def check_quota(manager: JobManager, key: str, pool: str, *, kind: str = "train") -> None:
+    """Refuse a job of ``kind`` for ``key`` when its anonymous pool has its limit of jobs queued or running.
+
+    Keys that are their own pool (proxy users), and the kinds the manager counts apart (the views
+    the app starts after a training), are left to the manager's per-person limit.
+
+    Raises
+    ------
+    AnonymousQuotaError
+        Naming the limit, the settings and the way to a quota of one's own (the login proxy).
+    """
+    _POOLS.note(key, pool)
+    if pool == key or kind in manager.separate_kinds:  # own pool; or a job the app starts for the person
+        return
+    limit = anon_job_limit(manager)
+    active = _active(manager, _POOLS.members(pool))
+    if len(active) >= limit:
+        shared = "everyone without a login" if pool == "anon-pool" else "everyone at your address without a login"
+        raise AnonymousQuotaError(
+            f"{len(active)} job(s) of {shared} are queued or running; without a login they share "
+            f"{limit} (DHAKA_MAX_ANON_JOBS). Wait for one to finish, or sign in through the lab's login "
+            "for a quota of your own.")
+
+
+def submit(fn: Callable[..., Any], *, name: str, kind: str = "train", memory_bytes: int | None = None,
+           manager: JobManager | None = None) -> Job:
+    """Submit a job for this person: the anonymous pool's quota checked, then ``manager.submit``.
+
+    The job belongs to :func:`owner_key` (its runs and progress stay this person's); what it
+    counts against is :func:`quota_key`.  Raises what :meth:`dhaka.jobs.JobManager.submit` raises,
+    and :class:`AnonymousQuotaError`.
+    """
+    if manager is None:
+        manager = cached.job_manager()
+    key = owner_key()
+    with _POOLS.submit_lock:
+        check_quota(manager, key, quota_key(key), kind=kind)
+        return manager.submit(fn, owner=key, name=name, kind=kind, memory_bytes=memory_bytes)
 
 
 def owner_label(key: str | None) -> str:
@@ -196,6 +332,22 @@ def owner_key() -> str:
         log.warning("DHAKA_OWNER_HEADER=%s is set but the request has no valid user in it; "
                     "using an anonymous browser owner", owner_header())
     return key_for_token(_browser_token())
+
+
+def client_address() -> str | None:
+    """The browser's address as Streamlit sees it (``st.context.ip_address``), or ``None``."""
+    try:
+        address = st.context.ip_address
+    except Exception:  # noqa: BLE001 - no request context (bare script, tests)
+        return None
+    return address if isinstance(address, str) and address else None
+
+
+def quota_key(key: str | None = None) -> str:
+    """The pool this person's jobs count against (:func:`quota_key_for` with the settings and address)."""
+    key = owner_key() if key is None else key
+    mode = anon_quota_mode()
+    return quota_key_for(key, address=client_address() if mode == "address" else None, mode=mode)
 
 
 def run_store() -> Any:
