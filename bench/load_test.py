@@ -388,7 +388,7 @@ def live_server(home: str | os.PathLike[str], *, max_jobs: int = 1, port: int | 
     """
     port = port or free_port()
     env = {**os.environ, "DHAKA_HOME": str(home), "DHAKA_DEMO_FAST": "1", "DHAKA_UMAP_WARMUP": "0",
-           "DHAKA_MAX_JOBS": str(int(max_jobs)), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+           "DHAKA_MAX_JOBS": str(int(max_jobs)), "PYTHONUNBUFFERED": "1"}  # threads: the server's CPU budget
     log_path = Path(log_path) if log_path else Path(home) / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
@@ -817,10 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DHAKA_MAX_JOBS", str(args.max_jobs[0]))  # the AppTest mode's process-wide manager
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from bench.common import machine_description, set_threads, write_section
+    # no thread override: the jobs take their share of the CPU budget (dhaka.cpu, dhaka.jobs.plan), as in production
+    from bench.common import machine_description, write_section
 
-    set_threads(1)
     machine = machine_description()
     if args.mode == "auto":
         missing = browser_available()
