@@ -7,6 +7,10 @@ so far, the failure message. The panel polls with ``@st.fragment(run_every=...)`
 runs (``run_every=None`` otherwise) and reruns the whole page once when the job ends, so the page draws
 the result from :meth:`AnalysisJob.result`.
 
+The job runs in a thread of the server with its share of the CPU budget (:attr:`dhaka.jobs.JobContext.threads`)
+applied to torch, OpenMP, BLAS and numba in that thread (:func:`dhaka.cpu.limit_threads`), so an analysis
+takes its share instead of every core beside the trainings.
+
 Session keys: ``f"{key}.job"`` holds the :class:`dhaka.jobs.Job`, ``f"{key}.result"`` the pair
 ``(dataset key, payload)`` of the last finished job (a stopped job's partial payload included).
 """
@@ -92,7 +96,12 @@ class AnalysisJob:
         dataset_key = state.get_dataset_key()
 
         def run(ctx: JobContext) -> tuple[str | None, Any]:
-            return dataset_key, task(ctx)
+            from dhaka import cpu
+
+            # the job's share of the CPU budget (ctx.threads, shown in its snapshot) for torch, OpenMP, BLAS
+            # and numba in this thread, less a thread per core busy elsewhere; fits inside take the same
+            with cpu.limit_threads(None):
+                return dataset_key, task(ctx)
 
         job = widgets.safe_call(cached.job_manager().submit, run, owner=owner.owner_key(), name=name,
                                 kind="analysis", what=f"Could not start the {self.what}")
