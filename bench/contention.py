@@ -57,8 +57,10 @@ def child_fit(params: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     import torch
 
+    import resource
+
     return {"seconds": seconds, "n_threads": getattr(est, "n_threads_", torch.get_num_threads()),
-            "epochs": epochs}
+            "epochs": epochs, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def child_jobs(n: int, params: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +95,10 @@ def child_jobs(n: int, params: dict[str, Any]) -> dict[str, Any]:
     out["seconds"] = max(j["end"] for j in out["jobs"])
     manager.shutdown()
     train_worker.shutdown_spare()
+    import resource
+
+    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the server-like parent
+    out["worker_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest training process
     return out
 
 
@@ -196,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                "threads": res.get("n_threads") or ",".join(str(j["n_threads"]) for j in res.get("jobs", [])),
                "max_epoch": max(res.get("epochs") or [float("nan")]), "note": note, "raw": res}
         rows.append(row)
+        rss = res.get("worker_rss_mb") or res.get("rss_mb") or float("nan")
         print(f"{variant:7s} {condition:22s} {row['seconds']:8.1f} s  threads {row['threads']}  "
-              f"max epoch {row['max_epoch']:.3f} s  {note}", flush=True)
+              f"max epoch {row['max_epoch']:.3f} s  peak RSS {rss:.0f} MB  {note}", flush=True)
 
     procs, quota_note = (make_quota_group(1.0) if "quota" in only else (None, ""))
     cores = sorted(os.sched_getaffinity(0))
