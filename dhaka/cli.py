@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -111,21 +110,15 @@ def _read(args: argparse.Namespace):
     return adata
 
 
-def _progress(quiet: bool):
-    if quiet:
-        return None
-    last = [0.0]
+def _progress(quiet: bool) -> None:
+    """Progress and log lines on stderr (``dhaka.settings``): a bar with the loss and ETA, info lines; none with --quiet.
 
-    def cb(r) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 2.0 or r.epoch == r.n_epochs or r.epoch == 1:
-            last[0] = now
-            start = (f"{r.stage}  " if getattr(r, "stage", "") else
-                     f"start {r.start + 1}/{r.n_starts} " if r.n_starts > 1 else "")
-            print(f"{start}epoch {r.epoch}/{r.n_epochs}  loss {r.loss:.2f} (recon {r.reconstruction:.2f}, "
-                  f"KL {r.kl:.2f})  val {r.val_loss:.2f}  ETA {r.eta:.0f}s", file=sys.stderr, flush=True)
+    Returns the fit's callback: ``None``, so the fit draws its own progress bar (:mod:`dhaka.progress`).
+    """
+    from dhaka import settings
 
-    return cb
+    settings.set_verbosity(0 if quiet else 2)
+    return None
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -242,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"embed": cmd_embed, "project": cmd_project, "simulate": cmd_simulate}[args.command]
+    from dhaka import settings
+
+    before = settings.verbosity  # --quiet lowers it for this command only (main may be called in-process)
     try:
         return handler(args)
     except (ValueError, OSError, RuntimeError) as exc:  # DataError is a ValueError
@@ -250,3 +246,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        settings.set_verbosity(before)

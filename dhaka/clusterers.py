@@ -22,6 +22,7 @@ The pipeline, the estimator's start scoring and the app all obtain their caller 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -108,7 +109,8 @@ def resolve(clusterer: Clusterer | str | None = None, *, mode: str = "expression
 class GMMBIC:
     """Gaussian mixtures with ``k`` chosen by BIC (:func:`dhaka.cluster.gmm_bic`), as in the paper.
 
-    ``k_max`` is capped at the number of cells less one. The sweep runs with one BLAS thread: its
+    ``k_max`` is capped at the number of cells less one; a warning says when BIC chose ``k_max``
+    itself (its curve may still be falling: more clusters may fit better). The sweep runs with one BLAS thread: its
     matrices are d x d, where more threads only contend (50x slower on a busy CPU).
     """
 
@@ -124,4 +126,8 @@ class GMMBIC:
 
         k_max = min(int(self.k_max), max(1, int(np.shape(Z)[0]) - 1))
         with threadpool_limits(1, user_api="blas"):
-            return gmm_bic(Z, k_max=k_max, seed=int(seed), merge=self.merge, **self.options)
+            res = gmm_bic(Z, k_max=k_max, seed=int(seed), merge=self.merge, **self.options)
+        if k_max > 1 and res.n_components >= k_max:
+            warnings.warn(f"BIC chose the largest number of mixture components tried (k_max={k_max}) and may still "
+                          f"be falling: try a larger k_max to see whether more clusters fit better", stacklevel=2)
+        return res

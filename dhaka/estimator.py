@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from dhaka import __version__, cpu
+from dhaka.clusterers import resolve
+from dhaka.progress import fit_progress
 from dhaka.preprocess import LEGACY_SETTINGS, PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
 from dhaka.store import MODEL_FILES, atomic_write_dir, check_model_dir  # noqa: F401 - MODEL_FILES re-exported
 
@@ -45,6 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: 0.23 and the other Splatter cells of bench/independent.py at most 0.11 overall (final latents); two groups of
 #: different library size (tests) 0.93 overall but 0.02-0.03 within clusters.
 LIBRARY_R2 = 0.5
+
+_log = logging.getLogger(__name__)
 
 
 def _as_matrix(X: Any) -> tuple[Any, list[str] | None, list[str] | None]:
@@ -415,17 +420,18 @@ class Dhaka(TransformerMixin, BaseEstimator):
             finds the clusters the library-depth check looks within; ``None``: the mode's default
             (:func:`dhaka.clusterers.resolve`). :func:`dhaka.pipeline.run` passes the caller it clusters with.
         """
-        from dhaka.clusterers import resolve
-
         self.validate_params()
         clusterer = resolve(clusterer, mode=self.mode)
-        with cpu.limit_threads(self.n_threads) as n_threads:
+        with cpu.limit_threads(self.n_threads) as n_threads, fit_progress(callback) as callback:
             self.n_threads_ = n_threads
             if isinstance(X, PreparedRows):
                 return self._fit_prepared(X, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
                                           checkpoint_every=checkpoint_every, seams=seams, clusterer=clusterer)
             M, _, names = _as_matrix(X)
             M = self._validate(M, reset=True)
+            _log.info("fitting %d cells x %d %s (mode %s, seed %s, %d thread%s)", M.shape[0], M.shape[1],
+                      "bins" if self.mode == "cnv" else "features", self.mode, self.seed, n_threads,
+                      "" if n_threads == 1 else "s")
             self.feature_names_ = names
             pre = self.make_preprocessor()
             P, columns = pre.fit_values(M)  # columns: the residuals' gene pool (None: P holds every feature)
@@ -518,6 +524,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 return
             new = self._refined_genes(P, S, max_genes)
             self.refinement_[-1].update({k: v for k, v in new.items() if k != "indices"})
+            _log.info("gene refinement after fit %d: %s genes the latent explains (of %d)", r + 1,
+                      new.get("n_significant"), len(idx))
             r += 1
             if new["indices"] is None or np.array_equal(new["indices"], idx):
                 # nothing significant, or the selection is stable: the current fit stands,
@@ -641,6 +649,9 @@ class Dhaka(TransformerMixin, BaseEstimator):
                 break
         _, kept, model, hist = best
         self.start_scores_[kept]["kept"] = True
+        if n_starts > 1:
+            _log.info("kept start %d of %d (silhouette %s)", kept + 1, n_starts,
+                      ", ".join(f"{sc['silhouette']:.3f}" for sc in self.start_scores_))
         self.best_start_ = kept
         self.model_ = model.cpu().eval()
         self.history_ = hist
@@ -782,10 +793,16 @@ class Dhaka(TransformerMixin, BaseEstimator):
         if history is not None:
             (path / "history.json").write_text(json.dumps(history, default=float))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write weights (safetensors), settings, selected genes and history to a directory, atomically."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write weights (safetensors), settings, selected genes and history to a directory, atomically.
+
+        A folder that exists and is not empty is refused unless ``overwrite=True`` (then it is
+        replaced in one step).
+        """
         check_is_fitted(self, "model_")
         path = Path(path)
+        if not overwrite and path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"{path} exists and is not an empty folder; choose a new one or pass overwrite=True")
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write_dir(path, lambda tmp: self._save_model(tmp, self.model_, history=self.history_))
 

@@ -13,6 +13,7 @@ clusters or records a result is made here once.
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Mapping
@@ -28,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from dhaka.estimator import Dhaka
 
 __all__ = ["PipelineResult", "run", "embed_cluster", "cluster_metrics"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -189,6 +192,8 @@ def embed_cluster(
             metrics["cluster_error"] = f"{type(exc).__name__}: {exc}"
         if clusters is not None:
             metrics["k"] = int(clusters.k)
+            _log.info("%d clusters called by %s on %d cells", clusters.k, getattr(caller, "name", "clusterer"),
+                      Z.shape[0])
             metrics.update(cluster_metrics(Z, np.asarray(clusters.labels), truth))
             metrics["cluster_seconds"] = time.perf_counter() - t0
     record = uns_record(params=est.get_params(), clusters=clusters, seed=seed,

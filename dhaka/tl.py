@@ -19,7 +19,9 @@ stays light.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -102,10 +104,14 @@ def _write(adata: anndata.AnnData, *, key: str, Z: np.ndarray, clusters: Any, re
 
 
 # ------------------------------------------------------------------ tools
+#: Names of a mode that mean the same (``tl.dhaka(mode="copy_number")`` is ``mode="cnv"``).
+MODE_ALIASES = {"copy_number": "cnv", "copy-number": "cnv", "scdna": "cnv", "rna": "expression"}
+
+
 def dhaka(
     adata: anndata.AnnData,
     *,
-    mode: Literal["expression", "cnv"] = "expression",
+    mode: Literal["expression", "cnv", "copy_number"] = "expression",
     latent_dim: int = 3,
     key_added: str = "dhaka",
     layer: str | None = None,
@@ -113,8 +119,10 @@ def dhaka(
     seed: int = 0,
     k_max: int = 10,
     clusterer: Clusterer | str | None = None,
+    model_path: str | os.PathLike | None = None,
+    return_model: bool = False,
     **params: Any,
-) -> anndata.AnnData | None:
+) -> anndata.AnnData | Dhaka | tuple[anndata.AnnData, Dhaka] | None:
     """Train Dhaka on ``adata`` and store its latent space and clusters, scanpy style.
 
     Parameters
@@ -123,7 +131,7 @@ def dhaka(
         Cells x genes (or copy-number bins). Raw counts, normalised or log values are
         recognised as :class:`dhaka.Dhaka` does.
     mode
-        ``"expression"`` (scRNA-seq) or ``"cnv"`` (copy-number states per bin).
+        ``"expression"`` (scRNA-seq) or ``"cnv"`` (copy-number states per bin; ``"copy_number"`` too).
     latent_dim
         Dimension of the latent space (3 for ``projection="3d"`` plots).
     key_added
@@ -140,12 +148,18 @@ def dhaka(
     clusterer
         How clusters are called (:mod:`dhaka.clusterers`: an object or a registered name);
         ``None``: Gaussian mixtures with k by BIC, the mode's merge rule.
+    model_path
+        Save the trained model to this folder (it must not exist or be empty); recorded as
+        ``uns[key_added]["model_path"]`` so :func:`project` can be given the path later.
+    return_model
+        Also return the trained :class:`dhaka.Dhaka` (to project further samples with).
     **params
         Further :class:`dhaka.Dhaka` settings (``epochs``, ``structure``, ``n_genes``, ...).
 
     Returns
     -------
-    ``None``, or the modified copy when ``copy=True``. Sets
+    ``None``; the modified copy when ``copy=True``; the model when ``return_model=True``
+    (``(copy, model)`` with both). Sets
 
     ``adata.obsm["X_dhaka"]``
         Latent coordinates (posterior means), float32, cells x ``latent_dim``.
@@ -153,34 +167,56 @@ def dhaka(
         Cluster of every cell: a categorical of strings ``"0"``, ``"1"``, ... (``"0"`` the largest).
     ``adata.uns["dhaka"]``
         ``params`` / ``params_json`` (``Dhaka.get_params()``), ``versions``, ``bic`` (BIC per
-        ``k = 1..k_max``), ``k``, ``seed``, ``n_genes_used``, ``train_seconds``.
+        ``k = 1..k_max``), ``k``, ``seed``, ``n_genes_used``, ``train_seconds``, ``model_path``.
 
     Examples
     --------
-    >>> dhaka.tl.dhaka(adata, epochs=50)                          # doctest: +SKIP
+    >>> model = dhaka.tl.dhaka(adata, epochs=50, model_path="model/", return_model=True)  # doctest: +SKIP
     >>> sc.pl.embedding(adata, basis="dhaka", projection="3d", color="dhaka_cluster")  # doctest: +SKIP
+    >>> dhaka.tl.project(second, "model/", reference=adata, transfer="dhaka_cluster")  # doctest: +SKIP
     """
     from dhaka.estimator import Dhaka
     from dhaka.pipeline import run
 
     key = _check_key(key_added)
+    mode = MODE_ALIASES.get(mode, mode)
+    if model_path is not None:
+        _check_model_path(model_path)
     data = _input(adata, layer)
     result = run(data, estimator=Dhaka(mode=mode, latent_dim=latent_dim, seed=seed, **params),
                  clusterer=clusterer, k_max=k_max, extra={"layer": layer})
+    record = dict(result.record)
+    if model_path is not None:
+        result.estimator.save(model_path)
+        record["model_path"] = str(Path(model_path).resolve())
     out = adata.copy() if copy else adata
-    _write(out, key=key, Z=result.latent, clusters=result.labels, record=result.record)
+    _write(out, key=key, Z=result.latent, clusters=result.labels, record=record)
+    if return_model:
+        return (out, result.estimator) if copy else result.estimator
     return out if copy else None
+
+
+def _check_model_path(path: str | os.PathLike) -> None:
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise FileExistsError(f"model_path {p} exists and is not an empty folder; choose a new one "
+                              "(or save with model.save(path, overwrite=True))")
+    if not p.resolve().parent.is_dir():
+        raise FileNotFoundError(f"model_path {p}: the folder {p.resolve().parent} does not exist")
 
 
 def project(
     adata: anndata.AnnData,
-    model: Dhaka,
+    model: Dhaka | str | os.PathLike,
     *,
     key_added: str = "dhaka",
     layer: str | None = None,
     cluster: bool = False,
     k_max: int = 10,
     clusterer: Clusterer | str | None = None,
+    reference: anndata.AnnData | None = None,
+    transfer: str | None = None,
+    n_neighbors: int = 15,
     copy: bool = False,
 ) -> anndata.AnnData | None:
     """Embed a second sample with a fitted model (no training), scanpy style.
@@ -194,15 +230,22 @@ def project(
     adata
         The new cells.
     model
-        A fitted :class:`dhaka.Dhaka` (e.g. ``Dhaka.load(path)``).
+        A fitted :class:`dhaka.Dhaka`, or the folder it was saved to (``model_path`` of
+        :func:`dhaka`, :meth:`dhaka.Dhaka.save`).
     key_added
         Results go to ``obsm["X_" + key_added]`` and ``uns[key_added]``.
     layer
         Read ``adata.layers[layer]`` instead of ``adata.X``.
     cluster
-        Also cluster the projected cells into ``obs[key_added + "_cluster"]``.
+        Also cluster the projected cells into ``obs[key_added + "_cluster"]`` (new cluster numbers,
+        unrelated to the reference's; see ``transfer`` for the reference's labels).
     k_max, clusterer
         As in :func:`dhaka`, when ``cluster=True``.
+    reference, transfer, n_neighbors
+        Label transfer: ``obs[transfer]`` of ``reference`` (e.g. ``"dhaka_cluster"`` or a cell type;
+        ``reference`` embedded by the same model, in ``obsm["X_" + key_added]``) is carried to each new
+        cell by the majority of its ``n_neighbors`` nearest reference cells in the latent space, into
+        ``obs[transfer]``, with the share of neighbours that agree in ``obs[transfer + "_confidence"]``.
     copy
         Work on a copy and return it.
 
@@ -210,24 +253,53 @@ def project(
     -------
     ``None``, or the modified copy when ``copy=True``.
     """
+    import warnings
+
     from sklearn.utils.validation import check_is_fitted
 
+    from dhaka.estimator import Dhaka
     from dhaka.pipeline import embed_cluster
 
     key = _check_key(key_added)
+    model_dir = None
+    if isinstance(model, (str, os.PathLike)):
+        model_dir = str(Path(model).resolve())
+        model = Dhaka.load(model)
     check_is_fitted(model, "model_")
+    ref = _transfer_source(reference, transfer, key) if transfer is not None else None
     data = _input(adata, layer)
     result = embed_cluster(model, data, cluster=cluster, clusterer=clusterer, k_max=k_max)
     if result.missing:
-        import warnings
-
         warnings.warn(f"{len(result.missing)} of {len(model.genes_)} selected features are missing from the new "
                       f"data (e.g. {', '.join(result.missing[:5])}); they were filled with the training mean")
     record = {**result.record, "projected": True, "layer": "None" if layer is None else layer,
               "n_genes_used": len(model.genes_), "n_genes_missing": len(result.missing)}
+    if model_dir is not None:
+        record["model_path"] = model_dir
     out = adata.copy() if copy else adata
     _write(out, key=key, Z=result.latent, clusters=result.labels, record=record)
+    if ref is not None:
+        from dhaka.analysis.projection import transfer_labels
+
+        labels, confidence = transfer_labels(result.latent, ref[0], ref[1], n_neighbors=n_neighbors)
+        out.obs[transfer] = _categorical(labels)
+        out.obs[f"{transfer}_confidence"] = confidence.astype(np.float32)
+        out.uns[key]["transfer"] = {"obs": transfer, "method": "knn", "n_neighbors": int(n_neighbors),
+                                    "mean_confidence": float(confidence.mean())}
     return out if copy else None
+
+
+def _transfer_source(reference: Any, transfer: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's latent and its ``obs[transfer]`` labels, or a message naming what is missing."""
+    if reference is None:
+        raise ValueError(f"transfer={transfer!r} needs reference=<the AnnData the labels come from>")
+    if f"X_{key}" not in reference.obsm:
+        raise ValueError(f"the reference has no obsm['X_{key}']; run dhaka.tl.dhaka (or tl.project with the same "
+                         "model) on it first")
+    if transfer not in reference.obs:
+        raise ValueError(f"the reference has no obs[{transfer!r}] to transfer (it has: "
+                         f"{', '.join(map(str, reference.obs.columns[:8])) or 'no columns'})")
+    return np.asarray(reference.obsm[f"X_{key}"]), reference.obs[transfer].astype(str).to_numpy()
 
 
 # ------------------------------------------------------------------ export

@@ -86,7 +86,9 @@ def test_save_load_round_trip_and_safe_format(blobs_counts, tmp_path):
     est2 = Dhaka.load(path)
     np.testing.assert_allclose(est2.transform(a), est.transform(a), rtol=1e-5, atol=1e-6)
     assert est2.get_params() == est.get_params() and est2.genes_ == est.genes_
-    est.save(path)  # overwriting an existing model directory works
+    with pytest.raises(FileExistsError, match="overwrite=True"):  # never silently replaced
+        est.save(path)
+    est.save(path, overwrite=True)  # replacing an existing model directory when asked works
     (path / "evil.pkl").write_bytes(b"cos\nsystem\n")
     with pytest.raises(ValueError, match="evil.pkl"):
         Dhaka.load(path)

@@ -195,3 +195,72 @@ def test_cli_h5ad_carries_the_uns_record(adata, tmp_path):
     rec = back.uns["dhaka"]
     assert rec["seed"] == 4 and tl.params_from_uns(back)["epochs"] == 2 and "torch" in rec["versions"]
     assert isinstance(back.obs["dhaka_cluster"].dtype, pd.CategoricalDtype) and "X_dhaka_dims23" in back.obsm
+
+
+# ------------------------------------------------------------------ a notebook user's session (issue 28)
+def test_progress_bar_and_log_lines_at_the_default_verbosity_and_none_at_zero(adata, capfd):
+    from dhaka import settings
+
+    assert settings.verbosity == 2  # the default
+    sc.pp.normalize_total(adata.copy())  # scanpy in the same session
+    tl.dhaka(adata, seed=0, **TINY)
+    err = capfd.readouterr().err
+    assert "Dhaka fit" in err and "100%" in err and "loss" in err  # the bar, with the loss
+    assert "dhaka: fitting" in err and "clusters called by gmm_bic" in err  # log lines
+    settings.set_verbosity(0)
+    try:
+        tl.dhaka(adata, seed=0, **TINY)
+    finally:
+        settings.set_verbosity(2)
+    assert capfd.readouterr().err == ""
+
+
+def test_model_kept_saved_beside_the_h5ad_and_projected_with_label_transfer(adata, tmp_path):
+    model_dir = tmp_path / "model"
+    model = tl.dhaka(adata, seed=0, model_path=model_dir, return_model=True, **TINY)
+    assert isinstance(model, dhaka.Dhaka) and adata.uns["dhaka"]["model_path"] == str(model_dir.resolve())
+    adata.write_h5ad(tmp_path / "ref.h5ad")
+    ref = anndata.read_h5ad(tmp_path / "ref.h5ad")
+
+    second = adata[::2].copy()
+    del second.obs["group"], second.obsm["X_dhaka"]
+    tl.project(second, ref.uns["dhaka"]["model_path"], reference=ref, transfer="group")
+    np.testing.assert_allclose(second.obsm["X_dhaka"], ref.obsm["X_dhaka"][::2], atol=1e-5)
+    assert second.uns["dhaka"]["model_path"] == str(model_dir.resolve())
+    truth = adata.obs["group"].astype(str).to_numpy()[::2]
+    assert (second.obs["group"].astype(str).to_numpy() == truth).mean() > 0.9  # the same cells' own labels
+    conf = second.obs["group_confidence"].to_numpy()
+    assert conf.min() > 0 and conf.max() <= 1.0
+    assert second.uns["dhaka"]["transfer"]["obs"] == "group"
+
+
+def test_transfer_and_save_traps_are_named(adata, tmp_path):
+    model = tl.dhaka(adata, seed=0, return_model=True, **TINY)
+    with pytest.raises(ValueError, match="needs reference="):
+        tl.project(adata.copy(), model, transfer="dhaka_cluster")
+    with pytest.raises(ValueError, match=r"no obs\['cell_type'\]"):
+        tl.project(adata.copy(), model, reference=adata, transfer="cell_type")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        model.save(taken)
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        tl.dhaka(adata, seed=0, model_path=taken, **TINY)
+    assert (taken / "notes.txt").read_text() == "mine"
+    model.save(taken, overwrite=True)
+    assert dhaka.Dhaka.load(taken).genes_ == model.genes_
+
+
+def test_copy_number_is_a_name_of_the_cnv_mode(adata):
+    tl.dhaka(adata, mode="copy_number", seed=0, **TINY)
+    assert json.loads(adata.uns["dhaka"]["params_json"])["mode"] == "cnv"
+
+
+def test_k_at_k_max_is_warned():
+    from dhaka.clusterers import GMMBIC
+
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(c * 10, 0.3, size=(40, 2)) for c in range(4)])
+    with pytest.warns(UserWarning, match="k_max=3"):
+        GMMBIC(k_max=3, merge=False).fit(Z)

@@ -18,7 +18,7 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
-__all__ = ["ProjectionResult", "project", "assign_clusters", "figure_projection"]
+__all__ = ["ProjectionResult", "project", "assign_clusters", "transfer_labels", "figure_projection"]
 
 
 @dataclass
@@ -61,6 +61,23 @@ class ProjectionResult:
         """Fraction of the second sample assigned to ``cluster``."""
         row = self.fractions.loc[self.fractions["cluster"].astype(str) == str(cluster), "fraction"]
         return float(row.iloc[0]) if len(row) else 0.0
+
+
+def transfer_labels(Z, reference_latent, reference_labels, *, n_neighbors: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the reference carried to new cells by their nearest reference cells in the latent space.
+
+    Returns ``(labels, confidence)``: each cell's majority label among its ``n_neighbors`` nearest
+    reference cells, and the share of those neighbours that carry it (1.0: all agree).
+    """
+    from sklearn.neighbors import KNeighborsClassifier
+
+    R = np.asarray(reference_latent, dtype=np.float64)
+    lab = np.asarray(reference_labels)
+    k = int(min(n_neighbors, R.shape[0]))
+    knn = KNeighborsClassifier(n_neighbors=k).fit(R, lab)
+    proba = knn.predict_proba(np.asarray(Z, dtype=np.float64))
+    best = proba.argmax(axis=1)
+    return knn.classes_[best], proba[np.arange(len(best)), best]
 
 
 def assign_clusters(
@@ -108,10 +125,7 @@ def assign_clusters(
         d = ((Z[:, None, :] - cent[None, :, :]) ** 2).sum(-1)
         return cats[np.argmin(d, axis=1)]
     if method == "knn":
-        from sklearn.neighbors import KNeighborsClassifier
-
-        k = int(min(n_neighbors, R.shape[0]))
-        return KNeighborsClassifier(n_neighbors=k).fit(R, lab).predict(Z)
+        return transfer_labels(Z, R, lab, n_neighbors=n_neighbors)[0]
     if method == "gmm":
         if gmm is None or not hasattr(gmm, "predict"):
             raise ValueError("method='gmm' needs the fitted mixture (gmm=GMMResult.model)")
