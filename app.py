@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from dhaka.runs import start_maintenance
-from dhaka.ui import cached, demos, owner, state, tasks, train_worker, widgets
+from dhaka.ui import cached, demos, entrypoint, handover, messages, owner, sidebar, state, tasks, train_worker
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,14 +35,14 @@ if state.get_dataset() is None and not st.session_state.get("dhaka.default_loade
         state.set_dataset(adata, name=demo.title, source="demo", demo=demo.key, truth=demo.truth,
                           mode=demo.mode, second=second)
     except Exception as exc:  # noqa: BLE001 - the Data page still works
-        state.push_notice("warning", f"The default demo could not be loaded: {widgets.error_message(exc)}")
+        state.push_notice("warning", f"The default demo could not be loaded: {messages.error_message(exc)}")
 
-widgets.collect_finished_job()
+handover.collect_finished_job()
 
 # Each page's URL is its file's stem (/train, /explore, ...). Streamlit runs the very first session of a
 # server in its legacy pages/ mode, where a URL names a file of pages/ and that file runs without this
-# script; every page therefore starts with widgets.require_entrypoint(), which reruns through here.
-# The navigation is drawn by widgets.sidebar() (client.showSidebarNavigation = false in
+# script; every page therefore starts with entrypoint.require_entrypoint(), which reruns through here.
+# The navigation is drawn by sidebar.sidebar() (client.showSidebarNavigation = false in
 # .streamlit/config.toml), so that legacy first run cannot flash a list of raw file names.
 pages = {
     "Workflow": [
@@ -61,17 +61,17 @@ pages = {
     ],
 }
 page = st.navigation(pages, position="hidden")
-widgets.sidebar(pages, job_status=page.title != "Train")
+sidebar.sidebar(pages, job_status=page.title != "Train")
 with st.sidebar:
     st.caption("Dhaka: Rashid, Shah & Pandya, *Bioinformatics* 2019. "
                + ("Fast demo mode (DHAKA_DEMO_FAST)." if demos.demo_fast() else ""))
-widgets.show_notices()
+messages.show_notices()
 try:
-    with widgets.entrypoint():
+    with entrypoint.entrypoint():
         page.run()
 except Exception as exc:  # noqa: BLE001 - last line of defence: a message, never a traceback, in the UI
     if os.environ.get("DHAKA_RAISE_ERRORS", "").strip().lower() in ("1", "true", "yes", "on"):
         raise  # tests: an error on any page is a failure, not a banner
     logging.getLogger("dhaka.app").exception("page %s failed", page.title)
-    st.error(f"Something went wrong on this page: {widgets.error_message(exc)}. "
+    st.error(f"Something went wrong on this page: {messages.error_message(exc)}. "
              "Your data and results are kept; the details are in the server log.")

@@ -1,6 +1,6 @@
 """One description of :class:`dhaka.Dhaka`'s parameters: names, types, choices, bounds, defaults, help.
 
-The Train form (:func:`dhaka.ui.widgets.train_form`) and the command line (:mod:`dhaka.cli`) are
+The Train form (:func:`dhaka.ui.forms.train_form`) and the command line (:mod:`dhaka.cli`) are
 built from :data:`PARAMS`, so neither can drift from the estimator again: a test checks that
 :data:`PARAMS` names exactly the parameters of ``Dhaka.__init__``, that every default and every
 preset value passes :meth:`Param.check`, and that the form round-trips each of them.

@@ -5,10 +5,10 @@ import streamlit as st
 
 from dhaka.analysis import structures
 from dhaka.io import to_csv_safe
-from dhaka.ui import demos, figures, state, tasks, widgets
+from dhaka.ui import demos, entrypoint, figures, state, tasks
 from dhaka.ui.analysis_job import AnalysisJob
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 JOB = AnalysisJob("dhaka.analysis.compare", widget_key="w.cmp", what="comparison")  # result: a DataFrame
 PRESETS = {"deep": "deep (1024-512-256)", "shallow": "shallow (1024)"}

@@ -9,9 +9,9 @@ from dhaka import plots
 from dhaka.analysis import copy_number, projection
 from dhaka.io import to_csv_safe
 from dhaka.ui import copy_number as cnv, figures
-from dhaka.ui import state, widgets
+from dhaka.ui import entrypoint, messages, state
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 st.title("Copy number")
 adata = state.require_dataset()
@@ -37,8 +37,8 @@ order = st.radio("Cell order", ["hierarchical", "cluster"], horizontal=True, key
                               "cluster": "Grouped by clone, hierarchical within"}.get,
                  disabled=labels is None)
 with st.spinner("Ordering cells…"):
-    heat = widgets.safe_call(copy_number.figure_heatmap, adata.X, var=adata.var, clusters=labels,
-                             order=order if labels is not None else "hierarchical", what="Heatmap")
+    heat = messages.safe_call(copy_number.figure_heatmap, adata.X, var=adata.var, clusters=labels,
+                              order=order if labels is not None else "hierarchical", what="Heatmap")
 if heat is not None:
     if not np.isfinite(copy_number.parse_bins(adata.var)["rank"]).any():
         st.caption("Bin names carry no chromosome and position (e.g. chr1:100-200): file order is used.")
@@ -67,8 +67,8 @@ if est is None or labels is None:
 assign = st.radio("Assign projected cells by", ["centroid", "knn", "gmm"], horizontal=True, key="w.cnv.assign",
                   format_func={"centroid": "nearest clone centroid", "knn": "15 nearest reference cells",
                                "gmm": "the fitted mixture"}.get)
-proj = widgets.safe_call(projection.project, est, second, reference_latent=Z, reference_labels=labels,
-                         assign=assign, gmm=gmm if assign == "gmm" else None, what="Projection")
+proj = messages.safe_call(projection.project, est, second, reference_latent=Z, reference_labels=labels,
+                          assign=assign, gmm=gmm if assign == "gmm" else None, what="Projection")
 if proj is None:
     st.stop()
 st.caption(f"Projected {len(proj.labels):,} cells of {src}; {proj.n_matched} of {proj.n_features} model "

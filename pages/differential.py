@@ -7,10 +7,10 @@ import streamlit as st
 
 from dhaka.analysis import differential
 from dhaka.io import to_csv_safe
-from dhaka.ui import figures, groups, state, tasks, widgets
+from dhaka.ui import entrypoint, figures, groups, messages, state, tasks
 from dhaka.ui.analysis_job import AnalysisJob
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 JOB = AnalysisJob("dhaka.analysis.de", widget_key="w.de.job", what="test")  # result: dict(df, a, b, labels, method)
 
@@ -42,7 +42,7 @@ if key != state.get_dataset_key() or max(res["a"].max(initial=-1), res["b"].max(
     st.caption("The last test was run on a previously loaded dataset: run it again.")
     st.stop()
 df = res["df"]
-st.subheader(widgets.plain(f"{res['label_a']} ({len(res['a']):,} cells) vs {res['label_b']} ({len(res['b']):,} cells)"))
+st.subheader(messages.plain(f"{res['label_a']} ({len(res['a']):,} cells) vs {res['label_b']} ({len(res['b']):,} cells)"))
 st.caption(f"{'Welch t-test' if res['method'] == 'welch' else 'Wilcoxon rank-sum'}: {int((df['padj'] < 0.05).sum()):,} "
            f"of {len(df):,} genes with adjusted p < 0.05. Click a column header to sort.")
 v1, v2 = st.columns([3, 2])

@@ -5,13 +5,13 @@ import numpy as np
 import streamlit as st
 
 from dhaka import plots
-from dhaka.ui import annotate, figures, state, tasks, views, widgets
+from dhaka.ui import annotate, color, entrypoint, figures, handover, messages, runs_open, state, tasks, views
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 st.title("Explore")
 if state.get_dataset() is not None and not state.results_match_dataset():
-    widgets.offer_latest_run()
+    runs_open.offer_latest_run()
 Z = state.require_latent()
 adata = state.get_dataset()
 res = state.get_result_info()
@@ -20,7 +20,7 @@ seed = int(state.get_estimator_params().get("seed", 0))
 gmm, labels, k_max = views.cluster_controls(Z, digest=res.get("latent_digest") or tasks.digest(Z), seed=seed)
 
 # ------------------------------------------------------------------ controls
-colour = widgets.color_control(adata, clusters=labels)
+colour = color.color_control(adata, clusters=labels)
 o1, o2, o3, o4 = st.columns([1, 1, 2, 2], vertical_alignment="bottom")
 dims = o1.segmented_control("Other views", [2, 3], default=2, key="w.exp.dims", format_func=lambda d: f"{d}-D",
                             required=True)
@@ -32,17 +32,17 @@ size = o3.slider("Point size", 1.0, 10.0, float(plots.default_point_size(min(n, 
 
 
 def draw(coords: np.ndarray, title: str, prefix: str, key: str) -> None:
-    fig = widgets.safe_call(plots.scatter, coords, color=colour.values, color_name=colour.name,
-                            color_type="auto" if colour.kind == "auto" else colour.kind, cell_ids=obs_names,
-                            title=title, axis_prefix=prefix, point_size=size, max_points=int(max_points),
-                            seed=0, height=460, what=title)
+    fig = messages.safe_call(plots.scatter, coords, color=colour.values, color_name=colour.name,
+                             color_type="auto" if colour.kind == "auto" else colour.kind, cell_ids=obs_names,
+                             title=title, axis_prefix=prefix, point_size=size, max_points=int(max_points),
+                             seed=0, height=460, what=title)
     if fig is not None:
         figures.chart(fig, key.removeprefix("fig_"), {"colour": colour.name}, key=key)
 
 
 # ------------------------------------------------------------------ views
 has_input = views.model_input() is not None
-widgets.views_progress()
+handover.views_progress()
 cells = views.plan_views(dims, has_input=has_input)
 missing = [c.method for c in cells if c.status == "missing"]
 if missing and o4.button(f"Compute {', '.join(views.METHODS[m] for m in missing)}", key="w.exp.compute_all",

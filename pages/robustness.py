@@ -7,10 +7,10 @@ import streamlit as st
 from dhaka import plots
 from dhaka.analysis import robustness
 from dhaka.io import to_csv_safe
-from dhaka.ui import demos, figures, state, tasks, widgets
+from dhaka.ui import demos, entrypoint, figures, state, tasks
 from dhaka.ui.analysis_job import AnalysisJob
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 JOB = AnalysisJob("dhaka.analysis.robustness", widget_key="w.rob", what="study")  # result: a DropoutStudy
 METHOD_LABELS = {"dhaka": "Dhaka", "pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}

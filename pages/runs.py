@@ -12,9 +12,9 @@ import streamlit as st
 
 from dhaka import plots
 from dhaka.runs import RunStore
-from dhaka.ui import figures, owner, state, widgets
+from dhaka.ui import entrypoint, figures, messages, owner, runs_open, state
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 st.title("Runs")
 me = owner.owner_key()
@@ -34,7 +34,7 @@ tied = (f"your login ({user})" if user else
         "and share links without that part, since anyone with it sees your runs")
 st.caption(f"Your runs, and runs colleagues shared (marked *shared*); they are tied to {tied}. Interrupted runs "
            "(the server stopped mid-training) keep their last checkpoint, which can be opened.")
-infos = widgets.safe_call(view.list, what="Cannot list runs") or []
+infos = messages.safe_call(view.list, what="Cannot list runs") or []
 if not infos:
     st.info("No runs yet: train a model on the Train page.")
     st.stop()
@@ -84,12 +84,12 @@ if info.error:
 c1, c2, c3, _ = st.columns([1, 1, 1, 2])
 can_open = info.status in ("done", "stopped") or info.has_checkpoint
 if c1.button("Open in Explore", key="w.runs.open", type="primary", disabled=not can_open or info.status == "running"):
-    if widgets.open_run(sel, store=view):
+    if runs_open.open_run(sel, store=view):
         st.switch_page("pages/explore.py")
 if mine and info.status != "running":
     label = "Stop sharing" if info.shared else "Share with the lab"
     if c3.button(label, key="w.runs.share", help="Shared runs can be listed and opened (not deleted) by everyone."):
-        if widgets.safe_call(view.share, sel, shared=not info.shared, what="Could not change sharing") is not None:
+        if messages.safe_call(view.share, sel, shared=not info.shared, what="Could not change sharing") is not None:
             state.push_notice("success", f"Run {sel} is {'no longer ' if info.shared else ''}shared.")
             st.rerun()
 pending = st.session_state.get("w.runs.pending_delete")
@@ -108,7 +108,7 @@ else:
             state.push_notice("success", f"Deleted run {sel}.")
         except Exception as exc:  # noqa: BLE001
             st.error(f"Could not delete run {sel}:")
-            st.text(widgets.error_message(exc))
+            st.text(messages.error_message(exc))
             st.stop()
         st.rerun()
     if n.button("Cancel", key="w.runs.cancel"):
@@ -150,4 +150,4 @@ for rid, col in zip(pair, (a_col, b_col)):
                               key=f"cmp_loss_{rid}_{col is a_col}", session=False)
         except Exception as exc:  # noqa: BLE001
             st.error(f"Cannot show run {rid}:")
-            st.text(widgets.error_message(exc))
+            st.text(messages.error_message(exc))

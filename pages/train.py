@@ -4,9 +4,9 @@ from __future__ import annotations
 import streamlit as st
 
 from dhaka import plots
-from dhaka.ui import cached, demos, figures, live_chart, owner, state, tasks, widgets
+from dhaka.ui import cached, demos, entrypoint, figures, forms, live_chart, messages, owner, state, tasks
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 # Every poll is a fragment rerun: Python work in the server and a redraw in the browser, which shares the
 # CPU with the training (on a laptop, and on bench/app_live.py's 2 cores). The progress, ETA and loss curves
@@ -56,10 +56,10 @@ st.caption(f"Dataset: **{info.get('name')}** · {adata.n_obs:,} cells × {adata.
            f"mode **{state.get_preprocess().get('mode', 'expression')}** (change on the Data page)")
 if active:  # the settings of the running training; the form comes back, as it was, when it ends
     params = state.get_train_params()
-    st.caption(f"**Settings of this training:** {widgets.settings_summary(params)}.")
+    st.caption(f"**Settings of this training:** {forms.settings_summary(params)}.")
 else:
-    params = widgets.train_form(defaults=demos.fast_train_params() if demos.demo_fast() else None,
-                                cuda=_cuda_available())
+    params = forms.train_form(defaults=demos.fast_train_params() if demos.demo_fast() else None,
+                              cuda=_cuda_available())
 full = {**state.get_preprocess(), **params}
 
 c1, c2 = st.columns([1, 3])
@@ -68,13 +68,13 @@ start = c1.button("Start training", type="primary", key="w.train.start", disable
 if active:
     c2.caption("A training of this session is queued or running; stop it or wait for it to end.")
 if start:
-    ok = widgets.safe_call(tasks.check_training_memory, adata, full, what="Cannot train")
+    ok = messages.safe_call(tasks.check_training_memory, adata, full, what="Cannot train")
     if ok is not None:
         task = tasks.make_train_task(adata, full, data_name=str(info.get("name")), dataset_key=info.get("key"),
                                      fingerprint=info.get("fingerprint"), truth=state.get_truth_labels())
-        new = widgets.safe_call(cached.job_manager().submit, task, owner=owner.owner_key(),
-                                name=f"train on {info.get('name')}", kind="train", memory_bytes=ok,
-                                what="Could not start training")
+        new = messages.safe_call(cached.job_manager().submit, task, owner=owner.owner_key(),
+                                 name=f"train on {info.get('name')}", kind="train", memory_bytes=ok,
+                                 what="Could not start training")
         if new is not None:
             state.set_job(new)
             st.rerun()
@@ -140,7 +140,7 @@ def final_chart() -> None:
     snap = j.snapshot()
     if snap["history"]:
         fig = plots.loss_curves(snap["history"])
-        st.plotly_chart(fig, key="train_loss", config=widgets.PLOTLY_CONFIG)
+        st.plotly_chart(fig, key="train_loss", config=figures.PLOTLY_CONFIG)
         figures.figure_downloads(fig, "training-loss", key="dl_fig_loss")
 
 

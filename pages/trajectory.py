@@ -7,9 +7,9 @@ import streamlit as st
 
 from dhaka.analysis import pseudotime
 from dhaka.io import to_csv_safe
-from dhaka.ui import cached, figures, state, tasks, widgets
+from dhaka.ui import cached, entrypoint, figures, messages, state, tasks
 
-widgets.require_entrypoint()
+entrypoint.require_entrypoint()
 
 st.title("Trajectory")
 st.caption("Diffusion pseudotime (Haghverdi et al. 2016) on a k-nearest-neighbour graph of the latent space: "
@@ -27,11 +27,11 @@ root_kind = c1.radio("Root", ["cluster", "cell"], horizontal=True, key="w.traj.k
 if root_kind == "cluster" and clusters is not None:
     cl = c2.selectbox("Root cluster", sorted(np.unique(clusters).tolist()), key="w.traj.cluster")
     with st.spinner("Finding the cluster's root cell…"):
-        roots = widgets.safe_call(cached.pseudotime_root, Z, clusters, cl, digest=digest,
-                                  clusters_digest=tasks.digest(np.asarray(clusters)), what="Root cell")
+        roots = messages.safe_call(cached.pseudotime_root, Z, clusters, cl, digest=digest,
+                                   clusters_digest=tasks.digest(np.asarray(clusters)), what="Root cell")
     if roots is None:
         st.stop()
-    c2.caption(f"Root: cell **{widgets.plain(obs_names[roots])}**, the cluster's cell farthest from the other cells.")
+    c2.caption(f"Root: cell **{messages.plain(obs_names[roots])}**, the cluster's cell farthest from the other cells.")
 else:
     default = obs_names[0]
     if "time" in adata.obs.columns and pd.api.types.is_numeric_dtype(adata.obs["time"]):
@@ -44,8 +44,8 @@ method = c3.radio("Distance", ["diffusion", "geodesic"], horizontal=True, key="w
 k = c3.slider("Neighbours in the kNN graph", 5, 50, 15, key="w.traj.k")
 
 with st.spinner("Computing pseudotime…"):
-    pt = widgets.safe_call(cached.pseudotime, Z, digest=digest, root=int(roots), n_neighbors=int(k), method=method,
-                           what="Pseudotime")
+    pt = messages.safe_call(cached.pseudotime, Z, digest=digest, root=int(roots), n_neighbors=int(k), method=method,
+                            what="Pseudotime")
 if pt is None:
     st.stop()
 

@@ -162,13 +162,10 @@ def _run_time_patches(tree) -> list[tuple[int, str]]:
 
 
 #: Known exceptions, each with its reason; the list should only shrink.
-#: widgets.entrypoint resets Streamlit's class flag that keeps a server in legacy pages/ mode (a
-#: Streamlit quirk with no public switch); it is the UI layer's, not the core's.
 #: dhaka.io gives its own package module a class whose ``__setattr__`` forwards limits
 #: (``dhaka.io.MAX_DIM = ...``) to ``dhaka.io.safety``, where the readers look: the package's own
 #: public setting, not a change of other code's behaviour.
-ALLOWED_PATCHES = {("dhaka/ui/widgets.py", "PagesManager.uses_pages_directory"),
-                   ("dhaka/io/__init__.py", "sys.modules[__name__].__class__"),
+ALLOWED_PATCHES = {("dhaka/io/__init__.py", "sys.modules[__name__].__class__"),
                    ("dhaka/io/__init__.py", "setattr(safety, name, value)")}
 
 

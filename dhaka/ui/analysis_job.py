@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import streamlit as st
 
-from dhaka.ui import state
+from dhaka.ui import cached, owner, state
+from dhaka.ui.messages import safe_call
 
 if TYPE_CHECKING:  # pragma: no cover
     from dhaka.jobs import Job, JobContext
 
-__all__ = ["AnalysisJob", "POLL_SECONDS"]
+__all__ = ["AnalysisJob", "POLL_SECONDS", "analysis_job_status"]
 
 #: Seconds between two polls of a running analysis job.
 POLL_SECONDS = 1.0
@@ -91,8 +92,6 @@ class AnalysisJob:
         bool
             ``False`` when the job could not start (the rerun happens otherwise).
         """
-        from dhaka.ui import cached, owner, widgets
-
         dataset_key = state.get_dataset_key()
 
         def run(ctx: JobContext) -> tuple[str | None, Any]:
@@ -103,8 +102,8 @@ class AnalysisJob:
             with cpu.limit_threads(None):
                 return dataset_key, task(ctx)
 
-        job = widgets.safe_call(cached.job_manager().submit, run, owner=owner.owner_key(), name=name,
-                                kind="analysis", what=f"Could not start the {self.what}")
+        job = safe_call(cached.job_manager().submit, run, owner=owner.owner_key(), name=name, kind="analysis",
+                        what=f"Could not start the {self.what}")
         if job is None:
             return False
         st.session_state[self.job_key] = job
@@ -127,8 +126,6 @@ class AnalysisJob:
             Called once with ``(status, payload)`` when a finished job's result is taken into the session
             (e.g. to queue a notice that a stopped study shows partial rows).
         """
-        from dhaka.ui import widgets
-
         was_active = self.active()
 
         @st.fragment(run_every=POLL_SECONDS if was_active else None)
@@ -136,8 +133,8 @@ class AnalysisJob:
             job = self.job()
             if job is None:
                 return
-            snap = widgets.analysis_job_status(job, key=self.widget_key, what=self.what,
-                                               default_total=default_total, start_message=start_message)
+            snap = analysis_job_status(job, key=self.widget_key, what=self.what, default_total=default_total,
+                                       start_message=start_message)
             if rows and snap["history"] and snap["status"] in ("queued", "running"):
                 import pandas as pd
 
@@ -150,3 +147,26 @@ class AnalysisJob:
                 st.rerun()  # the whole page: draw the result, stop polling
 
         _panel()
+
+
+def analysis_job_status(job: Any, *, key: str, what: str, start_message: str = "starting…",
+                        default_total: int = 1) -> dict[str, Any]:
+    """Queue position + Cancel, progress bar + Stop, or the failure of a background analysis job.
+
+    Returns the job's snapshot so the page can add what is its own (rows so far, results).
+    Widget keys are ``f"{key}.cancel"`` and ``f"{key}.stop"``.
+    """
+    job.touch()  # the person is still here
+    snap = job.snapshot()
+    prog = snap.get("progress") or {}
+    if snap["status"] == "queued":
+        st.info(f"Queued (position {snap.get('queue_position') or '?'}): waits for a free job slot.")
+        st.button("Cancel", key=f"{key}.cancel", on_click=job.cancel)
+    elif snap["status"] == "running":
+        done, total = prog.get("done", 0), prog.get("total") or max(default_total, 1)
+        st.progress(min(1.0, done / total), text=prog.get("message", start_message))
+        if not snap.get("stop_requested"):
+            st.button("Stop", key=f"{key}.stop", on_click=job.cancel, icon=":material/stop:")
+    elif snap["status"] == "failed":
+        st.error(f"The {what} failed: {snap.get('error')}")
+    return snap

@@ -12,7 +12,7 @@ with the latent CSV download.
 
 Names and labels come from people: they are capped in length, may not hold control characters or
 ``<`` / ``>``, are written to CSV through the formula-neutralising writer (:func:`dhaka.io.to_csv_safe`)
-and are shown as plain text (:func:`dhaka.ui.widgets.plain` for Markdown).
+and are shown as plain text (:func:`dhaka.ui.messages.plain` for Markdown).
 """
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import streamlit as st
 
-from dhaka.ui import state
+from dhaka import plots
+from dhaka.ui import owner, state
+from dhaka.ui.figures import PLOTLY_CONFIG, selected_points
+from dhaka.ui.messages import error_message, plain
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -179,8 +182,6 @@ def save() -> str | None:
         ``None`` when saved; otherwise a message (no run, someone else's run, a disk problem): the
         annotations then stay in this session only.
     """
-    from dhaka.ui import owner, widgets
-
     run_id = state.get_result_info().get("run_id")
     if not run_id:
         return "This result is not stored as a run, so the annotations are kept in this session only."
@@ -188,7 +189,7 @@ def save() -> str | None:
     try:
         owner.run_store().save_annotations(run_id, to_frame(state.get_annotations(), obs_names))
     except Exception as exc:  # noqa: BLE001 - the labels stay in the session; say why they were not kept
-        return f"The annotations are kept in this session only: {widgets.error_message(exc)}"
+        return f"The annotations are kept in this session only: {error_message(exc)}"
     return None
 
 
@@ -219,9 +220,7 @@ def load_from_run(run: Any, obs_names: Sequence[str], *, taken: Sequence[str] = 
     try:
         table = run.load_annotations()
     except Exception as exc:  # noqa: BLE001 - the run still opens without its labels
-        from dhaka.ui import widgets
-
-        return [f"its annotations could not be read ({widgets.error_message(exc)})"]
+        return [f"its annotations could not be read ({error_message(exc)})"]
     ann, problems = from_frame(table, obs_names, taken=taken)
     state.set_annotations(ann)
     return problems
@@ -246,18 +245,14 @@ def group_columns(adata: Any, *, max_groups: int = 50) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------ UI
 def _report(problem: str | None, *, done: str) -> None:
-    from dhaka.ui import widgets
-
     if problem is None:
-        state.push_notice("success", widgets.plain(done + " (kept with the run)."))
+        state.push_notice("success", plain(done + " (kept with the run)."))
     else:
-        state.push_notice("warning", widgets.plain(done + ". " + problem))
+        state.push_notice("warning", plain(done + ". " + problem))
 
 
 def _name_clusters(clusters: np.ndarray, taken: Sequence[str], *, key: str) -> None:
     """One text box per cluster in a form; saving makes (or replaces) an annotation."""
-    from dhaka.ui import widgets
-
     ks = sorted(np.unique(clusters).tolist())
     with st.form(f"{key}.form", border=False):
         name = st.text_input("Annotation name", "cell_type", key=f"{key}.name", max_chars=MAX_NAME_CHARS)
@@ -273,7 +268,7 @@ def _name_clusters(clusters: np.ndarray, taken: Sequence[str], *, key: str) -> N
             col = check_new_name(name, taken=taken, existing=state.get_annotations())
             labels = relabel_clusters(clusters, names)
         except AnnotationError as exc:
-            st.error(widgets.plain(exc))
+            st.error(plain(exc))
             return
         _report(set_annotation(col, labels), done=f"Annotation '{col}' saved")
         st.rerun()
@@ -282,9 +277,6 @@ def _name_clusters(clusters: np.ndarray, taken: Sequence[str], *, key: str) -> N
 def _label_selection(views: Mapping[str, tuple[np.ndarray, tuple[str, str]]], obs_names: Sequence[str],
                      taken: Sequence[str], *, key: str) -> None:
     """A box / lasso on a 2-D view, then a label for the selected cells."""
-    from dhaka import plots
-    from dhaka.ui import widgets
-
     if not views:
         st.caption("No 2-D view of the cells to select on.")
         return
@@ -303,8 +295,8 @@ def _label_selection(views: Mapping[str, tuple[np.ndarray, tuple[str, str]]], ob
                                   cell_ids=obs_names, axis_titles=axes,
                                   title="Draw a box or lasso around cells, then label them")
     st.plotly_chart(fig, key=f"{key}.chart", on_select="rerun", selection_mode=("box", "lasso"),
-                    config=widgets.PLOTLY_CONFIG)
-    picked = widgets.selected_points(f"{key}.chart")
+                    config=PLOTLY_CONFIG)
+    picked = selected_points(f"{key}.chart")
     l1, l2, l3 = st.columns([2, 1, 1], vertical_alignment="bottom")
     label = l1.text_input("Label", key=f"{key}.label", max_chars=MAX_LABEL_CHARS,
                           help=f"{len(picked):,} cells selected.")
@@ -317,7 +309,7 @@ def _label_selection(views: Mapping[str, tuple[np.ndarray, tuple[str, str]]], ob
         col = target if target != new else check_new_name(name, taken=taken, existing=ann)
         labels = label_cells(ann.get(col), len(obs_names), picked, None if clear else label)
     except AnnotationError as exc:
-        st.error(widgets.plain(exc))
+        st.error(plain(exc))
         return
     st.session_state[f"{key}.next_target"] = col
     _report(set_annotation(col, labels), done=f"{len(picked):,} cells {'un' if clear else ''}labelled in '{col}'")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import streamlit as st
 
-from dhaka.ui import cached, demos, state, tasks, widgets
+from dhaka.ui import cached, demos, messages, state, tasks
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -45,9 +45,9 @@ def clone_controls(Z: np.ndarray) -> tuple[Any, np.ndarray | None]:
     if not robust:
         return state.get_gmm(), state.get_clusters()
     with st.spinner("Calling clones…"):
-        gmm = widgets.safe_call(cached.clone_calls, Z, digest=state.get_result_info().get("latent_digest")
-                                or tasks.digest(Z), min_cluster_size=min_size,
-                                seed=int(state.get_estimator_params().get("seed", 0)), what="Clone calling")
+        gmm = messages.safe_call(cached.clone_calls, Z, digest=state.get_result_info().get("latent_digest")
+                                 or tasks.digest(Z), min_cluster_size=min_size,
+                                 seed=int(state.get_estimator_params().get("seed", 0)), what="Clone calling")
     if gmm is None:
         return None, None
     labels = np.asarray(gmm.labels)
@@ -70,6 +70,6 @@ def second_sample() -> tuple[anndata.AnnData | None, str]:
     if prev is None or prev[0] != (up.name, up.size):
         from dhaka.io import read
 
-        ad = widgets.safe_call(read, up.getvalue(), filename=up.name, what=f"Could not read {widgets.plain(up.name)}")
+        ad = messages.safe_call(read, up.getvalue(), filename=up.name, what=f"Could not read {messages.plain(up.name)}")
         st.session_state[UPLOAD_KEY] = ((up.name, up.size), ad)
     return st.session_state[UPLOAD_KEY][1], up.name

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import streamlit as st
 
 from dhaka import figure_export
@@ -24,7 +25,7 @@ from dhaka.ui import state
 if TYPE_CHECKING:  # pragma: no cover
     import plotly.graph_objects as go
 
-__all__ = ["chart", "figure_downloads", "figure_settings", "FILE_SETTINGS"]
+__all__ = ["chart", "figure_downloads", "figure_settings", "selected_points", "FILE_SETTINGS", "PLOTLY_CONFIG"]
 
 #: Plotly config for every chart: PNG from the toolbar at twice the screen resolution, no logo.
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -134,3 +135,18 @@ def chart(fig: go.Figure, name: str, settings: Mapping[str, Any] | None = None, 
         event = st.plotly_chart(fig, key=key, **kwargs)
         figure_downloads(fig, name, settings, key=f"dl.{key}", session=session)
     return event
+
+
+def selected_points(key: str) -> np.ndarray:
+    """Cell positions of the box / lasso selection of the chart drawn with ``key`` (``on_select="rerun"``).
+
+    The points' ``customdata`` is read (:func:`dhaka.plots.selection_scatter` puts each cell's row
+    position there); the selection's ``point_indices`` are the fallback.
+    """
+    ev = st.session_state.get(key) or {}
+    sel = (ev.get("selection") if isinstance(ev, dict) else getattr(ev, "selection", None)) or {}
+    pts = sel.get("points") or []
+    idx = [p["customdata"] for p in pts if isinstance(p, dict) and "customdata" in p]
+    if not idx:
+        idx = sel.get("point_indices") or []
+    return np.unique(np.asarray(idx, dtype=int).ravel()) if len(idx) else np.array([], dtype=int)

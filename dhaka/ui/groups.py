@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import streamlit as st
 
-from dhaka.ui import annotate, state, widgets
+from dhaka.ui import annotate, figures, state
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -39,7 +39,7 @@ class Groups:
 
 
 def _assign(key: str, other: str) -> None:
-    picked = widgets.selected_points(VIEW_KEY)
+    picked = figures.selected_points(VIEW_KEY)
     st.session_state[key] = picked
     st.session_state[other] = np.setdiff1d(st.session_state.get(other, np.array([], dtype=int)), picked)
 
@@ -86,7 +86,7 @@ def _from_selection(Z: np.ndarray, obs_names: np.ndarray) -> Groups:
     fig = plots.selection_scatter(Z[:, [dx, dy]], groups=group, group_colors={"A": "#d62728", "B": "#1f77b4"},
                                   cell_ids=obs_names, axis_titles=(f"dhaka_{dx + 1}", f"dhaka_{dy + 1}"),
                                   title="Draw a box or lasso, then assign the selection to group A or B")
-    st.plotly_chart(fig, key=VIEW_KEY, on_select="rerun", selection_mode=("box", "lasso"), config=widgets.PLOTLY_CONFIG)
+    st.plotly_chart(fig, key=VIEW_KEY, on_select="rerun", selection_mode=("box", "lasso"), config=figures.PLOTLY_CONFIG)
     b1, b2, b3, b4 = st.columns(4)
     b1.button("Selection → group A", key="w.de.to_a", on_click=_assign, args=(SEL_A, SEL_B))
     b2.button("Selection → group B", key="w.de.to_b", on_click=_assign, args=(SEL_B, SEL_A))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import streamlit as st
 
-from dhaka.ui import cached, state, tasks, widgets
+from dhaka.ui import cached, messages, state, tasks
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -91,15 +91,15 @@ def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.
     if gmm is None or len(gmm.record.get("bic", ())) != k_max:
         with st.spinner("Fitting Gaussian mixtures…"):
             mode = state.get_estimator_params().get("mode", "expression")
-            gmm = widgets.safe_call(cached.clusters, Z, digest=digest, k_max=k_max, seed=seed, mode=mode,
-                                    what="GMM clustering")
+            gmm = messages.safe_call(cached.clusters, Z, digest=digest, k_max=k_max, seed=seed, mode=mode,
+                                     what="GMM clustering")
         if gmm is not None:
             st.session_state[state.GMM] = gmm
     with st.sidebar:
         k_choice = st.selectbox("Number of clusters", ["BIC", *range(1, k_max + 1)], key="w.exp.k",
                                 format_func=lambda v: f"lowest BIC (k={gmm.k})" if v == "BIC" and gmm else str(v))
     if gmm is not None:
-        fixed = None if k_choice == "BIC" else widgets.safe_call(
+        fixed = None if k_choice == "BIC" else messages.safe_call(
             cached.gmm_fixed_k, Z, digest=digest, k=int(k_choice), seed=seed, what=f"GMM with k={k_choice}")
         choice = choose_clusters(gmm, k_choice, fixed)
         if choice.note:
@@ -127,7 +127,7 @@ def model_input() -> tuple[Any, str] | None:
     mi = state.get_model_input()
     est = state.get_estimator()
     if mi is None and est is not None:
-        aligned = widgets.safe_call(est.align, state.get_dataset(), what="Preparing the model's input")
+        aligned = messages.safe_call(est.align, state.get_dataset(), what="Preparing the model's input")
         if aligned is not None:
             state.set_model_input(aligned[0], tasks.digest(aligned[0]))
             mi = state.get_model_input()
@@ -167,8 +167,8 @@ def compute_views(methods: list[str], *, dims: int, seed: int) -> None:
     for method in methods:
         label = METHODS[method]
         with st.spinner(f"Computing {label} ({dims}-D)…" + (umap_note() if method == "umap" else "")):
-            out = widgets.safe_call(cached.embedding, mi[0], digest=mi[1], method=method, n_components=int(dims),
-                                    random_state=seed, what=f"{label} failed")
+            out = messages.safe_call(cached.embedding, mi[0], digest=mi[1], method=method, n_components=int(dims),
+                                     random_state=seed, what=f"{label} failed")
         if out is not None:
             state.set_embedding(f"{method}_{dims}d", out)
             done = True
@@ -189,15 +189,15 @@ def scores_table(Z: np.ndarray, labels: np.ndarray | None, *, k_max: int, seed: 
     views: dict[str, tuple[np.ndarray, np.ndarray | None]] = {"Dhaka": (Z, labels)}
     for name, coords in (state.get_embeddings() if with_views else {}).items():
         method, d = name.split("_")
-        gmm = widgets.safe_call(cached.clusters, coords, digest=tasks.digest(coords), k_max=k_max, seed=seed,
-                                what=f"GMM on {METHODS[method]}")
+        gmm = messages.safe_call(cached.clusters, coords, digest=tasks.digest(coords), k_max=k_max, seed=seed,
+                                 what=f"GMM on {METHODS[method]}")
         views[f"{METHODS[method]} {d.upper()}"] = (coords, None if gmm is None else np.asarray(gmm.labels))
     rows = []
     for view, (coords, lab) in views.items():
         if lab is None:
             continue
         key = f"{tasks.digest(coords)}-{tasks.digest(lab)}-{truth_col}-{state.get_dataset_key()}"
-        sc = widgets.safe_call(cached.view_scores, coords, lab, truth, key=key, what=f"Scores of {view}") or {}
+        sc = messages.safe_call(cached.view_scores, coords, lab, truth, key=key, what=f"Scores of {view}") or {}
         rows.append({"view": view, "k": int(len(np.unique(lab))),
                      **{k: sc.get(k) for k in ("silhouette", "ari", "nmi") if k in sc}})
     return pd.DataFrame(rows).set_index("view").apply(pd.to_numeric, errors="coerce").round(3)
@@ -237,7 +237,7 @@ def scores_panel(Z: np.ndarray, labels: np.ndarray | None, *, k_max: int, seed: 
                      "ari": st.column_config.NumberColumn("ARI"), "nmi": st.column_config.NumberColumn("NMI")})
     st.caption(("The comparison views are scored when all of them are ready. " if views_running else "")
                + "Each view's own GMM clusters (BIC); Dhaka uses the clusters above. "
-               + (f"ARI / NMI against {widgets.plain(truth_col)}." if truth_col else "Pick true labels to see ARI / NMI."))
+               + (f"ARI / NMI against {messages.plain(truth_col)}." if truth_col else "Pick true labels to see ARI / NMI."))
 
 
 def selection_views(Z: np.ndarray) -> dict[str, tuple[np.ndarray, tuple[str, str]]]:

@@ -218,9 +218,9 @@ def test_opening_a_run_brings_its_annotations_back(small_paper, home, tmp_path):
     def open_it():  # what the Runs page's Open button calls (the page then switches to Explore)
         import streamlit as st
 
-        from dhaka.ui import widgets
+        from dhaka.ui import runs_open
 
-        st.session_state["opened"] = widgets.open_run(st.session_state["run_to_open"])
+        st.session_state["opened"] = runs_open.open_run(st.session_state["run_to_open"])
 
     at = AppTest.from_function(open_it, default_timeout=120)
     at.query_params[owner.OWNER_PARAM] = TOKEN

@@ -374,7 +374,7 @@ def test_interrupted_run_is_listed_and_its_checkpoint_opens(env):
 
 def test_failures_show_a_message_never_a_traceback(trained, monkeypatch):
     from dhaka import plots
-    from dhaka.ui import widgets
+    from dhaka.ui import color
 
     at, _ = trained
     at.switch_page("pages/explore.py").run()
@@ -388,7 +388,7 @@ def test_failures_show_a_message_never_a_traceback(trained, monkeypatch):
     assert any("Dhaka latent space: colour vector broken" in e.value for e in at.error)
 
     monkeypatch.undo()
-    monkeypatch.setattr(widgets, "color_control", boom)  # anything else: the app-level guard
+    monkeypatch.setattr(color, "color_control", boom)  # anything else: the app-level guard
     monkeypatch.setenv("DHAKA_RAISE_ERRORS", "0")  # as served (the tests' default re-raises)
     at.run()
     assert not at.exception
@@ -431,9 +431,9 @@ def test_other_demos_load_with_their_truth(env, key, truth, log_step):
 
 def test_settings_summary_names_every_training_setting_and_special_values():
     from dhaka.params import PARAMS, defaults
-    from dhaka.ui import widgets
+    from dhaka.ui import forms
 
-    line = widgets.settings_summary({**defaults(), "structure": [512, 128], "clip_norm": None, "patience": 30})
+    line = forms.settings_summary({**defaults(), "structure": [512, 128], "clip_norm": None, "patience": 30})
     text = line.replace("\\", "")  # Markdown escapes
     assert "encoder: custom layer list (512-128)" in text
     assert "clip norm: no gradient clipping" in text and "patience (epochs): 30" in text
