@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import streamlit as st
 
+from dhaka import plots
 from dhaka.ui import annotate, figures, state
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,8 +73,6 @@ def _from_columns(columns: dict[str, np.ndarray]) -> Groups:
 
 
 def _from_selection(Z: np.ndarray, obs_names: np.ndarray) -> Groups:
-    from dhaka import plots
-
     n = Z.shape[0]
     dims = list(range(Z.shape[1]))
     c1, c2 = st.columns(2)
