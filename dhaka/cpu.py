@@ -341,8 +341,13 @@ def choose_threads(n_threads: int | None = None, *, adapt: bool | None = None) -
     return n
 
 
-def _set_torch(n: int) -> int | None:
+def _set_torch(n: int, *, load: bool = False) -> int | None:
     torch = sys.modules.get("torch")
+    if torch is None and load:
+        try:
+            import torch  # a fit imports it later: it must start with the count, not with every core
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return None
     if torch is None:
         return None
     before = int(torch.get_num_threads())
@@ -363,19 +368,22 @@ def _set_numba(n: int) -> int | None:
 
 
 @contextlib.contextmanager
-def limit_threads(n: int | None = None) -> Iterator[int]:
+def limit_threads(n: int | None = None, *, torch: bool = True) -> Iterator[int]:
     """Run the block with ``n`` threads in torch, OpenMP, BLAS/MKL and numba; restore them after.
 
-    Applies to the calling thread (OpenMP's count is per thread) and to torch's process-wide setting;
-    only libraries already imported are touched (nothing heavy is imported here, except
-    threadpoolctl for the native pools when torch, numpy or numba is loaded). With the same
-    seed and the same ``n``, a fit gives the same result bit for bit.
+    Applies to the calling thread (OpenMP's count is per thread) and to torch's process-wide setting.
+    torch is imported here when ``torch`` is true (a fit imports it lazily, and would otherwise start
+    with every core); numba and the native pools (threadpoolctl) only when already loaded. With the
+    same seed and the same ``n``, a fit gives the same result bit for bit.
 
     Parameters
     ----------
     n
         Threads; ``None``: :func:`choose_threads` (the job's share or the
         budget less the cores busy elsewhere).
+    torch
+        Import torch to set its threads when it is not loaded yet (``False``: only if loaded; for
+        work that never uses it, such as the views worker's UMAP).
 
     Yields
     ------
@@ -383,12 +391,12 @@ def limit_threads(n: int | None = None) -> Iterator[int]:
         The count applied (with ``DHAKA_CPU_BUDGET=0``: torch's current count, nothing is changed).
     """
     if not enabled():
-        torch = sys.modules.get("torch")
-        yield int(torch.get_num_threads()) if torch is not None else (n or budget())
+        loaded = sys.modules.get("torch")
+        yield int(loaded.get_num_threads()) if loaded is not None else (n or budget())
         return
     n = choose_threads(n)
     token = _decided.set(n)
-    torch_before = _set_torch(n)
+    torch_before = _set_torch(n, load=torch)
     numba_before = _set_numba(n)
     pools = None
     try:

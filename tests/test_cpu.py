@@ -199,3 +199,21 @@ def test_cpu_module_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_fit_in_a_fresh_process_uses_the_count_it_was_given():
+    # dhaka.estimator does not import torch; the fit does, and must not start with every core
+    code = ("import numpy as np, sys\n"
+            "from dhaka import Dhaka\n"
+            "assert 'torch' not in sys.modules\n"
+            "X = np.random.default_rng(0).poisson(2.0, (80, 40)).astype('float32')\n"
+            "seen = []\n"
+            "import dhaka.cpu as cpu\n"
+            "m = Dhaka(epochs=1, refine=0, n_threads=1).fit(X, callback=lambda r: seen.append("
+            "sys.modules['torch'].get_num_threads()))\n"
+            "print(m.n_threads_, set(seen))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("OMP_NUM_THREADS", "DHAKA_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "1 {1}"

@@ -236,7 +236,7 @@ def _serve(address: str, nice: int, warm: bool) -> None:
         except (EOFError, OSError):
             return  # the server went away
         try:
-            with cpu.limit_threads(None):  # DHAKA_THREADS from worker_env: the share; else this process's budget
+            with cpu.limit_threads(None, torch=False):  # DHAKA_THREADS from worker_env: the share, else the budget
                 coords = _embed(method, X, n_components, random_state)
             conn.send(("ok", coords))
         except Exception as exc:  # noqa: BLE001 - reported to the page, the worker keeps serving
