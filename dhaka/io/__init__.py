@@ -39,6 +39,16 @@ and refused everywhere, never unpickled.
 
 The limits (``dhaka.io.safety``) guard against hostile or broken files; change
 them on the package (``dhaka.io.MAX_UNCOMPRESSED_BYTES = ...``) if you need to.
+Nothing is read with values moved, summed or turned round: every row's field
+count is checked, a MatrixMarket coordinate listed twice is refused (naming the
+first pair), a UTF-8 byte-order mark is dropped whatever the encoding; a line
+longer than ``MAX_LINE_BYTES`` and an HDF5 dataset of more than
+``MAX_HDF5_CHUNKS`` chunks are refused before they cost memory.
+
+Untrusted bytes (a server's uploads) are read with
+:func:`dhaka.io.sandbox.read_sandboxed`: the same :func:`read` in a child
+process under a hard memory cap (``RLIMIT_DATA``) and a time limit, the matrix
+coming back through a file, never a pickle.
 
 Memory: text tables, MatrixMarket and 10x input are parsed as streams (straight
 from the file, the upload's bytes or the gzip/zip stream, in blocks), never as
@@ -56,7 +66,7 @@ Modules, one concern each: ``safety`` (limits, refusals, HDF5 checks, formula
 guard), ``source`` (inputs and streams), ``reading`` (:func:`read` and format
 dispatch), ``matrix`` (validation, orientation, AnnData assembly), ``text``,
 ``mtx`` (MatrixMarket and 10x), ``npz``, ``h5ad``, ``copy_number``, ``meta`` (metadata join),
-``estimate`` (memory estimates), ``writers`` and ``fingerprint``.
+``estimate`` (memory estimates), ``sandbox`` (a capped child process), ``writers`` and ``fingerprint``.
 """
 from __future__ import annotations
 
