@@ -627,16 +627,12 @@ def transform_backed(est: Any, path: str | os.PathLike, *, chunk_nnz: int = DEFA
     check_is_fitted(est, "model_")
     path = Path(path)
     obs_names, var_names = _names(path)
-    if est.feature_names_ is not None:
-        pos = {nm: i for i, nm in enumerate(var_names)}
-        cols = np.array([pos.get(gn, -1) for gn in est.genes_], dtype=np.int64)
-    else:
-        cols = np.asarray(est.gene_indices_, dtype=np.int64)
-    have = cols >= 0
-    if not have.any():
-        raise ValueError(f"{path}: none of the model's selected features are in the file "
-                         f"(e.g. {', '.join(est.genes_[:3])})")
     pre = est.preprocessor_
+    try:  # the columns of the model's genes, matched as in memory (Preprocessor.match)
+        cols, _ = pre.match(var_names if est.feature_names_ is not None else None, len(var_names))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    have = cols >= 0
     raw = BackedRows(path)
     try:
         scale = lib = None

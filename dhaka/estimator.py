@@ -499,7 +499,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         while True:
             final = r == rounds
             feat = pre.gene_indices_
-            self.genes_ = [names[i] for i in feat] if names is not None else [str(i) for i in feat]
+            pre.genes_ = [str(names[i]) for i in feat] if names is not None else None  # what new cells match by
+            self.genes_ = pre.genes_ if names is not None else [str(i) for i in feat]
             S = P if np.array_equal(idx, np.arange(P.shape[1])) else P[:, idx]
             nuisance = _covariate_axis(S, 1.0 / pre.scale_, covariate) if remove else None
             loadings = None if is_row_source(S) else self._principal_axes(S, pre.center_, pre.scale_, nuisance)
@@ -692,11 +693,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
 
     # -------------------------------------------------------------- transform
     def align(self, X: Any) -> tuple[Any, list[str]]:
-        """Preprocess ``X`` like the training data and return (selected matrix, missing feature names).
+        """``X`` as the encoder reads it, and the names of the model's features it lacks.
 
-        Features are matched by name when both the training data and ``X`` have names; features
-        absent from ``X`` are filled with the training mean (so they contribute nothing).
-        Prepared rows (:class:`dhaka.preprocess.PreparedRows`) give their columns of the model's genes.
+        The fitted :class:`~dhaka.preprocess.Preprocessor` does the work (:meth:`~dhaka.preprocess.Preprocessor.transform`):
+        features are matched by name when both the training data and ``X`` have names; features absent from
+        ``X`` are filled with the training mean (so they contribute nothing). Prepared rows
+        (:class:`dhaka.preprocess.PreparedRows`) give their columns of the model's genes.
         """
         check_is_fitted(self, "model_")
         if isinstance(X, PreparedRows):
@@ -704,38 +706,10 @@ class Dhaka(TransformerMixin, BaseEstimator):
         M, _, names = _as_matrix(X)
         by_name = self.feature_names_ is not None and names is not None
         M = self._validate(M, reset=None if by_name else False)
-        if by_name:
-            pos = {n: i for i, n in enumerate(names)}
-            cols = np.array([pos.get(g, -1) for g in self.genes_])
-            missing = [g for g, c in zip(self.genes_, cols) if c < 0]
-            if len(missing) == len(self.genes_):
-                raise ValueError("none of the model's selected features are in the new data "
-                                 f"(e.g. {', '.join(self.genes_[:3])}); are these the same kind of data?")
-        else:
-            if M.shape[1] != self.n_features_in_:
-                raise ValueError(f"X has {M.shape[1]} features, but the model was trained on "
-                                 f"{self.n_features_in_} (and names are not available to align them)")
-            cols, missing = np.asarray(self.gene_indices_), []
         pre = self.preprocessor_
-        have = cols >= 0
-        take = np.where(have, cols, 0)
-        if pre.pearson:  # each cell's library over all of its own features, the training genes' shares
-            from dhaka.preprocess import library_size
-
-            S = pre.residuals(M[:, take], library_size(M), self.gene_indices_)
-        else:
-            S = pre.clip_features(pre.apply_steps(M, clip=False)[:, take], self.gene_indices_)
-        if missing:
-            fill = self.model_.center.numpy()
-            if sp.issparse(S):
-                S = S.tolil()
-                for j in np.flatnonzero(~have):
-                    S[:, j] = fill[j]
-                S = S.tocsr()
-            else:
-                S = np.array(S, dtype=np.float32)
-                S[:, ~have] = fill[~have]
-        return S, missing
+        names = names if by_name else None
+        _, missing = pre.match(names, M.shape[1])
+        return pre.transform(M, names=names, fill=self.model_.center.numpy()), missing
 
     def embed(self, X: Any) -> Embedding:
         """The cells of ``X`` matched to the model's features, preprocessed once, and their latent coordinates.
@@ -839,6 +813,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         if "format" not in pre:  # written before models carried their Preprocessor: rebuild it
             pre = _upgrade_preprocess_json(pre, cfg, model)
         est.preprocessor_ = Preprocessor.from_dict(pre)
+        est.preprocessor_.genes_ = est.feature_names_  # the chosen genes' names (genes.txt), for matching new cells
         est.start_scores_ = cfg.get("start_scores", [])
         est.stopped_ = bool(cfg.get("stopped", False))
         est.refinement_ = cfg.get("refinement", [])

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -1014,13 +1014,55 @@ class Preprocessor:
         P, columns = self.fit_values(X)
         return self.fit_genes(P, columns=columns)
 
-    def transform(self, X: Matrix) -> Matrix:
-        """The chosen genes of ``X`` after the value steps (not centred: the model applies the affine)."""
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but the preprocessor was fitted on {self.n_features_in_}")
+    def match(self, names: Sequence[str] | None, n_features: int) -> tuple[np.ndarray, list[str]]:
+        """Where each chosen gene is among the ``n_features`` columns of new cells, and the chosen genes absent.
+
+        By name when the new cells have ``names`` and the preprocessor knows its genes' names (``genes_``):
+        column ``-1`` marks a gene the new cells lack. Otherwise by position, which needs the training's
+        number of features.
+        """
+        genes = getattr(self, "genes_", None)
+        if names is not None and genes is not None:
+            pos = {str(n): i for i, n in enumerate(names)}
+            cols = np.array([pos.get(str(g), -1) for g in genes], dtype=np.int64)
+            missing = [g for g, c in zip(genes, cols) if c < 0]
+            if len(missing) == len(genes):
+                raise ValueError("none of the model's selected features are in the new data "
+                                 f"(e.g. {', '.join(map(str, genes[:3]))}); are these the same kind of data?")
+            return cols, missing
+        if n_features != self.n_features_in_:
+            raise ValueError(f"X has {n_features} features, but the model was trained on {self.n_features_in_}"
+                             + (" (and names are not available to align them)" if genes is not None or names is None
+                                else ""))
+        return np.asarray(self.gene_indices_, dtype=np.int64), []
+
+    def transform(self, X: Matrix, *, names: Sequence[str] | None = None,
+                  fill: np.ndarray | None = None) -> Matrix:
+        """The chosen genes of new cells ``X`` after the value steps (not centred: the model applies the affine).
+
+        Genes are matched by :meth:`match` (by ``names`` where both sides have them); a chosen gene the
+        cells lack gets ``fill`` (per chosen gene; default the training centre ``center_``, so it
+        contributes nothing). Each cell's library (normalisation, residuals) is read from all of its own
+        features.
+        """
+        cols, missing = self.match(names, X.shape[1])
+        have = cols >= 0
+        take = np.where(have, cols, 0)
         if self.pearson:
-            return self.apply_steps(X, features=self.gene_indices_)
-        return self.select(self.apply_steps(X))
+            S = self.residuals(X[:, take], library_size(X), self.gene_indices_)
+        else:
+            S = self.clip_features(self.apply_steps(X, clip=False)[:, take], self.gene_indices_)
+        if missing:
+            fill = np.asarray(self.center_ if fill is None else fill, dtype=np.float32)
+            if sp.issparse(S):
+                S = S.tolil()
+                for j in np.flatnonzero(~have):
+                    S[:, j] = fill[j]
+                S = S.tocsr()
+            else:
+                S = np.array(S, dtype=np.float32)
+                S[:, ~have] = fill[~have]
+        return S
 
     def fit_transform(self, X: Matrix) -> Matrix:
         P, columns = self.fit_values(X)
