@@ -8,7 +8,7 @@ What a new user does, timed:
 3. goes to Explore and waits until the Dhaka 3-D view and the PCA, t-SNE and UMAP views are drawn.
 
 In the same run, a plain process (no Streamlit, no browser) does the same work the training job does
-on the same demo with the same settings: ``Dhaka(**settings).fit``, ``transform``, ``gmm_bic``.
+on the same demo with the same settings: :func:`dhaka.pipeline.run` (fit, embed, cluster), what the app's worker runs.
 
 Printed (and with ``--write`` recorded in bench/RESULTS.md): the plain time, the app's time from
 Start to Finished, their **ratio** (target <= 1.2), and the time from launching the server to the
@@ -38,21 +38,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 PLAIN = r"""
 import json, sys, time
 t0 = time.perf_counter()
-import numpy as np
-from dhaka import Dhaka
-from dhaka.cluster import gmm_bic, latent_merge
+from dhaka.pipeline import run
 from dhaka.ui import demos
 demo = demos.get(demos.DEFAULT_DEMO)
 adata, _ = demos.load(demo.key)
 settings = {"mode": demo.mode}  # the app's form as it comes: the estimator's defaults
 t1 = time.perf_counter()
 epochs = []
-est = Dhaka(**settings).fit(adata, callback=lambda report: epochs.append(report.seconds))
-Z = np.asarray(est.transform(adata))
-gmm = gmm_bic(Z, k_max=10, seed=int(est.seed), merge=latent_merge(est.mode))
+res = run(adata, estimator=settings, k_max=10, callback=lambda report: epochs.append(report.seconds))
 t2 = time.perf_counter()
-print(json.dumps({"seconds": t2 - t1, "imports_and_load": t1 - t0, "k": int(gmm.k), "epoch_s": sum(epochs),
-                  "fits": len(est.refinement_)}))
+print(json.dumps({"seconds": t2 - t1, "imports_and_load": t1 - t0, "k": int(res.clusters.k), "epoch_s": sum(epochs),
+                  "fits": len(res.estimator.refinement_)}))
 """
 
 # Plotly 6+ ships arrays base64-encoded: read the decoded traces (_fullData).
