@@ -10,6 +10,9 @@ import pytest
 # (AppTest reports it as an exception; the browser test's server shows Streamlit's exception box).
 os.environ.setdefault("DHAKA_RAISE_ERRORS", "1")
 os.environ.setdefault("DHAKA_HOME", os.path.join(os.path.dirname(__file__), "..", "test-output", "dhaka-runs"))
+# Fits use one thread (as torch is set below), so two fits of one seed agree whatever else runs on the machine;
+# the CPU budget itself is tested with explicit settings (tests/test_cpu.py).
+os.environ.setdefault("DHAKA_THREADS", "1")
 
 
 def pytest_configure(config):

@@ -14,6 +14,12 @@ from dhaka import cpu
 ROOT = Path(__file__).resolve().parents[1]
 
 
+
+@pytest.fixture(autouse=True)
+def _no_thread_override(monkeypatch):
+    """The suite fixes DHAKA_THREADS=1 (tests/conftest.py); these tests read the budget from its sources."""
+    monkeypatch.delenv("DHAKA_THREADS", raising=False)
+
 def _v2(root: Path, path: str, limits: dict[str, str]) -> tuple[Path, Path]:
     """A fake cgroup v2 mount under ``root`` with ``cpu.max`` files; the process sits at ``path``."""
     (root / "cgroup.controllers").parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,7 @@ class _Ctx:
     def __init__(self):
         self.reports = []
         self.stopped = False
+        self.threads = 1  # the job's CPU share (JobContext.threads)
 
     def report(self, **fields):
         self.reports.append(fields)

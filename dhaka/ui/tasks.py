@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dhaka import cpu
 from dhaka.pipeline import cluster_metrics
 from dhaka.ui.train_worker import run_in_worker
 from dhaka.ui.training import fit_embed_cluster
@@ -313,7 +314,7 @@ def make_train_task(
                 else:
                     scratch = str(run.path) if getattr(run, "path", None) is not None else None
                     fit = run_in_worker({"adata": _lean(adata), "params": params, "scratch": scratch, **kw},
-                                        stop_event=ctx.stop_event,
+                                        stop_event=ctx.stop_event, threads=ctx.threads,
                                         on_epoch=on_epoch, on_checkpoint=on_checkpoint, on_phase=on_phase)
             est, Z, gmm, labels = fit.estimator, fit.latent, fit.clusters, fit.labels
             metrics: dict[str, Any] = {"n_epochs_run": len(history)}
@@ -378,7 +379,8 @@ class ViewsTask:
 
         def compute(method: str, fn: Callable[..., Any]) -> None:
             t0 = time.perf_counter()
-            coords = fn(self.X, n_components=self.n_components, random_state=self.seed)
+            with cpu.limit_threads(ctx.threads, torch=False):  # the job's share, not every core beside a training
+                coords = fn(self.X, n_components=self.n_components, random_state=self.seed)
             self.results[self._key(method)] = np.asarray(coords, dtype=np.float32)
             _log.info("view %s_%dd of %d cells: %.2f s", method, self.n_components, len(coords),
                       time.perf_counter() - t0)

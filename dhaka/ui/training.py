@@ -37,7 +37,8 @@ def fit_embed_cluster(
     """Fit :class:`dhaka.Dhaka`, embed the cells, call clusters and score them (:func:`dhaka.pipeline.run`).
 
     ``on_epoch`` gets each epoch's report as a dict; ``on_phase("embedding")`` is called when the
-    fitting is over. Metrics: ``k``, ``silhouette`` and, with ``truth``, ``ari`` / ``nmi``.
+    fitting is over. Metrics: ``k``, ``silhouette``, ``n_threads`` (the CPU share the fit ran with) and, with
+    ``truth``, ``ari`` / ``nmi``.
     Checkpoints are offered every ``checkpoint_every`` epochs and taken at the first offer, then at
     most once per ``checkpoint_seconds``.
     """
@@ -54,6 +55,8 @@ def fit_embed_cluster(
             last[0] = now
             checkpoint(save_fn, epoch)
 
-    return run(adata, estimator=dict(params), k_max=k_max, truth=truth, callback=callback, stop_event=stop_event,
-               checkpoint=timed_checkpoint if checkpoint is not None else None, checkpoint_every=checkpoint_every,
-               on_phase=on_phase)
+    result = run(adata, estimator=dict(params), k_max=k_max, truth=truth, callback=callback, stop_event=stop_event,
+                 checkpoint=timed_checkpoint if checkpoint is not None else None, checkpoint_every=checkpoint_every,
+                 on_phase=on_phase)
+    result.metrics["n_threads"] = int(result.estimator.n_threads_)  # the share the fit ran with, kept with the run
+    return result
