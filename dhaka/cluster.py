@@ -434,14 +434,10 @@ def merge_stability(Z, model, plain, merged, *, merge_tol: float = 0.9, min_clus
 def latent_merge(mode: str) -> Literal["auto"]:
     """The ``merge`` rule for clustering a Dhaka latent of ``mode`` data: ``"auto"`` for every mode.
 
-    Until 2026-12-03 this was "merge for copy number only". On data the project did not generate
-    (bench/RESULTS.md, "Independent data", 21 Dhaka latents: Splatter counts, clone-tree copy number with and
-    without relative ploidy, the shipped real data) that data-type rule was more than 0.05 ARI below the
-    better of merge / plain BIC on three latents (a noisy copy-number cell: 0.50 vs 0.90); ``merge="auto"``
-    (merged or plain, whichever subsamples reproduce better; :func:`gmm_bic`) was on none, and on held-out data
-    (seed 1, fresh fits) on 2 of 19 against 2 for the data-type rule, mean ARI 0.729 vs 0.717. Kept as a
-    function: the CLI, the app, :mod:`dhaka.tl` and the estimator all call it, so a rule per data type can
-    come back in one place.
+    A fixed rule per data type missed on data the project did not generate, where ``merge="auto"``
+    (merged or plain, whichever subsamples reproduce better) held (bench/RESULTS.md, "Why the defaults
+    are what they are"). It stays a function so a rule per data type has one place to live;
+    :func:`dhaka.clusterers.resolve` is its one caller in the library.
     """
     return "auto"
 
@@ -497,26 +493,9 @@ def gmm_bic(
     where merging leaves one cluster, it stands when at least :data:`MERGE_ONE_CLUSTER_STABILITY` of
     the subsamples merge into one too (a sample of one clone, as the paper's later xenograft sample:
     there BIC's 8 components are dominated by one and look stable by ARI); ``result.merge_choice``
-    records both scores and the choice. No fixed rule was right everywhere:
-    on embeddings of data the project did not generate (Dhaka, PCA-3, PCA-10 and UMAP-3 of Splatter
-    counts, clone-tree copy number and the shipped real data, two seeds; bench/RESULTS.md,
-    "Independent data") the misses (more than 0.05 ARI below the better of merge / plain) were, of
-    84 embeddings of seed 0 and 76 of seed 1: always merge 7 and 9, never merge 14 and 13, a
-    silhouette gain of 0.02 (the rule before) 2 and 7, stability 2 and 2; of the Dhaka latents
-    (21 and 19): 5 / 5, 4 / 3, 1 / 3 and 0 / 2.
-
-    Why merging is needed at all (measured with PCA-3 as the latent, seeds 0-2):
-
-    ============================================  ======================  ==========================
-    data                                          plain BIC: k (ARI)      merge=True: k (ARI)
-    ============================================  ======================  ==========================
-    cnv_pair first sample (2 clones, 300 cells)   8, 9, 9 (0.53/.48/.61)  2, 2, 2 (1.00/1.00/0.97)
-    cnv_pair second sample (major clone only)     8, 4, 8                 1, 1, 1
-    paper, 500 noise genes (5 groups)             5, 5, 5 (1.00/.98/1.0)  unchanged
-    paper, 2500 noise genes                       4, 4, 4 (0.76/.70/.75)  unchanged
-    counts (5 groups, 8%-40%)                     3, 4, 5 (0.81/.95/.99)  unchanged
-    counts with a 3% rare group                   6, 4, 5 (0.63/1.0/.91)  4, 4, 4 (1.00/1.00/1.00)
-    ============================================  ======================  ==========================
+    records both scores and the choice. No fixed rule (always, never, a silhouette gain) was right on
+    every embedding of data the project did not generate; merging is needed at all because BIC spends
+    extra components on heavy-tailed clusters (bench/RESULTS.md).
 
     Heavy-tailed clusters (copy-number profiles with private events and state-call
     noise) make BIC spend components on the tails; the ridgeline rule joins those
