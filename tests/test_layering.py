@@ -191,3 +191,83 @@ def test_the_patch_finder_sees_patches():
             "def f(bn, vae):\n    bn.forward = types.MethodType(len, bn)\n    vae.reparameterize = len\n"
             "    del train._x\n    vae.ok = 1\n")
     assert sorted(line for line, _ in _run_time_patches(ast.parse(code))) == [5, 6, 7, 9, 10, 11]
+
+
+# ------------------------------------------------------------------ import cycles
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            lines.update(n.lineno for n in ast.walk(node) if hasattr(n, "lineno"))
+    return lines
+
+
+def import_graph(root: Path = ROOT, package: str = "dhaka") -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, lazy (function-local) imports included, ``TYPE_CHECKING`` not.
+
+    An import of a parent package (``dhaka`` for ``__version__``) is not an edge: Python runs a package's
+    ``__init__`` before its modules, so that is an order, not a cycle.
+    """
+    files = {_module_name(p, root): p for p in (root / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        skip = _type_checking_lines(ast.parse(path.read_text(), filename=str(path)))
+        deps: set[str] = set()
+        for line, module in imported_modules(path, root=root):
+            while module and module not in files:
+                module = module.rpartition(".")[0]
+            if line not in skip and module and module != name and not name.startswith(module + "."):
+                deps.add(module)
+        graph[name] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_sees_lazy_cycles(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg import b\n")
+    (pkg / "b.py").write_text("def f():\n    from pkg.a import x\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    graph = import_graph(tmp_path, "pkg")
+    assert cycles(graph) == [["pkg.a", "pkg.b"]]
+    assert graph["pkg.c"] == set()
+
+
+def test_no_import_cycles_in_the_library():
+    assert cycles(import_graph()) == [], "import cycles (lazy imports included) in dhaka/"
