@@ -88,8 +88,9 @@ class Dhaka(TransformerMixin, BaseEstimator):
         Number of features kept by ``gene_selection``; ``"auto"`` = 2000 in expression mode
         (or all if fewer), all bins in copy-number mode; ``None`` = all.
     gene_selection
-        ``"cv"`` (coefficient of variation), ``"entropy"``, ``"mean"`` or ``"variance"``; under Pearson
-        residuals genes are ranked by residual variance.
+        ``"cv"`` (coefficient of variation), ``"entropy"``, ``"mean"``, ``"variance"`` or ``"dispersion"``
+        (variance over mean, z-scored within bins of mean expression, Satija et al. 2015); under Pearson residuals
+        genes are ranked by residual variance.
     value_transform
         ``"auto"`` (default): analytic Pearson residuals (Lause et al. 2021) on raw counts in expression
         mode, which take library size and the mean-variance relation out of the values (on independent
@@ -192,7 +193,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         latent_dim: int = 3,
         structure: str | Sequence[int] = "shallow",
         n_genes: int | Literal["auto"] | None = "auto",
-        gene_selection: Literal["cv", "entropy", "mean", "variance"] = "cv",
+        gene_selection: Literal["cv", "entropy", "mean", "variance", "dispersion"] = "cv",
         normalize: bool | Literal["auto"] = "auto",
         log: bool | Literal["auto"] = "auto",
         log_pseudocount: float | Literal["auto"] = "auto",

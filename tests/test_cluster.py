@@ -236,14 +236,14 @@ def test_merge_offset_keeps_a_shoulder_group_that_unimodality_alone_would_join()
 
 
 def test_dhaka_latents_are_clustered_with_the_data_driven_merge_rule():
-    # one rule for the app, dhaka.tl, the estimator and the CLI (evidence in latent_merge's docstring)
-    from dhaka import tl
+    # one rule for the app, dhaka.tl, the estimator and the CLI: the clusterer every entry point resolves
+    from dhaka.clusterers import resolve
 
     assert cluster.latent_merge("cnv") == cluster.latent_merge("expression") == "auto"
     rng = np.random.default_rng(0)
     Z = np.concatenate([rng.normal(0, 1, (60, 3)), rng.normal(6, 1, (60, 3))])
     for mode in ("expression", "cnv"):
-        assert tl._cluster(Z, seed=0, k_max=4, mode=mode).params["merge"] == "auto"
+        assert resolve(None, mode=mode, k_max=4).fit(Z, seed=0).params["merge"] == "auto"
 
 
 def test_auto_merge_keeps_whichever_clusters_subsamples_reproduce_better(cnv_first_pca3, monkeypatch):
