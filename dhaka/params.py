@@ -224,7 +224,8 @@ PARAMS: tuple[Param, ...] = (
     Param("clip_norm", "float", "Clip norm", "global gradient-norm clipping ('off' = none)", low=0.01,
           high=1000.0, step=0.5, special={None: ("off", "no gradient clipping")}, example=5.0),
     Param("n_starts", "int", "Warm starts", "train from several seeds; keep the start whose clusters have "
-          "the best silhouette", low=1, high=20),
+          "the best silhouette. Each start is one more full fit: 3 starts take about 3x the training time",
+          low=1, high=20),
     Param("seed", "int", "Seed", "seed of everything random", low=0, high=2**31 - 1),
     # ---- advanced
     Param("device", "str", "Device", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'", group="advanced"),

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 __all__ = ["ClusterChoice", "choose_clusters", "cluster_controls", "ViewCell", "plan_views", "model_input",
-           "compute_views", "view_cell", "merge_note", "scores_table", "scores_panel", "selection_views"]
+           "compute_views", "view_cell", "merge_note", "stability_caption", "scores_table", "scores_panel", "selection_views"]
 
 METHODS = tasks.VIEW_LABELS
 
@@ -76,6 +76,21 @@ def merge_note(gmm: Any) -> str | None:
     return None
 
 
+def stability_caption(gmm: Any) -> str | None:
+    """"Cluster stability (subsample agreement): 0.93" for the split the caller kept, or ``None``.
+
+    The figure is the caller's own subsample check (``merge_choice``, :func:`dhaka.cluster.gmm_bic`): how
+    well clusters called on subsamples of the cells agree with each other. Near 1: the same clusters come
+    back; well below 1 (e.g. under 0.8): another training seed may well give other clusters.
+    """
+    mc = getattr(gmm, "merge_choice", None) or {}
+    key = {"merge": "stability_merged", "plain": "stability_plain"}.get(str(mc.get("chosen")), "")
+    value = mc.get(key)
+    if value is None or not np.isfinite(float(value)):
+        return None
+    return f"Cluster stability (subsample agreement): {float(value):.2f}"
+
+
 def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.ndarray | None, int]:
     """The sidebar's cluster settings; sets the clusters in use.
 
@@ -106,6 +121,10 @@ def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.
             st.sidebar.caption(choice.note)
         elif k_choice == "BIC" and (note := merge_note(gmm)):
             st.sidebar.caption(note)
+        if k_choice == "BIC" and (stable := stability_caption(gmm)):
+            st.sidebar.caption(stable, help="How well clusters called on subsamples of the cells agree (1 = the "
+                               "same every time). Low values mean another seed or subsample may split the cells "
+                               "differently; more warm starts (Train) or fewer clusters can help.")
         if state.get_cluster_k() != choice.k or state.get_clusters() is None:
             state.set_clusters(choice.labels, k=choice.k)
     return gmm, state.get_clusters(), k_max
