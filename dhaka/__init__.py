@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 __all__ = ["Dhaka", "__version__"]
 
 _SUBMODULES = {
-    "io", "preprocess", "model", "train", "estimator", "reduce", "cluster",
-    "simulate", "plots", "jobs", "runs", "resources", "analysis", "cli", "tl",
+    "io", "preprocess", "model", "train", "estimator", "reduce", "cluster", "clusterers", "pipeline", "record",
+    "settings", "simulate", "plots", "figure_export", "jobs", "runs", "resources", "cpu", "analysis", "cli", "tl",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
