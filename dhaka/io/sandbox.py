@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import select
 import shutil
@@ -37,13 +38,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
+from dhaka.resources import format_bytes
+
 from .safety import DataError
 from .source import Source
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
 
-__all__ = ["SandboxLimitError", "MetadataError", "read_sandboxed", "h5ad_layers_sandboxed", "format_size"]
+__all__ = ["SandboxLimitError", "MetadataError", "read_sandboxed", "h5ad_layers_sandboxed"]
 
 _ROOT = Path(__file__).resolve().parents[2]
 #: Bytes the child may use beyond its imports to list an .h5ad's layers (headers only).
@@ -61,14 +64,6 @@ class SandboxLimitError(DataError):
 
 class MetadataError(DataError):
     """The matrix was read, but the metadata table given with it could not be joined."""
-
-
-def format_size(n: float) -> str:
-    """Bytes for people (``1.5 GB``), as the memory messages of the app write them."""
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 # --------------------------------------------------------------------------- #
@@ -253,14 +248,14 @@ def _cap_from_estimate(line: dict, memory_limit: int, name: str) -> tuple[int, s
         return memory_limit, ""
     if peak > memory_limit:
         raise SandboxLimitError(
-            f"{name}: reading it would need about {format_size(peak)} (estimated from its header), more than "
-            f"the {format_size(memory_limit)} memory cap for reading an upload; upload a smaller or sparse file "
+            f"{name}: reading it would need about {format_bytes(peak)} (estimated from its header), more than "
+            f"the {format_bytes(memory_limit)} memory cap for reading an upload; upload a smaller or sparse file "
             "(.h5ad, .mtx, 10x) or subsample the cells")
     margin = 2 if line.get("exact") is True else 4
     cap = max(margin * peak, _MIN_CAP)
     if cap >= memory_limit:
         return memory_limit, ""
-    return cap, f" ({margin}x the {format_size(peak)} its header suggests)"
+    return cap, f" ({margin}x the {format_bytes(peak)} its header suggests)"
 
 
 def _outcome(proc: subprocess.Popen, ws: _Workspace, *, name: str, memory_limit: int, time_limit: float,
@@ -287,10 +282,10 @@ def _outcome(proc: subprocess.Popen, ws: _Workspace, *, name: str, memory_limit:
         how = f"was stopped by signal {-code}" if code < 0 else f"exited with status {code}"
         raise SandboxLimitError(
             f"{name}: the reader {how} before finishing, most likely for want of memory under the "
-            f"{format_size(memory_limit)} memory cap for reading this upload{why}; refused")
+            f"{format_bytes(memory_limit)} memory cap for reading this upload{why}; refused")
     if result.get("memory"):
         raise SandboxLimitError(
-            f"{name}: reading it needed more than the {format_size(memory_limit)} memory cap for reading this "
+            f"{name}: reading it needed more than the {format_bytes(memory_limit)} memory cap for reading this "
             f"upload{why}; refused (upload a smaller or sparse file: .h5ad, .mtx, 10x, or subsample the cells)")
     if "error" in result:
         cls = MetadataError if result.get("stage") == "metadata" else DataError
@@ -311,12 +306,19 @@ def _load_result(folder: Path, result: dict) -> "anndata.AnnData":
 # the child's side
 # --------------------------------------------------------------------------- #
 def _vm_data() -> int:
-    """This process's data segment in bytes (``VmData``: what ``RLIMIT_DATA`` caps)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmData:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """This process's data segment in bytes (``VmData``: what ``RLIMIT_DATA`` caps).
+
+    Without ``/proc`` (not Linux), the peak resident size stands in for it.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 def _cap_memory(limit: int) -> None:
@@ -338,10 +340,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _out_of_memory(exc: BaseException) -> bool:
+#: How C libraries word a failed allocation in the exceptions they raise: pandas' tokenizer, HDF5
+#: (through h5py) and the C library's ENOMEM (numpy raises MemoryError itself).
+_OOM_WORDING = re.compile(r"^error tokenizing data\. c error: out of memory|\(memory allocation failed|^\[errno 12\]",
+                         re.IGNORECASE)
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it came from) is a failed allocation: the cap was reached.
+
+    A library's own exception is judged by its wording too; a :class:`DataError` only by what it
+    came from, since its message may quote the file's contents.
+    """
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MemoryError):
+        if isinstance(exc, MemoryError) or (not isinstance(exc, DataError)  # (a DataError may quote the file)
+                                            and _OOM_WORDING.search(str(exc)) is not None):
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
