@@ -8,6 +8,16 @@ It also reads the three memory bombs of issue 11 (a 97 KB csv.gz of 3000 x
 10000 zeros, a 73-byte mtx declaring 2,000,000 x 2,000,000, a small .h5ad with
 a 400 MB dataset in ``uns``); ``--no-attacks`` skips them.
 
+And the hostile uploads of issue 25 (``--hostile-only`` runs only those; ``--no-hostile``
+skips them): a gzipped CSV of one 1 GB line, an .h5ad whose 2,000 x 2,000 X is stored in
+1 x 1 chunks, a 10x zip whose barcodes.tsv.gz is one 1 GB line, a copy-number long table of
+22,000 cells that share no bin, and a gzipped CSV whose first rows are long so that its
+header-based estimate is 4x low.  Each is read twice, in fresh processes: by
+``dhaka.io.read`` (the peak of that process), and as the app reads an upload, by a small
+"server" process calling ``dhaka.io.sandbox.read_sandboxed`` (``--cap``, default 1 GiB): the
+server's peak growth (``VmHWM`` - ``VmRSS`` after the imports) and the parsing child's peak
+(``RUSAGE_CHILDREN``'s ``ru_maxrss``: the child's whole resident peak, its imports included).
+
 For each size, one matrix of sparse counts (``--genes`` genes, ``--density`` of the
 entries non-zero, values 1..9) is written to a temporary folder as CSV, gzipped
 CSV, TSV, a bare MatrixMarket ``.mtx``, a 10x folder (``matrix.mtx.gz`` +
@@ -84,6 +94,37 @@ else:
 print(json.dumps({"shape": list(a.shape), "nnz": int(X.nnz) if sp.issparse(X) else int(np.count_nonzero(X)),
                   "matrix_bytes": int(nbytes), "kind": kind, "dtype": str(X.dtype),
                   "peak_mb": (peak - base) / 1024, "baseline_mb": base / 1024, "seconds": seconds}))
+"""
+
+
+_SERVER = r"""
+import json, resource, sys, time
+import numpy as np, scipy.sparse as sp, anndata, h5py
+import dhaka.io as dio
+from dhaka.io.sandbox import read_sandboxed
+
+
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(key + " not found")
+
+
+base = status_kb("VmRSS")
+t = time.perf_counter()
+out = {}
+try:
+    a = read_sandboxed(sys.argv[1], memory_limit=int(sys.argv[2]))
+    X = a.X
+    out["shape"] = list(a.shape)
+    out["matrix_bytes"] = int(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) if sp.issparse(X) else int(X.nbytes)
+except dio.DataError as e:
+    out["refused"] = str(e)
+out.update(seconds=time.perf_counter() - t, server_peak_mb=(status_kb("VmHWM") - base) / 1024,
+           child_peak_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+print(json.dumps(out))
 """
 
 
@@ -175,6 +216,109 @@ def attack_files(folder: Path) -> dict[str, Path]:
     return {"csv.gz of zeros (3000 x 10000)": folder / "zeros.csv.gz",
             "mtx declaring 2M x 2M, 1 entry": folder / "huge.mtx",
             "h5ad with 400 MB unused in uns": folder / "uns_bomb.h5ad"}
+
+
+def _gzip_one_line(path: Path, base: bytes, sprinkle: bytes, total: int, *, density: float = 0.01,
+                   head: bytes = b"") -> None:
+    """A gzip of ``head`` then one line of about ``total`` bytes: ``base`` repeated, 1 % of its first
+    bytes replaced by random ones from ``sprinkle`` (so it compresses about 60:1, below the bomb
+    ratio, as a real tool's output would), written in 4 MB blocks; no newline."""
+    rng = np.random.default_rng(0)
+    unit = np.frombuffer(base, dtype=np.uint8)
+    with gzip.open(path, "wb", compresslevel=6) as g:
+        g.write(head)
+        done = len(head)
+        while done < total:
+            block = np.tile(unit, (4 << 20) // unit.size)
+            first = block[0::unit.size]
+            hit = rng.random(first.size) < density
+            first[hit] = rng.choice(np.frombuffer(sprinkle, dtype=np.uint8), int(hit.sum()))
+            block[0::unit.size] = first
+            g.write(block.tobytes())
+            done += block.size
+
+
+def hostile_files(folder: Path) -> dict[str, Path]:
+    """The hostile uploads of issue 25 (the same constructions, at the sizes given in its table or below)."""
+    import h5py
+    import pandas as pd
+
+    out: dict[str, Path] = {}
+    _gzip_one_line(folder / "one_line.csv.gz", b"0,", b"123456789", 3 << 29, head=b"cell,")
+    out["csv.gz of one 1.5 GB line"] = folder / "one_line.csv.gz"
+
+    import anndata
+
+    n = 2000
+    path = folder / "tiny_chunks.h5ad"
+    anndata.AnnData(X=sp.csr_matrix((n, n), dtype=np.float32), obs=pd.DataFrame(index=cell_names(n)),
+                    var=pd.DataFrame(index=gene_names(n))).write_h5ad(path)
+    with h5py.File(path, "a") as f:
+        del f["X"]
+        f.create_dataset("X", shape=(n, n), dtype="<f4", chunks=(1, 1))[0, 0] = 1.0
+    out["h5ad, 2000 x 2000 X in 1 x 1 chunks"] = path
+
+    barcodes = folder / "barcodes.tsv.gz"
+    _gzip_one_line(barcodes, b"A", b"CGT", 1 << 30)
+    with zipfile.ZipFile(folder / "long_barcodes.zip", "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("matrix.mtx", "%%MatrixMarket matrix coordinate integer general\n3 2 2\n1 1 1\n2 2 4\n")
+        zf.write(barcodes, "barcodes.tsv.gz")
+        zf.writestr("features.tsv", "G1\tG1\tGene Expression\nG2\tG2\tGene Expression\nG3\tG3\tGene Expression\n")
+    barcodes.unlink()
+    out["10x zip, barcodes.tsv.gz one 1 GB line"] = folder / "long_barcodes.zip"
+
+    rows = "".join(f"cell{i},chr1,{i * 1000 + 1},{(i + 1) * 1000},2\n" for i in range(22_000))
+    with gzip.open(folder / "no_shared_bins.csv.gz", "wb", compresslevel=9) as g:
+        g.write(("cell_id,chr,start,end,state\n" + rows).encode())
+    out["copy-number long table, 22000 cells, no shared bin"] = folder / "no_shared_bins.csv.gz"
+
+    long = ("," + ",".join(["1.00000000000000"] * 1000) + "\n").encode()
+    short = ("," + ",".join(["0"] * 1000) + "\n").encode()
+    with gzip.open(folder / "underestimated.csv.gz", "wb", compresslevel=1) as g:
+        g.write(("cell," + ",".join(gene_names(1000)) + "\n").encode())
+        g.write(b"".join(f"a{i}".encode() + long for i in range(200)))
+        for b in range(30):
+            g.write(b"".join(f"c{b}_{i}".encode() + short for i in range(1000)))
+    out["csv.gz, estimate 4x low (30200 x 1000)"] = folder / "underestimated.csv.gz"
+    return out
+
+
+def measure_sandboxed(path: Path, cap: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", _SERVER, str(path), str(cap)], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reading {path} in the sandbox failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _outcome(r: dict) -> str:
+    if "refused" in r:
+        return "refused: " + r["refused"].split(": ", 1)[-1][:60] + "..."
+    return f"read {r['shape'][0]} x {r['shape'][1]} ({r['matrix_bytes'] / 2**20:.0f} MB)"
+
+
+def run_hostile(tmp: str | None, cap: int) -> list[dict]:
+    folder = Path(tempfile.mkdtemp(prefix="io_memory_hostile_", dir=tmp))
+    rows = []
+    try:
+        for what, path in hostile_files(folder).items():
+            direct = measure(path)
+            boxed = measure_sandboxed(path, cap)
+            matrix_mb = boxed.get("matrix_bytes", 0) / 2**20
+            size = size_on_disk(path)
+            rows.append({
+                "upload": what, "on disk": f"{size / 1024:,.0f} KB" if size < 2**20 else f"{size / 2**20:,.1f} MB",
+                "dhaka.io.read": _outcome(direct), "read peak MB": f"{direct['peak_mb']:.0f}",
+                "read s": f"{direct['seconds']:.1f}",
+                "app (sandbox)": _outcome(boxed), "server peak MB": f"{boxed['server_peak_mb']:.0f}",
+                "child peak RSS MB": f"{boxed['child_peak_mb']:.0f}", "sandbox s": f"{boxed['seconds']:.1f}",
+                "target": "pass" if boxed["server_peak_mb"] <= matrix_mb + 600 else "FAIL",
+            })
+            print(_row_line(rows[-1]), file=sys.stderr)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
 
 
 def run_attacks(tmp: str | None) -> list[dict]:
@@ -291,10 +435,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     p.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
     p.add_argument("--no-attacks", action="store_true", help="skip the three memory bombs of issue 11")
+    p.add_argument("--no-hostile", action="store_true", help="skip the hostile uploads of issue 25")
+    p.add_argument("--hostile-only", action="store_true", help="only the hostile uploads of issue 25")
+    p.add_argument("--cap", default="1G", help="the sandbox's memory cap for the hostile uploads (default 1G)")
     p.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     args = p.parse_args(argv)
     text_genes = args.text_genes or args.genes
     t0 = time.perf_counter()
+    from dhaka.resources import parse_size
+
+    cap = parse_size(args.cap)
+    hostile = [] if args.no_hostile else run_hostile(args.tmp, cap)
+    if args.hostile_only:
+        from bench.common import markdown_table
+
+        print(markdown_table(hostile))
+        ok = all(r["target"] == "pass" for r in hostile)
+        print("every hostile upload within the target" if ok else "SOME HOSTILE UPLOADS MISS THE TARGET")
+        return 0 if ok else 1
     rows = run(args.cells, genes=args.genes, text_genes=text_genes, density=args.density,
                formats=tuple(args.formats), tmp=args.tmp)
     attacks = [] if args.no_attacks else run_attacks(args.tmp)
@@ -304,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if attacks:
         print(markdown_table(attacks))
-    ok = all(r["pass"] == "pass" for r in rows + attacks)
+    if hostile:
+        print(markdown_table(hostile))
+    ok = all(r["pass"] == "pass" for r in rows + attacks) and all(r["target"] == "pass" for r in hostile)
     print("all within the bound" if ok else "SOME FORMATS EXCEED THE BOUND")
     if args.write:
         cmd = "python bench/io_memory.py --cells " + " ".join(map(str, args.cells))
@@ -325,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             + ("The memory bombs of issue 11 (before this change: about 1 GB, 0.5 GB and 0.4 GB); "
                "the bound of a refused file is the 200 MB allowance:\n\n" + markdown_table(attacks) + "\n"
                if attacks else "")
+            + (f"The hostile uploads of issue 25 (sandbox cap {args.cap}; target: server peak within the "
+               "admitted matrix + 600 MB):\n\n" + markdown_table(hostile) + "\n" if hostile else "")
             + ("Every format is within the bound.\n" if ok else "**Some formats exceed the bound.**\n")
         )
         write_section("io-memory", text)
