@@ -87,3 +87,57 @@ def test_an_hmmcopy_long_table_upload_becomes_cells_by_genome_ordered_bins(env):
     loaded = at.session_state["dhaka.dataset"]
     assert loaded.shape == (30, 12)
     assert list(dict.fromkeys(loaded.var["chr"])) == ["1", "2", "X"]
+
+
+# ------------------------------------------------------------ uploads parsed outside the server (issue 25)
+def test_the_server_never_parses_an_upload_itself(env, monkeypatch):
+    """Every reader of dhaka.io fails in this (the server's) process; the upload, its metadata and an
+    .h5ad's layer list still load, since they are parsed in a capped child process."""
+    import dhaka.io
+
+    def boom(*args, **kwargs):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("an upload was parsed in the server process")
+
+    for name in ("read", "read_metadata", "h5ad_layers", "estimate_read_memory"):
+        monkeypatch.setattr(dhaka.io, name, boom)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    data, counts, state = _scdna_h5ad_bytes()
+    _upload(at, "cells.h5ad", data)
+    assert at.selectbox(key="w.data.layer").options[0] == "X (the main matrix)"
+    meta = "cell,kind\n" + "".join(f"cell{i},{'ab'[i % 2]}\n" for i in range(40))
+    at.file_uploader(key="w.data.meta").set_value(("meta.csv", meta.encode(), "text/csv"))
+    at.run()
+    at.button(key="w.data.load_file").click().run()
+    assert not at.error and not at.exception, [e.value for e in at.error]
+    loaded = at.session_state["dhaka.dataset"]
+    np.testing.assert_array_equal(np.asarray(loaded.X), counts)
+    assert list(loaded.obs["kind"][:2]) == ["a", "b"]
+
+
+def test_an_upload_over_the_cap_is_refused_with_the_cap_named(env, monkeypatch):
+    monkeypatch.setenv("DHAKA_UPLOAD_MEMORY", "1M")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    before = at.session_state["dhaka.dataset_info"]["key"]
+    buf = io.StringIO()
+    pd.DataFrame(np.ones((2000, 100)), index=[f"c{i}" for i in range(2000)],
+                 columns=[f"g{j}" for j in range(100)]).to_csv(buf)
+    _upload(at, "big.csv", buf.getvalue().encode())
+    at.button(key="w.data.load_file").click().run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("Could not read the file: big.csv: "), errors
+    assert "1.0 MB memory cap" in errors[0], errors
+    assert at.session_state["dhaka.dataset_info"]["key"] == before
+
+
+def test_a_bad_metadata_table_is_named_as_the_metadata(env):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    buf = io.StringIO()
+    pd.DataFrame(np.ones((5, 4)), index=[f"c{i}" for i in range(5)], columns=list("abcd")).to_csv(buf)
+    at.file_uploader(key="w.data.meta").set_value(("meta.csv", b"cell,kind\nx1,p\nx2,q\n", "text/csv"))
+    _upload(at, "m.csv", buf.getvalue().encode())
+    at.button(key="w.data.load_file").click().run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("Could not read the metadata: meta.csv"), errors
