@@ -35,6 +35,26 @@ def _seed(key: str, value: Any) -> None:
 
 _TRI = {"auto": "auto (from the detected kind)", True: "yes", False: "no"}
 
+#: How the Data page names a setting's values; the values themselves come from :data:`dhaka.params.PARAMS`
+#: (a value without a label here is shown as it is, so a new choice appears without an edit here).
+CHOICE_LABELS: dict[str, dict[Any, str]] = {
+    "mode": {"expression": "Expression (scRNA-seq)", "cnv": "Copy number"},
+    "value_transform": {"auto": "auto (Pearson residuals on raw counts, else log)", "log": "normalise and log",
+                        "pearson": "Pearson residuals (raw counts)"},
+    "gene_selection": {"cv": "coefficient of variation", "entropy": "entropy", "mean": "mean expression",
+                       "variance": "variance", "dispersion": "dispersion (binned by mean, as Seurat v1)"},
+}
+
+
+def _options(name: str) -> list[Any]:
+    """The values the estimator accepts for ``name``: its special ones (``"auto"``) first, then its choices."""
+    p = PARAM[name]
+    return [*p.special, *p.choices]
+
+
+def _label(name: str) -> Any:
+    return lambda v: CHOICE_LABELS.get(name, {}).get(v, str(v))
+
 
 def preprocess_form(adata: anndata.AnnData, *, detected: str | None = None) -> dict[str, Any]:
     """Preprocessing choices -> keyword arguments of :class:`dhaka.Dhaka` (also stored in state).
@@ -62,8 +82,7 @@ def preprocess_form(adata: anndata.AnnData, *, detected: str | None = None) -> d
 
     c1, c2 = st.columns(2)
     with c1:
-        mode = st.radio("Mode", ["expression", "cnv"], key="w.prep.mode", horizontal=True,
-                        format_func={"expression": "Expression (scRNA-seq)", "cnv": "Copy number"}.get,
+        mode = st.radio("Mode", _options("mode"), key="w.prep.mode", horizontal=True, format_func=_label("mode"),
                         help="Copy-number profiles are not normalised or logged; each bin is trimmed to its 2-98 % "
                              "quantiles over the cells, so events of fewer than ~2 % of the cells (private "
                              "events, state-call errors) do not dominate.")
@@ -71,9 +90,8 @@ def preprocess_form(adata: anndata.AnnData, *, detected: str | None = None) -> d
         auto_label = f"auto (detected: {detected})" if detected else _TRI["auto"]
         fmt = lambda v: auto_label if v == "auto" else _TRI[v]  # noqa: E731
         value_transform = st.selectbox(
-            "Value transform", ["auto", "log", "pearson"], key="w.prep.value_transform", disabled=cnv,
-            format_func={"auto": "auto (Pearson residuals on raw counts, else log)",
-                         "log": "normalise and log", "pearson": "Pearson residuals (raw counts)"}.get,
+            "Value transform", _options("value_transform"), key="w.prep.value_transform", disabled=cnv,
+            format_func=_label("value_transform"),
             help="Pearson residuals (Lause et al. 2021) take library size and the mean-variance relation out of raw "
                  "counts and rank genes by residual variance; on independent simulated data they kept groups "
                  "the log lost. Normalised or log input always takes the log steps.")
@@ -87,9 +105,8 @@ def preprocess_form(adata: anndata.AnnData, *, detected: str | None = None) -> d
                                help="The paper's relative expression: subtract each gene's mean.")
     with c2:
         gene_selection = st.selectbox(
-            "Gene selection", ["cv", "entropy", "mean", "variance"], key="w.prep.gene_selection",
-            format_func={"cv": "coefficient of variation", "entropy": "entropy", "mean": "mean expression",
-                         "variance": "variance"}.get,
+            "Gene selection", _options("gene_selection"), key="w.prep.gene_selection",
+            format_func=_label("gene_selection"),
             help="Score that ranks the genes of log or TPM-like values. Under Pearson residuals genes are ranked by "
                  "residual variance (the coefficient of variation means nothing on residuals).")
         all_genes = st.checkbox("Use all genes / bins", key="w.prep.all_genes")

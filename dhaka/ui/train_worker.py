@@ -216,14 +216,19 @@ def warm_up() -> float:
 
     from dhaka.ui.training import fit_embed_cluster
 
+    from dhaka import settings
+
     t0 = time.perf_counter()
     np_state, torch_state = np.random.get_state(), torch.random.get_rng_state()
+    verbosity = settings.verbosity
+    settings.set_verbosity(min(verbosity, 1))  # a warm-up is not a fit to log in the server's output
     try:
         X = np.random.default_rng(0).poisson(2.0, size=(64, 40)).astype(np.float32)
         fit_embed_cluster(ad.AnnData(X), {"epochs": 2, "batch_size": 32}, truth=None, k_max=3,
                           on_epoch=lambda row: None, stop_event=threading.Event(), checkpoint=None,
                           checkpoint_every=0)
     finally:
+        settings.set_verbosity(verbosity)
         np.random.set_state(np_state)
         torch.random.set_rng_state(torch_state)
     return time.perf_counter() - t0

@@ -78,6 +78,19 @@ def test_fresh_session_has_default_demo_ready_to_train(env):
     assert at.session_state["dhaka.truth_column"] == "group"
 
 
+def test_data_form_offers_every_choice_the_estimator_accepts(env):
+    from dhaka.params import PARAM
+
+    at = new_app()
+    for name in ("gene_selection", "value_transform"):
+        box = at.selectbox(key=f"w.prep.{name}")
+        assert list(box.options) == [box.format_func(v) for v in [*PARAM[name].special, *PARAM[name].choices]]
+    assert "dispersion (binned by mean, as Seurat v1)" in at.selectbox(key="w.prep.gene_selection").options
+    at.selectbox(key="w.prep.gene_selection").set_value("dispersion").run()
+    assert at.session_state["dhaka.preprocess"]["gene_selection"] == "dispersion"
+    assert not at.exception
+
+
 def test_load_other_demo_and_preprocessing_changes_matrix_size(env):
     at = new_app()
     at.selectbox(key="w.data.demo").set_value("cnv_pair").run()
