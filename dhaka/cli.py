@@ -133,6 +133,24 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise ValueError(f"--save-model {save}: the folder exists and is not empty; choose a new one")
 
 
+def _check_settings(est) -> None:
+    """The estimator's settings checked as a fit would check them, before any data is read, each named by its flag."""
+    import re
+
+    from dhaka.params import PARAMS
+    from dhaka.train import resolve_device
+
+    try:
+        est.validate_params()
+        resolve_device(str(est.device))
+    except ValueError as exc:
+        msg = str(exc)
+        for p in sorted(PARAMS, key=lambda q: -len(q.name)):
+            msg = re.sub(rf"\b{p.name}='?([^'\s,;)]*)'?", rf"{p.flag} \1", msg)
+            msg = re.sub(rf"^{p.name}\b", p.flag, msg)
+        raise ValueError(msg) from None
+
+
 def _clusterer(args: argparse.Namespace, mode: str):
     from dhaka.clusterers import GMMBIC, resolve
 
@@ -174,8 +192,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     params = _estimator_params(args)  # check the settings and outputs before reading a large file
     _check_outputs(args)
-    adata = _read(args)
     est = Dhaka.from_preset(args.preset, **params)
+    _check_settings(est)
+    adata = _read(args)
     clusterer = _clusterer(args, est.mode)
     if args.distributed:
         from dhaka.distributed import data_parallel_seams, init_from_env, is_distributed, is_main_process, shutdown

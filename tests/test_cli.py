@@ -95,3 +95,25 @@ def test_embed_distributed_under_torchrun(counts_csv, tmp_path):
     assert res.returncode == 0, res.stderr[:3000] + "\n...\n" + res.stderr[-1500:]
     df = pd.read_csv(out, index_col=0)
     assert len(df) == 120 and {"dhaka_1", "cluster"} <= set(df.columns)
+
+
+def test_settings_and_outputs_are_checked_before_the_input_is_read_and_named_by_flag(tmp_path, capsys):
+    import torch
+
+    from dhaka import cli
+
+    missing_input = str(tmp_path / "not-there.csv")  # never read: each check below fails first
+    out = str(tmp_path / "latent.csv")
+    assert cli.main(["embed", missing_input, "--out", str(tmp_path / "no" / "x.csv")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert cli.main(["embed", missing_input, "--out", out, "--k-max", "0"]) == 2
+    assert "--k-max must be at least 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli.main(["embed", missing_input, "--out", out, "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "--device cuda" in err and "device=" not in err
+    taken = tmp_path / "model"
+    taken.mkdir()
+    (taken / "config.json").write_text("{}")
+    assert cli.main(["embed", missing_input, "--out", out, "--save-model", str(taken)]) == 2
+    assert "--save-model" in capsys.readouterr().err
