@@ -40,7 +40,9 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from dhaka import __version__
 
-    parser = argparse.ArgumentParser(prog="python -m dhaka", description="Dhaka: VAE latent spaces of single cells.")
+    # the installed command says its own name; python -m dhaka says that
+    prog = "dhaka" if Path(sys.argv[0]).name == "dhaka" else "python -m dhaka"
+    parser = argparse.ArgumentParser(prog=prog, description="Dhaka: VAE latent spaces of single cells.")
     parser.add_argument("--version", action="version", version=f"dhaka {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
