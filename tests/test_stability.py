@@ -68,3 +68,29 @@ def test_real_sets_read_from_the_installed_package():
     assert list(again.obs_names) == list(z.obs_names)  # the subsample is fixed by its seed
     with pytest.raises(ValueError, match="unknown data set"):
         load_pypi("nope")
+
+
+def test_explore_shows_the_stability_caption(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from sklearn.decomposition import PCA
+    from streamlit.testing.v1 import AppTest
+
+    from dhaka import simulate
+    from dhaka.ui import owner, state
+
+    monkeypatch.setenv("DHAKA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DHAKA_UMAP_WARMUP", "0")
+    adata, _ = simulate.cnv_pair(seed=0)  # BIC over-splits its PCA-3; the caller's subsample check decides the merge
+    Z = PCA(3, random_state=0).fit_transform(adata.X).astype(np.float32)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "explore.py"), default_timeout=120)
+    at.query_params[owner.OWNER_PARAM] = "A" * 16 + "b-_" + "c" * 13
+    at.session_state[state.DATASET] = adata
+    at.session_state[state.DATASET_INFO] = {"key": "k1", "name": "cnv"}
+    at.session_state[state.LATENT] = Z
+    at.session_state[state.RESULT_INFO] = {"dataset_key": "k1", "run_id": None,
+                                           "obs_names": [str(o) for o in adata.obs_names]}
+    at.run()
+    assert not at.exception
+    captions = [c.value for c in at.sidebar.caption]
+    assert any(c.startswith("Cluster stability (subsample agreement): ") for c in captions), captions
