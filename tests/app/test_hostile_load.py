@@ -89,3 +89,50 @@ def test_memory_bombs_and_escapes_while_another_person_trains(env, tmp_path):
     latent = run.load_latent()
     assert latent.shape[0] == trainer.session_state["dhaka.dataset"].n_obs
     assert np.isfinite(latent.filter(like="dhaka_").to_numpy()).all()
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak resident size (VmHWM) to its current size; False where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(key)
+
+
+def test_the_issue_25_uploads_leave_the_server_memory_where_it_was(env, tmp_path):
+    """Each hostile upload of issue 25 is refused with its reason (or read right) while the server's peak
+    resident memory (VmHWM from /proc, reset before each upload) stays within a small margin."""
+    from tests.badfiles import EXPECTED, READS_AS, make_bad_corpus, message_ok
+
+    if not _reset_peak():
+        pytest.skip("/proc/self/clear_refs cannot reset the peak resident size here")
+    corpus = make_bad_corpus(tmp_path / "corpus")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    names = ["ragged_rows_cancel", "long_line_gz", "tenx_long_barcode_line", "mtx_duplicate_entry",
+             "h5ad_many_chunks", "cn_long_no_shared_bins"]
+    for name in names:
+        path = corpus[name]
+        data = path.read_bytes()
+        _reset_peak()
+        base = _status_mb("VmRSS")
+        errors = _upload(at, path.name, data)
+        growth = _status_mb("VmHWM") - base
+        assert len(errors) == 1 and path.name in errors[0] and message_ok(name, errors[0]), (name, errors)
+        assert growth < 150, f"{name}: the server's peak grew by {growth:.0f} MB"
+        assert EXPECTED[name][0]  # every one of these is a refusal
+    # the BOM file is read the right way round
+    errors = _upload(at, "bom_latin1.csv", corpus["bom_latin1_corner"].read_bytes())
+    assert not errors, errors
+    obs, var, X = READS_AS["bom_latin1_corner"]
+    shown = at.session_state["dhaka.dataset"]
+    assert list(shown.obs_names) == obs and list(shown.var_names) == var and shown.X.tolist() == X
