@@ -179,7 +179,9 @@ def selection_table(records: list[dict], method: str = "dhaka", n_starts: int = 
     if not rows:
         return ""
     return (f"Emulated starts ({method}): every {n_starts} of the {len(rs)} seeds' whole fits as one training; "
-            "the criterion keeps one call.\n\n" + markdown_table(rows))
+            "the criterion keeps one call (the fits' refined gene sets may differ, so their validation losses are "
+            "a rough proxy of a held-out criterion, not the within-fit one `Dhaka(n_starts=...)` could use).\n\n"
+            + markdown_table(rows))
 
 
 def table_for(ds: str, records: list[dict], n_cells: int, n_genes: int, k_true: int) -> tuple[str, dict]:
