@@ -49,10 +49,9 @@ def machine_description() -> str:
     """One line describing where the numbers were measured."""
     import torch
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 1
+    from dhaka import cpu
+
+    usable = cpu.budget()  # affinity and cgroup quota (DHAKA_THREADS when set)
     try:
         load = "load average %.1f / %.1f / %.1f" % os.getloadavg()
     except OSError:  # pragma: no cover
@@ -83,7 +82,10 @@ def describe(threads: int | None = None) -> str:
         mem = float("nan")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     la = load_average()
-    return (f"{cpu_model()}, {os.cpu_count()} cores, {mem:.0f} GB RAM, {gpu}; torch {torch.__version__} "
+    from dhaka import cpu
+
+    return (f"{cpu_model()}, {cpu.affinity_count()} usable cores (budget {cpu.budget()}), {mem:.0f} GB RAM, {gpu}; "
+            f"torch {torch.__version__} "
             f"with {threads or torch.get_num_threads()} threads; load average {la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f} "
             f"(1/5/15 min) at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
