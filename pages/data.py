@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dhaka import plots
+from dhaka import io, plots
 from dhaka.estimator import Dhaka
 from dhaka.preprocess import detect_kind, log_label, transform_label, trim_label
 from dhaka.ui import cached, demos, entrypoint, figures, forms, messages, state, upload_worker
@@ -14,7 +14,6 @@ entrypoint.require_entrypoint()
 st.title("Data")
 st.caption("Load a built-in demo or your own matrix, check it, choose the preprocessing — then train on the Train page.")
 
-FORMATS = ["csv", "tsv", "txt", "gz", "h5ad", "zip", "npz", "npy", "mtx"]
 limit_mb = int(st.get_option("server.maxUploadSize"))
 
 
@@ -53,8 +52,8 @@ with upload_tab:
                f"Copy number: HMMcopy / signals long tables (cell_id, chr, start, end, state), Ginkgo segment "
                f"matrices (CHR, START, END, cells; save SegCopy as .tsv) or bins named chr1:1-500000, all put "
                f"in genome order. Files up to **{limit_mb:,} MB** each.")
-    up = st.file_uploader("Expression or copy-number matrix", type=FORMATS, key="w.data.file")
-    meta = st.file_uploader("Cell metadata (optional CSV, first column = cell id)", type=["csv", "tsv", "txt", "gz"],
+    up = st.file_uploader("Expression or copy-number matrix", type=list(io.READABLE_SUFFIXES), key="w.data.file")
+    meta = st.file_uploader("Cell metadata (optional CSV, first column = cell id)", type=list(io.METADATA_SUFFIXES),
                             key="w.data.meta")
     orientation = st.radio("Orientation", ["auto", "cells_x_genes", "genes_x_cells"], horizontal=True,
                            key="w.data.orientation",
@@ -71,7 +70,6 @@ with upload_tab:
                                  "copy-number states of scDNA pipelines (layers['state']).")
         layer = None if pick == "X" else pick
     if st.button("Load file", key="w.data.load_file", type="primary", disabled=up is None):
-        from dhaka import io
         from dhaka.io.sandbox import MetadataError
 
         adata = None

@@ -78,7 +78,7 @@ from .estimate import estimate_read_memory
 from .fingerprint import fingerprint
 from .h5ad import h5ad_layers
 from .meta import read_metadata
-from .reading import read
+from .reading import METADATA_SUFFIXES, READABLE_SUFFIXES, read
 from .safety import (
     DataError,
     check_hdf5_safety,
@@ -92,6 +92,8 @@ from .writers import to_h5ad_bytes, unzip_safe, write_latent_csv, zip_dir
 __all__ = [
     "DataError",
     "read",
+    "READABLE_SUFFIXES",
+    "METADATA_SUFFIXES",
     "h5ad_layers",
     "read_metadata",
     "write_latent_csv",

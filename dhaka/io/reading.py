@@ -34,6 +34,12 @@ from .text import _read_table
 
 _TABLE_EXTS = {".csv", ".tsv", ".txt", ".tab", ".dat"}
 
+#: How the names of the files :func:`read` takes end (without the dot; ``gz``: a gzipped table): the one list
+#: the app's uploaders offer.
+READABLE_SUFFIXES: tuple[str, ...] = (*sorted(e[1:] for e in _TABLE_EXTS), "gz", "h5ad", "zip", "npz", "npy", "mtx")
+#: The same for per-cell metadata tables (:func:`dhaka.io.read_metadata`).
+METADATA_SUFFIXES: tuple[str, ...] = (*sorted(e[1:] for e in _TABLE_EXTS), "gz")
+
 
 # --------------------------------------------------------------------------- #
 # read()

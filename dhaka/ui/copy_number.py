@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import streamlit as st
 
-from dhaka.ui import cached, demos, messages, state, tasks
+from dhaka.io import READABLE_SUFFIXES
+from dhaka.ui import cached, demos, messages, state, tasks, upload_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -63,13 +64,12 @@ def second_sample() -> tuple[anndata.AnnData | None, str]:
     """The sample to project: an upload (read once per file) or the loaded demo's second sample."""
     second, src = state.get_second_dataset(), "the second sample of the loaded demo"
     up = st.file_uploader("…or upload one (same kind of bins, matched by name)", key="w.cnv.upload",
-                          type=["csv", "tsv", "txt", "gz", "h5ad", "zip", "npz", "mtx"])
+                          type=list(READABLE_SUFFIXES))
     if up is None:
         return second, src
     prev = st.session_state.get(UPLOAD_KEY)
     if prev is None or prev[0] != (up.name, up.size):
-        from dhaka.io import read
-
-        ad = messages.safe_call(read, up.getvalue(), filename=up.name, what=f"Could not read {messages.plain(up.name)}")
+        # parsed in a capped child process, as every upload is (dhaka.ui.upload_worker)
+        ad = messages.safe_call(upload_worker.read_upload, up, what=f"Could not read {messages.plain(up.name)}")
         st.session_state[UPLOAD_KEY] = ((up.name, up.size), ad)
     return st.session_state[UPLOAD_KEY][1], up.name

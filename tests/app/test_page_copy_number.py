@@ -82,3 +82,26 @@ def test_missing_bins_are_reported(cnv_result):
     at.run()
     assert not at.exception
     assert any("5 bins of the model are missing" in w.value for w in at.warning)
+
+
+def test_an_uploaded_second_sample_is_parsed_outside_the_server(cnv_result, monkeypatch, tmp_path):
+    """The second sample's upload goes through the capped child process too (issue 25): every reader of dhaka.io
+    fails in this (the server's) process, and the uploaded sample is still projected."""
+    import dhaka.io
+
+    def boom(*args, **kwargs):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("an upload was parsed in the server process")
+
+    monkeypatch.setenv("DHAKA_HOME", str(tmp_path / "home"))
+    for name in ("read", "read_metadata", "h5ad_layers", "estimate_read_memory"):
+        monkeypatch.setattr(dhaka.io, name, boom)
+    first, sec, est, Z = cnv_result
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    _seed_cnv(at, cnv_result, second=None)
+    at.run()
+    at.file_uploader(key="w.cnv.upload").set_value(("second.h5ad", dhaka.io.to_h5ad_bytes(sec),
+                                                    "application/octet-stream"))
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    fr = at.dataframe[1].value
+    assert fr["n_cells"].sum() == sec.n_obs  # the uploaded sample, projected
