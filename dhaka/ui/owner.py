@@ -1,8 +1,7 @@
 """Who is using the app: one owner key per *person*, not per browser tab.
 
-Runs and jobs belong to an owner key.  The session id of
-:func:`dhaka.ui.state.get_session_id` changes with every tab and reload, so
-people could not find their own runs after a reload; the key here does not.
+Runs and jobs belong to an owner key, which stays the same across the tabs and reloads of one person
+(a Streamlit session does not).
 
 Two ways to know the person, chosen by settings:
 
@@ -72,7 +71,6 @@ __all__ = [
     "is_admin",
     "key_for_token",
     "key_for_user",
-    "lock_admin",
     "new_token",
     "owner_header",
     "owner_key",
@@ -369,11 +367,6 @@ def unlock_admin(token: str) -> bool:
         token.strip().encode("utf-8"), expected.encode("utf-8"))
     st.session_state[ADMIN_KEY] = bool(ok)
     return bool(ok)
-
-
-def lock_admin() -> None:
-    """Leave the admin view."""
-    st.session_state.pop(ADMIN_KEY, None)
 
 
 def is_admin() -> bool:
