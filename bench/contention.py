@@ -66,7 +66,6 @@ def child_fit(params: dict[str, Any]) -> dict[str, Any]:
 
 def child_jobs(n: int, params: dict[str, Any]) -> dict[str, Any]:
     """``n`` trainings submitted at once to a fresh JobManager (the app's training process each)."""
-    import threading
 
     from dhaka.jobs import JobManager
     from dhaka.ui import tasks, train_worker

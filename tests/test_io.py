@@ -221,15 +221,15 @@ def test_max_bytes_on_upload_path_and_bytes(tmp_path):
 
 
 def test_gzip_bomb_is_refused(monkeypatch):
-    monkeypatch.setattr(dio, "MAX_UNCOMPRESSED_BYTES", 10_000)
+    monkeypatch.setattr(dio.safety, "MAX_UNCOMPRESSED_BYTES", 10_000)
     text = _csv_text(np.zeros((200, 20), dtype=np.float32), _names(200, "cell"), _names(20, "gene"))
     with pytest.raises(DataError, match="bomb"):
         read(gzip.compress(text.encode()), filename="m.csv.gz")
 
 
 def test_compression_ratio_bomb_is_refused(monkeypatch):
-    monkeypatch.setattr(dio, "BOMB_MIN_BYTES", 1000)
-    monkeypatch.setattr(dio, "MAX_COMPRESSION_RATIO", 20)
+    monkeypatch.setattr(dio.safety, "BOMB_MIN_BYTES", 1000)
+    monkeypatch.setattr(dio.safety, "MAX_COMPRESSION_RATIO", 20)
     text = "cell," + ",".join(_names(50, "g")) + "\n" + "".join(f"c{i}," + ",".join(["0"] * 50) + "\n" for i in range(400))
     with pytest.raises(DataError, match="bomb"):
         read(gzip.compress(text.encode(), 9), filename="m.csv.gz")
@@ -240,7 +240,7 @@ def test_zip_total_size_limit(monkeypatch, tmp_path):
     folder = _write_10x(tmp_path / "tenx", X, _names(30, "AAAC"), _names(20, "G"), gz=False)
     data = zip_dir(folder)
     assert read(data, filename="tenx.zip").shape == (30, 20)
-    monkeypatch.setattr(dio, "MAX_UNCOMPRESSED_BYTES", 100)
+    monkeypatch.setattr(dio.safety, "MAX_UNCOMPRESSED_BYTES", 100)
     with pytest.raises(DataError, match="zip bomb"):
         read(data, filename="tenx.zip")
 

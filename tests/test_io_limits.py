@@ -18,7 +18,7 @@ from dhaka.io import DataError, read
 @pytest.fixture
 def small_lines(monkeypatch):
     """A 64-byte line limit, so the tests' files stay tiny."""
-    monkeypatch.setattr(dio, "MAX_LINE_BYTES", 64)
+    monkeypatch.setattr(dio.safety, "MAX_LINE_BYTES", 64)
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
@@ -87,7 +87,7 @@ def test_an_hdf5_chunk_grid_over_the_limit_is_refused_and_ordinary_chunks_read(t
                         var=pd.DataFrame(index=[f"g{j}" for j in range(30)]))
     a.write_h5ad(tmp_path / "gz.h5ad", compression="gzip")  # chunked by h5py
     np.testing.assert_array_equal(read(tmp_path / "gz.h5ad").X, X)
-    monkeypatch.setattr(dio, "MAX_HDF5_CHUNKS", 0)
+    monkeypatch.setattr(dio.safety, "MAX_HDF5_CHUNKS", 0)
     with pytest.raises(DataError, match=r"gz\.h5ad: HDF5 dataset '/X' .* chunks .*MAX_HDF5_CHUNKS"):
         read(tmp_path / "gz.h5ad")
     with pytest.raises(DataError, match="MAX_HDF5_CHUNKS"):

@@ -240,11 +240,11 @@ def test_layer_keyword(tmp_path, dense):
 
 def test_declared_sizes_are_capped(tmp_path, monkeypatch):
     path = _good_h5ad(tmp_path / "sizes.h5ad")
-    monkeypatch.setattr(dio, "MAX_H5AD_BYTES", 64)
+    monkeypatch.setattr(dio.safety, "MAX_H5AD_BYTES", 64)
     with pytest.raises(DataError, match=r"(?i)declare.*bytes.*limit"):
         read(path)
     monkeypatch.undo()
-    monkeypatch.setattr(dio, "MAX_DENSE_ENTRIES", 10)
+    monkeypatch.setattr(dio.safety, "MAX_DENSE_ENTRIES", 10)
     with pytest.raises(DataError, match=r"(?i)declares a dense 6 x 4"):
         read(path)
 
@@ -354,8 +354,8 @@ def test_many_small_blocks_give_the_same_matrix(monkeypatch, orientation):
         df = pd.DataFrame(X.T, index=pd.Index(genes, name="gene"), columns=cells)
     data = df.to_csv(float_format="%g").encode()
     whole = read(data, filename="m.csv")
-    monkeypatch.setattr(dio, "_TEXT_BLOCK_CHARS", 50)
-    monkeypatch.setattr(dio, "_BLOCK_VALUES", 7)
+    monkeypatch.setattr(dio.safety, "_TEXT_BLOCK_CHARS", 50)
+    monkeypatch.setattr(dio.safety, "_BLOCK_VALUES", 7)
     small = read(data, filename="m.csv")
     for a in (whole, small):
         np.testing.assert_array_equal(a.X, X)
@@ -370,7 +370,7 @@ def test_quoted_names_with_delimiters_take_the_careful_path():
 
 
 def test_bad_value_late_in_a_big_file_is_found_with_its_line(monkeypatch):
-    monkeypatch.setattr(dio, "_TEXT_BLOCK_CHARS", 64)
+    monkeypatch.setattr(dio.safety, "_TEXT_BLOCK_CHARS", 64)
     rows = ["cell,g1,g2,g3"] + [f"c{i},1,2,3" for i in range(200)]
     rows[150] = "c149,1,oops,3"
     with pytest.raises(DataError, match=r"non-numeric value 'oops' at line 151"):
@@ -390,7 +390,7 @@ def test_mtx_in_many_blocks(monkeypatch):
     buf = io.BytesIO()
     scipy.io.mmwrite(buf, X)
     whole = read(buf.getvalue(), filename="m.mtx")
-    monkeypatch.setattr(dio, "_MTX_BLOCK_LINES", 7)
+    monkeypatch.setattr(dio.safety, "_MTX_BLOCK_LINES", 7)
     small = read(gzip.compress(buf.getvalue()), filename="m.mtx.gz")
     np.testing.assert_array_equal(whole.X.toarray(), X.T.toarray())
     np.testing.assert_array_equal(small.X.toarray(), X.T.toarray())
@@ -512,7 +512,7 @@ def test_hdf5_with_too_many_objects_is_refused(tmp_path, monkeypatch):
     with h5py.File(path, "a") as f:
         for i in range(30):
             f["uns"].create_group(f"g{i}")
-    monkeypatch.setattr(dio, "MAX_HDF5_LINKS", 25)
+    monkeypatch.setattr(dio.safety, "MAX_HDF5_LINKS", 25)
     with pytest.raises(DataError, match="more than 25 objects"):
         read(path)
 
@@ -544,7 +544,7 @@ def test_corrupt_zip_member_is_a_data_error(member):
 
 def test_metadata_far_longer_than_the_dataset_is_refused(monkeypatch):
     a = read(b"cell,g1,g2\nc1,1,2\nc2,3,4\n", filename="m.csv")
-    monkeypatch.setattr(dio, "MAX_METADATA_ROWS_PER_CELL", 1)
+    monkeypatch.setattr(dio.safety, "MAX_METADATA_ROWS_PER_CELL", 1)
     rows = "".join(f"x{i},v\n" for i in range(1100))
     with pytest.raises(DataError, match=r"more than 1,002 rows for a dataset of 2 cells"):
         dio.read_metadata(("id,label\nc1,a\n" + rows).encode(), a, filename="meta.csv")

@@ -37,8 +37,9 @@ Without a usable extension the format is sniffed from the first bytes (gzip,
 zip, HDF5, ``.npy``, MatrixMarket, else text).  Python pickles are recognised
 and refused everywhere, never unpickled.
 
-The limits (``dhaka.io.safety``) guard against hostile or broken files; change
-them on the package (``dhaka.io.MAX_UNCOMPRESSED_BYTES = ...``) if you need to.
+The limits (``dhaka.io.safety``) guard against hostile or broken files; read them
+on the package (``dhaka.io.MAX_DIM``) and change them where the readers look
+(``dhaka.io.safety.MAX_UNCOMPRESSED_BYTES = ...``) if you need to.
 Nothing is read with values moved, summed or turned round: every row's field
 count is checked, a MatrixMarket coordinate listed twice is refused (naming the
 first pair), a UTF-8 byte-order mark is dropped whatever the encoding; a line
@@ -69,9 +70,6 @@ dispatch), ``matrix`` (validation, orientation, AnnData assembly), ``text``,
 ``estimate`` (memory estimates), ``sandbox`` (a capped child process), ``writers`` and ``fingerprint``.
 """
 from __future__ import annotations
-
-import sys
-import types
 
 from . import safety
 from .estimate import estimate_read_memory
@@ -120,25 +118,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(safety.LIMITS))
-
-
-class _Package(types.ModuleType):
-    """The package module: setting a limit on it (``dhaka.io.MAX_DIM = 10``) sets it in ``safety``.
-
-    Without this, the assignment would only bind a name on the package that no
-    reader looks at (they read ``safety.MAX_DIM`` at call time).
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in safety.LIMITS:
-            setattr(safety, name, value)
-        else:
-            super().__setattr__(name, value)
-
-    def __delattr__(self, name: str) -> None:
-        if name in safety.LIMITS:
-            raise AttributeError(f"{name} is a limit of dhaka.io and cannot be deleted; set it instead")
-        super().__delattr__(name)
-
-
-sys.modules[__name__].__class__ = _Package

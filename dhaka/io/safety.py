@@ -1,7 +1,7 @@
 """Limits and refusals: what dhaka.io will not read, and the spreadsheet-formula guard for what it writes.
 
-Every tunable limit of the package lives here; ``dhaka.io.NAME = value`` changes it here too
-(see ``dhaka/io/__init__.py``).  Other modules read the limits as ``safety.NAME`` at call time.
+Every tunable limit of the package lives here (``dhaka.io.safety.NAME = value`` changes it; ``dhaka.io.NAME``
+reads it).  Other modules read the limits as ``safety.NAME`` at call time.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-#: The names below are the package's tunable limits: ``dhaka.io.NAME = value`` sets them here.
+#: The names below are the package's tunable limits (``dhaka.io.safety.NAME = value`` sets one).
 LIMITS = (
     "MIN_CELLS", "MIN_FEATURES", "MAX_UNCOMPRESSED_BYTES", "MAX_COMPRESSION_RATIO", "BOMB_MIN_BYTES",
     "MAX_ZIP_ENTRIES", "MAX_DIM", "MAX_NNZ", "MAX_DENSE_ENTRIES", "MAX_EMPTY_NAMES", "MAX_H5AD_BYTES",
