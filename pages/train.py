@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dhaka import plots
-from dhaka.ui import cached, demos, entrypoint, figures, forms, live_chart, messages, owner, state, tasks
+from dhaka.ui import demos, entrypoint, figures, forms, live_chart, messages, owner, state, tasks
 
 entrypoint.require_entrypoint()
 
@@ -72,7 +72,7 @@ if start:
     if ok is not None:
         task = tasks.make_train_task(adata, full, data_name=str(info.get("name")), dataset_key=info.get("key"),
                                      fingerprint=info.get("fingerprint"), truth=state.get_truth_labels())
-        new = messages.safe_call(cached.job_manager().submit, task, owner=owner.owner_key(),
+        new = messages.safe_call(owner.submit, task,  # the person's quota (a shared one without a login)
                                  name=f"train on {info.get('name')}", kind="train", memory_bytes=ok,
                                  what="Could not start training")
         if new is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import streamlit as st
 
-from dhaka.ui import cached, owner, state
+from dhaka.ui import owner, state
 from dhaka.ui.messages import safe_call
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,7 +102,7 @@ class AnalysisJob:
             with cpu.limit_threads(None):
                 return dataset_key, task(ctx)
 
-        job = safe_call(cached.job_manager().submit, run, owner=owner.owner_key(), name=name, kind="analysis",
+        job = safe_call(owner.submit, run, name=name, kind="analysis",
                         what=f"Could not start the {self.what}")
         if job is None:
             return False

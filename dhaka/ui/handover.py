@@ -70,7 +70,7 @@ def start_views(*, n_components: int = 2) -> None:
     if previous is not None:
         previous[0].cancel()  # the views of the result this session no longer shows
     try:
-        job = cached.job_manager().submit(task, owner=owner.owner_key(), name="comparison views", kind="views")
+        job = owner.submit(task, name="comparison views", kind="views")
     except Exception as exc:  # noqa: BLE001 - the views can still be computed from the Explore page
         state.push_notice("warning", f"The comparison views were not started ({error_message(exc)}); "
                                      "compute them on the Explore page.")
