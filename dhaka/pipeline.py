@@ -150,6 +150,7 @@ def run(
     if not main_process:
         return PipelineResult(estimator=est, latent=None)
     extra = {"n_genes_used": len(est.genes_), "train_seconds": float(getattr(est, "train_seconds_", 0.0) or 0.0),
+             "n_threads": int(est.n_threads_),  # the CPU share the fit ran with: same seed + same share = same model
              **dict(extra or {})}
     return embed_cluster(est, data, clusterer=caller, truth=truth, backed=backed, extra=extra)
 

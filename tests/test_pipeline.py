@@ -65,6 +65,7 @@ def test_run_fits_embeds_clusters_and_records(adata):
     assert rec["cluster_method"] == "gmm_bic" and rec["k"] == res.clusters.k and len(rec["bic"]) == 4
     assert json.loads(rec["params_json"]) == json.loads(json.dumps(res.estimator.get_params(), default=str))
     assert rec["n_genes_used"] == len(res.estimator.genes_)
+    assert rec["n_threads"] == res.estimator.n_threads_ >= 1  # the CPU share, kept with the result
     assert res.model_input.shape == (adata.n_obs, len(res.estimator.genes_))  # the encoder's input, preprocessed once
 
 
