@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from dhaka.store import is_occupied
+
 
 def _add_read_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orientation", choices=["auto", "cells_x_genes", "genes_x_cells"], default="auto",
@@ -131,8 +133,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if value and not Path(value).resolve().parent.is_dir():
             raise ValueError(f"{flag} {value}: the folder {Path(value).resolve().parent} does not exist")
     save = getattr(args, "save_model", None)
-    if save and Path(save).exists() and any(Path(save).iterdir()):
-        raise ValueError(f"--save-model {save}: the folder exists and is not empty; choose a new one")
+    if save and is_occupied(save):
+        raise ValueError(f"--save-model {save}: exists and is not an empty folder; choose a new one")
 
 
 def _check_settings(est) -> None:

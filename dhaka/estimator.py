@@ -26,7 +26,7 @@ from dhaka import __version__, cpu
 from dhaka.clusterers import resolve
 from dhaka.progress import fit_progress
 from dhaka.preprocess import LEGACY_SETTINGS, PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
-from dhaka.store import MODEL_FILES, atomic_write_dir, check_model_dir  # noqa: F401 - MODEL_FILES re-exported
+from dhaka.store import MODEL_FILES, atomic_write_dir, check_model_dir, is_occupied  # noqa: F401 - MODEL_FILES re-exported
 
 # Settings of the paper as we read it (Rashid et al.): sigmoid/Bernoulli output on [0, 1]-scaled
 # log expression, no normalisation layers, no KL warm-up, no early stopping, RMSprop 1e-4.
@@ -59,6 +59,13 @@ def _as_matrix(X: Any) -> tuple[Any, list[str] | None, list[str] | None]:
     if hasattr(X, "columns") and hasattr(X, "index") and hasattr(X, "to_numpy"):
         return X.to_numpy(dtype=np.float32), [str(s) for s in X.index], [str(s) for s in X.columns]
     return X, None, None
+
+
+def warn_missing(missing: Sequence[str], n_selected: int) -> None:
+    """Warn, naming a few, when new cells lack some of a model's selected features (filled with the training mean)."""
+    if missing:
+        warnings.warn(f"{len(missing)} of {n_selected} selected features are missing from the new data "
+                      f"(e.g. {', '.join(missing[:5])}); they were filled with the training mean", stacklevel=3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -707,10 +714,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         M, _, names = _as_matrix(X)
         by_name = self.feature_names_ is not None and names is not None
         M = self._validate(M, reset=None if by_name else False)
-        pre = self.preprocessor_
-        names = names if by_name else None
-        _, missing = pre.match(names, M.shape[1])
-        return pre.transform(M, names=names, fill=self.model_.center.numpy()), missing
+        return self.preprocessor_.align(M, names=names if by_name else None, fill=self.model_.center.numpy())
 
     def embed(self, X: Any) -> Embedding:
         """The cells of ``X`` matched to the model's features, preprocessed once, and their latent coordinates.
@@ -727,9 +731,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         """Latent coordinates (posterior means) of the cells in ``X`` (a warning names missing features)."""
         out = self.embed(X)
-        if out.missing:
-            warnings.warn(f"{len(out.missing)} of {len(self.genes_)} selected features are missing from the "
-                          f"new data (e.g. {', '.join(out.missing[:5])}); they were filled with the training mean")
+        warn_missing(out.missing, len(self.genes_))
         return out.latent
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
@@ -776,7 +778,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         path = Path(path)
-        if not overwrite and path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite and is_occupied(path):
             raise FileExistsError(f"{path} exists and is not an empty folder; choose a new one or pass overwrite=True")
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write_dir(path, lambda tmp: self._save_model(tmp, self.model_, history=self.history_))

@@ -192,11 +192,11 @@ def embed_cluster(
             warnings.warn(f"the latent space could not be clustered ({type(exc).__name__}: {exc})")
             metrics["cluster_error"] = f"{type(exc).__name__}: {exc}"
         if clusters is not None:
+            metrics["cluster_seconds"] = time.perf_counter() - t0  # the caller alone, not the scores below
             metrics["k"] = int(clusters.k)
             _log.info("%d clusters called by %s on %d cells", clusters.k, getattr(caller, "name", "clusterer"),
                       Z.shape[0])
             metrics.update(cluster_metrics(Z, np.asarray(clusters.labels), truth))
-            metrics["cluster_seconds"] = time.perf_counter() - t0
     record = uns_record(params=est.get_params(), clusters=clusters, seed=seed,
                         extra={**({"n_genes_missing": len(missing)} if missing else {}), **dict(extra or {})})
     return PipelineResult(estimator=est, latent=Z, clusters=clusters, metrics=metrics, record=record,

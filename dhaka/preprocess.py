@@ -1043,8 +1043,13 @@ class Preprocessor:
         Genes are matched by :meth:`match` (by ``names`` where both sides have them); a chosen gene the
         cells lack gets ``fill`` (per chosen gene; default the training centre ``center_``, so it
         contributes nothing). Each cell's library (normalisation, residuals) is read from all of its own
-        features.
+        features. :meth:`align` also returns the names of the chosen genes the cells lack.
         """
+        return self.align(X, names=names, fill=fill)[0]
+
+    def align(self, X: Matrix, *, names: Sequence[str] | None = None,
+              fill: np.ndarray | None = None) -> tuple[Matrix, list[str]]:
+        """:meth:`transform`'s matrix and the names of the chosen genes ``X`` lacks (filled), matched once."""
         cols, missing = self.match(names, X.shape[1])
         have = cols >= 0
         take = np.where(have, cols, 0)
@@ -1062,7 +1067,7 @@ class Preprocessor:
             else:
                 S = np.array(S, dtype=np.float32)
                 S[:, ~have] = fill[~have]
-        return S
+        return S, missing
 
     def fit_transform(self, X: Matrix) -> Matrix:
         P, columns = self.fit_values(X)

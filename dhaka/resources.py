@@ -46,6 +46,7 @@ __all__ = [
     "available_memory",
     "check_memory",
     "estimate_training_memory",
+    "env_size",
     "format_bytes",
     "memory_limit",
     "parse_size",
@@ -124,6 +125,23 @@ def parse_size(text: str | int) -> int:
     if value <= 0:
         raise ValueError(f"memory size must be positive, got {text!r}")
     return value
+
+
+def env_size(name: str) -> int | None:
+    """The size in environment variable ``name`` (``"3G"``, ``"512M"``, bytes), or ``None`` when unset.
+
+    Raises
+    ------
+    ValueError
+        Naming the variable, when it is set but not a size.
+    """
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return None
+    try:
+        return parse_size(env)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def format_bytes(n: float) -> str:
@@ -261,12 +279,9 @@ def memory_limit() -> int | None:
     ValueError
         If ``DHAKA_MEMORY_LIMIT`` is set but unreadable.
     """
-    env = os.environ.get("DHAKA_MEMORY_LIMIT", "").strip()
-    if env:
-        try:
-            return parse_size(env)
-        except ValueError as exc:
-            raise ValueError(f"DHAKA_MEMORY_LIMIT: {exc}") from None
+    env = env_size("DHAKA_MEMORY_LIMIT")
+    if env is not None:
+        return env
     ram = _physical_ram()
     cgroup = _cgroup_limit(CGROUP_FILES)
     if cgroup is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MODEL_FILES", "MODEL_REQUIRED", "ModelDirError", "atomic_write_bytes", "atomic_write_dir",
-           "atomic_write_json", "check_model_dir"]
+           "atomic_write_json", "check_model_dir", "is_occupied"]
 
 #: Files a model folder may contain; anything else (``*.pkl``, ``*.pt``,
 #: sub-folders, symlinks) is refused by :func:`check_model_dir`.
@@ -193,6 +193,12 @@ def atomic_write_dir(
 # ---------------------------------------------------------------------------
 # model folders
 # ---------------------------------------------------------------------------
+def is_occupied(path: str | os.PathLike[str]) -> bool:
+    """Whether writing a folder at ``path`` would replace something: a file, or a folder that is not empty."""
+    p = Path(path)
+    return p.exists() and (not p.is_dir() or any(p.iterdir()))
+
+
 def check_model_dir(
     path: str | os.PathLike[str],
     allowed: Iterable[str] = MODEL_FILES,

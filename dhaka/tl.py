@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from dhaka.record import uns_record, versions
+from dhaka.store import is_occupied
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -198,7 +199,7 @@ def dhaka(
 
 def _check_model_path(path: str | os.PathLike) -> None:
     p = Path(path)
-    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+    if is_occupied(p):
         raise FileExistsError(f"model_path {p} exists and is not an empty folder; choose a new one "
                               "(or save with model.save(path, overwrite=True))")
     if not p.resolve().parent.is_dir():
@@ -253,11 +254,10 @@ def project(
     -------
     ``None``, or the modified copy when ``copy=True``.
     """
-    import warnings
 
     from sklearn.utils.validation import check_is_fitted
 
-    from dhaka.estimator import Dhaka
+    from dhaka.estimator import Dhaka, warn_missing
     from dhaka.pipeline import embed_cluster
 
     key = _check_key(key_added)
@@ -269,9 +269,7 @@ def project(
     ref = _transfer_source(reference, transfer, key) if transfer is not None else None
     data = _input(adata, layer)
     result = embed_cluster(model, data, cluster=cluster, clusterer=clusterer, k_max=k_max)
-    if result.missing:
-        warnings.warn(f"{len(result.missing)} of {len(model.genes_)} selected features are missing from the new "
-                      f"data (e.g. {', '.join(result.missing[:5])}); they were filled with the training mean")
+    warn_missing(result.missing, len(model.genes_))
     record = {**result.record, "projected": True, "layer": "None" if layer is None else layer,
               "n_genes_used": len(model.genes_), "n_genes_missing": len(result.missing)}
     if model_dir is not None:

@@ -18,12 +18,11 @@ Nothing here calls ``st.*``; it is called from the page's script thread.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dhaka.io.sandbox import h5ad_layers_sandboxed, read_sandboxed
-from dhaka.resources import env_positive_float, memory_limit, parse_size
+from dhaka.resources import env_positive_float, env_size, memory_limit
 from dhaka.runs import default_root
 from dhaka.ui import cached
 
@@ -41,12 +40,9 @@ DEFAULT_TIMEOUT_S = 300.0
 
 def upload_cap() -> int:
     """Bytes one upload's parse may allocate: ``DHAKA_UPLOAD_MEMORY``, else min(4 GB, the memory limit)."""
-    env = os.environ.get("DHAKA_UPLOAD_MEMORY", "").strip()
-    if env:
-        try:
-            return parse_size(env)
-        except ValueError as exc:
-            raise ValueError(f"DHAKA_UPLOAD_MEMORY: {exc}") from None
+    env = env_size("DHAKA_UPLOAD_MEMORY")
+    if env is not None:
+        return env
     limit = memory_limit()
     return min(DEFAULT_CAP, limit) if limit else DEFAULT_CAP
 
