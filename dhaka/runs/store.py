@@ -7,6 +7,7 @@ person, for code that takes a store and calls ``store.open(run_id)``.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import json
@@ -14,7 +15,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +254,22 @@ class RunStore:
                 raise RunError(f"Run {run_id} is still running; cancel it first.")
             remove_run_dir(self.runs_dir, path)
 
+    @contextlib.contextmanager
+    def _finished_record(self, run_id: str, asker: str | None, action: str) -> Iterator[tuple[Path, dict]]:
+        """A finished run's folder and record, ``asker`` allowed to ``action`` it, its writer's lock held.
+
+        The record is read again under the lock, so a change written back from it loses nothing.
+        """
+        path = self._path(run_id)
+        if not path.is_dir():
+            raise RunError(f"No run {run_id!r} under {self.runs_dir}.")
+        record = read_record(path)
+        check_access(run_id, record, asker, action=action)
+        with hold_if_quiet(path, record) as quiet:
+            if not quiet:
+                raise RunError(f"Run {run_id} is still running; {action} it once it has finished.")
+            yield path, read_record(path)
+
     def share(self, run_id: str, *, owner: str | None = None, admin: bool = False, shared: bool = True) -> RunInfo:
         """Let everyone list and open a run (read-only), or stop sharing it.
 
@@ -279,16 +296,7 @@ class RunStore:
         RunError
             For an unknown run, or one still being written (share it once it has finished).
         """
-        asker = who_asks(owner, admin, "share")
-        path = self._path(run_id)
-        if not path.is_dir():
-            raise RunError(f"No run {run_id!r} under {self.runs_dir}.")
-        record = read_record(path)
-        check_access(run_id, record, asker, action="share")
-        with hold_if_quiet(path, record) as quiet:
-            if not quiet:
-                raise RunError(f"Run {run_id} is still running; share it once it has finished.")
-            record = read_record(path)  # re-read under the lock
+        with self._finished_record(run_id, who_asks(owner, admin, "share"), "share") as (path, record):
             record["shared"] = bool(shared)
             atomic_write_json(path / RUN_FILE, record)
         return Run(path).info()
@@ -316,16 +324,7 @@ class RunStore:
         RunError
             For an unknown run, or one still being written.
         """
-        asker = who_asks(owner, admin, "annotate")
-        path = self._path(run_id)
-        if not path.is_dir():
-            raise RunError(f"No run {run_id!r} under {self.runs_dir}.")
-        record = read_record(path)
-        check_access(run_id, record, asker, action="annotate")
-        with hold_if_quiet(path, record) as quiet:
-            if not quiet:
-                raise RunError(f"Run {run_id} is still running; annotate it once it has finished.")
-            record = read_record(path)  # re-read under the lock
+        with self._finished_record(run_id, who_asks(owner, admin, "annotate"), "annotate") as (path, record):
             files = dict(record.get("files") or {})
             if len(table.columns):
                 buf = io.StringIO()
