@@ -82,22 +82,47 @@ def _best_val_loss(history: list[dict]) -> float:
     return float(np.nanmin(v)) if np.isfinite(v).any() else float("nan")
 
 
-def run_dhaka(adata, truth, *, seed: int, threads: int, params: dict) -> dict[str, Any]:
+def _probe_estimator(params: dict):
+    """A ``Dhaka`` that also keeps each start's latent (``probe_latents_``) for the starts table."""
+    from dhaka import Dhaka
+
+    class Probe(Dhaka):
+        def _score_start(self, model, S, seed, clusterer):
+            from dhaka.train import encode
+
+            self.probe_latents_ = getattr(self, "probe_latents_", [])
+            self.probe_latents_.append(np.asarray(encode(model, S, device="cpu"), dtype=np.float32))
+            return super()._score_start(model, S, seed, clusterer)
+
+    return Probe(**params)
+
+
+def run_dhaka(adata, truth, *, seed: int, threads: int, params: dict, probe: bool = False) -> dict[str, Any]:
+    """One pipeline run; ``probe``: also every start's call, scores and ARI (``starts``) and latents (``_latents``)."""
+    from dhaka.cluster import ari
     from dhaka.pipeline import run
 
     t0 = time.perf_counter()
+    full = {"seed": seed, "n_threads": threads, **params}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = run(adata, estimator={"seed": seed, "n_threads": threads, **params}, truth=truth)
+        res = run(adata, estimator=_probe_estimator(full) if probe else full, truth=truth)
     est = res.estimator
+    if probe:
+        n = len(est.start_scores_)
+        starts = [{**{k: v for k, v in s.items() if k in ("silhouette", "k", "val_loss", "agreement", "kept")},
+                   "ari": float(ari(truth, c)) if c is not None else float("nan"),
+                   "labels": np.asarray(c).tolist() if c is not None else None}
+                  for s, c in zip(est.start_scores_, est.start_calls_)]
+        latents = getattr(est, "probe_latents_", [])[-n:]  # the final fit's starts (refinement fits score none)
     return {"ari": float(res.metrics.get("ari", float("nan"))), "k": int(res.metrics.get("k", 0)),
             "labels": np.asarray(res.labels).tolist(), "caller_stability": _caller_stability(res.clusters),
             "silhouette": float(res.metrics.get("silhouette", float("nan"))),
             "val_loss": _best_val_loss(est.history_),
             "seconds": time.perf_counter() - t0, "n_threads": int(getattr(est, "n_threads_", threads) or threads),
-            "starts": [{k: v for k, v in s.items() if k in ("silhouette", "k", "final_loss", "kept")}
-                       for s in getattr(est, "start_scores_", [])],
-            "_est": est}
+            "starts": starts if probe else [{k: v for k, v in s.items() if k in ("silhouette", "k", "final_loss", "kept")}
+                                            for s in getattr(est, "start_scores_", [])],
+            "_est": est, **({"_latents": latents} if probe else {})}
 
 
 def run_pca10(est, adata, truth, *, seed: int) -> list[dict[str, Any]]:
@@ -184,8 +209,44 @@ def selection_table(records: list[dict], method: str = "dhaka", n_starts: int = 
             + markdown_table(rows))
 
 
+def _keep(starts: list[dict], criterion: str) -> dict:
+    """The start a criterion keeps among ``starts`` (the estimator's own rule for agreement and silhouette)."""
+    from dhaka.clusterers import choose_start
+
+    if criterion == "first":
+        return starts[0]
+    if criterion == "validation loss":
+        v = [s.get("val_loss", float("nan")) for s in starts]
+        return starts[int(np.nanargmin(v))] if np.isfinite(v).any() else starts[0]
+    scores = [{"silhouette": s.get("silhouette", float("nan"))} for s in starts]
+    calls = [np.asarray(s["labels"]) if s.get("labels") is not None else None for s in starts]
+    return starts[choose_start(scores, calls, criterion)]
+
+
+def starts_table(records: list[dict]) -> str:
+    """Keeping one of the first m starts of a probe fit (``--probe-starts``) by each criterion, over the seeds."""
+    probes = [r for r in records if r["method"].startswith("probe")]
+    if not probes:
+        return ""
+    method = probes[0]["method"]
+    rs = sorted((r for r in probes if r["method"] == method), key=lambda r: r["seed"])
+    n = min(len(r["starts"]) for r in rs)
+    rows = []
+    for m in sorted({1, 3, n} & set(range(1, n + 1))):
+        for crit in (("first",) if m == 1 else ("agreement", "silhouette", "validation loss")):
+            kept = [_keep(r["starts"][:m], crit) for r in rs]
+            a = np.array([k["ari"] for k in kept])
+            rows.append({"starts": m, "keep": crit, "seeds": len(rs), "ARI median": float(np.median(a)),
+                         "min": float(a.min()), "max": float(a.max()), "max - min": float(a.max() - a.min()),
+                         "k per seed": "/".join(str(k["k"]) for k in kept),
+                         "pairwise ARI": mean_pairwise_ari([np.asarray(k["labels"]) for k in kept])})
+    return (f"Starts of one fit ({method}: `Dhaka(n_starts={n})`, each start's own call recorded): keeping one of "
+            "the first m starts by each criterion, per seed, then over the seeds. m = 1 is the first start alone.\n\n"
+            + markdown_table(rows))
+
+
 def table_for(ds: str, records: list[dict], n_cells: int, n_genes: int, k_true: int) -> tuple[str, dict]:
-    rows = summarise(records)
+    rows = summarise([r for r in records if not r["method"].startswith("probe")])
     pca = [r for r in rows if r["method"].startswith("pca10/")]
     best = max(pca, key=lambda r: r["ARI median"]) if pca else None
     keep = [r for r in rows if not r["method"].startswith("pca10/")] + ([{**best, "method": best["method"] + " (best caller)"}]
@@ -206,6 +267,8 @@ def table_for(ds: str, records: list[dict], n_cells: int, n_genes: int, k_true: 
     for m in (r["method"] for r in keep if r["method"].startswith("dhaka")):
         if sel := selection_table(records, m):
             text += "\n" + sel
+    if st := starts_table(records):
+        text += "\n" + st
     return text, verdicts
 
 
@@ -217,12 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="Dhaka(n_threads=...) and torch threads")
     ap.add_argument("--no-default", action="store_true", help="only the --variant rows (and PCA-10)")
     ap.add_argument("--no-pca", action="store_true")
+    ap.add_argument("--probe-starts", type=int, default=0, metavar="N",
+                    help="also fit Dhaka(n_starts=N) per seed and record every start's call, scores and latent "
+                         "(bench/out/stability_latents/), for the table of start criteria")
     add_variant_option(ap)
     ap.add_argument("--write", action="store_true", help="replace the stability section of bench/RESULTS.md")
     ap.add_argument("--report-only", action="store_true", help="rebuild the tables from bench/out/stability.jsonl")
     args = ap.parse_args(argv)
 
     set_threads(args.threads)
+    from dhaka import settings
+
+    settings.set_verbosity(0)  # no progress bars: the bench prints one line per fit
     machine = machine_description()
     print(machine, flush=True)
     variants = {**({} if args.no_default else {"dhaka": {}}),
@@ -242,10 +311,17 @@ def main(argv: list[str] | None = None) -> int:
                 if r["dataset"] == ds and r["seed"] < args.seeds and r.get("max_cells") == args.max_cells:
                     latest[(r["method"], r["seed"])] = r
             records = list(latest.values())
+        runs = {**variants, **({f"probe{args.probe_starts}": {"n_starts": args.probe_starts}}
+                               if args.probe_starts > 1 else {})}
         for seed in ([] if args.report_only else range(args.seeds)):
-            for name, params in variants.items():
-                rec = run_dhaka(adata, truth, seed=seed, threads=args.threads, params=params)
+            for name, params in runs.items():
+                probe = name.startswith("probe")
+                rec = run_dhaka(adata, truth, seed=seed, threads=args.threads, params=params, probe=probe)
                 est = rec.pop("_est")
+                if probe:
+                    (OUT / "stability_latents").mkdir(exist_ok=True)
+                    np.savez_compressed(OUT / "stability_latents" / f"{ds}_{args.max_cells}_{name}_seed{seed}.npz",
+                                        *rec.pop("_latents"), truth=np.asarray(truth).astype(str))
                 new = [{"method": name, **rec, "params": params}]
                 if name == "dhaka" and not args.no_pca:
                     new += run_pca10(est, adata, truth, seed=seed)
@@ -258,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     records = [x for x in records if (x["method"], x["seed"]) != (r["method"], seed)] + [r]
         if not records:
             continue
-        wanted = set(variants) | {f"pca10/{c}" for c in PCA_CALLERS}
+        wanted = set(runs) | {f"pca10/{c}" for c in PCA_CALLERS}
         records = [r for r in records if r["method"] in wanted or args.report_only]
         fit_seconds += sum(r["seconds"] for r in records if not r["method"].startswith("pca10/"))
         text, _ = table_for(ds, records, adata.n_obs, adata.n_vars, k_true)

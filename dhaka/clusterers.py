@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = ["ClusterResult", "Clusterer", "GMMBIC", "register", "make", "available", "resolve",
-           "DEFAULT_CLUSTERER"]
+           "DEFAULT_CLUSTERER", "START_CRITERIA", "agreement", "choose_start"]
 
 #: The clusterer every entry point uses unless told otherwise (the paper's GMM with k chosen by BIC).
 DEFAULT_CLUSTERER = "gmm_bic"
@@ -131,3 +131,47 @@ class GMMBIC:
             warnings.warn(f"BIC chose the largest number of mixture components tried (k_max={k_max}) and may still "
                           f"be falling: try a larger k_max to see whether more clusters fit better", stacklevel=2)
         return res
+
+
+#: How :class:`dhaka.Dhaka` keeps one of several random starts (``start_criterion``).
+START_CRITERIA = ("agreement", "silhouette")
+
+
+def agreement(calls: list[np.ndarray | None]) -> np.ndarray:
+    """Per call, its mean ARI with the other calls (NaN for a missing call or with fewer than two calls).
+
+    The call that agrees best with the rest is the medoid of the calls: the partition a rerun is most likely
+    to give again, which is what several starts are for.
+    """
+    from dhaka.cluster import ari
+
+    out = np.full(len(calls), np.nan)
+    have = [i for i, c in enumerate(calls) if c is not None]
+    if len(have) < 2:
+        return out
+    pair = {(i, j): ari(calls[i], calls[j]) for a, i in enumerate(have) for j in have[a + 1:]}
+    for i in have:
+        out[i] = float(np.mean([pair[min(i, j), max(i, j)] for j in have if j != i]))
+    return out
+
+
+def choose_start(scores: list[dict[str, Any]], calls: list[np.ndarray | None], criterion: str) -> int:
+    """Index of the start to keep; adds ``"agreement"`` to each start's ``scores`` where it is defined.
+
+    ``"agreement"``: the highest :func:`agreement` (ties and two starts, where both agree equally, go to
+    the silhouette); ``"silhouette"``: the highest silhouette. A start without a score is kept only when
+    no start has one.
+    """
+    if criterion not in START_CRITERIA:
+        raise ValueError(f"start_criterion must be one of {', '.join(map(repr, START_CRITERIA))}, got {criterion!r}")
+    sil = np.array([s.get("silhouette", np.nan) for s in scores], dtype=float)
+    sil = np.where(np.isfinite(sil), sil, -np.inf)
+    if criterion == "agreement" and len(scores) > 2:
+        agree = agreement(calls)
+        for s, a in zip(scores, agree):
+            s["agreement"] = None if np.isnan(a) else float(a)
+        agree = np.where(np.isfinite(agree), np.round(agree, 6), -np.inf)
+        if np.isfinite(agree).any():
+            best = np.flatnonzero(agree == agree.max())
+            return int(best[np.argmax(sil[best])])
+    return int(np.argmax(sil))

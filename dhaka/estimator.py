@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from dhaka import __version__, cpu
-from dhaka.clusterers import resolve
+from dhaka.clusterers import START_CRITERIA, choose_start, resolve
 from dhaka.progress import fit_progress
 from dhaka.preprocess import LEGACY_SETTINGS, PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
 from dhaka.store import MODEL_FILES, atomic_write_dir, check_model_dir, is_occupied  # noqa: F401 - MODEL_FILES re-exported
@@ -178,8 +178,13 @@ class Dhaka(TransformerMixin, BaseEstimator):
         ``None``: ``epochs``. Where such a fit's selection turns out final (unchanged, or nothing
         significant), the last fit is trained in full on the same genes.
     n_starts
-        Random starts; the one with the best silhouette of its GMM clusters is kept (in the
-        final fit; refinement rounds train one start each).
+        Random starts of the final fit (refinement rounds train one start each); ``start_criterion``
+        chooses the one kept.
+    start_criterion
+        How the kept start is chosen among ``n_starts``: ``"agreement"``, the start whose cluster call
+        agrees best (mean ARI) with the other starts' calls, the medoid of the calls (with two starts,
+        where agreement cannot tell them apart, silhouette decides); ``"silhouette"``, the start whose
+        GMM clusters have the best silhouette (compact clusters rather than true ones).
     seed
         Seed of everything random (splits, initialisation, minibatch order).
     device
@@ -227,6 +232,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         refine_alpha: float = 0.01,
         refine_epochs: int | None = None,
         n_starts: int = 1,
+        start_criterion: Literal["agreement", "silhouette"] = "agreement",
         seed: int = 0,
         device: str = "auto",
         precision: Literal["fp32", "bf16"] = "fp32",
@@ -263,6 +269,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.refine_alpha = refine_alpha
         self.refine_epochs = refine_epochs
         self.n_starts = n_starts
+        self.start_criterion = start_criterion
         self.seed = seed
         self.device = device
         self.precision = precision
@@ -291,6 +298,9 @@ class Dhaka(TransformerMixin, BaseEstimator):
             raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}")
         if int(self.n_starts) < 1:
             raise ValueError(f"n_starts must be at least 1, got {self.n_starts}")
+        if self.start_criterion not in START_CRITERIA:
+            raise ValueError(f"start_criterion must be one of {', '.join(map(repr, START_CRITERIA))}, "
+                             f"got {self.start_criterion!r}")
         if not (self.refine == "auto" or (isinstance(self.refine, (int, np.integer))
                                           and not isinstance(self.refine, bool) and self.refine >= 0)):
             raise ValueError(f"refine must be 'auto' or a number of rounds >= 0, got {self.refine!r}")
@@ -607,8 +617,9 @@ class Dhaka(TransformerMixin, BaseEstimator):
         self.device_ = str(dev)
 
         self.start_scores_: list[dict[str, Any]] = []
+        self.start_calls_: list[np.ndarray | None] = []  # each start's cluster call (not saved with the model)
         self.stopped_ = False
-        best = None
+        trained: list[tuple[Any, list[dict]]] = []
         n_starts = int(self.n_starts) if n_starts is None else int(n_starts)
         n_passes = n_starts if n_passes is None else int(n_passes)
         for s in range(n_starts):
@@ -645,21 +656,24 @@ class Dhaka(TransformerMixin, BaseEstimator):
             except Exception:
                 self.history_ = []
                 raise
-            score = self._score_start(model, S, seed, clusterer) if n_starts > 1 else {"silhouette": float("nan"), "k": None}
+            score, call = self._score_start(model, S, seed, clusterer) if n_starts > 1 else (
+                {"silhouette": float("nan"), "k": None}, None)
             hist = [r.as_dict() for r in res.history]
             final = hist[-1]["loss"] if hist else float("nan")
+            vals = [h["val_loss"] for h in hist if h.get("val_loss") is not None and np.isfinite(h["val_loss"])]
             self.start_scores_.append({"start": s, "seed": seed, **score, "final_loss": final,
+                                       "val_loss": float(min(vals)) if vals else float("nan"),
                                        "epochs": len(hist), "best_epoch": res.best_epoch, "kept": False})
-            key = score["silhouette"] if np.isfinite(score["silhouette"]) else -np.inf
-            if best is None or key > best[0]:
-                best = (key, s, model, hist)
+            trained.append((model, hist))
+            self.start_calls_.append(call)
             if res.stopped:
                 self.stopped_ = True
                 break
-        _, kept, model, hist = best
+        kept = choose_start(self.start_scores_, self.start_calls_, self.start_criterion)
+        model, hist = trained[kept]
         self.start_scores_[kept]["kept"] = True
-        if n_starts > 1:
-            _log.info("kept start %d of %d (silhouette %s)", kept + 1, n_starts,
+        if len(trained) > 1:
+            _log.info("kept start %d of %d by %s (silhouette %s)", kept + 1, len(trained), self.start_criterion,
                       ", ".join(f"{sc['silhouette']:.3f}" for sc in self.start_scores_))
         self.best_start_ = kept
         self.model_ = model.cpu().eval()
@@ -687,17 +701,19 @@ class Dhaka(TransformerMixin, BaseEstimator):
 
         return cb
 
-    def _score_start(self, model, S, seed: int, clusterer: Any) -> dict[str, Any]:
+    def _score_start(self, model, S, seed: int, clusterer: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The silhouette and k of a start's cluster call, and the call (``None`` where it failed)."""
         from dhaka.cluster import silhouette
         from dhaka.train import encode
 
         Z = encode(model, S, device="cpu")
         try:
-            res = clusterer.fit(Z, seed=seed)
-            return {"silhouette": float(silhouette(Z, res.labels)), "k": int(res.k)}
+            res = clusterer.fit(Z, seed=int(self.seed))  # one caller seed: starts differ by their latents alone
+            labels = np.asarray(res.labels)
+            return {"silhouette": float(silhouette(Z, labels)), "k": int(res.k)}, labels
         except Exception as exc:  # a degenerate start must not kill the others
             warnings.warn(f"could not score start (seed {seed}): {exc}")
-            return {"silhouette": float("nan"), "k": None}
+            return {"silhouette": float("nan"), "k": None}, None
 
     # -------------------------------------------------------------- transform
     def align(self, X: Any) -> tuple[Any, list[str]]:

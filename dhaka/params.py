@@ -223,9 +223,12 @@ PARAMS: tuple[Param, ...] = (
           low=1, high=5000, step=10),
     Param("clip_norm", "float", "Clip norm", "global gradient-norm clipping ('off' = none)", low=0.01,
           high=1000.0, step=0.5, special={None: ("off", "no gradient clipping")}, example=5.0),
-    Param("n_starts", "int", "Warm starts", "train from several seeds; keep the start whose clusters have "
-          "the best silhouette. Each start is one more full fit: 3 starts take about 3x the training time",
-          low=1, high=20),
+    Param("n_starts", "int", "Warm starts", "train the final fit from several seeds and keep one (see "
+          "start_criterion). Each start is one more pass of the final fit: 3 starts take about 1.6-2x the "
+          "training time", low=1, high=20),
+    Param("start_criterion", "choice", "Keep the start", "'agreement': the start whose clusters agree best "
+          "with the other starts' (the call a rerun is most likely to give); 'silhouette': the most compact "
+          "clusters", choices=("agreement", "silhouette")),
     Param("seed", "int", "Seed", "seed of everything random", low=0, high=2**31 - 1),
     # ---- advanced
     Param("device", "str", "Device", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'", group="advanced"),

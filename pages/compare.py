@@ -25,8 +25,9 @@ if est is not None and getattr(est, "start_scores_", None) and state.results_mat
     with st.expander("Warm starts of the model in use", expanded=len(est.start_scores_) > 1):
         ws = structures.warm_start_table(est)
         if len(ws) == 1:
-            st.caption("The model was trained with one start (set *random starts* on the Train page to compare "
-                       "several; the one whose GMM clusters have the best silhouette is kept).")
+            st.caption("The model was trained with one start (set *Warm starts* on the Train page to compare "
+                       "several; *Keep the start* chooses which one is kept: by default the start whose clusters "
+                       "agree best with the other starts').")
         st.dataframe(ws, hide_index=True, key="cmp_ws")
 
 # --------------------------------------------------------------- settings

@@ -96,11 +96,35 @@ def test_save_load_round_trip_and_safe_format(blobs_counts, tmp_path):
 
 def test_warm_starts_keep_the_best_silhouette(blobs_counts):
     X, _ = blobs_counts
-    est = Dhaka(**{**FAST, "epochs": 4, "n_starts": 2}).fit(X)
+    est = Dhaka(**{**FAST, "epochs": 4, "n_starts": 2, "start_criterion": "silhouette"}).fit(X)
     scores = est.start_scores_
     assert [s["start"] for s in scores] == [0, 1] and sum(s["kept"] for s in scores) == 1
     kept = scores[est.best_start_]
     assert kept["kept"] and all(kept["silhouette"] >= s["silhouette"] for s in scores if np.isfinite(s["silhouette"]))
+
+
+def test_warm_starts_keep_the_call_the_others_agree_with(blobs_counts):
+    X, _ = blobs_counts
+    est = Dhaka(**{**FAST, "epochs": 4, "n_starts": 3}).fit(X)
+    scores = est.start_scores_
+    assert est.start_criterion == "agreement" and len(est.start_calls_) == 3
+    agree = [s["agreement"] for s in scores]
+    assert all(a is not None and -1 <= a <= 1 for a in agree)
+    assert scores[est.best_start_]["kept"] and agree[est.best_start_] == max(agree)
+
+
+def test_choose_start_is_the_medoid_of_the_calls():
+    from dhaka.clusterers import agreement, choose_start
+
+    a, b = np.repeat([0, 1, 2], 10), np.repeat([0, 1], 15)
+    calls = [b, a, a.copy(), None]  # start 0 disagrees, start 3 has no call
+    scores = [{"silhouette": 0.9}, {"silhouette": 0.1}, {"silhouette": 0.2}, {"silhouette": float("nan")}]
+    assert np.isnan(agreement(calls)[3]) and agreement(calls)[1] == agreement(calls)[2] > agreement(calls)[0]
+    assert choose_start(scores, calls, "agreement") == 2  # tie between 1 and 2: the better silhouette
+    assert choose_start(scores, calls, "silhouette") == 0
+    assert choose_start(scores[:2], calls[:2], "agreement") == 0  # two starts agree equally: silhouette decides
+    with pytest.raises(ValueError, match="start_criterion"):
+        choose_start(scores, calls, "loss")
 
 
 def test_callback_and_stop_event_through_fit(blobs_counts):
