@@ -169,18 +169,18 @@ def test_check_hdf5_safety_accepts_a_plain_h5ad(tmp_path):
 
 
 # --------------------------------------------------------------------------- #
-# only X (or a layer), obs and var are loaded
+# what an .h5ad holds beside X is kept, within the same limits (issue 28)
 # --------------------------------------------------------------------------- #
-def _with_unused_payload(path: Path, n_values: int) -> Path:
-    """Add a big (declared) dataset in uns plus obsm/varm/obsp/raw entries Dhaka never uses."""
+def _with_unused_payload(path: Path, n_values: int, where: str = "uns/huge") -> Path:
+    """Add a big (declared) dataset, one chunk written: the rest is declared and costs nothing on disk."""
     with h5py.File(path, "a") as f:
-        f["uns"].create_dataset("huge", shape=(n_values,), dtype="<f4", chunks=(min(n_values, 1 << 20),),
-                                compression="gzip", fillvalue=0.0)
-        f["uns"]["huge"][:1] = 1.0  # one chunk written; the rest is declared and costs nothing on disk
+        f.create_dataset(where, shape=(n_values,), dtype="<f4", chunks=(min(n_values, 1 << 20),),
+                         compression="gzip", fillvalue=0.0)
+        f[where][:1] = 1.0
     return path
 
 
-def test_unused_elements_are_not_read(tmp_path, monkeypatch):
+def test_extras_are_kept_raw_is_left_and_extras_false_reads_nothing_else(tmp_path, monkeypatch):
     a = anndata.read_h5ad(_good_h5ad(tmp_path / "base.h5ad"))
     a.obsm["X_pca"] = np.ones((6, 3), dtype=np.float32)
     a.varm["loadings"] = np.ones((4, 3), dtype=np.float32)
@@ -189,7 +189,6 @@ def test_unused_elements_are_not_read(tmp_path, monkeypatch):
     a.raw = a
     path = tmp_path / "full.h5ad"
     a.write_h5ad(path)
-    _with_unused_payload(path, 100_000_000)
     read_paths = []
     real_getitem = h5py.Dataset.__getitem__
 
@@ -199,27 +198,134 @@ def test_unused_elements_are_not_read(tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
     out = read(path)
-    assert out.shape == (6, 4)
-    assert list(out.obs["label"]) == list("ababab")
+    assert out.shape == (6, 4) and list(out.obs["label"]) == list("ababab")
+    assert set(out.obsm) == {"X_pca"} and set(out.varm) == {"loadings"} and set(out.obsp) == {"distances"}
+    assert set(out.layers) == {"counts"} and list(out.uns["colors"]) == ["red", "blue"]
+    assert out.raw is None and out.uns["dhaka_io"]["left_in_file"] == ["raw"]
+    assert not any(p.startswith("/raw") for p in read_paths), read_paths
+    read_paths.clear()
+    bare = read(path, extras=False)
     assert not any(p.startswith(("/uns", "/obsm", "/varm", "/obsp", "/raw", "/layers")) for p in read_paths), read_paths
-    assert set(out.uns) == {"dhaka_io"}
-    assert len(out.obsm) == 0 and len(out.varm) == 0 and out.raw is None
+    assert set(bare.uns) == {"dhaka_io"} and len(bare.obsm) == 0 and len(bare.layers) == 0
+    assert bare.uns["dhaka_io"]["left_in_file"] == ["layers", "obsm", "obsp", "raw", "uns", "varm"]
+    with pytest.raises(ValueError, match="extras"):
+        read(path, extras="no")
 
 
-def test_unused_400mb_dataset_in_uns_costs_no_memory(tmp_path):
-    """The issue's 23 KB file with a 400 MB dataset in uns: read in a fresh process, peak memory stays small."""
+def test_a_400mb_dataset_declared_in_uns_is_refused_as_a_bomb_at_no_memory(tmp_path):
+    """The issue-11 file (23 KB, a 400 MB dataset of fill values in uns): kept members are read, so it is
+    refused as a decompression bomb before anything is; extras=False reads it; neither costs memory."""
     path = _with_unused_payload(_good_h5ad(tmp_path / "uns_bomb.h5ad"), 100_000_000)
     assert path.stat().st_size < 200_000
+    _refused(path, "'/uns/huge'", "declares 400,000,000 bytes", "bomb", "extras=False")
     code = textwrap.dedent(f"""
         import resource, dhaka.io as dio, anndata, h5py, scipy.sparse
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        a = dio.read({str(path)!r})
+        try:
+            dio.read({str(path)!r})
+        except dio.DataError:
+            pass
+        a = dio.read({str(path)!r}, extras=False)
         assert a.shape == (6, 4)
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip().splitlines()[-1]) < 100, out.stdout  # MB; reading uns would cost 400
+
+
+def test_a_huge_declared_obsp_is_refused_like_a_huge_x(tmp_path):
+    """A few KB declaring an 8 GB obsp: refused on its headers by read, the estimate and the sandbox."""
+    from dhaka.io.sandbox import read_sandboxed
+
+    path = _good_h5ad(tmp_path / "big_obsp.h5ad")
+    with h5py.File(path, "a") as f:
+        g = f.require_group("obsp").create_group("connectivities")
+        g.attrs["encoding-type"], g.attrs["encoding-version"], g.attrs["shape"] = "csr_matrix", "0.1.0", (6, 6)
+        for k, dt in (("data", "<f4"), ("indices", "<i4")):
+            g.create_dataset(k, shape=(2**30,), dtype=dt, chunks=(1 << 22,), compression="gzip", fillvalue=0)
+        g.create_dataset("indptr", data=np.zeros(7, dtype=np.int64))
+    assert path.stat().st_size < 200_000
+    msg = _refused(path, "obsp/connectivities", "MAX_H5AD_BYTES", "refusing before reading")
+    assert "8,589,934,592" in msg or "8,589,93" in msg, msg
+    with pytest.raises(DataError, match="MAX_H5AD_BYTES"):
+        dio.estimate_read_memory(path)
+    with pytest.raises(DataError, match=r"obsp/connectivities.*MAX_H5AD_BYTES"):
+        read_sandboxed(path, memory_limit=2**30, time_limit=60)
+
+
+def test_kept_members_count_toward_the_same_budget(tmp_path, monkeypatch):
+    a = anndata.read_h5ad(_good_h5ad(tmp_path / "base.h5ad", n_obs=40, n_var=4))
+    a.obsp["connectivities"] = sp.random(40, 40, density=0.5, format="csr", random_state=0, dtype=np.float32)
+    path = tmp_path / "obsp.h5ad"
+    a.write_h5ad(path)
+    with h5py.File(path, "r") as f:
+        alone = sum(dio.h5ad._h5_declared_bytes(f[p]) for p in ("X", "obs", "var"))
+    monkeypatch.setattr(dio.safety, "MAX_H5AD_BYTES", alone + 64)
+    _refused(path, "X, obs, var and the members kept beside them", "largest: obsp/connectivities", "extras=False")
+    assert read(path, extras=False).shape == (40, 4)
+
+
+def test_a_kept_member_in_a_million_chunks_is_refused(tmp_path, monkeypatch):
+    path = _good_h5ad(tmp_path / "chunky.h5ad")
+    with h5py.File(path, "a") as f:
+        f.create_dataset("obsm/X_pca", shape=(6, 3), dtype="<f4", chunks=(1, 1))
+    monkeypatch.setattr(dio.safety, "MAX_HDF5_CHUNKS", 10)
+    _refused(path, "'/obsm/X_pca'", "MAX_HDF5_CHUNKS")
+
+
+def test_a_member_that_does_not_fit_the_matrix_is_refused(tmp_path):
+    path = _good_h5ad(tmp_path / "misfit.h5ad")
+    with h5py.File(path, "a") as f:
+        f.create_dataset("obsm/X_pca", data=np.ones((5, 2), dtype=np.float32))  # 5 rows for 6 cells
+    _refused(path, "obsm['X_pca']", "does not fit the 6 x 4 matrix", "5 x 2")
+
+
+def test_a_member_anndata_cannot_decode_is_left_with_a_note(tmp_path, capsys):
+    path = _good_h5ad(tmp_path / "odd.h5ad")
+    with h5py.File(path, "a") as f:
+        g = f["uns"].create_group("mystery")
+        g.attrs["encoding-type"], g.attrs["encoding-version"] = "from-the-future", "9.9.9"
+        f["uns"]["fine"] = np.arange(3)
+    import dhaka.settings  # noqa: F401 - the 'dhaka' logger's stderr handler (dhaka.io alone does not set it up)
+
+    out = read(path)
+    assert list(out.uns["fine"]) == [0, 1, 2] and "mystery" not in out.uns
+    assert out.uns["dhaka_io"]["left_in_file"] == ["uns/mystery"]
+    assert "uns/mystery left in the file: it could not be read" in capsys.readouterr().err
+
+
+def test_extras_follow_the_cells_and_features(tmp_path):
+    """Transposed with X (orientation='genes_x_cells'), and reordered with the features when bins are put in
+    genome order: obsm / obsp rows stay with their cells, varm rows and layer columns with their features."""
+    bins = ["chr1:2000001-3000000", "chr1:1-1000000", "chr1:1000001-2000000"]
+    X = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32)
+    a = anndata.AnnData(X=X, obs=pd.DataFrame(index=["c0", "c1"]), var=pd.DataFrame(index=bins))
+    a.varm["pos"] = np.array([[3.0], [1.0], [2.0]])
+    a.layers["state"] = X * 10
+    a.obsm["X_pca"] = np.array([[0.5], [1.5]])
+    a.obsp["d"] = sp.csr_matrix(np.array([[0, 1.0], [2.0, 0]]))
+    a.write_h5ad(tmp_path / "bins.h5ad")
+    out = read(tmp_path / "bins.h5ad")
+    assert list(out.var_names) == [bins[1], bins[2], bins[0]]
+    np.testing.assert_array_equal(out.X, X[:, [1, 2, 0]])
+    np.testing.assert_array_equal(out.varm["pos"].ravel(), [1, 2, 3])
+    np.testing.assert_array_equal(out.layers["state"], 10 * X[:, [1, 2, 0]])
+    np.testing.assert_array_equal(out.obsm["X_pca"].ravel(), [0.5, 1.5])
+
+    genes = anndata.AnnData(X=X.T.copy(), obs=pd.DataFrame(index=["g0", "g1", "g2"]),
+                            var=pd.DataFrame(index=["c0", "c1"]))
+    genes.varm["X_pca"] = np.array([[0.5], [1.5]])
+    genes.varp["d"] = sp.csr_matrix(np.array([[0, 1.0], [2.0, 0]]))
+    genes.obsm["loadings"] = np.arange(3.0)[:, None]
+    genes.layers["counts"] = X.T * 2
+    genes.write_h5ad(tmp_path / "genes.h5ad")
+    t = read(tmp_path / "genes.h5ad", orientation="genes_x_cells")
+    assert t.shape == (2, 3) and list(t.obs_names) == ["c0", "c1"]
+    np.testing.assert_array_equal(t.obsm["X_pca"].ravel(), [0.5, 1.5])
+    np.testing.assert_array_equal(t.obsp["d"].toarray(), [[0, 1], [2, 0]])
+    np.testing.assert_array_equal(t.varm["loadings"].ravel(), [0, 1, 2])
+    np.testing.assert_array_equal(t.layers["counts"], X * 2)
 
 
 @pytest.mark.parametrize("dense", [True, False])

@@ -46,6 +46,39 @@ def _underestimated_csv_gz() -> bytes:
     return buf.getvalue()
 
 
+def _analysed_h5ad(path):
+    """An .h5ad as scanpy leaves it: a PCA, a neighbour graph, a nested uns record and raw counts in a layer."""
+    import anndata
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, size=(20, 6)).astype(np.float32)
+    a = anndata.AnnData(X=np.log1p(X), obs=pd.DataFrame(index=[f"c{i}" for i in range(20)]),
+                        var=pd.DataFrame(index=[f"g{j}" for j in range(6)]))
+    a.obsm["X_pca"] = rng.normal(size=(20, 3)).astype(np.float32)
+    a.obsp["connectivities"] = sp.random(20, 20, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    a.uns["neighbors"] = {"params": {"n_neighbors": 15, "method": "umap", "metric": "euclidean"},
+                          "connectivities_key": "connectivities"}
+    a.layers["counts"] = X
+    a.write_h5ad(path)
+    return a
+
+
+def test_what_an_h5ad_holds_is_kept_by_read_and_through_the_sandbox(tmp_path):
+    """Issue 28: obsm, obsp, a nested uns and layers come back from read() and from the capped child."""
+    want = _analysed_h5ad(tmp_path / "analysed.h5ad")
+    direct = read(tmp_path / "analysed.h5ad")
+    boxed = read_sandboxed(tmp_path / "analysed.h5ad", memory_limit=GB, tmp_dir=tmp_path / "tmp")
+    for got in (direct, boxed):
+        np.testing.assert_array_equal(got.obsm["X_pca"], want.obsm["X_pca"])
+        np.testing.assert_array_equal(got.obsp["connectivities"].toarray(), want.obsp["connectivities"].toarray())
+        np.testing.assert_array_equal(got.layers["counts"], want.layers["counts"])
+        assert got.uns["neighbors"]["params"]["n_neighbors"] == 15
+        assert got.uns["neighbors"]["connectivities_key"] == "connectivities"
+    assert boxed.uns["dhaka_io"] == direct.uns["dhaka_io"]
+
+
 def test_a_good_file_reads_as_read_does(tmp_path):
     data = b"cell,g1,g2,g3\nc1,1,2,3\nc2,4,5,6\nc3,7,8,9\n"
     asked = []

@@ -17,9 +17,12 @@ Supported formats
   orientation (auto-detected, or forced with ``orientation=``);
 * ``.h5ad`` (the HDF5 signature is checked first; nothing is ever unpickled;
   external storage, external links, soft links that dangle and virtual datasets
-  are refused anywhere in the file before anything is read; only ``X`` (or the
-  chosen ``layer``) and the ``obs`` / ``var`` tables are loaded, never ``uns``,
-  ``obsm``, ``varm``, ``obsp``, ``raw`` ...);
+  are refused anywhere in the file before anything is read; ``X`` (or the
+  chosen ``layer``), ``obs``, ``var`` and what an analysis carries on
+  (``obsm``, ``varm``, ``obsp``, ``varp``, the other ``layers``, ``uns``) are
+  loaded, within the same limits (``MAX_H5AD_BYTES``, ``MAX_HDF5_CHUNKS``, and a
+  member declaring far more than it stores is refused as a bomb); ``raw`` stays
+  in the file, and ``extras=False`` leaves everything but X, obs and var there);
 * a 10x Genomics folder or ``.zip`` (``matrix.mtx[.gz]`` + ``barcodes.tsv[.gz]``
   + ``features.tsv[.gz]`` or ``genes.tsv[.gz]``, optionally with a common
   prefix such as ``GSM123_``; in a Cell Ranger ``outs/`` folder the filtered
@@ -53,7 +56,7 @@ coming back through a file, never a pickle.
 
 Memory: text tables, MatrixMarket and 10x input are parsed as streams (straight
 from the file, the upload's bytes or the gzip/zip stream, in blocks), never as
-a whole decoded text; only X (or a layer), obs and var of an .h5ad are read.
+a whole decoded text; of an .h5ad, what is read is sized from its headers first.
 Reading stays within 3x the resulting float32 matrix + 200 MB
 (``bench/io_memory.py`` measures it per format).
 

@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from .h5ad import _check_chunks, _matrix_path, _open_h5ad
+from .h5ad import _check_what_is_read, _extra_paths, _h5_declared_bytes, _matrix_path, _open_h5ad
 from .mtx import _MTX_RE, _find_10x, _mtx_header, _usable_member
 from .safety import (
     _GZIP_MAGIC,
@@ -29,6 +29,7 @@ def estimate_read_memory(
     *,
     filename: str | None = None,
     layer: str | None = None,
+    extras: bool = True,
 ) -> dict:
     """What :func:`read` would build from ``source`` and the memory it would need, from headers.
 
@@ -47,11 +48,13 @@ def estimate_read_memory(
         + indptr); ``peak_bytes`` (what reading is expected to need at most:
         measured by ``bench/io_memory.py`` at 2x the dense result for text
         tables, about 3x the CSR for mtx/10x, 1.5x for .h5ad, plus
-        ``_PEAK_SLACK``); ``exact`` (False when the shape is an estimate).
+        ``_PEAK_SLACK``; for an .h5ad read with ``extras``, plus the bytes its
+        obsm, varm, obsp, varp, other layers and uns declare); ``exact``
+        (False when the shape is an estimate).
     """
     inp = _open_source(source, filename, None)
     try:
-        return _estimate(inp, layer=layer)
+        return _estimate(inp, layer=layer, extras=extras)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -65,7 +68,7 @@ def _sparse_estimate(fmt: str, n_rows: int, n_cols: int, nnz: int, *, factor: fl
             "peak_bytes": int(factor * matrix + names + _PEAK_SLACK), "exact": True}
 
 
-def _estimate(inp: _Input, *, layer: str | None) -> dict:
+def _estimate(inp: _Input, *, layer: str | None, extras: bool = True) -> dict:
     if inp.path is not None and inp.path.is_dir():
         names = [str(p.relative_to(inp.path).as_posix()) for p in inp.path.rglob("*") if p.is_file()]
         m, _, _ = _find_10x(names, inp.name)
@@ -78,7 +81,7 @@ def _estimate(inp: _Input, *, layer: str | None) -> dict:
         inp = inp.gunzipped()
         head = inp.head(64)
     if ext == ".h5ad" or head.startswith(_HDF5_MAGIC):
-        return _estimate_h5ad(inp, layer=layer)
+        return _estimate_h5ad(inp, layer=layer, extras=extras)
     if ext == ".mtx" or head.lower().startswith(_MM_MAGIC):
         return _estimate_mtx(inp, "mtx")
     if ext == ".zip" or (head.startswith(_ZIP_MAGICS) and ext != ".npz"):
@@ -86,7 +89,8 @@ def _estimate(inp: _Input, *, layer: str | None) -> dict:
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
             usable = [n for n in names if _usable_member(n)]
             if len(usable) == 1 and not _MTX_RE.match(PurePosixPath(usable[0]).name):
-                return _estimate(_zip_input(zf, usable[0], inp.name, display=f"{inp.name}/{usable[0]}"), layer=layer)
+                return _estimate(_zip_input(zf, usable[0], inp.name, display=f"{inp.name}/{usable[0]}"), layer=layer,
+                                 extras=extras)
             m, _, _ = _find_10x(names, inp.name)
             return _estimate_mtx(_zip_input(zf, m, inp.name), "10x-zip")
     if ext in (".npz", ".npy"):
@@ -108,23 +112,30 @@ def _estimate_mtx(inp: _Input, fmt: str) -> dict:
     return _sparse_estimate(fmt, hdr.n_rows, hdr.n_cols, nnz, factor=3.0)
 
 
-def _estimate_h5ad(inp: _Input, *, layer: str | None) -> dict:
+def _estimate_h5ad(inp: _Input, *, layer: str | None, extras: bool = True) -> dict:
     import h5py
 
     with _open_h5ad(inp) as f:
-        elem = f.get(_matrix_path(f, layer, inp.name))
+        path = _matrix_path(f, layer, inp.name)
+        elem = f.get(path)
         if elem is None:
             raise DataError(f"{inp.name}: .h5ad has no X matrix (not an AnnData file?)")
-        _check_chunks(elem, inp.name)
+        kept = _extra_paths(f, path)[0] if extras else []
+        tables = [p for p in ("/obs", "/var") if isinstance(f.get(p), (h5py.Group, h5py.Dataset))]
+        _check_what_is_read(f, [path, *tables], kept, inp.name)  # read() refuses these on the headers too
+        more = sum(_h5_declared_bytes(f[p]) for p in kept)  # read as stored (the record's "extras_bytes")
         if isinstance(elem, h5py.Dataset):
             shape = tuple(int(v) for v in elem.shape)
             matrix = int(np.prod(shape, dtype=np.int64)) * 4
             return {"format": "h5ad", "shape": shape, "dense": True, "matrix_bytes": matrix,
-                    "peak_bytes": int(1.5 * matrix + _PEAK_SLACK), "exact": True}
+                    "peak_bytes": int(1.5 * matrix + more + _PEAK_SLACK), "exact": True, "extras_bytes": more}
         shape = elem.attrs.get("shape", elem.attrs.get("h5sparse_shape", (0, 0)))
         n_rows, n_cols = (int(v) for v in np.asarray(shape).ravel()[:2])
         nnz = int(elem["data"].size) if "data" in elem else 0
-        return _sparse_estimate("h5ad", n_rows, n_cols, nnz, factor=1.5)
+        out = _sparse_estimate("h5ad", n_rows, n_cols, nnz, factor=1.5)
+        out["peak_bytes"] += more
+        out["extras_bytes"] = more
+        return out
 
 
 def _estimate_table(inp: _Input) -> dict:

@@ -1,8 +1,10 @@
-"""``.h5ad`` files: X or one layer, obs and var, after the HDF5 safety checks.
+"""``.h5ad`` files: X or one layer, obs and var, and what else the file holds for an analysis
+(obsm, varm, obsp, varp, the other layers, uns), after the HDF5 safety checks.
 """
 from __future__ import annotations
 
 import io
+import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -20,6 +22,11 @@ from .safety import (
     _hdf5_signature_ok,
 )
 from .source import Source, _Input, _open_source
+
+_log = logging.getLogger(__name__)
+
+#: The members of an AnnData file read beside X, obs and var (``raw`` is left in the file).
+EXTRA_MEMBERS = ("obsm", "varm", "obsp", "varp", "layers", "uns")
 
 
 # --------------------------------------------------------------------------- #
@@ -242,10 +249,105 @@ def _h5_matrix(elem, path: str, name: str):
     return X
 
 
-def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str | None = None):
-    """Read X (or ``layer``), obs and var of an .h5ad, after the HDF5 safety checks.
+def _extra_paths(f, matrix_path: str) -> tuple[list[str], list[str]]:
+    """(paths of the members kept beside X, obs and var; what is left in the file, for the record).
 
-    Nothing else (uns, obsm, varm, obsp, raw, other layers) is read, whatever its size.
+    Every key of obsm, varm, obsp, varp, layers and uns, less the layer read as X; ``raw`` and any
+    other top-level member are left in the file, and so is X when a layer is read in its place.
+    """
+    import h5py
+
+    keep: list[str] = []
+    for part in EXTRA_MEMBERS:
+        grp = f.get(part)
+        if not isinstance(grp, h5py.Group):
+            continue
+        keep += [f"/{part}/{key}" for key in sorted(grp.keys()) if f"/{part}/{key}" != matrix_path]
+    left = sorted(k for k in f.keys() if k not in {"X", "obs", "var", *EXTRA_MEMBERS})
+    if matrix_path != "/X" and "X" in f:
+        left.insert(0, "X")
+    return keep, left
+
+
+def _check_member_ratio(obj, name: str) -> None:
+    """Refuse a kept member whose datasets declare far more bytes than they store (a decompression bomb).
+
+    The rule of gzip and zip input: above ``BOMB_MIN_BYTES`` declared, at most ``MAX_COMPRESSION_RATIO``
+    times the bytes on disk (chunks never written and fill values count as nothing stored).
+    """
+    import h5py
+
+    def check(ds) -> None:
+        declared = _h5_declared_bytes(ds)
+        stored = int(ds.id.get_storage_size())
+        if declared > _s.BOMB_MIN_BYTES and declared > _s.MAX_COMPRESSION_RATIO * max(stored, 1):
+            raise DataError(
+                f"{name}: HDF5 dataset {ds.name!r} declares {declared:,} bytes but stores {stored:,} "
+                f"(ratio {declared / max(stored, 1):,.0f}:1, above {_s.MAX_COMPRESSION_RATIO}:1); refusing a "
+                "possible decompression bomb (read the file with extras=False to leave everything but X, obs "
+                "and var in the file)")
+
+    if isinstance(obj, h5py.Dataset):
+        check(obj)
+    else:
+        obj.visititems(lambda _n, o: check(o) if isinstance(o, h5py.Dataset) else None)
+
+
+def _check_budget(f, paths: list[str], extras: list[str], name: str) -> None:
+    """Refuse the file when what would be read declares more than ``MAX_H5AD_BYTES``, naming the biggest parts."""
+    sizes = {p: _h5_declared_bytes(f[p]) for p in [*paths, *extras]}
+    declared = sum(sizes.values())
+    if declared <= _s.MAX_H5AD_BYTES:
+        return
+    what = "X, obs and var" if not extras else "X, obs, var and the members kept beside them"
+    biggest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+    shown = ", ".join(f"{p.lstrip('/')} {b:,}" for p, b in biggest)
+    hint = ("; read it with extras=False to leave obsm, obsp, layers, uns ... in the file"
+            if extras and declared - sum(sizes[e] for e in extras) <= _s.MAX_H5AD_BYTES else "")
+    raise DataError(
+        f"{name}: {what} declare {declared:,} bytes (largest: {shown}), above the limit of "
+        f"{_s.MAX_H5AD_BYTES:,} bytes (MAX_H5AD_BYTES); refusing before reading{hint}"
+    )
+
+
+def _check_what_is_read(f, paths: list[str], kept: list[str], name: str) -> None:
+    """The checks of everything that will be read (X or the layer, obs, var: ``paths``; the kept members:
+    ``kept``) before any of it is: chunk grids, the declared bytes against ``MAX_H5AD_BYTES``, and (for the
+    kept members) the declared bytes against the stored ones."""
+    for p in (*paths, *kept):
+        _check_chunks(f[p], name)
+    _check_budget(f, paths, kept, name)
+    for p in kept:
+        _check_member_ratio(f[p], name)
+
+
+def _read_extras(f, paths: list[str], name: str) -> tuple[dict[str, dict], list[str]]:
+    """Each kept member read with anndata's own reader: ``{"obsm": {key: value}, ...}`` and the members
+    left out because their encoding cannot be read (each logged), e.g. an awkward array without awkward."""
+    from anndata.io import read_elem
+
+    out: dict[str, dict] = {part: {} for part in EXTRA_MEMBERS}
+    skipped: list[str] = []
+    for path in paths:
+        part, key = path.lstrip("/").split("/", 1)
+        try:
+            out[part][key] = read_elem(f[path])
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one unreadable member does not cost the user the matrix
+            _log.warning("%s: %s left in the file: it could not be read (%s: %s)", name, path.lstrip("/"),
+                         type(e).__name__, e)
+            skipped.append(path.lstrip("/"))
+    return out, skipped
+
+
+def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str | None = None,
+               extras: bool = True):
+    """Read X (or ``layer``), obs and var of an .h5ad, and (``extras``) obsm, varm, obsp, varp, the other
+    layers and uns, after the HDF5 safety checks.
+
+    Everything read counts toward ``MAX_H5AD_BYTES`` and ``MAX_HDF5_CHUNKS``; ``raw`` (and X when a layer
+    is read in its place) is left in the file, and named in ``uns["dhaka_io"]["left_in_file"]``.
     """
     import h5py
     from anndata.io import read_elem
@@ -259,14 +361,11 @@ def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect, layer: 
         for part in ("obs", "var"):
             if not isinstance(f.get(part), (h5py.Group, h5py.Dataset)):
                 raise DataError(f"{name}: .h5ad has no {part} table (not an AnnData file?)")
-        for p in (path, "/obs", "/var"):
-            _check_chunks(f[p], name)
-        declared = sum(_h5_declared_bytes(f[p]) for p in (path, "obs", "var"))
-        if declared > _s.MAX_H5AD_BYTES:
-            raise DataError(
-                f"{name}: X, obs and var declare {declared:,} bytes, above the limit of "
-                f"{_s.MAX_H5AD_BYTES:,} bytes (MAX_H5AD_BYTES); refusing before reading"
-            )
+        kept, left = _extra_paths(f, path)
+        if not extras:
+            left = sorted({*left, *(p.lstrip("/").split("/", 1)[0] for p in kept)})
+            kept = []
+        _check_what_is_read(f, [path, "/obs", "/var"], kept, name)
         X = _h5_matrix(elem, path.lstrip("/"), name)
         tables = {}
         for part in ("obs", "var"):
@@ -276,6 +375,7 @@ def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect, layer: 
                 raise DataError(f"{name}: cannot read {part} of the .h5ad ({type(e).__name__}: {e})") from None
             if not isinstance(tables[part], pd.DataFrame):
                 raise DataError(f"{name}: {part} of the .h5ad is not a table")
+        members, skipped = _read_extras(f, kept, name)
     obs, var = tables["obs"], tables["var"]
     if X.shape != (len(obs), len(var)):
         raise DataError(
@@ -288,8 +388,31 @@ def _read_h5ad(inp: _Input, *, orientation: Orientation, expect: Expect, layer: 
     if transposed:
         X = _transpose(X)
         obs, var = var, obs
-    extra = {"layer": layer} if layer is not None else None
-    return _finish(
+        members["obsm"], members["varm"] = members["varm"], members["obsm"]
+        members["obsp"], members["varp"] = members["varp"], members["obsp"]
+        members["layers"] = {k: v.T for k, v in members["layers"].items()}
+    extra: dict[str, Any] = {"layer": layer} if layer is not None else {}
+    if left or skipped:
+        extra["left_in_file"] = sorted({*left, *skipped})
+    adata = _finish(
         X, list(obs.index), list(var.index), name=name, fmt="h5ad", file_orientation=file_orient,
-        transposed=transposed, expect=expect, reason=reason, obs=obs, var=var, extra=extra,
+        transposed=transposed, expect=expect, reason=reason, obs=obs, var=var, uns=members["uns"],
+        extra=extra or None,
     )
+    _attach(adata, members, name)
+    return adata
+
+
+def _attach(adata, members: dict[str, dict], name: str) -> None:
+    """Put obsm, varm, obsp, varp and layers on ``adata``; one whose shape does not fit the matrix is refused."""
+    for part in ("obsm", "varm", "obsp", "varp", "layers"):
+        mapping = getattr(adata, part)
+        for key, value in members[part].items():
+            try:
+                mapping[key] = value
+            except (ValueError, IndexError, TypeError) as e:
+                shape = getattr(value, "shape", None)
+                raise DataError(
+                    f"{name}: {part}[{key!r}] does not fit the {adata.n_obs:,} x {adata.n_vars:,} matrix"
+                    + (f" (its shape: {' x '.join(f'{int(n):,}' for n in shape)})" if shape else "")
+                    + f"; the file is inconsistent ({e})") from None

@@ -54,6 +54,7 @@ def read(
     layer: str | None = None,
     format: CopyNumberFormat = "auto",  # noqa: A002 - the word users know (pandas, anndata)
     value: str | None = None,
+    extras: bool = True,
 ) -> "anndata.AnnData":
     """Read a matrix file into a validated cells x features AnnData.
 
@@ -93,6 +94,11 @@ def read(
     value
         Long tables only: the column whose values fill the cells x bins matrix
         (default ``state``, else ``copy``).
+    extras
+        ``.h5ad`` only: also read what the file holds beside X, obs and var
+        (``obsm``, ``varm``, ``obsp``, ``varp``, the other ``layers``, ``uns``;
+        the default), or leave it in the file (``False``).  What is read counts
+        toward the same limits as X (``MAX_H5AD_BYTES``, ``MAX_HDF5_CHUNKS``).
 
     Returns
     -------
@@ -101,9 +107,13 @@ def read(
         dense), ``obs_names`` are cell ids and ``var_names`` feature names.
         ``uns["dhaka_io"]`` records ``filename``, ``format``, ``orientation``
         (of the file), ``transposed`` and ``orientation_reason`` (and
-        ``layer`` when one was read).  From an ``.h5ad`` only ``X`` (or the
-        layer) and ``obs`` / ``var`` are read: ``uns``, ``obsm``, ``varm``,
-        ``obsp``, ``raw`` and other layers are left in the file.
+        ``layer`` when one was read).  From an ``.h5ad``: ``X`` (or the layer),
+        ``obs``, ``var`` and (``extras``) ``obsm``, ``varm``, ``obsp``, ``varp``,
+        the other layers and ``uns``, kept in line with the cells and features
+        (transposed with them; reordered with them when bins are put in genome
+        order); ``raw``, X when a layer is read instead, and any member whose
+        encoding anndata cannot read (logged) stay in the file, named in
+        ``uns["dhaka_io"]["left_in_file"]``.
 
     Raises
     ------
@@ -120,9 +130,12 @@ def read(
         raise ValueError(f"format must be 'auto', 'long' or 'ginkgo', not {format!r}")
     if value is not None and not isinstance(value, str):
         raise ValueError(f"value must be None or a column name (str), not {type(value).__name__}")
+    if not isinstance(extras, bool):
+        raise ValueError(f"extras must be True or False, not {extras!r}")
     inp = _open_source(source, filename, max_bytes)
     try:
-        adata = _read(inp, orientation=orientation, expect=expect, layer=layer, fmt=format, value=value)
+        adata = _read(inp, orientation=orientation, expect=expect, layer=layer, fmt=format, value=value,
+                      extras=extras)
         return order_named_bins(adata, inp.name)
     except DataError:
         raise
@@ -133,7 +146,7 @@ def read(
 
 
 def _read(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str | None = None,
-          fmt: CopyNumberFormat = "auto", value: str | None = None):
+          fmt: CopyNumberFormat = "auto", value: str | None = None, extras: bool = True):
     if inp.path is not None and inp.path.is_dir():
         _no_layer(inp.name, layer, "a 10x folder")
         _text_only(inp.name, fmt, value, "a 10x folder")
@@ -155,10 +168,10 @@ def _read(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str |
     if ext == ".h5ad" or (ext not in _TABLE_EXTS | {".zip", ".npz", ".npy", ".mtx", ".h5", ".hdf5", ".loom"}
                           and head.startswith(_HDF5_MAGIC)):
         _text_only(inp.name, fmt, value, "an .h5ad")
-        return _read_h5ad(inp, orientation=orientation, expect=expect, layer=layer)
+        return _read_h5ad(inp, orientation=orientation, expect=expect, layer=layer, extras=extras)
     _no_layer(inp.name, layer, "this format")
     if ext == ".zip":
-        return _read_zip(inp, orientation=orientation, expect=expect, fmt=fmt, value=value)
+        return _read_zip(inp, orientation=orientation, expect=expect, fmt=fmt, value=value, extras=extras)
     if ext in (".npz", ".npy", ".mtx", ".h5", ".hdf5", ".loom"):
         _text_only(inp.name, fmt, value, f"a {ext} file")
     if ext == ".npz":
@@ -175,7 +188,7 @@ def _read(inp: _Input, *, orientation: Orientation, expect: Expect, layer: str |
         return _read_text(inp, ext=ext, orientation=orientation, expect=expect, fmt=fmt, value=value)
     # unknown extension: sniff
     if head.startswith(_ZIP_MAGICS):
-        return _read_zip(inp, orientation=orientation, expect=expect, fmt=fmt, value=value)
+        return _read_zip(inp, orientation=orientation, expect=expect, fmt=fmt, value=value, extras=extras)
     if head.startswith(_NPY_MAGIC):
         _text_only(inp.name, fmt, value, "a .npy array")
         return _read_npy(inp.data, inp.name, orientation=orientation, expect=expect)
@@ -208,7 +221,7 @@ def _no_layer(name: str, layer: str | None, what: str) -> None:
 
 
 def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect, fmt: CopyNumberFormat = "auto",
-              value: str | None = None):
+              value: str | None = None, extras: bool = True):
     zf = _open_zip(inp, inp.name)
     with zf:
         names = [i.filename for i in zf.infolist() if not i.is_dir()]
@@ -219,7 +232,7 @@ def _read_zip(inp: _Input, *, orientation: Orientation, expect: Expect, fmt: Cop
             ext, _ = _split_ext(member)
             if ext in _TABLE_EXTS | {".h5ad", ".npz", ".npy", ".mtx"}:
                 inner = _zip_input(zf, member, inp.name, display=f"{inp.name}/{member}")
-                return _read(inner, orientation=orientation, expect=expect, fmt=fmt, value=value)
+                return _read(inner, orientation=orientation, expect=expect, fmt=fmt, value=value, extras=extras)
         _text_only(inp.name, fmt, value, "a 10x zip")
         m, bc, ft = _find_10x(names, inp.name)
         parts = [_zip_input(zf, n, inp.name) for n in (m, bc, ft)]

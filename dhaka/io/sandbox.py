@@ -16,8 +16,9 @@ The exchange never unpickles anything:
    line; the caller *admits* it (``admit(need)``: a job queue's memory check, say) and answers ``go``
    or stops the child;
 3. the child reads the file with :func:`dhaka.io.read` (and joins the metadata table, if any) and
-   writes the result as ``.h5ad`` (anndata's writer: numbers and strings, no pickle) with its
-   ``uns["dhaka_io"]`` record in JSON beside it; the caller reads those back and removes the folder.
+   writes the result as ``.h5ad`` (anndata's writer: numbers and strings, no pickle; what the reader
+   kept of an .h5ad's obsm, obsp, layers, uns ... goes with it) with its ``uns["dhaka_io"]`` record in
+   JSON beside it; the caller reads those back and removes the folder.
 
 Every failure is a :class:`~dhaka.io.DataError` naming the file: the reader's own message, or the
 cap (``... needed more than the 2.0 GB memory cap for reading this upload``) or the time limit.
@@ -384,7 +385,8 @@ def _child(request_path: str) -> int:
             return finish({"layers": h5ad_layers(src, filename=name)})
         options = request.get("options") or {}
         try:
-            estimate = estimate_read_memory(src, filename=name, layer=options.get("layer"))
+            estimate = estimate_read_memory(src, filename=name, layer=options.get("layer"),
+                                            extras=options.get("extras", True))
             peak = int(estimate["peak_bytes"])
             line = {"peak_bytes": peak, "exact": bool(estimate.get("exact"))}
         except Exception as e:  # noqa: BLE001 - the read below gives the reader's own message
@@ -403,8 +405,7 @@ def _child(request_path: str) -> int:
         if request.get("metadata"):
             stage = "metadata"
             adata = read_metadata(request["metadata"], adata, filename=request["metadata_filename"])
-        record = {"dhaka_io": dict(adata.uns.get("dhaka_io", {}))}
-        adata.uns = {}
+        record = {"dhaka_io": dict(adata.uns.pop("dhaka_io", {}))}  # in JSON: anndata cannot write a None
         adata.write_h5ad(out / "result.h5ad", convert_strings_to_categoricals=False)
         return finish(record)
     except DataError as e:
