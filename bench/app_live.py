@@ -110,8 +110,26 @@ def plain_fit() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def app_run(timeout: float = 900.0, env_extra: dict | None = None) -> dict:
-    """Launch the app, train the default demo from the Train page, open Explore; times in seconds."""
+def _second_person(browser, url: str):
+    """Another person (a browser context of their own: another session and owner) starts a training of the default
+    demo on the real defaults and leaves the Train page open; returns their page."""
+    from playwright.sync_api import expect
+
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(url)
+    expect(page.get_by_text("Training matrix:")).to_be_visible(timeout=120_000)
+    page.get_by_role("link", name="Train", exact=True).click()
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=60_000)
+    start.click()
+    return page
+
+
+def app_run(timeout: float = 900.0, env_extra: dict | None = None, second_person: bool = False) -> dict:
+    """Launch the app, train the default demo from the Train page, open Explore; times in seconds.
+
+    ``second_person``: just before Start, another person starts the same training on the same server (their job
+    was submitted first); ``second_s`` is their Start -> Finished."""
     from playwright.sync_api import expect, sync_playwright
 
     port = _free_port()
@@ -144,6 +162,10 @@ def app_run(timeout: float = 900.0, env_extra: dict | None = None) -> dict:
             page.get_by_role("link", name="Train", exact=True).click()
             start = page.get_by_role("button", name="Start training")
             expect(start).to_be_enabled(timeout=60_000)
+            other = None
+            if second_person:
+                other = _second_person(browser, url)
+                t_other = time.perf_counter()
             cpu0 = _cpu_seconds(proc.pid)
             start.click()
             t_click = time.perf_counter()
@@ -154,6 +176,11 @@ def app_run(timeout: float = 900.0, env_extra: dict | None = None) -> dict:
             cpu1 = _cpu_seconds(proc.pid)
             res["cpu_s"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
             res["epoch_s"] = _epoch_seconds(home)
+            if other is not None:
+                expect(other.get_by_text("Finished:")).to_be_visible(timeout=timeout * 1000)
+                res["second_s"] = time.perf_counter() - t_other  # an upper bound: checked after ours finished
+                if other.get_by_text("Something went wrong").count():
+                    raise RuntimeError(f"error banner on the second person's page; see {home}")
             page.get_by_role("link", name="Explore", exact=True).click()
             deadline = time.perf_counter() + timeout
             info: dict = {}
@@ -202,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="plain/app pairs, alternated")
     ap.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
     ap.add_argument("--app-only", action="store_true", help="skip the plain fit (for trying server settings)")
+    ap.add_argument("--second-person", action="store_true",
+                    help="another person starts the same training on the same server just before (issue 24)")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment of the server (for trying settings; not for recorded figures)")
     args = ap.parse_args(argv)
@@ -209,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for i in range(args.repeats):
         plain = {"seconds": float("nan"), "epoch_s": float("nan"), "fits": "", "k": ""} if args.app_only else plain_fit()
-        app = app_run(env_extra=dict(e.split("=", 1) for e in args.env))
+        app = app_run(env_extra=dict(e.split("=", 1) for e in args.env), second_person=args.second_person)
         row = {"pair": i + 1, "plain fit s": round(plain["seconds"], 1), "app Start->Finished s": round(app["app_s"], 1),
                "ratio": round(app["app_s"] / plain["seconds"], 2),
                "launch->3-D view s": round(app.get("launch_to_3d_s", float("nan")), 1),
@@ -217,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                "launch->Start s": round(app.get("launch_to_start_s", float("nan")), 1),
                "Finished->all views s": round(app.get("launch_to_views_s", float("nan"))
                                               - app.get("launch_to_finished_s", float("nan")), 1),
+               **({"second person Start->Finished s": round(app["second_s"], 1)} if "second_s" in app else {}),
                "fits": plain["fits"], "k": plain["k"],
                "plain epochs s": round(plain["epoch_s"], 1), "app epochs s": round(app["epoch_s"], 1),
                **{f"CPU {k} s": round(v, 1) for k, v in app["cpu_s"].items()
@@ -228,7 +258,18 @@ def main(argv: list[str] | None = None) -> int:
               f"-> each view {app.get('launch_to_view_s', {})}; CPU s from Finished to all views {app.get('cpu_views_s')})", flush=True)
     table = markdown_table(rows)
     print(table)
-    if args.write:
+    if args.write and args.second_person:
+        ok = sum(r["ratio"] <= 2.3 for r in rows)
+        write_section("app_live-second-person", (
+            "Real defaults, default demo, one server: a second person (another browser context, so another "
+            "session and owner) starts the same training just before the watched one; the watched time runs from "
+            "pressing Start to \"Finished\" (its wait in the queue included), the second person's from their Start "
+            "to their Finished (read after the watched one finished, so an upper bound); the plain time is the same "
+            "work alone in a plain process. Target (issue 24): watched ratio <= 2.3.\n\n"
+            f"{table}\nRatio <= 2.3 in {ok} of {len(rows)} pairs."),
+            title="Training while watched, a second person training on the same server",
+            command=command_line("python bench/app_live.py", argv), machine=machine)
+    elif args.write:
         ratio_ok = sum(r["ratio"] <= 1.2 for r in rows)
         views_ok = sum(r["launch->all views s"] <= 60 for r in rows)
         write_section("app_live", (

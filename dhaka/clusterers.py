@@ -22,6 +22,7 @@ The pipeline, the estimator's start scoring and the app all obtain their caller 
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -29,7 +30,9 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = ["ClusterResult", "Clusterer", "GMMBIC", "register", "make", "available", "resolve",
-           "DEFAULT_CLUSTERER", "START_CRITERIA", "agreement", "choose_start"]
+           "DEFAULT_CLUSTERER", "K_CEILING", "k_max_asked", "START_CRITERIA", "agreement", "choose_start"]
+
+_log = logging.getLogger(__name__)
 
 #: The clusterer every entry point uses unless told otherwise (the paper's GMM with k chosen by BIC).
 DEFAULT_CLUSTERER = "gmm_bic"
@@ -109,8 +112,10 @@ def resolve(clusterer: Clusterer | str | None = None, *, mode: str = "expression
 class GMMBIC:
     """Gaussian mixtures with ``k`` chosen by BIC (:func:`dhaka.cluster.gmm_bic`), as in the paper.
 
-    ``k_max`` is capped at the number of cells less one; a warning says when BIC chose ``k_max``
-    itself (its curve may still be falling: more clusters may fit better). The sweep runs with one BLAS thread: its
+    ``k_max`` is capped at the number of cells less one. Where BIC chooses ``k_max`` itself (its curve may
+    still be falling), ``extend`` (default) sweeps once more up to twice ``k_max`` (at most
+    :data:`K_CEILING`) and keeps that result (``params["k_max_asked"]`` remembers the ``k_max`` asked); a
+    warning says when BIC still chose the largest ``k`` tried. The sweep runs with one BLAS thread: its
     matrices are d x d, where more threads only contend (50x slower on a busy CPU).
     """
 
@@ -118,19 +123,39 @@ class GMMBIC:
     merge: bool | str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     name: str = DEFAULT_CLUSTERER
+    extend: bool = True
 
     def fit(self, Z: Any, *, seed: int = 0):
         from threadpoolctl import threadpool_limits
 
         from dhaka.cluster import gmm_bic
 
-        k_max = min(int(self.k_max), max(1, int(np.shape(Z)[0]) - 1))
+        cap = max(1, int(np.shape(Z)[0]) - 1)
+        k_max = min(int(self.k_max), cap)
         with threadpool_limits(1, user_api="blas"):
             res = gmm_bic(Z, k_max=k_max, seed=int(seed), merge=self.merge, **self.options)
+            wider = min(2 * k_max, max(K_CEILING, k_max), cap)
+            if self.extend and 1 < k_max < wider and res.n_components >= k_max:
+                _log.info("BIC chose the largest k tried (%d): trying up to %d", k_max, wider)
+                res = gmm_bic(Z, k_max=wider, seed=int(seed), merge=self.merge, **self.options)
+                k_max = wider
+        res.params["k_max_asked"] = int(self.k_max)
         if k_max > 1 and res.n_components >= k_max:
             warnings.warn(f"BIC chose the largest number of mixture components tried (k_max={k_max}) and may still "
                           f"be falling: try a larger k_max to see whether more clusters fit better", stacklevel=2)
         return res
+
+
+#: The most mixture components :class:`GMMBIC` tries on its own when BIC chose ``k_max`` (a larger ``k_max``
+#: asked for is kept as asked).
+K_CEILING = 40
+
+
+def k_max_asked(result: Any) -> int | None:
+    """The ``k_max`` a caller was asked for (``None`` where the result does not say)."""
+    params = getattr(result, "params", None) or {}
+    v = params.get("k_max_asked", params.get("k_max"))
+    return int(v) if v is not None else None
 
 
 #: How :class:`dhaka.Dhaka` keeps one of several random starts (``start_criterion``).

@@ -257,10 +257,19 @@ def test_copy_number_is_a_name_of_the_cnv_mode(adata):
     assert json.loads(adata.uns["dhaka"]["params_json"])["mode"] == "cnv"
 
 
-def test_k_at_k_max_is_warned():
-    from dhaka.clusterers import GMMBIC
+def test_k_at_k_max_tries_a_larger_k_and_warns_only_when_still_at_the_edge():
+    import warnings
+
+    from dhaka.clusterers import GMMBIC, k_max_asked
 
     rng = np.random.default_rng(0)
     Z = np.concatenate([rng.normal(c * 10, 0.3, size=(40, 2)) for c in range(4)])
-    with pytest.warns(UserWarning, match="k_max=3"):
-        GMMBIC(k_max=3, merge=False).fit(Z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # four clusters found within 2 x k_max: no warning
+        res = GMMBIC(k_max=3, merge=False).fit(Z)
+    assert res.k == 4 and len(res.bic) == 6 and k_max_asked(res) == 3
+    with pytest.warns(UserWarning, match="k_max=3"):  # extension off: the edge is warned about
+        assert GMMBIC(k_max=3, merge=False, extend=False).fit(Z).k == 3
+    Z8 = np.concatenate([rng.normal(c * 10, 0.3, size=(40, 2)) for c in range(8)])
+    with pytest.warns(UserWarning, match="k_max=4"):  # still at the edge of 2 x k_max
+        assert GMMBIC(k_max=2, merge=False).fit(Z8).k == 4

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import streamlit as st
 
+from dhaka.clusterers import k_max_asked
 from dhaka.ui import cached, messages, state, tasks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,7 +104,7 @@ def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.
     with st.sidebar:
         st.subheader("Clusters")
         k_max = int(st.number_input("Largest k tried (BIC)", 2, 30, 10, key="w.exp.kmax"))
-    if gmm is None or len(gmm.record.get("bic", ())) != k_max:
+    if gmm is None or k_max_asked(gmm) != k_max:
         with st.spinner("Fitting Gaussian mixtures…"):
             mode = state.get_estimator_params().get("mode", "expression")
             gmm = messages.safe_call(cached.clusters, Z, digest=digest, k_max=k_max, seed=seed, mode=mode,
@@ -111,7 +112,10 @@ def cluster_controls(Z: np.ndarray, *, digest: str, seed: int) -> tuple[Any, np.
         if gmm is not None:
             st.session_state[state.GMM] = gmm
     with st.sidebar:
-        k_choice = st.selectbox("Number of clusters", ["BIC", *range(1, k_max + 1)], key="w.exp.k",
+        tried = max(k_max, len(gmm.record.get("bic", ())) if gmm is not None else 0)
+        if tried > k_max:
+            st.caption(f"BIC was still falling at k = {k_max}, so k up to {tried} was tried.")
+        k_choice = st.selectbox("Number of clusters", ["BIC", *range(1, tried + 1)], key="w.exp.k",
                                 format_func=lambda v: f"lowest BIC (k={gmm.k})" if v == "BIC" and gmm else str(v))
     if gmm is not None:
         fixed = None if k_choice == "BIC" else messages.safe_call(
