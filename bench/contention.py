@@ -9,6 +9,7 @@ manager runs one job per pair of ``os.cpu_count()``) and once with it (the shipp
 
 - ``alone``: one fit, nothing else of ours running;
 - ``busy``: beside ``python -c "while True: pass"`` at the same priority;
+- ``suite``: beside test files of the suite run over and over (:data:`SUITE_FILES`);
 - ``quota``: inside a 1-CPU cgroup quota (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``, what
   ``docker run --cpus=1`` sets), against ``pinned``: the same fit under ``taskset`` to one core;
 - ``jobs xN``: N trainings submitted at once to one :class:`dhaka.jobs.JobManager` (the app's training
@@ -132,6 +133,16 @@ def _busy() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+#: What ``suite`` runs beside the fit, over and over: test files that train, cluster and read files (the
+#: test suite as a developer or CI runs it next to a notebook).
+SUITE_FILES = ["tests/test_train.py", "tests/test_cluster.py", "tests/test_io.py", "tests/test_estimator.py"]
+
+
+def _suite() -> subprocess.Popen:
+    loop = f"while true; do {sys.executable} -m pytest -q -x -p no:cacheprovider {' '.join(SUITE_FILES)} >/dev/null 2>&1; done"
+    return subprocess.Popen(["bash", "-c", loop], cwd=str(ROOT), start_new_session=True)
+
+
 def make_quota_group(cpus: float = 1.0) -> tuple[str | None, str]:
     """A cgroup with a ``cpus`` CPU quota; returns (its ``cgroup.procs`` file or None, what was used)."""
     period = 100000
@@ -171,7 +182,7 @@ def remove_quota_group(procs: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 epochs, no refinement (development)")
-    ap.add_argument("--only", default="", help="comma-separated conditions: alone,busy,quota,pinned,jobs")
+    ap.add_argument("--only", default="", help="comma-separated conditions: alone,busy,suite,quota,pinned,jobs")
     ap.add_argument("--jobs", default="2,3", help="numbers of trainings submitted at once")
     ap.add_argument("--json", default=None, help="write the rows here as JSON")
     ap.add_argument("--table", default=None, help="print the table of rows written by --json, and stop")
@@ -192,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     from dhaka import cpu
 
     params = dict(QUICK) if a.quick else {}
-    only = set(filter(None, a.only.split(","))) or {"alone", "busy", "quota", "pinned", "jobs"}
+    only = set(filter(None, a.only.split(","))) or {"alone", "busy", "suite", "quota", "pinned", "jobs"}
     variants = {"before": {"DHAKA_CPU_BUDGET": "0"}, "after": {"DHAKA_CPU_BUDGET": "1"}}
     for env in variants.values():
         env.update({"DHAKA_THREADS": "", "OMP_NUM_THREADS": "", "DHAKA_THREADS_PER_JOB": "", "DHAKA_MAX_JOBS": ""})
@@ -223,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     busy.send_signal(signal.SIGKILL)
                     busy.wait()
+            if "suite" in only:
+                suite = _suite()
+                time.sleep(5)  # the suite's imports are under way
+                try:
+                    add(variant, "suite", _fit(params, env), "beside the test suite: " + ", ".join(SUITE_FILES))
+                finally:
+                    os.killpg(suite.pid, signal.SIGKILL)
+                    suite.wait()
             if "quota" in only and procs is not None:
                 add(variant, "quota 1 CPU", _fit(params, env, cgroup_procs=procs), quota_note)
             if "pinned" in only:
