@@ -28,9 +28,18 @@ Baseline = Literal["pca", "tsne", "umap"]
 
 # ----------------------------------------------------------------------------- machine
 def set_threads(n: int = 2) -> None:
-    """Limit torch (and BLAS through the environment, for child libraries) to ``n`` threads."""
+    """Every fit of this benchmark (and of its child processes) with ``n`` threads, whatever the load.
+
+    Sets torch's count and ``DHAKA_THREADS=n`` with ``DHAKA_THREADS_ADAPT=0``: a fit given no thread count
+    otherwise gives up a thread per core kept busy elsewhere (:func:`dhaka.cpu.choose_threads`), and a
+    seed's latent depends on the count, so quality tables would move with the machine's load.
+    """
+    import os
+
     import torch
 
+    os.environ["DHAKA_THREADS"] = str(int(n))
+    os.environ["DHAKA_THREADS_ADAPT"] = "0"
     torch.set_num_threads(int(n))
 
 
