@@ -25,6 +25,10 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None,
                    help="read this layer of an .h5ad (e.g. counts, or state for copy-number files) instead of X")
     p.add_argument("--metadata", help="CSV/TSV of per-cell annotations keyed by cell id (joined into obs)")
+    p.add_argument("--batch-key", metavar="COLUMN", default=None,
+                   help="correct for the batch (sample, donor, run) in this obs column, e.g. from --metadata: "
+                        "the model is conditioned on it, as scVI's batch_key (project: the cells' batches, "
+                        "known to the model)")
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -107,10 +111,17 @@ def _estimator_params(args: argparse.Namespace) -> dict:
 
 def _read(args: argparse.Namespace):
     from dhaka import io
+    from dhaka.batch import check_obs_column
 
     adata = io.read(args.input, orientation=args.orientation, layer=args.layer)
     if args.metadata:
         adata = io.read_metadata(args.metadata, adata)
+    if args.batch_key is not None:  # before any training
+        try:
+            check_obs_column(adata, args.batch_key)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(f"batch_key {args.batch_key!r}", f"--batch-key {args.batch_key}",
+                                              1)) from None
     return adata
 
 
@@ -183,7 +194,8 @@ def _write_result(args: argparse.Namespace, result, adata, *, extra_meta: dict) 
     if args.h5ad:
         from dhaka.tl import to_anndata
 
-        meta = dict(extra_meta)
+        meta = {**{k: result.record[k] for k in ("batch_key", "batch_categories") if k in result.record},
+                **extra_meta}
         out = to_anndata(adata, latent=Z, clusters=result.labels, params=result.estimator.get_params(),
                          cluster_result=c, extra={**meta, **({"gmm_k": int(c.k)} if c is not None else {})})
         Path(args.h5ad).write_bytes(io.to_h5ad_bytes(out))
@@ -206,7 +218,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         init_from_env()
         try:
             main_rank = is_main_process()
-            result = run(adata, estimator=est, clusterer=clusterer, callback=_progress(args.quiet or not main_rank),
+            result = run(adata, estimator=est, clusterer=clusterer, batch_key=args.batch_key,
+                         callback=_progress(args.quiet or not main_rank),
                          seams=data_parallel_seams(device=est.device) if is_distributed() else None,
                          main_process=main_rank)
             if main_rank:  # rank 0 writes the results; the others wait for it in shutdown()
@@ -214,7 +227,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         finally:
             shutdown()
         return 0
-    result = run(adata, estimator=est, clusterer=clusterer, callback=_progress(args.quiet))
+    result = run(adata, estimator=est, clusterer=clusterer, batch_key=args.batch_key, callback=_progress(args.quiet))
     _write_result(args, result, adata, extra_meta={})
     return 0
 
@@ -226,7 +239,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     _check_outputs(args)
     est = Dhaka.load(args.model_dir)
     adata = _read(args)
-    result = embed_cluster(est, adata, clusterer=_clusterer(args, est.mode))
+    result = embed_cluster(est, adata, clusterer=_clusterer(args, est.mode), batch_key=args.batch_key)
     if result.missing:
         print(f"warning: {len(result.missing)} of {len(est.genes_)} model features are missing from {args.input} "
               f"(e.g. {', '.join(result.missing[:5])}); filled with the training mean", file=sys.stderr)

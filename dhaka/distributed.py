@@ -249,7 +249,8 @@ class _DataParallelLoss(nn.Module):
         # buffers (running stats, input centring) are computed identically on every rank
         self.ddp = DDP(_LossModule(vae.to(device)), device_ids=ids, broadcast_buffers=False)
 
-    def loss(self, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, eps: torch.Tensor | None = None):
+    def loss(self, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, eps: torch.Tensor | None = None,
+             batch: torch.Tensor | None = None):
         import torch.distributed as dist
 
         from dhaka.model import LossOutput
@@ -264,7 +265,8 @@ class _DataParallelLoss(nn.Module):
         self.shared.weight = 1.0 if n_local else 0.0
         # free bits act on the global batch's per-dimension KL mean: the share computes plain KL
         # and the floor is applied below from all-reduced per-dimension sums
-        total, rec, kl, kl_dim_sum = self.ddp(x[lo:hi], eps[lo:hi], beta, {"free_bits": 0.0})
+        kw = {"free_bits": 0.0, **({"batch": batch[lo:hi]} if batch is not None else {})}  # the share's batch codes
+        total, rec, kl, kl_dim_sum = self.ddp(x[lo:hi], eps[lo:hi], beta, kw)
         d = kl_dim_sum.shape[0]
         sums = torch.cat([torch.stack([rec.detach(), kl.detach()]).float() * n_local,
                           kl_dim_sum.detach().float() * (1.0 if n_local else 0.0)])
@@ -335,7 +337,7 @@ def fit_estimator_distributed(est: Any, X: Any, **fit_params: Any) -> Any:
 
 # ------------------------------------------------------------------ entry points
 def run_distributed_fit(estimator_params: dict, X_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                        backed: bool = False, save_model: bool = True) -> dict:
+                        backed: bool = False, save_model: bool = True, batch_key: str | None = None) -> dict:
     """The body of one torchrun worker: join, read, fit, and (rank 0) write the results.
 
     Parameters
@@ -348,6 +350,8 @@ def run_distributed_fit(estimator_params: dict, X_path: str | os.PathLike, out_d
     out_dir
         Rank 0 writes ``latent.npy``, ``latent.csv`` (with GMM clusters), ``history.json``
         and, with ``save_model``, the model in ``model/``.
+    batch_key
+        Correct for the batch in this ``obs`` column (:func:`dhaka.pipeline.run`; in-memory input only).
 
     Returns
     -------
@@ -372,7 +376,7 @@ def run_distributed_fit(estimator_params: dict, X_path: str | os.PathLike, out_d
 
         data = read(X_path)
         obs_names = list(data.obs_names)
-    result = run(data, estimator=est, backed=backed, seams=seams, main_process=rank == 0)
+    result = run(data, estimator=est, backed=backed, seams=seams, main_process=rank == 0, batch_key=batch_key)
     Z = result.latent
     seconds = time.perf_counter() - t0
     info = {"rank": rank, "world_size": size, "backend": dist.get_backend() if dist.is_initialized() else "none",
@@ -411,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="{}", help="JSON object of Dhaka(...) settings")
     ap.add_argument("--backed", action="store_true", help="train out of core from an .h5ad")
     ap.add_argument("--no-save-model", action="store_true")
+    ap.add_argument("--batch-key", metavar="COLUMN", default=None, help="correct for the batch in this obs column")
     a = ap.parse_args(argv)
     threads = os.environ.get("DHAKA_THREADS")
     if threads:
@@ -418,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     params = json.loads(a.params)
     if isinstance(params.get("structure"), list):
         params["structure"] = tuple(params["structure"])
-    info = run_distributed_fit(params, a.input, a.out, backed=a.backed, save_model=not a.no_save_model)
+    info = run_distributed_fit(params, a.input, a.out, backed=a.backed, save_model=not a.no_save_model,
+                               batch_key=a.batch_key)
     if info["rank"] == 0:
         print(json.dumps(info))
     return 0

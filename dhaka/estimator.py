@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from dhaka import __version__, cpu
+from dhaka.batch import codes_for, fit_codes
 from dhaka.clusterers import START_CRITERIA, choose_start, resolve
 from dhaka.progress import fit_progress
 from dhaka.preprocess import LEGACY_SETTINGS, PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
@@ -410,6 +411,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         X: Any,
         y: Any = None,
         *,
+        batch: Any = None,
         callback: Callable[[Any], None] | None = None,
         stop_event: threading.Event | None = None,
         checkpoint: Callable[[Callable[[str | os.PathLike], None], int], None] | None = None,
@@ -423,6 +425,9 @@ class Dhaka(TransformerMixin, BaseEstimator):
         ----------
         X
             Cells x features: AnnData, DataFrame, ndarray or scipy.sparse (kept sparse).
+        batch
+            Batch label of every cell (sample, donor, run) to correct for (:mod:`dhaka.batch`): the model
+            is conditioned on it; its categories are kept in ``batch_categories_`` (``None`` without).
         callback
             Called after every epoch with a :class:`dhaka.train.EpochReport` (from this thread).
         stop_event
@@ -443,20 +448,24 @@ class Dhaka(TransformerMixin, BaseEstimator):
         with cpu.limit_threads(self.n_threads) as n_threads, fit_progress(callback) as callback:
             self.n_threads_ = n_threads
             if isinstance(X, PreparedRows):
-                return self._fit_prepared(X, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
-                                          checkpoint_every=checkpoint_every, seams=seams, clusterer=clusterer)
+                self.batch_categories_, codes = fit_codes(batch, X.matrix.shape[0])
+                return self._fit_prepared(X, batch=codes, callback=callback, stop_event=stop_event,
+                                          checkpoint=checkpoint, checkpoint_every=checkpoint_every, seams=seams,
+                                          clusterer=clusterer)
             M, _, names = _as_matrix(X)
             M = self._validate(M, reset=True)
             _log.info("fitting %d cells x %d %s (mode %s, seed %s, %d thread%s)", M.shape[0], M.shape[1],
                       "bins" if self.mode == "cnv" else "features", self.mode, self.seed, n_threads,
                       "" if n_threads == 1 else "s")
             self.feature_names_ = names
+            self.batch_categories_, codes = fit_codes(batch, M.shape[0])
             pre = self.make_preprocessor()
             P, columns = pre.fit_values(M)  # columns: the residuals' gene pool (None: P holds every feature)
             pre.fit_genes(P, columns=columns)
             self._fit_rounds(P, pre, names=names, rounds=self._refine_rounds(),
                              max_genes=pre.n_select(M.shape[1]), columns=columns,
-                             covariate=self._library_covariate(M, pre), callback=callback, stop_event=stop_event,
+                             covariate=self._library_covariate(M, pre), batch=codes, callback=callback,
+                             stop_event=stop_event,
                              checkpoint=checkpoint, checkpoint_every=checkpoint_every, seams=seams,
                              clusterer=clusterer)
         return self
@@ -532,7 +541,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             if nuisance is not None:
                 self.refinement_[-1]["library_axis"] = "removed"
             if covariate is not None and not remove and self.library_axis == "auto" and not self.stopped_:
-                share = self._library_share(S, covariate, train_kw["clusterer"])
+                share = self._library_share(S, covariate, train_kw["clusterer"], train_kw.get("batch"))
                 self.refinement_[-1].update(share)
                 if share.get("library_r2_within", 0.0) > LIBRARY_R2:  # a depth gradient: this fit again, without it
                     remove = True
@@ -541,7 +550,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
                     continue
             if final or self.stopped_:
                 return
-            new = self._refined_genes(P, S, max_genes)
+            new = self._refined_genes(P, S, max_genes, train_kw.get("batch"))
             self.refinement_[-1].update({k: v for k, v in new.items() if k != "indices"})
             _log.info("gene refinement after fit %d: %s genes the latent explains (of %d)", r + 1,
                       new.get("n_significant"), len(idx))
@@ -562,7 +571,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             self.refinement_.append({"fit": len(self.refinement_) + 1, "genes": int(len(idx)),
                                      "selected_by": "latent R^2"})
 
-    def _library_share(self, S: Any, covariate: np.ndarray, clusterer: Any) -> dict[str, float]:
+    def _library_share(self, S: Any, covariate: np.ndarray, clusterer: Any, batch: Any) -> dict[str, float]:
         """How much of ``covariate`` (per cell) the current latent of ``S`` explains, as rank 0 sees it.
 
         ``library_r2``: R^2 of a linear fit on the latent; where it exceeds :data:`LIBRARY_R2`,
@@ -572,7 +581,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         from dhaka.preprocess import latent_r2
         from dhaka.train import encode
 
-        Z = encode(self.model_, S, device="cpu").astype(np.float64)
+        Z = encode(self.model_, S, device="cpu", batch=batch).astype(np.float64)
         c = np.asarray(covariate, dtype=np.float64)[:, None]
         out = {"library_r2": float(latent_r2(c, Z)[0])}
         if out["library_r2"] > LIBRARY_R2:
@@ -580,12 +589,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
             out["library_r2_within"] = float(latent_r2(_within_clusters(c, labels), _within_clusters(Z, labels))[0])
         return _from_rank0(out)
 
-    def _refined_genes(self, P: Any, S: Any, n_select: int | None) -> dict[str, Any]:
+    def _refined_genes(self, P: Any, S: Any, n_select: int | None, batch: np.ndarray | None) -> dict[str, Any]:
         """Genes of ``P`` the current latent explains (:func:`select_by_latent`), or ``None``."""
         from dhaka.preprocess import select_by_latent
         from dhaka.train import encode
 
-        Z = encode(self.model_, S, device="cpu")
+        Z = encode(self.model_, S, device="cpu", batch=batch)
         sel = select_by_latent(P, Z, alpha=float(self.refine_alpha), min_genes=min(100, P.shape[1]),
                                max_genes=n_select)
         out = {"n_significant": sel.n_significant, "r2_threshold": sel.threshold,
@@ -596,12 +605,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
                epochs: int, nuisance: np.ndarray | None = None, callback=None, stop_event=None, checkpoint=None,
                checkpoint_every: int = 5,
                n_starts: int | None = None, pass_offset: int = 0, n_passes: int | None = None,
-               stage: str = "", seams: Any = None, clusterer: Any = None) -> None:
+               stage: str = "", seams: Any = None, clusterer: Any = None, batch: np.ndarray | None = None) -> None:
         """Train ``n_starts`` models on the selected matrix ``S`` and keep the best start.
 
         ``loadings``: the encoder's principal axes; ``nuisance``: the unit gene axis the models
         project out of their input (both ``None`` when not used); ``epochs``: this fit's most epochs
-        (``refine_epochs`` shortens the gene-choosing fits).
+        (``refine_epochs`` shortens the gene-choosing fits); ``batch``: the rows' batch codes (or ``None``).
 
         ``S`` is a matrix or a row source (prepared rows, e.g. out of core). ``pass_offset`` / ``n_passes`` place
         these starts among all training passes of a fit (refinement rounds + starts), so the
@@ -628,7 +637,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             model = VAE(S.shape[1], hidden=hidden, latent_dim=int(self.latent_dim),
                         likelihood=self.likelihood, batch_norm=bool(self.batch_norm),
                         n_pcs=loadings.shape[1] if loadings is not None else None,
-                        nuisance_axis=nuisance is not None)
+                        nuisance_axis=nuisance is not None, n_batch=len(self.batch_categories_ or ()))
             model.set_input_affine(torch.from_numpy(center), torch.from_numpy(scale))
             if nuisance is not None:
                 model.set_nuisance_axis(torch.from_numpy(nuisance.astype(np.float32)))
@@ -651,12 +660,13 @@ class Dhaka(TransformerMixin, BaseEstimator):
                     callback=cb, stop_event=stop_event, checkpoint=ck, checkpoint_every=checkpoint_every,
                     start=s, n_starts=n_starts, precision=self.precision,
                     kl_weight=float(self.kl_weight), free_bits=float(self.free_bits),
-                    weight_decay=float(self.weight_decay), **(seams.as_kwargs() if seams is not None else {}),
+                    weight_decay=float(self.weight_decay), batch=batch,
+                    **(seams.as_kwargs() if seams is not None else {}),
                 )
             except Exception:
                 self.history_ = []
                 raise
-            score, call = self._score_start(model, S, seed, clusterer) if n_starts > 1 else (
+            score, call = self._score_start(model, S, seed, clusterer, batch) if n_starts > 1 else (
                 {"silhouette": float("nan"), "k": None}, None)
             hist = [r.as_dict() for r in res.history]
             final = hist[-1]["loss"] if hist else float("nan")
@@ -701,12 +711,12 @@ class Dhaka(TransformerMixin, BaseEstimator):
 
         return cb
 
-    def _score_start(self, model, S, seed: int, clusterer: Any) -> tuple[dict[str, Any], np.ndarray | None]:
+    def _score_start(self, model, S, seed: int, clusterer: Any, batch) -> tuple[dict[str, Any], np.ndarray | None]:
         """The silhouette and k of a start's cluster call, and the call (``None`` where it failed)."""
         from dhaka.cluster import silhouette
         from dhaka.train import encode
 
-        Z = encode(model, S, device="cpu")
+        Z = encode(model, S, device="cpu", batch=batch)
         try:
             res = clusterer.fit(Z, seed=int(self.seed))  # one caller seed: starts differ by their latents alone
             labels = np.asarray(res.labels)
@@ -732,26 +742,29 @@ class Dhaka(TransformerMixin, BaseEstimator):
         M = self._validate(M, reset=None if by_name else False)
         return self.preprocessor_.align(M, names=names if by_name else None, fill=self.model_.center.numpy())
 
-    def embed(self, X: Any) -> Embedding:
+    def embed(self, X: Any, *, batch: Any = None) -> Embedding:
         """The cells of ``X`` matched to the model's features, preprocessed once, and their latent coordinates.
 
         Returns an :class:`Embedding`: ``latent`` (posterior means), ``model_input`` (the selected,
         preprocessed matrix the encoder read) and ``missing`` (model features absent from ``X``,
-        filled with the training mean). :meth:`transform` is its ``latent``.
+        filled with the training mean). :meth:`transform` is its ``latent``. A batch-trained model
+        needs each cell's ``batch``, one of ``batch_categories_`` (:func:`dhaka.batch.codes_for`).
         """
         from dhaka.train import encode
 
         S, missing = self.align(X)
-        return Embedding(latent=encode(self.model_, S, device="cpu"), model_input=S, missing=list(missing))
+        codes = codes_for(getattr(self, "batch_categories_", None), batch, S.shape[0])
+        return Embedding(latent=encode(self.model_, S, device="cpu", batch=codes), model_input=S, missing=list(missing))
 
-    def transform(self, X: Any) -> np.ndarray:
-        """Latent coordinates (posterior means) of the cells in ``X`` (a warning names missing features)."""
-        out = self.embed(X)
+    def transform(self, X: Any, *, batch: Any = None) -> np.ndarray:
+        """Latent coordinates (posterior means) of the cells in ``X`` (a warning names missing features);
+        ``batch``: their batch labels, for a model fitted with ``batch``."""
+        out = self.embed(X, batch=batch)
         warn_missing(out.missing, len(self.genes_))
         return out.latent
 
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
-        return self.fit(X, y, **fit_params).transform(X)
+        return self.fit(X, y, **fit_params).transform(X, batch=fit_params.get("batch"))
 
     # ------------------------------------------------------------ save / load
     def _config(self, model) -> dict[str, Any]:
@@ -765,12 +778,13 @@ class Dhaka(TransformerMixin, BaseEstimator):
             "params": params,
             "model": {"n_input": model.n_input, "hidden": list(model.hidden), "latent_dim": model.latent_dim,
                       "likelihood": model.likelihood, "batch_norm": model.batch_norm, "n_pcs": model.n_pcs,
-                      "nuisance_axis": model.nuisance_axis},
+                      "nuisance_axis": model.nuisance_axis, **({"n_batch": model.n_batch} if model.n_batch else {})},
             "n_features_in": int(self.n_features_in_), "has_feature_names": self.feature_names_ is not None,
             "gene_indices": [int(i) for i in self.gene_indices_],
             "start_scores": getattr(self, "start_scores_", []), "device": getattr(self, "device_", "cpu"),
             "stopped": bool(getattr(self, "stopped_", False)),
             "refinement": getattr(self, "refinement_", []),
+            **({"batch_categories": self.batch_categories_} if getattr(self, "batch_categories_", None) else {}),
         }
 
     def _save_model(self, path: str | os.PathLike, model, *, history: list | None) -> None:
@@ -822,7 +836,8 @@ class Dhaka(TransformerMixin, BaseEstimator):
         est = cls(**params)
         m = cfg["model"]
         model = VAE(m["n_input"], hidden=m["hidden"], latent_dim=m["latent_dim"], likelihood=m["likelihood"],
-                    batch_norm=m["batch_norm"], n_pcs=m.get("n_pcs"), nuisance_axis=m.get("nuisance_axis", False))
+                    batch_norm=m["batch_norm"], n_pcs=m.get("n_pcs"), nuisance_axis=m.get("nuisance_axis", False),
+                    n_batch=m.get("n_batch", 0))
         state = load_file(str(path / "weights.safetensors"))
         model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
         est.model_ = model.eval()
@@ -836,6 +851,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         est.start_scores_ = cfg.get("start_scores", [])
         est.stopped_ = bool(cfg.get("stopped", False))
         est.refinement_ = cfg.get("refinement", [])
+        est.batch_categories_ = cfg.get("batch_categories")
         est.device_ = "cpu"
         hist_path = path / "history.json"
         est.history_ = json.loads(hist_path.read_text()) if hist_path.exists() else []

@@ -17,6 +17,10 @@ Differences from the paper's literal description, and why (see docs/model.md):
   units alive with RMSprop at learning rates where the plain network stalls.
 * The input affine (per-gene centre and scale: the paper's relative
   expression) lives in the model as buffers, so a saved model carries it.
+* Batch correction (beyond the paper, optional): with ``n_batch`` categories each cell's one-hot
+  batch is appended to the encoder's input (after the input projection) and to the decoder's
+  input (the latent), a conditional VAE as in scVI (Lopez et al. 2018), so the latent need not
+  carry what the batch explains. Without batches nothing of the model changes.
 """
 from __future__ import annotations
 
@@ -100,6 +104,8 @@ class VAE(nn.Module):
         Width of the fixed projection the encoder reads its input through (``None``: none).
     nuisance_axis
         Whether the model holds a unit feature axis that :meth:`prepare` projects out.
+    n_batch
+        Number of batch categories (0: none); every pass then takes each cell's batch code.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class VAE(nn.Module):
         batch_norm: bool = True,
         n_pcs: int | None = None,
         nuisance_axis: bool = False,
+        n_batch: int = 0,
     ) -> None:
         super().__init__()
         if likelihood not in ("gaussian", "mse", "bernoulli"):
@@ -133,10 +140,11 @@ class VAE(nn.Module):
         self.nuisance_axis = bool(nuisance_axis)
         if self.nuisance_axis:
             self.register_buffer("nuisance", torch.zeros(n_input))
-        self.encoder = _mlp((self.n_pcs or n_input, *self.hidden), batch_norm)
+        self.n_batch = int(n_batch)
+        self.encoder = _mlp(((self.n_pcs or n_input) + self.n_batch, *self.hidden), batch_norm)
         self.mu = nn.Linear(self.hidden[-1], latent_dim)
         self.logvar = nn.Linear(self.hidden[-1], latent_dim)
-        self.decoder = _mlp((latent_dim, *reversed(self.hidden)), batch_norm)
+        self.decoder = _mlp((latent_dim + self.n_batch, *reversed(self.hidden)), batch_norm)
         self.out = nn.Linear(self.hidden[0], n_input)
         # Per-feature log variance of p(x|z) for the Gaussian likelihood.
         self.out_logvar = nn.Parameter(torch.zeros(n_input), requires_grad=likelihood == "gaussian")
@@ -162,8 +170,19 @@ class VAE(nn.Module):
         """Store the (n_input x n_pcs) principal axes the encoder reads its input through."""
         self.projection.copy_(torch.as_tensor(loadings, dtype=self.projection.dtype))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x @ self.projection if self.n_pcs else x)
+    def with_batch(self, h: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+        """``h`` with each cell's one-hot batch appended (``batch``: integer codes; ``None`` without batches)."""
+        if not self.n_batch:
+            if batch is not None:
+                raise ValueError("this model was trained without batch correction; leave the batch out")
+            return h
+        if batch is None:
+            raise ValueError(f"this model was trained with batch correction ({self.n_batch} batches): "
+                             "pass each cell's batch")
+        return torch.cat([h, F.one_hot(batch.long(), self.n_batch).to(h.dtype)], dim=1)
+
+    def encode(self, x: torch.Tensor, batch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(self.with_batch(x @ self.projection if self.n_pcs else x, batch))
         return self.mu(h), self.logvar(h).clamp(-12.0, 8.0)
 
     @staticmethod
@@ -174,21 +193,23 @@ class VAE(nn.Module):
             return mu + torch.randn_like(std) * std
         return mu + eps.to(mu.dtype) * std
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x|z) (logits for the Bernoulli likelihood)."""
-        return self.out(self.decoder(z))
+        return self.out(self.decoder(self.with_batch(z, batch)))
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x)
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None,
+                batch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x, batch)
         z = self.reparameterize(mu, logvar, eps) if self.training else mu
-        return self.decode(z), mu, logvar
+        return self.decode(z, batch), mu, logvar
 
     def loss(self, x_raw: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0,
-             eps: torch.Tensor | None = None) -> LossOutput:
+             eps: torch.Tensor | None = None, batch: torch.Tensor | None = None) -> LossOutput:
         """Negative ELBO per cell for a minibatch of raw (selected) inputs.
 
         ``eps`` is the reparameterisation noise (cells x latent) when the caller draws it
         (data-parallel training draws the global batch's); by default the model draws it.
+        ``batch``: the cells' batch codes, for a model with ``n_batch`` categories.
 
         ``free_bits`` (nats per latent dimension, Kingma et al. 2016) stops the optimiser from
         pushing a dimension's batch-mean KL below that floor: with weak signal in many noise
@@ -196,7 +217,7 @@ class VAE(nn.Module):
         The reported ``kl`` is always the true KL.
         """
         x = self.prepare(x_raw)
-        recon, mu, logvar = self(x, eps)
+        recon, mu, logvar = self(x, eps, batch)
         if self.likelihood == "bernoulli":
             rec = F.binary_cross_entropy_with_logits(recon, x.clamp(0.0, 1.0), reduction="none").sum(1)
         elif self.likelihood == "mse":
@@ -212,8 +233,8 @@ class VAE(nn.Module):
 
     def flops_per_cell(self) -> int:
         """Multiply-add FLOPs of one training step per cell (forward + backward ~ 3x forward)."""
-        sizes = [self.n_pcs or self.n_input, *self.hidden]
+        sizes = [(self.n_pcs or self.n_input) + self.n_batch, *self.hidden]
         enc = (self.n_input * self.n_pcs if self.n_pcs else 0) + sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + 2 * self.hidden[-1] * self.latent_dim
-        dec_sizes = [self.latent_dim, *reversed(self.hidden), self.n_input]
+        dec_sizes = [self.latent_dim + self.n_batch, *reversed(self.hidden), self.n_input]
         dec = sum(a * b for a, b in zip(dec_sizes[:-1], dec_sizes[1:]))
         return 2 * 3 * (enc + dec)

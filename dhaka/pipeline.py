@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from dhaka.batch import labels_from_obs
 from dhaka.clusterers import Clusterer, ClusterResult, resolve
 from dhaka.record import uns_record
 
@@ -100,6 +101,7 @@ def run(
     clusterer: Clusterer | str | None = None,
     k_max: int = 10,
     truth: Any = None,
+    batch_key: str | None = None,
     backed: bool = False,
     main_process: bool = True,
     callback: Callable[[Any], None] | None = None,
@@ -126,6 +128,9 @@ def run(
         Largest number of clusters the default caller tries.
     truth
         Known labels per cell: ARI / NMI are added to ``metrics``.
+    batch_key
+        Correct for the batch in ``data.obs[batch_key]`` (:mod:`dhaka.batch`): the model is conditioned on
+        it in training and embedding; the record keeps ``batch_key`` and ``batch_categories``.
     backed, seams, main_process
         Out-of-core input; training seams (e.g. data parallel); whether this process embeds and
         clusters (only the main rank of a distributed fit does).
@@ -138,12 +143,14 @@ def run(
     """
     est = _estimator(estimator)
     caller = resolve(clusterer, mode=est.mode, k_max=k_max)
+    _refuse_backed_batch(backed, batch_key is not None)
+    batch = labels_from_obs(data, batch_key)  # a missing column is named before any training
     if backed:
         from dhaka.backed import fit_backed
 
         fit_backed(data, estimator=est, callback=callback, stop_event=stop_event, seams=seams, clusterer=caller)
     else:
-        est.fit(data, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
+        est.fit(data, batch=batch, callback=callback, stop_event=stop_event, checkpoint=checkpoint,
                 checkpoint_every=checkpoint_every, seams=seams, clusterer=caller)
     if on_phase is not None:
         on_phase("embedding")
@@ -152,7 +159,13 @@ def run(
     extra = {"n_genes_used": len(est.genes_), "train_seconds": float(getattr(est, "train_seconds_", 0.0) or 0.0),
              "n_threads": int(est.n_threads_),  # the CPU share the fit ran with: same seed + same share = same model
              **dict(extra or {})}
-    return embed_cluster(est, data, clusterer=caller, truth=truth, backed=backed, extra=extra)
+    return embed_cluster(est, data, clusterer=caller, truth=truth, batch_key=batch_key, backed=backed, extra=extra)
+
+
+def _refuse_backed_batch(backed: bool, batch: bool) -> None:
+    if backed and batch:
+        raise ValueError("batch correction (batch_key) is not supported for out-of-core (backed) input; "
+                         "load the data into memory to correct for batch")
 
 
 def embed_cluster(
@@ -163,6 +176,7 @@ def embed_cluster(
     cluster: bool = True,
     k_max: int = 10,
     truth: Any = None,
+    batch_key: str | None = None,
     backed: bool = False,
     extra: Mapping[str, Any] | None = None,
 ) -> PipelineResult:
@@ -171,15 +185,19 @@ def embed_cluster(
     Features are matched by name and preprocessed once (:meth:`dhaka.Dhaka.embed`); the names of model features
     missing from ``data`` are in ``result.missing`` and counted in the record. A latent that cannot
     be clustered (degenerate, too few cells) is still a result: ``clusters`` is ``None``, a warning
-    says why and ``metrics["cluster_error"]`` keeps it.
+    says why and ``metrics["cluster_error"]`` keeps it. A batch-trained model reads each cell's batch
+    from ``data.obs[batch_key]`` (one of the model's ``batch_categories_``).
     """
     est = estimator
+    categories = getattr(est, "batch_categories_", None)
+    _refuse_backed_batch(backed, batch_key is not None or categories is not None)
+    batch = labels_from_obs(data, batch_key)
     if backed:
         from dhaka.backed import transform_backed
 
         Z, missing, model_input = np.asarray(transform_backed(est, data)), [], None
     else:
-        emb = est.embed(data)
+        emb = est.embed(data, batch=batch)
         Z, missing, model_input = np.asarray(emb.latent), emb.missing, emb.model_input
     seed = int(est.get_params().get("seed", 0))
     clusters, metrics = None, {}
@@ -197,7 +215,8 @@ def embed_cluster(
             _log.info("%d clusters called by %s on %d cells", clusters.k, getattr(caller, "name", "clusterer"),
                       Z.shape[0])
             metrics.update(cluster_metrics(Z, np.asarray(clusters.labels), truth))
+    used = {"batch_key": batch_key, "batch_categories": list(categories)} if categories is not None else {}
     record = uns_record(params=est.get_params(), clusters=clusters, seed=seed,
-                        extra={**({"n_genes_missing": len(missing)} if missing else {}), **dict(extra or {})})
+                        extra={**({"n_genes_missing": len(missing)} if missing else {}), **used, **dict(extra or {})})
     return PipelineResult(estimator=est, latent=Z, clusters=clusters, metrics=metrics, record=record,
                           missing=list(missing), model_input=model_input)

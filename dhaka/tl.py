@@ -59,11 +59,16 @@ def _check_key(key_added: str) -> str:
     return key_added
 
 
-def _input(adata: anndata.AnnData, layer: str | None) -> anndata.AnnData:
-    """``adata`` itself, or a light AnnData of one of its layers (same cell and gene names)."""
+def _input(adata: anndata.AnnData, layer: str | None, batch_key: str | None = None) -> anndata.AnnData:
+    """``adata`` itself, or a light AnnData of one of its layers (same cell and gene names, and the
+    ``obs[batch_key]`` column when given); a ``batch_key`` that is not a column is named."""
     if not (hasattr(adata, "obs_names") and hasattr(adata, "var_names") and hasattr(adata, "layers")):
         raise TypeError(f"expected an AnnData, got {type(adata).__name__}; for a plain matrix use "
                         "dhaka.Dhaka().fit_transform(X)")
+    if batch_key is not None:
+        from dhaka.batch import check_obs_column
+
+        check_obs_column(adata, batch_key)
     if layer is None:
         return adata
     if layer not in adata.layers:
@@ -72,8 +77,8 @@ def _input(adata: anndata.AnnData, layer: str | None) -> anndata.AnnData:
     import anndata as ad
     import pandas as pd
 
-    return ad.AnnData(X=adata.layers[layer], obs=pd.DataFrame(index=adata.obs_names),
-                      var=pd.DataFrame(index=adata.var_names))
+    obs = adata.obs[[batch_key]].copy() if batch_key is not None else pd.DataFrame(index=adata.obs_names)
+    return ad.AnnData(X=adata.layers[layer], obs=obs, var=pd.DataFrame(index=adata.var_names))
 
 
 def _categorical(values: Any) -> Any:
@@ -120,6 +125,7 @@ def dhaka(
     seed: int = 0,
     k_max: int = 10,
     clusterer: Clusterer | str | None = None,
+    batch_key: str | None = None,
     model_path: str | os.PathLike | None = None,
     return_model: bool = False,
     **params: Any,
@@ -149,6 +155,11 @@ def dhaka(
     clusterer
         How clusters are called (:mod:`dhaka.clusterers`: an object or a registered name);
         ``None``: Gaussian mixtures with k by BIC, the mode's merge rule.
+    batch_key
+        Correct for the batch in ``adata.obs[batch_key]`` (sample, donor, run), as scVI's ``batch_key``:
+        the model is conditioned on each cell's batch (:mod:`dhaka.batch`); ``uns[key_added]`` records
+        ``batch_key`` and ``batch_categories``. Cells projected later (:func:`project`) need a batch
+        the model knows.
     model_path
         Save the trained model to this folder (it must not exist or be empty); recorded as
         ``uns[key_added]["model_path"]`` so :func:`project` can be given the path later.
@@ -168,7 +179,8 @@ def dhaka(
         Cluster of every cell: a categorical of strings ``"0"``, ``"1"``, ... (``"0"`` the largest).
     ``adata.uns["dhaka"]``
         ``params`` / ``params_json`` (``Dhaka.get_params()``), ``versions``, ``bic`` (BIC per
-        ``k = 1..k_max``), ``k``, ``seed``, ``n_genes_used``, ``train_seconds``, ``model_path``.
+        ``k = 1..k_max``), ``k``, ``seed``, ``n_genes_used``, ``train_seconds``, ``model_path``
+        (and ``batch_key``, ``batch_categories`` with a batch).
 
     Examples
     --------
@@ -183,9 +195,9 @@ def dhaka(
     mode = MODE_ALIASES.get(mode, mode)
     if model_path is not None:
         _check_model_path(model_path)
-    data = _input(adata, layer)
+    data = _input(adata, layer, batch_key)
     result = run(data, estimator=Dhaka(mode=mode, latent_dim=latent_dim, seed=seed, **params),
-                 clusterer=clusterer, k_max=k_max, extra={"layer": layer})
+                 clusterer=clusterer, k_max=k_max, batch_key=batch_key, extra={"layer": layer})
     record = dict(result.record)
     if model_path is not None:
         result.estimator.save(model_path)
@@ -218,6 +230,7 @@ def project(
     reference: anndata.AnnData | None = None,
     transfer: str | None = None,
     n_neighbors: int = 15,
+    batch_key: str | None = None,
     copy: bool = False,
 ) -> anndata.AnnData | None:
     """Embed a second sample with a fitted model (no training), scanpy style.
@@ -247,6 +260,10 @@ def project(
         ``reference`` embedded by the same model, in ``obsm["X_" + key_added]``) is carried to each new
         cell by the majority of its ``n_neighbors`` nearest reference cells in the latent space, into
         ``obs[transfer]``, with the share of neighbours that agree in ``obs[transfer + "_confidence"]``.
+    batch_key
+        For a model trained with a batch: the ``obs`` column holding each cell's batch, one of the
+        model's ``batch_categories_`` (unknown ones are refused by name; to read cells of a new batch
+        as one the model knows, set that category in the column).
     copy
         Work on a copy and return it.
 
@@ -267,8 +284,8 @@ def project(
         model = Dhaka.load(model)
     check_is_fitted(model, "model_")
     ref = _transfer_source(reference, transfer, key) if transfer is not None else None
-    data = _input(adata, layer)
-    result = embed_cluster(model, data, cluster=cluster, clusterer=clusterer, k_max=k_max)
+    data = _input(adata, layer, batch_key)
+    result = embed_cluster(model, data, cluster=cluster, clusterer=clusterer, k_max=k_max, batch_key=batch_key)
     warn_missing(result.missing, len(model.genes_))
     record = {**result.record, "projected": True, "layer": "None" if layer is None else layer,
               "n_genes_used": len(model.genes_), "n_genes_missing": len(result.missing)}

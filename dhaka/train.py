@@ -69,7 +69,7 @@ class TrainingSeams:
     ----------
     wrap_model
         ``wrap_model(model)`` is a context manager, entered around the loop, that yields the
-        module whose ``loss(x, beta=, free_bits=, eps=)`` trains a minibatch (e.g. a
+        module whose ``loss(x, beta=, free_bits=, eps=, batch=)`` trains a minibatch (e.g. a
         data-parallel wrapper). Validation, snapshots and the result use ``model`` itself.
     batch_norm_sync
         ``batch_norm_sync(model)`` is a context manager, entered around the loop, within which
@@ -125,9 +125,28 @@ def _as_input(X: Any) -> tuple[Any, torch.Tensor | None]:
     return X, torch.from_numpy(X)
 
 
+def batch_codes(batch: Any, n_rows: int, n_batch: int) -> torch.Tensor | None:
+    """The rows' batch codes (integers in ``[0, n_batch)``) as a tensor, checked against the model's ``n_batch``."""
+    if batch is None:
+        if n_batch:
+            raise ValueError(f"the model has {n_batch} batch categories: pass batch= (each row's batch code)")
+        return None
+    if not n_batch:
+        raise ValueError("batch= was given but the model has no batch categories (build it with n_batch=)")
+    codes = np.asarray(batch)
+    if codes.shape != (n_rows,) or codes.dtype.kind not in "iu":
+        raise ValueError(f"batch must hold one integer code per row ({n_rows}), "
+                         f"got {codes.dtype} of shape {codes.shape}")
+    if n_rows and (codes.min() < 0 or codes.max() >= n_batch):
+        raise ValueError(f"batch codes must lie in [0, {n_batch}), got {codes.min()}..{codes.max()}")
+    return torch.from_numpy(codes.astype(np.int64))
+
+
 def _batches(X: Any, rows: np.ndarray, batch_size: int, device: torch.device,
-             dense_t: torch.Tensor | None) -> Iterator[torch.Tensor]:
-    """Yield float32 minibatches of ``rows``; a sparse matrix is densified one batch at a time."""
+             dense_t: torch.Tensor | None,
+             codes: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Yield float32 minibatches of ``rows`` with their batch codes (``None`` without);
+    a sparse matrix is densified one batch at a time."""
     pin = device.type == "cuda"
     source = is_row_source(X)
     for i in range(0, len(rows), batch_size):
@@ -140,7 +159,7 @@ def _batches(X: Any, rows: np.ndarray, batch_size: int, device: torch.device,
             xb = torch.from_numpy(np.asarray(X[idx].toarray(), dtype=np.float32))
         if pin:
             xb = xb.pin_memory()
-        yield xb.to(device, non_blocking=True)
+        yield xb.to(device, non_blocking=True), None if codes is None else codes[torch.from_numpy(idx)].to(device)
 
 
 def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +199,7 @@ def fit_vae(
     wrap_model: Callable[[VAE], ContextManager[torch.nn.Module]] | None = None,
     batch_norm_sync: Callable[[torch.nn.Module], ContextManager[Any]] | None = None,
     noise: Callable[[int, int, torch.device], torch.Tensor] | None = None,
+    batch: np.ndarray | None = None,
 ) -> TrainResult:
     """Train ``model`` on the rows of ``X`` (cells x selected features, raw preprocessed values).
 
@@ -203,6 +223,9 @@ def fit_vae(
         difference against fp32.
     wrap_model, batch_norm_sync, noise
         The loop's seams (:class:`TrainingSeams`); ``None`` trains ``model`` in this process alone.
+    batch
+        Integer batch code of every row (in ``[0, model.n_batch)``) for a model with batch
+        categories; the codes travel with their rows through the minibatches and the validation split.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -216,6 +239,7 @@ def fit_vae(
     if dense_t is not None and dev.type == "cuda" and X.nbytes < 2 * 1024**3:
         dense_t = dense_t.to(dev)
     n = X.shape[0]
+    codes = batch_codes(batch, n, model.n_batch)
     train_rows, val_rows = split_rows(n, val_fraction, seed)
     if len(train_rows) < 2:
         raise ValueError(f"need at least 2 cells to train, got {n}")
@@ -249,14 +273,14 @@ def fit_vae(
             perm = train_rows[rng.permutation(len(train_rows))]
             sums = torch.zeros(3, device=dev)
             seen = 0
-            for xb in _batches(X, perm, batch_size, dev, dense_t):
+            for xb, bb in _batches(X, perm, batch_size, dev, dense_t, codes):
                 if stop_event is not None and stop_event.is_set():
                     break
                 if xb.shape[0] < min_batch:
                     continue
                 eps = noise(xb.shape[0], model.latent_dim, dev) if noise is not None else None
                 with amp:
-                    out = step.loss(xb, beta=beta, free_bits=free_bits, eps=eps)
+                    out = step.loss(xb, beta=beta, free_bits=free_bits, eps=eps, batch=bb)
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
                 if clip_norm:
@@ -277,8 +301,8 @@ def fit_vae(
                     "(previous epoch) was kept. Try a lower learning rate or a smaller clip norm.",
                     result,
                 )
-            val_loss = (_evaluate(model, X, val_rows, batch_size, dev, dense_t, kl_weight=kl_weight, free_bits=free_bits)
-                        if len(val_rows) else float("nan"))
+            val_loss = (_evaluate(model, X, val_rows, batch_size, dev, dense_t, kl_weight=kl_weight,
+                                  free_bits=free_bits, codes=codes) if len(val_rows) else float("nan"))
             _snapshot(model, into=good_state)
             elapsed = time.perf_counter() - t0
             report = EpochReport(
@@ -325,12 +349,13 @@ def _snapshot(model: torch.nn.Module, into: dict[str, torch.Tensor] | None = Non
 
 @torch.no_grad()
 def _evaluate(model: VAE, X, rows: np.ndarray, batch_size: int, dev: torch.device,
-              dense_t: torch.Tensor | None, *, kl_weight: float = 1.0, free_bits: float = 0.0) -> float:
+              dense_t: torch.Tensor | None, *, kl_weight: float = 1.0, free_bits: float = 0.0,
+              codes: torch.Tensor | None = None) -> float:
     """The training objective at full KL weight on held-out rows, with the posterior mean as z."""
     model.eval()
     total, n = 0.0, 0
-    for xb in _batches(X, rows, max(batch_size, 1024), dev, dense_t):
-        total += model.loss(xb, beta=kl_weight, free_bits=free_bits).total.item() * xb.shape[0]
+    for xb, bb in _batches(X, rows, max(batch_size, 1024), dev, dense_t, codes):
+        total += model.loss(xb, beta=kl_weight, free_bits=free_bits, batch=bb).total.item() * xb.shape[0]
         n += xb.shape[0]
     model.train()
     return total / max(n, 1)
@@ -338,14 +363,16 @@ def _evaluate(model: VAE, X, rows: np.ndarray, batch_size: int, dev: torch.devic
 
 @torch.no_grad()
 def encode(model: VAE, X: np.ndarray | sp.spmatrix, *, batch_size: int = 2048,
-           device: str | torch.device = "cpu", return_var: bool = False):
-    """Posterior means (and optionally variances) of all rows of ``X``, batch by batch."""
+           device: str | torch.device = "cpu", return_var: bool = False, batch: np.ndarray | None = None):
+    """Posterior means (and optionally variances) of all rows of ``X``, batch by batch
+    (``batch``: each row's batch code, for a model with batch categories)."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model.to(dev).eval()
     X, dense_t = _as_input(X)
+    codes = batch_codes(batch, X.shape[0], model.n_batch)
     mus, vars_ = [], []
-    for xb in _batches(X, np.arange(X.shape[0]), batch_size, dev, dense_t):
-        mu, logvar = model.encode(model.prepare(xb))
+    for xb, bb in _batches(X, np.arange(X.shape[0]), batch_size, dev, dense_t, codes):
+        mu, logvar = model.encode(model.prepare(xb), bb)
         mus.append(mu.float().cpu().numpy())
         vars_.append(logvar.exp().float().cpu().numpy())
     Z = np.concatenate(mus) if mus else np.zeros((0, model.latent_dim), np.float32)

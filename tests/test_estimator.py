@@ -254,15 +254,15 @@ def test_refine_epochs_shortens_the_gene_choosing_fits_only(blobs_counts, monkey
     kw = {**FAST, "epochs": 6, "patience": None, "refine": 2, "refine_epochs": 2}
     picks = iter([np.arange(40), np.arange(30)])  # each round a new selection: three fits
     with monkeypatch.context() as m:
-        m.setattr(Dhaka, "_refined_genes", lambda self, P, S, n: {"n_significant": 1, "r2_threshold": 0.1,
-                                                                   "indices": next(picks)})
+        m.setattr(Dhaka, "_refined_genes", lambda self, P, S, n, batch=None: {
+            "n_significant": 1, "r2_threshold": 0.1, "indices": next(picks)})
         seen = _epochs_per_stage(Dhaka(**kw), X)
     assert [seen[k] for k in sorted(seen)] == [2, 2, 6], seen  # fit 1/3, fit 2/3: 2 epochs; the last: all 6
     assert set(_epochs_per_stage(Dhaka(**{**kw, "refine_epochs": None}), X).values()) == {6}
     # a shortened fit whose selection is final (nothing significant) is not the model kept: the last fit
     # runs in full on the same genes
-    monkeypatch.setattr(Dhaka, "_refined_genes", lambda self, P, S, n: {"n_significant": 0, "r2_threshold": 1.0,
-                                                                         "indices": None})
+    monkeypatch.setattr(Dhaka, "_refined_genes", lambda self, P, S, n, batch=None: {
+        "n_significant": 0, "r2_threshold": 1.0, "indices": None})
     est = Dhaka(**kw)
     seen = _epochs_per_stage(est, X)
     assert [seen[k] for k in sorted(seen)] == [2, 6], seen
