@@ -55,11 +55,13 @@ if not active and not tasks.train_in_thread() and not state.views_running():
 st.caption(f"Dataset: **{info.get('name')}** · {adata.n_obs:,} cells × {adata.n_vars:,} genes · "
            f"mode **{state.get_preprocess().get('mode', 'expression')}** (change on the Data page)")
 if active:  # the settings of the running training; the form comes back, as it was, when it ends
-    params = state.get_train_params()
-    st.caption(f"**Settings of this training:** {forms.settings_summary(params)}.")
+    params, batch_key = state.get_train_params(), state.get_batch_key()
+    batch = f" · corrected for batch: {batch_key}" if batch_key else ""
+    st.caption(f"**Settings of this training:** {forms.settings_summary(params)}{batch}.")
 else:
     params = forms.train_form(defaults=demos.fast_train_params() if demos.demo_fast() else None,
                               cuda=_cuda_available())
+    batch_key = forms.batch_choice(adata)
 full = {**state.get_preprocess(), **params}
 
 c1, c2 = st.columns([1, 3])
@@ -71,7 +73,8 @@ if start:
     ok = messages.safe_call(tasks.check_training_memory, adata, full, what="Cannot train")
     if ok is not None:
         task = tasks.make_train_task(adata, full, data_name=str(info.get("name")), dataset_key=info.get("key"),
-                                     fingerprint=info.get("fingerprint"), truth=state.get_truth_labels())
+                                     fingerprint=info.get("fingerprint"), truth=state.get_truth_labels(),
+                                     batch_key=batch_key)
         new = messages.safe_call(owner.submit, task,  # the person's quota (a shared one without a login)
                                  name=f"train on {info.get('name')}", kind="train", memory_bytes=ok,
                                  what="Could not start training")

@@ -130,6 +130,29 @@ def test_the_app_task_trains_in_a_process_and_stores_the_run(adata, tmp_path):
     manager.shutdown()
 
 
+def test_a_batch_key_goes_with_the_cells_to_the_training_process(adata, tmp_path):
+    import json
+
+    from dhaka.jobs import JobManager
+    from dhaka.runs import RunStore
+
+    batched = adata.copy()
+    batched.obs["sample"] = np.where(np.arange(adata.n_obs) % 3 == 0, "s1", "s2")
+    assert list(tasks._lean(batched, "sample").obs.columns) == ["sample"]
+    with pytest.raises(ValueError, match="'donor' is not a column"):
+        tasks.make_train_task(batched, PARAMS, data_name="toy", batch_key="donor")
+    store = RunStore(tmp_path / "runs")
+    task = tasks.make_train_task(batched, PARAMS, data_name="toy", store=store, batch_key="sample", in_thread=False)
+    manager = JobManager()
+    job = manager.submit(task, owner="me", name="train", kind="train")
+    assert job.wait(600)
+    assert job.snapshot()["status"] == "done", job.snapshot().get("error")
+    assert job.result.estimator.batch_categories_ == ["s1", "s2"]
+    (record,) = [p for p in (tmp_path / "runs").rglob("run.json") if p.parent.name == job.result.run_id]
+    assert json.loads(record.read_text())["data"]["batch_key"] == "sample"
+    manager.shutdown()
+
+
 def _child_env(pid: int) -> dict[bytes, bytes]:
     deadline = time.time() + 30
     while time.time() < deadline:  # /proc shows the new environment once the child has exec-ed

@@ -19,8 +19,8 @@ from dhaka.ui.messages import error_message, plain
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
 
-__all__ = ["PRESET_LABELS", "STRUCTURE_PRESETS", "apply_train_preset", "preprocess_form", "settings_summary",
-           "train_form"]
+__all__ = ["PRESET_LABELS", "STRUCTURE_PRESETS", "apply_train_preset", "batch_choice", "preprocess_form",
+           "settings_summary", "train_form"]
 
 #: Label -> ``structure`` value of :class:`dhaka.Dhaka`.
 STRUCTURE_PRESETS = {"Paper deep (1024-512-256)": "deep", "Paper shallow (1024)": "shallow",
@@ -259,6 +259,29 @@ def train_form(*, defaults: dict[str, Any] | None = None, cuda: bool = False) ->
     params.update(hidden)
     state.set_train_params(params)
     return params
+
+
+#: The "Correct for batch" option that means no batch correction.
+NO_BATCH = "(none)"
+
+
+def batch_choice(adata: anndata.AnnData) -> str | None:
+    """"Correct for batch": ``(none)`` or an obs column of categories (:func:`dhaka.batch.candidate_columns`);
+    returns the column or ``None`` (also stored in state, :func:`dhaka.ui.state.get_batch_key`)."""
+    from dhaka.batch import candidate_columns
+
+    options = [NO_BATCH, *candidate_columns(adata.obs)]
+    cur = state.get_batch_key()
+    _seed("w.train.batch_key", cur if cur in options else NO_BATCH)
+    if st.session_state["w.train.batch_key"] not in options:  # another dataset since
+        st.session_state["w.train.batch_key"] = NO_BATCH
+    choice = st.selectbox("Correct for batch", options, key="w.train.batch_key",
+                          help="An obs column naming each cell's sample, donor or sequencing run: the model is "
+                               "conditioned on it (as scVI's batch_key), so the latent space need not separate "
+                               "the batches. Columns with 2-50 categories are offered.")
+    key = None if choice == NO_BATCH else str(choice)
+    state.set_batch_key(key)
+    return key
 
 
 def settings_summary(params: dict[str, Any]) -> str:

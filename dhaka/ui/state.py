@@ -43,14 +43,14 @@ __all__ = [
     # keys
     "SESSION_ID", "DATASET", "DATASET_INFO", "SECOND_DATASET", "PREPROCESS", "TRAIN_PARAMS", "JOB",
     "ESTIMATOR", "LATENT", "GMM", "CLUSTERS", "CLUSTER_K", "EMBEDDINGS", "MODEL_INPUT", "RESULT_INFO",
-    "TRUTH_COLUMN", "NOTICE", "COLLECTED_JOB", "VIEWS_JOB", "ANNOTATIONS",
+    "TRUTH_COLUMN", "BATCH_KEY", "NOTICE", "COLLECTED_JOB", "VIEWS_JOB", "ANNOTATIONS",
     # functions
     "init_state", "get_dataset", "get_dataset_info", "get_dataset_key", "get_second_dataset",
     "set_dataset", "get_preprocess", "set_preprocess", "get_train_params", "set_train_params",
     "get_estimator_params", "get_job", "set_job", "get_estimator", "get_latent", "get_gmm", "get_clusters",
     "get_cluster_k", "set_clusters", "get_annotations", "set_annotations", "get_embeddings", "set_embedding", "get_views_job", "set_views_job", "views_running", "get_model_input", "set_model_input",
     "get_result_info", "set_result", "clear_results", "results_match_dataset", "get_truth_column",
-    "set_truth_column", "get_truth_labels", "push_notice", "pop_notices", "require_dataset",
+    "set_truth_column", "get_truth_labels", "get_batch_key", "set_batch_key", "push_notice", "pop_notices", "require_dataset",
     "require_latent",
 ]
 
@@ -91,6 +91,8 @@ MODEL_INPUT = _P + "model_input"
 RESULT_INFO = _P + "result_info"
 #: str | None: obs column holding true labels (for ARI / NMI).
 TRUTH_COLUMN = _P + "truth_column"
+#: str | None: obs column the next training corrects for (batch correction), chosen on the Train page.
+BATCH_KEY = _P + "batch_key"
 #: str | None: id of the last finished job whose result was taken into the session.
 COLLECTED_JOB = _P + "collected_job"
 #: list[tuple[str, str]]: one-shot messages (level, text) shown on the next page draw.
@@ -115,7 +117,8 @@ def init_state() -> None:
     for key, empty in ((DATASET, None), (DATASET_INFO, {}), (SECOND_DATASET, None), (PREPROCESS, {}),
                        (TRAIN_PARAMS, {}), (JOB, None), (ESTIMATOR, None), (LATENT, None), (GMM, None),
                        (CLUSTERS, None), (CLUSTER_K, None), (EMBEDDINGS, {}), (MODEL_INPUT, None),
-                       (RESULT_INFO, {}), (TRUTH_COLUMN, None), (NOTICE, []), (COLLECTED_JOB, None),
+                       (RESULT_INFO, {}), (TRUTH_COLUMN, None), (BATCH_KEY, None), (NOTICE, []),
+                       (COLLECTED_JOB, None),
                        (VIEWS_JOB, None), (ANNOTATIONS, {})):
         if key not in ss:
             ss[key] = empty
@@ -408,6 +411,20 @@ def get_truth_labels() -> np.ndarray | None:
     if col is None:
         return None
     return get_dataset().obs[col].astype(str).to_numpy()
+
+
+def get_batch_key() -> str | None:
+    """The obs column the next training corrects for (``None``: no batch correction, or not in this dataset)."""
+    col = _get(BATCH_KEY)
+    adata = get_dataset()
+    if col is None or adata is None or col not in adata.obs.columns:
+        return None
+    return col
+
+
+def set_batch_key(column: str | None) -> None:
+    """Choose the obs column to correct for (``None`` for none)."""
+    st.session_state[BATCH_KEY] = column
 
 
 # ------------------------------------------------------------------ notices

@@ -210,13 +210,13 @@ def train_in_thread() -> bool:
     return os.environ.get("DHAKA_TRAIN_IN_THREAD", "0").strip() == "1"
 
 
-def _lean(adata: anndata.AnnData) -> anndata.AnnData:
-    """The matrix and names only: what the training process needs of a dataset."""
+def _lean(adata: anndata.AnnData, batch_key: str | None = None) -> anndata.AnnData:
+    """The matrix and names only (and the ``batch_key`` column): what the training process needs of a dataset."""
     import anndata as ad
     import pandas as pd
 
-    return ad.AnnData(X=adata.X, obs=pd.DataFrame(index=adata.obs_names.copy()),
-                      var=pd.DataFrame(index=adata.var_names.copy()))
+    obs = adata.obs[[batch_key]].copy() if batch_key is not None else pd.DataFrame(index=adata.obs_names.copy())
+    return ad.AnnData(X=adata.X, obs=obs, var=pd.DataFrame(index=adata.var_names.copy()))
 
 
 def make_train_task(
@@ -227,6 +227,7 @@ def make_train_task(
     dataset_key: str | None = None,
     fingerprint: dict[str, Any] | None = None,
     truth: Any = None,
+    batch_key: str | None = None,
     k_max: int = 10,
     checkpoint_every: int = 5,
     checkpoint_seconds: float = 30.0,
@@ -249,6 +250,8 @@ def make_train_task(
         Shape + hash of the data (default: :func:`data_fingerprint`).
     truth
         True labels per cell (ARI / NMI stored with the run), or ``None``.
+    batch_key
+        The obs column of ``adata`` to correct for (:func:`dhaka.pipeline.run`), kept in the run's data record.
     k_max
         Largest number of GMM clusters tried.
     checkpoint_every, checkpoint_seconds
@@ -269,6 +272,10 @@ def make_train_task(
     use_thread = train_in_thread() if in_thread is None else bool(in_thread)
     obs_names = [str(o) for o in adata.obs_names]
     truth_arr = None if truth is None else np.asarray(truth).astype(str)
+    if batch_key is not None:  # a wrong column is named when the job is made, not in the training process
+        from dhaka.batch import check_obs_column
+
+        check_obs_column(adata, batch_key)
 
     def task(ctx: JobContext) -> TrainOutcome:
         from dhaka.estimator import Dhaka
@@ -278,8 +285,9 @@ def make_train_task(
         est = Dhaka(**params)
         run_store = store if store is not None else RunStore()
         fp = fingerprint if fingerprint is not None else data_fingerprint(adata)
-        run = run_store.create(settings=est.get_params(), data={"name": data_name, "fingerprint": fp},
-                               owner=ctx.owner)
+        run = run_store.create(settings=est.get_params(), owner=ctx.owner,
+                               data={"name": data_name, "fingerprint": fp,
+                                     **({"batch_key": batch_key} if batch_key is not None else {})})
         ctx.report(run_id=run.id)
         history: list[dict[str, Any]] = []
 
@@ -299,7 +307,7 @@ def make_train_task(
             run.write_checkpoint(save_fn, epoch)
 
         try:
-            kw = dict(truth=truth_arr, k_max=k_max, checkpoint_every=checkpoint_every,
+            kw = dict(truth=truth_arr, batch_key=batch_key, k_max=k_max, checkpoint_every=checkpoint_every,
                       checkpoint_seconds=checkpoint_seconds)
             with trainings_first() as release_views:  # a UMAP warm-up still compiling waits (dhaka.ui.views_worker)
 
@@ -313,7 +321,7 @@ def make_train_task(
                                             checkpoint=on_checkpoint, on_phase=on_phase, **kw)
                 else:
                     scratch = str(run.path) if getattr(run, "path", None) is not None else None
-                    fit = run_in_worker({"adata": _lean(adata), "params": params, "scratch": scratch, **kw},
+                    fit = run_in_worker({"adata": _lean(adata, batch_key), "params": params, "scratch": scratch, **kw},
                                         stop_event=ctx.stop_event, threads=ctx.threads,
                                         on_epoch=on_epoch, on_checkpoint=on_checkpoint, on_phase=on_phase)
             est, Z, gmm, labels = fit.estimator, fit.latent, fit.clusters, fit.labels

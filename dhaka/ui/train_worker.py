@@ -9,7 +9,8 @@ its progress is asleep in ``recv`` between epochs.
 
 The protocol (parent = the job's thread in the server, see :func:`dhaka.ui.tasks.make_train_task`):
 
-- parent -> worker: one request dict (``adata``: the matrix and names only, ``params``, ``truth``,
+- parent -> worker: one request dict (``adata``: the matrix and names only, with the ``batch_key`` column
+  when there is one, ``params``, ``truth``, ``batch_key``,
   ``k_max``, ``checkpoint_every``, ``checkpoint_seconds``, optionally ``scratch``: a folder on the run's file system for
   checkpoints), then possibly ``"stop"``;
 - worker -> parent: ``("epoch", row)`` per epoch, ``("checkpoint", epoch, folder)`` (a model folder
@@ -285,6 +286,7 @@ def _serve(address: str) -> None:
         with cpu.limit_threads(None) as used:
             result = fit_embed_cluster(
                 request["adata"], request["params"], truth=request.get("truth"), k_max=request["k_max"],
+                batch_key=request.get("batch_key"),
                 on_epoch=lambda row: send(("epoch", row)), stop_event=stop, checkpoint=checkpoint,
                 checkpoint_every=request["checkpoint_every"], checkpoint_seconds=request.get("checkpoint_seconds", 0.0),
                 on_phase=lambda phase: send(("phase", phase)))

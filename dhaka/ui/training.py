@@ -27,6 +27,7 @@ def fit_embed_cluster(
     *,
     truth: np.ndarray | None,
     k_max: int,
+    batch_key: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None],
     stop_event: Any,
     checkpoint: Callable[[Callable[[Any], None], int], None] | None,
@@ -38,7 +39,7 @@ def fit_embed_cluster(
 
     ``on_epoch`` gets each epoch's report as a dict; ``on_phase("embedding")`` is called when the
     fitting is over. Metrics: ``k``, ``silhouette``, ``n_threads`` (the CPU share the fit ran with) and, with
-    ``truth``, ``ari`` / ``nmi``.
+    ``truth``, ``ari`` / ``nmi``. ``batch_key``: the ``adata.obs`` column to correct for, or ``None``.
     Checkpoints are offered every ``checkpoint_every`` epochs and taken at the first offer, then at
     most once per ``checkpoint_seconds``.
     """
@@ -55,7 +56,8 @@ def fit_embed_cluster(
             last[0] = now
             checkpoint(save_fn, epoch)
 
-    result = run(adata, estimator=dict(params), k_max=k_max, truth=truth, callback=callback, stop_event=stop_event,
+    result = run(adata, estimator=dict(params), k_max=k_max, truth=truth, batch_key=batch_key,
+                 callback=callback, stop_event=stop_event,
                  checkpoint=timed_checkpoint if checkpoint is not None else None, checkpoint_every=checkpoint_every,
                  on_phase=on_phase)
     result.metrics["n_threads"] = int(result.estimator.n_threads_)  # the share the fit ran with, kept with the run

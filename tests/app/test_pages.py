@@ -173,6 +173,22 @@ def test_training_finishes_and_is_collected(trained):
     assert len(at.get("plotly_chart")) == 1  # the loss curves
 
 
+def test_train_page_corrects_for_a_chosen_batch_column(env):
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    box = at.selectbox(key="w.train.batch_key")
+    assert box.value == "(none)" and "group" in box.options  # the demo's categorical obs columns
+    box.set_value("group").run()
+    at.number_input(key="w.train.epochs").set_value(1).run()
+    at.button(key="w.train.start").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["dhaka.job"].wait(120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    est = at.session_state["dhaka.estimator"]
+    assert est.batch_categories_ == sorted(set(at.session_state["dhaka.dataset"].obs["group"].astype(str)))
+
+
 def test_paper_preset_fills_the_form(env):
     from dhaka.estimator import PRESETS
 
