@@ -18,6 +18,12 @@ from .matrix import Expect, Orientation, _corner_hint, _decide_orientation, _fin
 from .safety import _NUM_RE, DataError, _describe_magic, _plural, _q
 from .source import _Input, _lines_guarded
 
+#: What parses the rows of a table (named in bench/io_memory.py's figures).  Issue 28 measured a reader on
+#: ``pyarrow.csv.open_csv`` against it (bench/RESULTS.md, section io-memory): it kept every refusal but
+#: needed about 100 MB more for small tables, took 1.45x as long on a 30,000-gene table, and its peak made
+#: the sandbox refuse an upload this reader takes; so rows are parsed here.
+PARSER = "hand-written (pandas blocks)"
+
 _NAN_TOKENS = {"nan", "-nan", "+nan", "na", "n/a", "#n/a", "null", "none", "nat", "."}
 _INF_TOKENS = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 _F32_MAX = float(np.finfo(np.float32).max)
