@@ -60,7 +60,7 @@ def machine_description() -> str:
 
     from dhaka import cpu
 
-    usable = cpu.budget()  # affinity and cgroup quota (DHAKA_THREADS when set)
+    usable = min(cpu.affinity_count(), cpu.quota_cpus() or cpu.affinity_count())  # the machine, not DHAKA_THREADS
     try:
         load = "load average %.1f / %.1f / %.1f" % os.getloadavg()
     except OSError:  # pragma: no cover

@@ -49,7 +49,16 @@ PCA_CALLERS = ("default", "merge", "plain")
 
 
 def load(name: str, *, max_cells: int | None, seed: int = 0):
-    """AnnData and its annotation (per cell, str) for a data set name."""
+    """AnnData and its annotation (per cell, str) for a data set name; ``NAME:LAYER`` reads that layer as X
+    (e.g. ``ov081_cnv:copy``, the GC-corrected copy number instead of the read counts)."""
+    if ":" in name:
+        base, layer = name.split(":", 1)
+        adata, truth = load(base, max_cells=max_cells, seed=seed)
+        if layer not in adata.layers:
+            raise ValueError(f"{base} has no layer {layer!r}; it has: {', '.join(adata.layers) or 'none'}")
+        adata.X = np.asarray(adata.layers[layer], dtype=np.float32)
+        adata.uns["source"] = f"{adata.uns.get('source', base)}; X = layers[{layer!r}]"
+        return adata, truth
     if name in SHIPPED:
         from dhaka import io
 
@@ -87,12 +96,12 @@ def _probe_estimator(params: dict):
     from dhaka import Dhaka
 
     class Probe(Dhaka):
-        def _score_start(self, model, S, seed, clusterer):
+        def _score_start(self, model, S, seed, clusterer, batch=None):
             from dhaka.train import encode
 
             self.probe_latents_ = getattr(self, "probe_latents_", [])
-            self.probe_latents_.append(np.asarray(encode(model, S, device="cpu"), dtype=np.float32))
-            return super()._score_start(model, S, seed, clusterer)
+            self.probe_latents_.append(np.asarray(encode(model, S, device="cpu", batch=batch), dtype=np.float32))
+            return super()._score_start(model, S, seed, clusterer, batch)
 
     return Probe(**params)
 
