@@ -288,6 +288,33 @@ def table_for(ds: str, records: list[dict], n_cells: int, n_genes: int, k_true: 
     return text, verdicts
 
 
+def ceilings(adata, truth) -> str:
+    """What clusterings given the true k reach on the same matrix (no seeds involved): PCA-n + GMM at k = true k,
+    and hierarchical (Ward, average) clustering of the cells' profiles; rows relative to each cell's mean (ploidy).
+    Answers whether a target is within reach of the matrix at all."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
+    from dhaka.cluster import ari
+
+    X = np.asarray(adata.X, dtype=np.float64)
+    X = np.where(np.isfinite(X), X, np.nanmedian(X))
+    X = X / np.maximum(X.mean(axis=1, keepdims=True), 1e-12)
+    X -= X.mean(axis=0)
+    k = int(np.unique(truth).size)
+    rows = []
+    for n in (3, 10, 20):
+        Z = PCA(n, random_state=0).fit_transform(X)
+        lab = GaussianMixture(k, random_state=0, n_init=5).fit(Z).predict(Z)
+        rows.append({"clustering (true k)": f"PCA-{n} + GMM, k = {k}", "ARI": float(ari(truth, lab))})
+    for link in ("ward", "average"):
+        lab = AgglomerativeClustering(k, linkage=link).fit_predict(X)
+        rows.append({"clustering (true k)": f"hierarchical ({link}) on the profiles, k = {k}", "ARI": float(ari(truth, lab))})
+    return ("Ceilings (`--ceilings`): clusterings told the true number of groups, on the same matrix, rows divided "
+            "by their mean (ploidy) and centred.\n\n" + markdown_table(rows))
+
+
 def _append(path: Path, line: str) -> None:
     """One ``write`` with O_APPEND, so that two bench runs writing records at once do not interleave lines."""
     import os
@@ -307,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="Dhaka(n_threads=...) and torch threads")
     ap.add_argument("--no-default", action="store_true", help="only the --variant rows (and PCA-10)")
     ap.add_argument("--no-pca", action="store_true")
+    ap.add_argument("--ceilings", action="store_true",
+                    help="also cluster each set's matrix told the true k (PCA-n + GMM, hierarchical): is a target in reach")
     ap.add_argument("--probe-starts", type=int, default=0, metavar="N",
                     help="also fit Dhaka(n_starts=N) per seed and record every start's call, scores and latent "
                          "(bench/out/stability_latents/), for the table of start criteria")
@@ -365,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         records = [r for r in records if r["method"] in wanted or args.report_only]
         fit_seconds += sum(r["seconds"] for r in records if not r["method"].startswith("pca"))
         text, _ = table_for(ds, records, adata.n_obs, adata.n_vars, k_true)
+        if args.ceilings:
+            text += "\n" + ceilings(adata, truth)
         print("\n" + text, flush=True)
         sections.append(text)
     minutes = (time.perf_counter() - t_start) / 60
