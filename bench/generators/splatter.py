@@ -10,6 +10,8 @@ and independent of :mod:`dhaka.simulate`. Steps, with Splatter's parameter names
    ``LogNormal(de.facLoc, de.facScale)``, down-regulated (1 / factor) with probability
    ``de.downProb``; a group's gene means are ``lambda_i * factor_gi``;
 4. cell means ``mu_ij = L_j * lambda_gi / sum_i lambda_gi`` (proportions times library size);
+   With batches (``batchCells``), each batch ``b`` scales every gene's mean by its own factor
+   ``LogNormal(batch.facLoc, batch.facScale)`` (Splatter's batch effect), applied as the DE factors are;
 5. biological coefficient of variation ``BCV_ij = (bcv.common + 1 / sqrt(mu_ij)) *
    sqrt(bcv.df / chi2_{bcv.df})`` and trended means ``Gamma(shape=1/BCV^2, scale=mu_ij BCV^2)``;
 6. counts ``Poisson(trended mean)``;
@@ -54,6 +56,9 @@ class SplatParams:
     dropout: bool = True
     dropout_mid: float = 0.0
     dropout_shape: float = -1.0
+    batch_cells: tuple[int, ...] = ()
+    batch_fac_loc: float = 0.1
+    batch_fac_scale: float = 0.1
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -74,7 +79,8 @@ def splat_groups(params: SplatParams = SplatParams(), *, seed: int = 0):
     -------
     anndata.AnnData
         ``X`` integer counts (float32, cells x genes); ``obs["group"]`` the true group
-        (``"Group1"``...), ``obs["lib_size"]``; ``var["de_group"]`` (the groups where the gene is
+        (``"Group1"``...), ``obs["lib_size"]``, with ``batch_cells`` ``obs["batch"]`` (``"Batch1"``...);
+        ``var["de_group"]`` (the groups where the gene is
         DE, ``""`` if none), ``var["outlier"]``; ``uns["splatter"]`` the parameters.
     """
     import anndata as ad
@@ -104,9 +110,17 @@ def splat_groups(params: SplatParams = SplatParams(), *, seed: int = 0):
         for j in np.flatnonzero(de):
             de_where[j].append(f"Group{gi + 1}")
     gmeans = lam[None, :] * fac                                   # (k, g)
-    props = gmeans / gmeans.sum(axis=1, keepdims=True)
+    if p.batch_cells:  # drawn only with batches: a set without them is as before
+        if sum(p.batch_cells) != n:
+            raise ValueError(f"batch_cells must add up to n_cells ({n}), got {p.batch_cells}")
+        batch = np.repeat(np.arange(len(p.batch_cells)), p.batch_cells)
+        bfac = rng.lognormal(p.batch_fac_loc, p.batch_fac_scale, size=(len(p.batch_cells), g))
+        bmeans = gmeans[:, None, :] * bfac[None, :, :]             # (k, batches, g)
+        props_cell = (bmeans / bmeans.sum(axis=2, keepdims=True))[group, batch]
+    else:
+        props_cell = (gmeans / gmeans.sum(axis=1, keepdims=True))[group]
     # 4. cell means
-    mu = lib[:, None] * props[group]                               # (n, g)
+    mu = lib[:, None] * props_cell                                 # (n, g)
     # 5. BCV and trended means
     bcv = (p.bcv_common + 1.0 / np.sqrt(np.maximum(mu, 1e-12))) * np.sqrt(p.bcv_df / rng.chisquare(p.bcv_df, size=(n, g)))
     shape = 1.0 / bcv ** 2
@@ -121,6 +135,8 @@ def splat_groups(params: SplatParams = SplatParams(), *, seed: int = 0):
         counts[rng.random((n, g)) < pdrop] = 0.0
     obs = pd.DataFrame({"group": pd.Categorical([f"Group{i + 1}" for i in group]), "lib_size": lib},
                        index=[f"Cell{i + 1}" for i in range(n)])
+    if p.batch_cells:
+        obs["batch"] = pd.Categorical([f"Batch{b + 1}" for b in batch])
     var = pd.DataFrame({"de_group": [",".join(w) for w in de_where], "outlier": outlier},
                        index=[f"Gene{i + 1}" for i in range(g)])
     a = ad.AnnData(X=counts, obs=obs, var=var)
