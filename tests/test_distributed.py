@@ -171,3 +171,18 @@ def test_shutdown_destroys_every_group_and_is_a_no_op_outside_one(tmp_path):
     finally:
         distributed.shutdown()
     assert not dist.is_initialized()
+
+
+def test_two_ranks_train_a_batch_model_as_one_process_does(tmp_path):
+    """--batch-key: each rank's share of a global batch carries its cells' batch codes."""
+    from dhaka import Dhaka
+
+    ad = _data()
+    ad.obs["sample"] = np.where(np.arange(ad.n_obs) % 3 == 0, "s1", "s2")
+    ad.write_h5ad(tmp_path / "x.h5ad")
+    params = dict(PARAMS, batch_norm=False)
+    _torchrun(tmp_path, 2, params, "--batch-key", "sample")
+    est = Dhaka(**dict(params, structure=tuple(params["structure"]))).fit(ad, batch=ad.obs["sample"])
+    Z = np.load(tmp_path / "out" / "latent.npy")
+    np.testing.assert_allclose(Z, est.transform(ad, batch=ad.obs["sample"]), atol=1e-4)
+    assert Dhaka.load(tmp_path / "out" / "model").batch_categories_ == ["s1", "s2"]
