@@ -225,7 +225,8 @@ PARAMS: tuple[Param, ...] = (
           high=1000.0, step=0.5, special={None: ("off", "no gradient clipping")}, example=5.0),
     Param("n_starts", "int", "Warm starts", "train the final fit from several seeds and keep one (see "
           "start_criterion). Each start is one more pass of the final fit: 3 starts take about 1.6-2x the "
-          "training time", low=1, high=20),
+          "training time; 1 is the paper's single fit, faster but its clusters move more with the seed",
+          low=1, high=20),
     Param("start_criterion", "choice", "Keep the start", "'agreement': the start whose clusters agree best "
           "with the other starts' (the call a rerun is most likely to give); 'silhouette': the most compact "
           "clusters", choices=("agreement", "silhouette")),

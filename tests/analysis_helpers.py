@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-FAST = dict(structure=(32,), epochs=3, batch_size=64, kl_warmup=0, patience=None, val_fraction=0.0)
+FAST = dict(structure=(32,), epochs=3, batch_size=64, kl_warmup=0, patience=None, val_fraction=0.0, n_starts=1)
 
 
 @pytest.fixture

@@ -116,7 +116,7 @@ def test_warm_start_table_on_a_real_fit(small_paper):
 
     from analysis_helpers import FAST
 
-    est = Dhaka(n_starts=2, **{**FAST, "epochs": 1}).fit(small_paper)
+    est = Dhaka(**{**FAST, "epochs": 1, "n_starts": 2}).fit(small_paper)
     t = warm_start_table(est)
     assert len(t) == 2 and t["kept"].sum() == 1
     sil = t["silhouette"].to_numpy(dtype=float)

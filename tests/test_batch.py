@@ -17,7 +17,7 @@ from dhaka.batch import candidate_columns, codes_for, fit_codes, mixing_entropy 
 from dhaka.model import VAE  # noqa: E402
 from dhaka.train import encode, fit_vae  # noqa: E402
 
-FAST = dict(epochs=100, refine=0, n_threads=1, seed=0, structure=(64,), kl_warmup=5)
+FAST = dict(epochs=100, refine=0, n_threads=1, seed=0, structure=(64,), kl_warmup=5, n_starts=1)
 
 
 def _batched(seed=0, n=240, g=120):

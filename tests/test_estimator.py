@@ -16,7 +16,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from dhaka import Dhaka
 
-FAST = dict(epochs=30, structure=(32,), seed=0, kl_warmup=5, patience=10)
+FAST = dict(epochs=30, structure=(32,), seed=0, kl_warmup=5, patience=10, n_starts=1)
 
 
 def _adata(X, y=None):

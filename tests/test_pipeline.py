@@ -18,7 +18,7 @@ from dhaka import Dhaka, clusterers, tl  # noqa: E402
 from dhaka.cluster import GMMResult  # noqa: E402
 from dhaka.pipeline import embed_cluster, run  # noqa: E402
 
-TINY = dict(epochs=2, structure=(16,), kl_warmup=0, patience=None, val_fraction=0.0, refine=0, encoder_pcs=None)
+TINY = dict(epochs=2, structure=(16,), kl_warmup=0, patience=None, val_fraction=0.0, refine=0, encoder_pcs=None, n_starts=1)
 
 
 @dataclass
@@ -92,7 +92,7 @@ def test_a_registered_clusterer_reaches_every_entry_point(adata, tmp_path):
 
 def test_the_estimator_scores_its_starts_with_the_pipelines_clusterer(adata):
     toy = ToyClusterer()
-    res = run(adata, estimator=dict(seed=0, n_starts=2, **TINY), clusterer=toy)
+    res = run(adata, estimator={**TINY, "seed": 0, "n_starts": 2}, clusterer=toy)
     assert toy.calls == 3  # each of the two starts, then the final latent
     assert len(res.estimator.start_scores_) == 2
     assert all(s["k"] in (1, 2) for s in res.estimator.start_scores_)  # the toy's k, not a GMM's

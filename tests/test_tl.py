@@ -17,7 +17,7 @@ import dhaka  # noqa: E402
 from dhaka import tl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(epochs=2, structure=(16,), kl_warmup=0, patience=None, val_fraction=0.0, refine=0, encoder_pcs=None)
+TINY = dict(epochs=2, structure=(16,), kl_warmup=0, patience=None, val_fraction=0.0, refine=0, encoder_pcs=None, n_starts=1)
 
 
 @pytest.fixture
