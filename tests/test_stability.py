@@ -94,3 +94,20 @@ def test_explore_shows_the_stability_caption(tmp_path, monkeypatch):
     assert not at.exception
     captions = [c.value for c in at.sidebar.caption]
     assert any(c.startswith("Cluster stability (subsample agreement): ") for c in captions), captions
+
+
+def test_starts_table_keeps_the_start_the_others_agree_with():
+    from bench.stability import starts_table
+
+    good, odd = [0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 0, 1]
+    recs = []
+    for seed in range(2):  # the first start is the odd one out: agreement keeps a good one, 'first' does not
+        starts = [{"ari": 0.1, "k": 2, "labels": odd, "silhouette": 0.9, "val_loss": 1.0},
+                  {"ari": 0.9, "k": 3, "labels": good, "silhouette": 0.2, "val_loss": 2.0},
+                  {"ari": 0.8, "k": 3, "labels": good, "silhouette": 0.3, "val_loss": 3.0}]
+        recs.append({"method": "probe3", "seed": seed, "ari": 0.0, "k": 3, "starts": starts})
+    rows = {line.split("|")[2].strip(): line for line in starts_table(recs).splitlines()
+            if line.startswith("| 1 ") or line.startswith("| 3 ")}
+    assert "| 0.100 " in rows["first"]  # one start: the odd call
+    assert "| 0.800 " in rows["agreement"]  # the two good calls agree; the better silhouette of them is kept
+    assert "| 0.100 " in rows["silhouette"] and "| 0.100 " in rows["validation loss"]
