@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from dhaka import __version__, cpu
 from dhaka.batch import codes_for, fit_codes
 from dhaka.clusterers import START_CRITERIA, choose_start, resolve
+from dhaka.library_axis import LIBRARY_R2, covariate_axis, deflated, within_clusters
 from dhaka.progress import fit_progress
 from dhaka.preprocess import LEGACY_SETTINGS, PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
 from dhaka.store import MODEL_FILES, atomic_write_dir, check_model_dir, is_occupied  # noqa: F401 - MODEL_FILES re-exported
@@ -42,13 +43,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: ``library_axis="auto"`` repeats a fit without the library-size axis when its latent explains more than this
-#: share of the cells' log library size, both overall and within the latent's clusters (a gradient of
-#: sequencing depth, not cell types that differ in library size). Measured on first fits (bench/RESULTS.md):
-#: Splatter with a 20x library spread 0.81-0.84 overall, 0.59-0.67 within clusters; simulate.counts() at most
-#: 0.23 and the other Splatter cells of bench/independent.py at most 0.11 overall (final latents); two groups of
-#: different library size (tests) 0.93 overall but 0.02-0.03 within clusters.
-LIBRARY_R2 = 0.5
 
 _log = logging.getLogger(__name__)
 
@@ -376,7 +370,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
                                matvec=lambda v: S @ (inv * np.ravel(v)) - c @ np.ravel(v),
                                rmatvec=lambda u: inv * (S.T @ np.ravel(u)) - c * np.ravel(u).sum())
             if w is not None:
-                A = _deflated(A, w)
+                A = deflated(A, w)
         else:
             A = (np.asarray(S, dtype=np.float64) * inv) - c
             if w is not None:
@@ -531,7 +525,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             pre.genes_ = [str(names[i]) for i in feat] if names is not None else None  # what new cells match by
             self.genes_ = pre.genes_ if names is not None else [str(i) for i in feat]
             S = P if np.array_equal(idx, np.arange(P.shape[1])) else P[:, idx]
-            nuisance = _covariate_axis(S, 1.0 / pre.scale_, covariate) if remove else None
+            nuisance = covariate_axis(S, 1.0 / pre.scale_, covariate) if remove else None
             loadings = None if is_row_source(S) else self._principal_axes(S, pre.center_, pre.scale_, nuisance)
             label = f"fit {r + 1}/{rounds + 1} ({len(idx)} genes)" if rounds else ""
             epochs = int(self.epochs) if final or self.refine_epochs is None else min(int(self.epochs),
@@ -588,7 +582,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
         out = {"library_r2": float(latent_r2(c, Z)[0])}
         if out["library_r2"] > LIBRARY_R2:
             labels = clusterer.fit(Z, seed=int(self.seed)).labels
-            out["library_r2_within"] = float(latent_r2(_within_clusters(c, labels), _within_clusters(Z, labels))[0])
+            out["library_r2_within"] = float(latent_r2(within_clusters(c, labels), within_clusters(Z, labels))[0])
         return _from_rank0(out)
 
     def _refined_genes(self, P: Any, S: Any, n_select: int | None, batch: np.ndarray | None) -> dict[str, Any]:
@@ -869,45 +863,6 @@ def _from_rank0(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _covariate_axis(S: Any, inv: np.ndarray, covariate: np.ndarray) -> np.ndarray | None:
-    """Unit gene vector along which the scaled input ``S * inv`` follows ``covariate`` (per cell).
-
-    Its entries are the genes' regression coefficients on the centred covariate (the column
-    means of ``S`` cancel against it, so ``S`` need not be centred); ``None`` when the covariate
-    is constant or no gene follows it.
-    """
-    u = np.asarray(covariate, dtype=np.float64) - float(np.mean(covariate))
-    if not np.any(u):
-        return None
-    t = inv * np.ravel(np.asarray(S.T @ u))
-    norm = float(np.linalg.norm(t))
-    return t / norm if norm > 1e-12 else None
-
-
-def _within_clusters(V: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``V`` (cells x columns) minus the mean of each cell's cluster."""
-    out = np.array(V, dtype=np.float64)
-    for label in np.unique(labels):
-        rows = labels == label
-        out[rows] -= out[rows].mean(axis=0)
-    return out
-
-
-def _deflated(A: Any, w: np.ndarray) -> Any:
-    """The linear operator ``A (I - w w^T)``: ``A`` with the unit gene axis ``w`` projected out."""
-    from scipy.sparse.linalg import LinearOperator
-
-    def matvec(v: np.ndarray) -> np.ndarray:
-        v = np.ravel(v)
-        return A.matvec(v - w * (w @ v))
-
-    def rmatvec(u: np.ndarray) -> np.ndarray:
-        t = np.ravel(A.rmatvec(np.ravel(u)))
-        return t - w * (w @ t)
-
-    return LinearOperator(A.shape, dtype=np.float64, matvec=matvec, rmatvec=rmatvec)
 
 
 def _prepared_columns(X: PreparedRows, genes: np.ndarray) -> Any:
