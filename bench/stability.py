@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pca", action="store_true")
     ap.add_argument("--skip-done", action="store_true", help="skip the seeds the records already hold")
     ap.add_argument("--ceilings", action="store_true",
-                    help="also cluster each set's matrix told the true k (PCA-n + GMM, hierarchical): is a target in reach")
+                    help="also cluster each copy-number set's matrix told the true k (PCA-n + GMM, hierarchical): is a "
+                         "target in reach")
     ap.add_argument("--probe-starts", type=int, default=0, metavar="N",
                     help="also fit Dhaka(n_starts=N) per seed and record every start's call, scores and latent "
                          "(bench/out/stability_latents/), for the table of start criteria")
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         records = [r for r in records if r["method"] in wanted or args.report_only]
         fit_seconds += sum(r["seconds"] for r in records if not r["method"].startswith("pca"))
         text, _ = table_for(ds, records, adata.n_obs, adata.n_vars, k_true)
-        if args.ceilings:
+        if args.ceilings and is_copy_number(adata):
             text += "\n" + ceilings(adata, truth)
         print("\n" + text, flush=True)
         sections.append(text)
