@@ -122,6 +122,8 @@ def _second_person(browser, url: str):
     start = page.get_by_role("button", name="Start training")
     expect(start).to_be_enabled(timeout=60_000)
     start.click()
+    # their job holds the training slot before ours is submitted (the page shows Stop once it runs)
+    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=120_000)
     return page
 
 

@@ -17,8 +17,16 @@ __all__ = ["fit_progress"]
 
 @contextlib.contextmanager
 def fit_progress(callback: Callable[[Any], None] | None, *, desc: str = "Dhaka fit") -> Iterator[Callable | None]:
-    """The callback a fit should use: the caller's, or a progress bar's when there is none and it is wanted."""
-    if callback is not None or not settings.progress_enabled():
+    """The callback a fit should use: the caller's, or a progress bar's when there is none and it is wanted.
+
+    Only a fit in the main thread draws a bar: the bar moves the ``dhaka`` logger's lines above itself by
+    swapping the logger's handlers for the duration, and two fits in threads at once (the app's in-process
+    jobs) would restore each other's handlers and leave a stale one behind.
+    """
+    import threading
+
+    if (callback is not None or not settings.progress_enabled()
+            or threading.current_thread() is not threading.main_thread()):
         yield callback
         return
     import logging

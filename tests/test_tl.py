@@ -215,6 +215,29 @@ def test_progress_bar_and_log_lines_at_the_default_verbosity_and_none_at_zero(ad
     assert capfd.readouterr().err == ""
 
 
+def test_fits_in_threads_draw_no_bar_and_leave_the_loggers_handlers_alone(adata):
+    import logging
+    import threading
+
+    from dhaka.progress import fit_progress
+
+    logger = logging.getLogger("dhaka")
+    before = list(logger.handlers)
+    seen = []
+
+    def fit():
+        with fit_progress(None) as cb:
+            seen.append(cb)
+        tl.dhaka(adata.copy(), seed=0, **TINY)
+
+    threads = [threading.Thread(target=fit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [None, None] and logger.handlers == before  # a bar's handler swap would race between them
+
+
 def test_model_kept_saved_beside_the_h5ad_and_projected_with_label_transfer(adata, tmp_path):
     model_dir = tmp_path / "model"
     model = tl.dhaka(adata, seed=0, model_path=model_dir, return_model=True, **TINY)
