@@ -27,7 +27,7 @@ def _adata(X, y=None):
     return a
 
 
-@parametrize_with_checks([Dhaka(epochs=1, structure=(8,), n_genes=None, device="cpu")])
+@parametrize_with_checks([Dhaka(epochs=1, structure=(8,), n_genes=None, device="cpu", n_starts=1)])
 def test_sklearn_contract(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

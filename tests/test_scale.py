@@ -77,7 +77,7 @@ def test_fit_vae_and_encode_densify_only_batches(sparse_counts):
 def test_estimator_keeps_sparse_input_sparse(sparse_counts):
     from dhaka import Dhaka
 
-    kw = dict(structure=(16,), latent_dim=2, epochs=1, n_genes=500, batch_size=128, device="cpu", kl_warmup=1)
+    kw = dict(structure=(16,), latent_dim=2, epochs=1, n_genes=500, batch_size=128, device="cpu", kl_warmup=1, n_starts=1)
     est = Dhaka(value_transform="log", **kw)
     Z, peak = _peak_mb(lambda: est.fit_transform(sparse_counts))
     assert Z.shape == (N, 2) and np.isfinite(Z).all()
