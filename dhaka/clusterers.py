@@ -30,7 +30,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = ["ClusterResult", "Clusterer", "GMMBIC", "register", "make", "available", "resolve",
-           "DEFAULT_CLUSTERER", "K_CEILING", "k_max_asked", "START_CRITERIA", "agreement", "choose_start"]
+           "DEFAULT_CLUSTERER", "K_CEILING", "k_max_asked", "START_CRITERIA", "agreement", "check_start_criterion", "choose_start"]
 
 _log = logging.getLogger(__name__)
 
@@ -180,6 +180,12 @@ def agreement(calls: list[np.ndarray | None]) -> np.ndarray:
     return out
 
 
+def check_start_criterion(criterion: str) -> None:
+    """Refuse a ``start_criterion`` that is not one of :data:`START_CRITERIA`, naming the setting."""
+    if criterion not in START_CRITERIA:
+        raise ValueError(f"start_criterion must be one of {', '.join(map(repr, START_CRITERIA))}, got {criterion!r}")
+
+
 def choose_start(scores: list[dict[str, Any]], calls: list[np.ndarray | None], criterion: str) -> int:
     """Index of the start to keep; adds ``"agreement"`` to each start's ``scores`` where it is defined.
 
@@ -187,8 +193,7 @@ def choose_start(scores: list[dict[str, Any]], calls: list[np.ndarray | None], c
     the silhouette); ``"silhouette"``: the highest silhouette. A start without a score is kept only when
     no start has one.
     """
-    if criterion not in START_CRITERIA:
-        raise ValueError(f"start_criterion must be one of {', '.join(map(repr, START_CRITERIA))}, got {criterion!r}")
+    check_start_criterion(criterion)
     sil = np.array([s.get("silhouette", np.nan) for s in scores], dtype=float)
     sil = np.where(np.isfinite(sil), sil, -np.inf)
     if criterion == "agreement" and len(scores) > 2:

@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from dhaka import __version__, cpu
 from dhaka.batch import codes_for, fit_codes
-from dhaka.clusterers import START_CRITERIA, choose_start, resolve
+from dhaka.clusterers import check_start_criterion, choose_start, resolve
 from dhaka.library_axis import LIBRARY_R2, covariate_axis, deflated, within_clusters
 from dhaka.progress import fit_progress
 from dhaka.preprocess import LEGACY_SETTINGS, PREPROCESSOR_FORMAT, Preprocessor, PreparedRows
@@ -295,9 +295,7 @@ class Dhaka(TransformerMixin, BaseEstimator):
             raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}")
         if int(self.n_starts) < 1:
             raise ValueError(f"n_starts must be at least 1, got {self.n_starts}")
-        if self.start_criterion not in START_CRITERIA:
-            raise ValueError(f"start_criterion must be one of {', '.join(map(repr, START_CRITERIA))}, "
-                             f"got {self.start_criterion!r}")
+        check_start_criterion(self.start_criterion)
         if not (self.refine == "auto" or (isinstance(self.refine, (int, np.integer))
                                           and not isinstance(self.refine, bool) and self.refine >= 0)):
             raise ValueError(f"refine must be 'auto' or a number of rounds >= 0, got {self.refine!r}")

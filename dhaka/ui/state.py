@@ -391,13 +391,18 @@ def results_match_dataset() -> bool:
 
 
 # -------------------------------------------------------------------- truth
-def get_truth_column() -> str | None:
-    """The obs column with true labels chosen for ARI / NMI, or ``None``."""
-    col = _get(TRUTH_COLUMN)
+def _obs_column(key: str) -> str | None:
+    """The obs column stored under ``key``, or ``None`` when none is or the loaded dataset lacks it."""
+    col = _get(key)
     adata = get_dataset()
     if col is None or adata is None or col not in adata.obs.columns:
         return None
     return col
+
+
+def get_truth_column() -> str | None:
+    """The obs column with true labels chosen for ARI / NMI, or ``None``."""
+    return _obs_column(TRUTH_COLUMN)
 
 
 def set_truth_column(column: str | None) -> None:
@@ -415,11 +420,7 @@ def get_truth_labels() -> np.ndarray | None:
 
 def get_batch_key() -> str | None:
     """The obs column the next training corrects for (``None``: no batch correction, or not in this dataset)."""
-    col = _get(BATCH_KEY)
-    adata = get_dataset()
-    if col is None or adata is None or col not in adata.obs.columns:
-        return None
-    return col
+    return _obs_column(BATCH_KEY)
 
 
 def set_batch_key(column: str | None) -> None:
